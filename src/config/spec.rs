@@ -1,0 +1,348 @@
+//! The validated types the rest of provisr works on.
+//!
+//! A value of these types has passed validation: names match the name rule, `command`/`args` are
+//! exclusive, durations parsed, `${VAR}` expanded. They serialize to JSON for the store and the API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Dur;
+
+/// Longest program or group name (SPEC §1.2: `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`).
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Checks a program, instance or group name against SPEC §1.2.
+///
+/// The rule keeps every name safe to use as a file name and a URL segment: no `/`, no leading `.`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return Err("the name is empty".to_string());
+    };
+    if !first.is_ascii_alphanumeric() {
+        return Err(format!(
+            "the name {name:?} must start with a letter or digit"
+        ));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "the name {name:?} is longer than {MAX_NAME_LEN} characters"
+        ));
+    }
+    if let Some(bad) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "the name {name:?} contains {bad:?}; use only letters, digits, '.', '_' and '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// How the child is executed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exec {
+    /// `command`: through `/bin/sh -c` when it has shell syntax, else split into argv.
+    Command(String),
+    /// `args`: exec'd directly, no shell.
+    Args(Vec<String>),
+}
+
+/// Where a program's desired state came from (SPEC §4).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "path")]
+pub enum Source {
+    /// A file in the programs directory.
+    File(PathBuf),
+    /// An inline `[[processes]]` entry of the main config.
+    Config,
+    /// Registered through the API (`start --cmd`, `register`).
+    Api,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "file:{}", p.display()),
+            Source::Config => f.write_str("config"),
+            Source::Api => f.write_str("api"),
+        }
+    }
+}
+
+/// Log settings of one program after `[log]` defaults were applied (SPEC §6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSpec {
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
+    pub max_size_mb: u64,
+    pub max_backups: u32,
+    pub max_age_days: u32,
+    pub compress: bool,
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec {
+            stdout: None,
+            stderr: None,
+            dir: None,
+            max_size_mb: 10,
+            max_backups: 3,
+            max_age_days: 7,
+            compress: false,
+        }
+    }
+}
+
+/// What a health detector checks (SPEC §7).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum DetectorKind {
+    /// The spawned process is alive. Always on; may be listed explicitly as `exec:pid`.
+    #[serde(rename = "exec:pid")]
+    ExecPid,
+    /// A PID file names the process; alive if that pid exists.
+    Pidfile { path: PathBuf },
+    /// A command run through `/bin/sh -c`; exit 0 means alive.
+    Command { command: String, timeout: Dur },
+}
+
+/// One health detector with its schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetectorSpec {
+    #[serde(flatten)]
+    pub kind: DetectorKind,
+    pub interval: Dur,
+    pub failure_threshold: u32,
+}
+
+impl DetectorSpec {
+    /// The name shown in status `detected_by`: `exec:pid`, `pidfile:<path>`, `command:<command>`.
+    pub fn label(&self) -> String {
+        match &self.kind {
+            DetectorKind::ExecPid => "exec:pid".to_string(),
+            DetectorKind::Pidfile { path } => format!("pidfile:{}", path.display()),
+            DetectorKind::Command { command, .. } => format!("command:{command}"),
+        }
+    }
+}
+
+/// A validated program: every field of SPEC §2 with defaults applied and values expanded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramSpec {
+    pub name: String,
+    pub exec: Exec,
+    /// Absolute, or `None` for the daemon's cwd.
+    pub work_dir: Option<PathBuf>,
+    /// When false, children start from a minimal base (`PATH`, `HOME`) instead of the daemon's env.
+    pub use_os_env: bool,
+    /// The expanded overlay on top of the base environment: env_files → global env → program env.
+    /// `PROVISR_NAME`/`PROVISR_INSTANCE` are added per instance at spawn time.
+    pub env: BTreeMap<String, String>,
+    pub priority: i32,
+    pub autostart: bool,
+    pub instances: u32,
+    pub start_duration: Dur,
+    pub retry_count: u32,
+    pub retry_interval: Dur,
+    pub auto_restart: bool,
+    pub restart_interval: Dur,
+    pub restart_max_interval: Dur,
+    /// Signal name without `SIG`, e.g. `TERM`, validated against the platform's signals.
+    pub stop_signal: String,
+    pub stop_timeout: Dur,
+    pub log: LogSpec,
+    pub detectors: Vec<DetectorSpec>,
+}
+
+impl ProgramSpec {
+    /// A spec with every default of SPEC §2, for `exec`.
+    pub fn new(name: impl Into<String>, exec: Exec) -> ProgramSpec {
+        ProgramSpec {
+            name: name.into(),
+            exec,
+            work_dir: None,
+            use_os_env: true,
+            env: BTreeMap::new(),
+            priority: 0,
+            autostart: true,
+            instances: 1,
+            start_duration: Dur::ZERO,
+            retry_count: 3,
+            retry_interval: Dur::from_secs(1),
+            auto_restart: false,
+            restart_interval: Dur::from_secs(1),
+            restart_max_interval: Dur::from_secs(60),
+            stop_signal: "TERM".to_string(),
+            stop_timeout: Dur::from_secs(10),
+            log: LogSpec::default(),
+            detectors: Vec::new(),
+        }
+    }
+
+    /// The instances this program runs, in order: `name` for one, `name-1..N` for more.
+    pub fn instances(&self) -> Vec<InstanceId> {
+        (1..=self.instances.max(1))
+            .map(|index| InstanceId::new(&self.name, index, self.instances))
+            .collect()
+    }
+
+    /// The stdout and stderr files of one instance (SPEC §6), or `None` for memory-only capture.
+    ///
+    /// Explicit files get the instance number before the extension when there are several
+    /// instances, so two instances never share a file.
+    pub fn log_paths(&self, id: &InstanceId) -> LogPaths {
+        let numbered = |p: &Path| -> PathBuf {
+            if self.instances > 1 {
+                insert_before_extension(p, id.index)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        let in_dir = |stream: &str| {
+            self.log
+                .dir
+                .as_ref()
+                .map(|d| d.join(format!("{}.{stream}.log", id.name)))
+        };
+        LogPaths {
+            stdout: self
+                .log
+                .stdout
+                .as_deref()
+                .map(numbered)
+                .or_else(|| in_dir("stdout")),
+            stderr: self
+                .log
+                .stderr
+                .as_deref()
+                .map(numbered)
+                .or_else(|| in_dir("stderr")),
+        }
+    }
+}
+
+/// `app.log` + 2 → `app.2.log`; `app` + 2 → `app.2`.
+fn insert_before_extension(path: &Path, index: u32) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let file = match path.extension() {
+        Some(ext) => format!("{stem}.{index}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{index}"),
+    };
+    path.with_file_name(file)
+}
+
+/// The files one instance's output goes to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPaths {
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+}
+
+/// One instance of a program: `name` when the program has one instance, else `name-INDEX`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct InstanceId {
+    /// The instance name (`web-2`), unique across the daemon.
+    pub name: String,
+    /// The program it belongs to (`web`).
+    pub program: String,
+    /// 1-based.
+    pub index: u32,
+}
+
+impl InstanceId {
+    pub fn new(program: &str, index: u32, of: u32) -> InstanceId {
+        let name = if of > 1 {
+            format!("{program}-{index}")
+        } else {
+            program.to_string()
+        };
+        InstanceId {
+            name,
+            program: program.to_string(),
+            index,
+        }
+    }
+}
+
+/// A named set of programs (`[[groups]]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub name: String,
+    pub members: Vec<String>,
+}
+
+/// A validated program together with where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Program {
+    pub spec: ProgramSpec,
+    pub source: Source,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rule() {
+        for ok in ["a", "web", "api-server", "w.1_x", "9lives", &"a".repeat(64)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            ".hidden",
+            "../x",
+            "a/b",
+            "a b",
+            "ä",
+            &"a".repeat(65),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn instances_are_named_from_one() {
+        let mut spec = ProgramSpec::new("web", Exec::Command("sleep 1".into()));
+        assert_eq!(spec.instances()[0].name, "web");
+        spec.instances = 3;
+        let names: Vec<_> = spec.instances().into_iter().map(|i| i.name).collect();
+        assert_eq!(names, ["web-1", "web-2", "web-3"]);
+    }
+
+    #[test]
+    fn log_paths_never_collide_between_instances() {
+        let mut spec = ProgramSpec::new("web", Exec::Command("sleep 1".into()));
+        spec.log.stdout = Some("/var/log/web.log".into());
+        spec.log.dir = Some("/logs".into());
+        let one = spec.instances().remove(0);
+        assert_eq!(
+            spec.log_paths(&one).stdout.unwrap(),
+            PathBuf::from("/var/log/web.log")
+        );
+        assert_eq!(
+            spec.log_paths(&one).stderr.unwrap(),
+            PathBuf::from("/logs/web.stderr.log")
+        );
+        spec.instances = 2;
+        let ids = spec.instances();
+        assert_eq!(
+            spec.log_paths(&ids[1]).stdout.unwrap(),
+            PathBuf::from("/var/log/web.2.log")
+        );
+        assert_eq!(
+            spec.log_paths(&ids[1]).stderr.unwrap(),
+            PathBuf::from("/logs/web-2.stderr.log")
+        );
+        spec.log = LogSpec::default();
+        assert_eq!(spec.log_paths(&ids[0]), LogPaths::default());
+    }
+}
