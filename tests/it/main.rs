@@ -1,0 +1,6 @@
+//! provisr's integration tests: one crate, real processes, real files, real HTTP on 127.0.0.1.
+//!
+//! Every module waits on conditions (`util::wait_for`), never on fixed sleeps, and cleans up the
+//! processes it started even when an assertion fails.
+
+mod util;
