@@ -1,0 +1,563 @@
+//! The plan: a pure function from desired state and observed state to the ordered steps that
+//! would make them agree.
+//!
+//! The reconcile loop executes plans; `--dry-run`, `diff`, `POST /plan` and `POST /debug/reconcile`
+//! print them. Because the same function serves all of them, what a dry run shows is what a real
+//! run does. Nothing here touches a process, a file or a clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{InstanceId, ProgramSpec};
+use crate::supervisor::InstanceState;
+
+/// Whether a program should be running (SPEC §4). An explicit `stop` is desired state too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredRun {
+    Running,
+    Stopped,
+}
+
+/// One program as the store wants it.
+#[derive(Clone, Copy, Debug)]
+pub struct Desired<'a> {
+    pub spec: &'a ProgramSpec,
+    pub run: DesiredRun,
+    /// Bumped by every explicit start, so an `exited` or `failed` instance starts again once per
+    /// request instead of on every pass.
+    pub start_seq: u64,
+}
+
+/// One instance as the runtime reports it.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed<'a> {
+    pub id: &'a InstanceId,
+    pub state: InstanceState,
+    /// The spec the instance currently runs with.
+    pub spec: &'a ProgramSpec,
+    /// The `start_seq` of the last start this instance carried out.
+    pub start_seq: u64,
+}
+
+/// What a step does to one instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+    /// Apply the new spec in place, no restart.
+    Update,
+    /// Stop and forget the instance (program deleted or scaled down).
+    Remove,
+    Unchanged,
+}
+
+impl Action {
+    fn starts(self) -> bool {
+        matches!(self, Action::Start | Action::Restart)
+    }
+
+    fn stops(self) -> bool {
+        matches!(self, Action::Stop | Action::Remove)
+    }
+}
+
+/// What a changed field does to running instances (SPEC §3.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Restart,
+    Scale,
+    InPlace,
+}
+
+/// One field that differs between the running spec and the desired one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FieldChange {
+    pub field: String,
+    pub old: serde_json::Value,
+    pub new: serde_json::Value,
+    pub effect: Effect,
+}
+
+/// One instance's step.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub instance: String,
+    pub program: String,
+    pub priority: i32,
+    pub action: Action,
+    /// Waiting for an earlier priority level (starts) or a later one (stops) to settle; a later
+    /// pass carries it out.
+    pub deferred: bool,
+    pub reason: String,
+    pub changes: Vec<FieldChange>,
+}
+
+/// The ordered steps: stops in descending priority, then starts in ascending priority, ties by name.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    /// True when the plan would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.steps.iter().all(|s| s.action == Action::Unchanged)
+    }
+
+    /// The steps a pass carries out now.
+    pub fn ready(&self) -> impl Iterator<Item = &Step> {
+        self.steps
+            .iter()
+            .filter(|s| !s.deferred && s.action != Action::Unchanged)
+    }
+}
+
+/// Which fields restart a program when changed; `instances` scales; the rest apply in place.
+fn effect_of(field: &str) -> Effect {
+    match field {
+        "exec" | "work_dir" | "env" | "use_os_env" => Effect::Restart,
+        "instances" => Effect::Scale,
+        _ => Effect::InPlace,
+    }
+}
+
+/// The fields that differ between two specs of one program, with old and new values.
+pub fn spec_changes(old: &ProgramSpec, new: &ProgramSpec) -> Vec<FieldChange> {
+    if old == new {
+        return Vec::new();
+    }
+    let as_map = |spec: &ProgramSpec| match serde_json::to_value(spec) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (as_map(old), as_map(new));
+    let fields: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    fields
+        .into_iter()
+        .filter(|f| f.as_str() != "name")
+        .filter_map(|f| {
+            let (o, n) = (old.get(f), new.get(f));
+            (o != n).then(|| FieldChange {
+                field: f.clone(),
+                old: o.cloned().unwrap_or(serde_json::Value::Null),
+                new: n.cloned().unwrap_or(serde_json::Value::Null),
+                effect: effect_of(f),
+            })
+        })
+        .collect()
+}
+
+fn is_active(state: InstanceState) -> bool {
+    matches!(
+        state,
+        InstanceState::Starting
+            | InstanceState::Running
+            | InstanceState::Backoff
+            | InstanceState::Stopping
+    )
+}
+
+/// Still on its way up: holds back the next priority level.
+fn is_coming_up(state: InstanceState) -> bool {
+    matches!(state, InstanceState::Starting | InstanceState::Backoff)
+}
+
+/// Computes the plan. `desired` holds every program the store knows; `observed` every instance
+/// the runtime has. O(n log n) in the number of instances.
+pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
+    let observed_by_name: BTreeMap<&str, &Observed<'_>> =
+        observed.iter().map(|o| (o.id.name.as_str(), o)).collect();
+    let mut steps = Vec::new();
+    let mut wanted: BTreeSet<String> = BTreeSet::new();
+    // Levels whose instances are still coming up; later levels wait for them.
+    let mut busy_levels: BTreeSet<i32> = BTreeSet::new();
+    // Levels with instances still stopping; earlier levels wait for them.
+    let mut stopping_levels: BTreeSet<i32> = BTreeSet::new();
+
+    for d in desired {
+        let spec = d.spec;
+        let ids = spec.instances();
+        let old_count = observed
+            .iter()
+            .filter(|o| o.id.program == spec.name)
+            .map(|o| o.spec.instances)
+            .max();
+        for id in ids {
+            let step = |action, reason: String, changes| Step {
+                instance: id.name.clone(),
+                program: spec.name.clone(),
+                priority: spec.priority,
+                action,
+                deferred: false,
+                reason,
+                changes,
+            };
+            let obs = observed_by_name.get(id.name.as_str()).copied();
+            let s = match (d.run, obs) {
+                (DesiredRun::Running, None) => {
+                    let reason = match old_count {
+                        Some(old) if old != spec.instances => {
+                            format!("scale {old} → {} instances", spec.instances)
+                        }
+                        _ => "not running".to_string(),
+                    };
+                    step(Action::Start, reason, Vec::new())
+                }
+                (DesiredRun::Stopped, None) => step(Action::Unchanged, "stopped".into(), vec![]),
+                (DesiredRun::Running, Some(o)) => {
+                    let changes: Vec<FieldChange> = spec_changes(o.spec, spec)
+                        .into_iter()
+                        .filter(|c| c.effect != Effect::Scale)
+                        .collect();
+                    let restart = changes.iter().any(|c| c.effect == Effect::Restart);
+                    if is_active(o.state) && restart {
+                        let fields: Vec<&str> = changes
+                            .iter()
+                            .filter(|c| c.effect == Effect::Restart)
+                            .map(|c| c.field.as_str())
+                            .collect();
+                        step(
+                            Action::Restart,
+                            format!("changed {}", fields.join(", ")),
+                            changes,
+                        )
+                    } else if !is_active(o.state)
+                        && (o.state == InstanceState::Stopped || o.start_seq < d.start_seq)
+                    {
+                        step(
+                            Action::Start,
+                            format!("{:?} → running", o.state).to_lowercase(),
+                            changes,
+                        )
+                    } else if !changes.is_empty() {
+                        step(Action::Update, "changed in place".into(), changes)
+                    } else {
+                        step(
+                            Action::Unchanged,
+                            format!("{:?}", o.state).to_lowercase(),
+                            changes,
+                        )
+                    }
+                }
+                (DesiredRun::Stopped, Some(o)) => {
+                    let changes = spec_changes(o.spec, spec);
+                    if is_active(o.state) && o.state != InstanceState::Stopping {
+                        step(Action::Stop, "desired stopped".into(), changes)
+                    } else if !changes.is_empty() {
+                        step(Action::Update, "changed in place".into(), changes)
+                    } else {
+                        step(
+                            Action::Unchanged,
+                            format!("{:?}", o.state).to_lowercase(),
+                            changes,
+                        )
+                    }
+                }
+            };
+            if d.run == DesiredRun::Running
+                && (s.action.starts() || obs.is_some_and(|o| is_coming_up(o.state)))
+            {
+                busy_levels.insert(spec.priority);
+            }
+            if s.action.stops() || obs.is_some_and(|o| o.state == InstanceState::Stopping) {
+                stopping_levels.insert(spec.priority);
+            }
+            wanted.insert(id.name.clone());
+            steps.push(s);
+        }
+    }
+
+    let desired_names: BTreeMap<&str, &Desired<'_>> =
+        desired.iter().map(|d| (d.spec.name.as_str(), d)).collect();
+    for o in observed {
+        if wanted.contains(o.id.name.as_str()) {
+            continue;
+        }
+        let reason = match desired_names.get(o.id.program.as_str()) {
+            Some(d) => format!(
+                "scale {} → {} instances",
+                o.spec.instances, d.spec.instances
+            ),
+            None => "program removed".to_string(),
+        };
+        stopping_levels.insert(o.spec.priority);
+        steps.push(Step {
+            instance: o.id.name.clone(),
+            program: o.id.program.clone(),
+            priority: o.spec.priority,
+            action: Action::Remove,
+            deferred: false,
+            reason,
+            changes: Vec::new(),
+        });
+    }
+
+    let first_busy = busy_levels.first().copied();
+    let last_stopping = stopping_levels.last().copied();
+    for s in &mut steps {
+        s.deferred = if s.action.starts() {
+            first_busy.is_some_and(|l| s.priority > l)
+        } else if s.action.stops() {
+            last_stopping.is_some_and(|l| s.priority < l)
+        } else {
+            false
+        };
+    }
+    steps.sort_by(|a, b| {
+        let class = |s: &Step| u8::from(!s.action.stops());
+        class(a).cmp(&class(b)).then_with(|| {
+            if a.action.stops() {
+                b.priority
+                    .cmp(&a.priority)
+                    .then_with(|| a.instance.cmp(&b.instance))
+            } else {
+                a.priority
+                    .cmp(&b.priority)
+                    .then_with(|| natural_cmp(&a.instance, &b.instance))
+            }
+        })
+    });
+    Plan { steps }
+}
+
+/// Orders `web-2` before `web-10`.
+fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let split = |s: &str| {
+        let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+        let (head, tail) = s.split_at(s.len() - digits);
+        (head.to_string(), tail.parse::<u64>().unwrap_or(0))
+    };
+    split(a).cmp(&split(b)).then_with(|| a.cmp(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Dur, Exec};
+
+    fn spec(name: &str, priority: i32) -> ProgramSpec {
+        let mut s = ProgramSpec::new(name, Exec::Command("sleep 300".into()));
+        s.priority = priority;
+        s
+    }
+
+    fn running(spec: &ProgramSpec) -> Desired<'_> {
+        Desired {
+            spec,
+            run: DesiredRun::Running,
+            start_seq: 0,
+        }
+    }
+
+    fn actions(plan: &Plan) -> Vec<(String, Action, bool)> {
+        plan.steps
+            .iter()
+            .map(|s| (s.instance.clone(), s.action, s.deferred))
+            .collect()
+    }
+
+    fn obs<'a>(
+        ids: &'a [InstanceId],
+        spec: &'a ProgramSpec,
+        state: InstanceState,
+    ) -> Vec<Observed<'a>> {
+        ids.iter()
+            .map(|id| Observed {
+                id,
+                state,
+                spec,
+                start_seq: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn empty_state_starts_everything_in_priority_order_with_later_levels_deferred() {
+        let (a, b, c) = (spec("b-late", 10), spec("a-first", 0), spec("c-mid", 5));
+        let mut multi = spec("web", 5);
+        multi.instances = 3;
+        let desired = [running(&a), running(&b), running(&c), running(&multi)];
+        let p = plan(&desired, &[]);
+        let names: Vec<_> = p.steps.iter().map(|s| s.instance.as_str()).collect();
+        assert_eq!(
+            names,
+            ["a-first", "c-mid", "web-1", "web-2", "web-3", "b-late"]
+        );
+        let deferred: Vec<_> = p.steps.iter().map(|s| s.deferred).collect();
+        assert_eq!(deferred, [false, true, true, true, true, true]);
+        assert!(p.steps.iter().all(|s| s.action == Action::Start));
+        assert!(!p.is_empty());
+    }
+
+    #[test]
+    fn a_level_starts_once_the_one_before_has_settled() {
+        let (first, second) = (spec("db", 0), spec("app", 10));
+        let desired = [running(&first), running(&second)];
+        let ids = first.instances();
+        for (state, app_deferred) in [
+            (InstanceState::Starting, true),
+            (InstanceState::Backoff, true),
+            (InstanceState::Running, false),
+            (InstanceState::Failed, false),
+            (InstanceState::Exited, false),
+        ] {
+            let o = obs(&ids, &first, state);
+            let p = plan(&desired, &o);
+            let app = p.steps.iter().find(|s| s.instance == "app").unwrap();
+            assert_eq!(app.action, Action::Start);
+            assert_eq!(app.deferred, app_deferred, "db {state:?}");
+        }
+    }
+
+    #[test]
+    fn exited_and_failed_stay_down_until_an_explicit_start() {
+        let s = spec("job", 0);
+        let ids = s.instances();
+        for state in [InstanceState::Exited, InstanceState::Failed] {
+            let o = obs(&ids, &s, state);
+            let p = plan(&[running(&s)], &o);
+            assert_eq!(actions(&p), [("job".into(), Action::Unchanged, false)]);
+            let again = Desired {
+                start_seq: 1,
+                ..running(&s)
+            };
+            let p = plan(&[again], &o);
+            assert_eq!(actions(&p), [("job".into(), Action::Start, false)]);
+        }
+        let o = obs(&ids, &s, InstanceState::Stopped);
+        assert_eq!(plan(&[running(&s)], &o).steps[0].action, Action::Start);
+    }
+
+    #[test]
+    fn desired_stopped_stops_active_instances_in_reverse_priority() {
+        let (low, high) = (spec("db", 0), spec("app", 10));
+        let (li, hi) = (low.instances(), high.instances());
+        let mut o = obs(&li, &low, InstanceState::Running);
+        o.extend(obs(&hi, &high, InstanceState::Running));
+        let stop = |spec| Desired {
+            spec,
+            run: DesiredRun::Stopped,
+            start_seq: 0,
+        };
+        let p = plan(&[stop(&low), stop(&high)], &o);
+        assert_eq!(
+            actions(&p),
+            [
+                ("app".into(), Action::Stop, false),
+                ("db".into(), Action::Stop, true)
+            ]
+        );
+        // Already stopped: nothing to do.
+        let o = obs(&li, &low, InstanceState::Stopped);
+        assert!(plan(&[stop(&low)], &o).is_empty());
+    }
+
+    #[test]
+    fn changes_are_classified_restart_scale_or_in_place() {
+        let old = spec("web", 0);
+        let ids = old.instances();
+        let o = obs(&ids, &old, InstanceState::Running);
+        let cases: [(&str, fn(&mut ProgramSpec), Action); 6] = [
+            (
+                "command",
+                |s| s.exec = Exec::Command("sleep 5".into()),
+                Action::Restart,
+            ),
+            (
+                "env",
+                |s| {
+                    s.env.insert("A".into(), "1".into());
+                },
+                Action::Restart,
+            ),
+            (
+                "work_dir",
+                |s| s.work_dir = Some("/tmp".into()),
+                Action::Restart,
+            ),
+            ("priority", |s| s.priority = 3, Action::Update),
+            (
+                "restart_interval",
+                |s| s.restart_interval = Dur::from_secs(5),
+                Action::Update,
+            ),
+            ("log", |s| s.log.max_size_mb = 1, Action::Update),
+        ];
+        for (what, change, want) in cases {
+            let mut new = old.clone();
+            change(&mut new);
+            let p = plan(&[running(&new)], &o);
+            assert_eq!(p.steps.len(), 1, "{what}");
+            assert_eq!(p.steps[0].action, want, "{what}");
+            assert!(!p.steps[0].changes.is_empty(), "{what}");
+        }
+        // A stopped instance with a restart-class change is only updated.
+        let o = obs(&ids, &old, InstanceState::Exited);
+        let mut new = old.clone();
+        new.exec = Exec::Command("sleep 5".into());
+        assert_eq!(plan(&[running(&new)], &o).steps[0].action, Action::Update);
+    }
+
+    #[test]
+    fn field_changes_carry_old_and_new_values() {
+        let old = spec("web", 0);
+        let mut new = old.clone();
+        new.priority = 7;
+        let c = spec_changes(&old, &new);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].field, "priority");
+        assert_eq!(c[0].old, serde_json::json!(0));
+        assert_eq!(c[0].new, serde_json::json!(7));
+        assert_eq!(c[0].effect, Effect::InPlace);
+        assert!(spec_changes(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn scaling_adds_and_removes_only_the_highest_copies() {
+        let mut two = spec("w", 0);
+        two.instances = 2;
+        let mut three = two.clone();
+        three.instances = 3;
+        let ids = two.instances();
+        let o = obs(&ids, &two, InstanceState::Running);
+        let p = plan(&[running(&three)], &o);
+        assert_eq!(
+            actions(&p),
+            [
+                ("w-1".into(), Action::Unchanged, false),
+                ("w-2".into(), Action::Unchanged, false),
+                ("w-3".into(), Action::Start, false),
+            ]
+        );
+        assert!(p.steps[2].reason.contains("scale 2 → 3"));
+        let ids3 = three.instances();
+        let o = obs(&ids3, &three, InstanceState::Running);
+        let p = plan(&[running(&two)], &o);
+        assert_eq!(p.steps[0].instance, "w-3");
+        assert_eq!(p.steps[0].action, Action::Remove);
+    }
+
+    #[test]
+    fn removed_programs_are_removed() {
+        let s = spec("gone", 0);
+        let ids = s.instances();
+        let o = obs(&ids, &s, InstanceState::Running);
+        let p = plan(&[], &o);
+        assert_eq!(actions(&p), [("gone".into(), Action::Remove, false)]);
+        assert_eq!(p.steps[0].reason, "program removed");
+    }
+
+    #[test]
+    fn natural_order_of_instances() {
+        let mut s = spec("w", 0);
+        s.instances = 11;
+        let p = plan(&[running(&s)], &[]);
+        assert_eq!(p.steps[1].instance, "w-2");
+        assert_eq!(p.steps[10].instance, "w-11");
+    }
+}
