@@ -637,10 +637,14 @@ pub fn parse_tree(text: &str, format: Format, file: &Path) -> Result<Value, Conf
                 let line = e
                     .span()
                     .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-                Err(
-                    ConfigError::new(file, format!("TOML syntax error: {}", e.message().trim()))
-                        .at_line(line),
+                Err(ConfigError::new(
+                    file,
+                    format!(
+                        "TOML syntax error: {}",
+                        e.message().trim().replace('\n', "; ")
+                    ),
                 )
+                .at_line(line))
             }
         },
         Format::Yaml => {

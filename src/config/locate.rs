@@ -150,7 +150,10 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|c| (edit_distance(&lower, c), *c))
         .filter(|(d, c)| {
             let limit = if c.len() <= 4 { 1 } else { 2 };
-            *d <= limit || (c.contains(&lower) && lower.len() >= 3) || lower.contains(*c)
+            // A one-letter word is one edit from every one-letter name: no suggestion then.
+            (*d <= limit && *d < lower.len() && *d < c.len())
+                || (c.contains(&lower) && lower.len() >= 3)
+                || (lower.contains(*c) && c.len() >= 3)
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
@@ -667,5 +670,6 @@ intervall = "1s"
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("wbe", "web"), 1);
         assert_eq!(suggest("wbe", &["web", "api"]), Some("web"));
+        assert_eq!(suggest("x", &["t", "ab"]), None);
     }
 }

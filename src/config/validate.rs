@@ -669,7 +669,7 @@ pub fn apply_env(
             errors.push(
                 ctx.err(
                     &entry_at,
-                    format!("`{}`: {e} in the value of {k}", ctx.prefix.join(at)),
+                    format!("{e} in `{}` entry {k}", ctx.prefix.join(at)),
                 )
                 .with_hint(e.hint()),
             );
