@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub listen: String,
     /// Starts with `/`, no trailing `/` (except `/` itself).
     pub base_path: String,
+    /// Never serialized: settings may be shown, the token must not be.
+    #[serde(skip_serializing)]
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub socket: Option<PathBuf>,
@@ -221,13 +223,14 @@ pub fn load(
 pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -> ProgramsScan {
     let config_ctx = settings.config_ctx();
     let (env, mut errors) = shared_env(settings, base_env, &config_ctx);
-    let env_broken = !errors.is_empty();
+    let env_errors = errors.clone();
+    let env_broken = !env_errors.is_empty();
     let base_dir = settings.base_dir();
 
     // Claimed names, for duplicates and group members: (name, where).
     let mut claims: Vec<(String, Claim)> = Vec::new();
 
-    let mut inline: Vec<(Ctx, KeyPath, Option<ProgramSpec>)> = Vec::new();
+    let mut inline: Vec<InlineWork> = Vec::new();
     for (i, tree) in settings.processes.iter().enumerate() {
         let ctx = config_ctx.within(&KeyPath::root().key("processes").index(i));
         let pc = ProgramContext {
@@ -251,7 +254,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
         inline.push((ctx, outcome.name_path, spec));
     }
 
-    let mut files: Vec<(Ctx, KeyPath, FileOutcome)> = Vec::new();
+    let mut files: Vec<FileWork> = Vec::new();
     match program_files(&settings.programs_directory) {
         Ok(paths) => {
             for path in paths {
@@ -303,19 +306,55 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
         }
     }
     for (claim, e) in duplicate_errors {
-        match claim {
-            Claim::Inline(i) => {
-                inline[i].2 = None;
-                errors.push(e);
-            }
-            Claim::File(i) => {
-                let outcome = &mut files[i].2;
-                match &mut outcome.result {
-                    Ok(_) => outcome.result = Err(vec![e]),
-                    Err(list) => list.push(e),
-                }
-            }
+        fail_claim(&claim, e, &mut inline, &mut files, &mut errors);
+    }
+
+    // Instance names must be unique too: `web` with two instances runs `web-1`, which a program
+    // named `web-1` would also claim.
+    let mut instance_owners: BTreeMap<String, Vec<(Claim, String)>> = BTreeMap::new();
+    let valid = inline
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (_, _, spec))| spec.as_ref().map(|s| (Claim::Inline(i), s)))
+        .chain(files.iter().enumerate().filter_map(|(i, (_, _, outcome))| {
+            outcome.result.as_ref().ok().map(|s| (Claim::File(i), s))
+        }));
+    for (claim, spec) in valid {
+        for id in spec.instances() {
+            instance_owners
+                .entry(id.name)
+                .or_default()
+                .push((claim.clone(), spec.name.clone()));
         }
+    }
+    let mut clash_errors: Vec<(Claim, ConfigError)> = Vec::new();
+    for (instance, owners) in instance_owners.iter().filter(|(_, o)| o.len() > 1) {
+        for (claim, name) in owners {
+            let others: Vec<String> = owners
+                .iter()
+                .filter(|(c, _)| c != claim)
+                .map(|(_, n)| format!("`{n}`"))
+                .collect();
+            let (ctx, name_path) = match claim {
+                Claim::Inline(i) => (&inline[*i].0, &inline[*i].1),
+                Claim::File(i) => (&files[*i].0, &files[*i].1),
+            };
+            let e = ctx
+                .err(
+                    name_path,
+                    format!(
+                        "instance name `{instance}` of program `{name}` is also an instance of {}",
+                        others.join(", ")
+                    ),
+                )
+                .with_hint(
+                    "rename one of the programs: `name` with instances = N runs name-1 … name-N",
+                );
+            clash_errors.push((claim.clone(), e));
+        }
+    }
+    for (claim, e) in clash_errors {
+        fail_claim(&claim, e, &mut inline, &mut files, &mut errors);
     }
 
     let mut programs: Vec<Program> = inline
@@ -335,12 +374,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
             }),
             Ok(_) => {
                 // Its env cannot be computed: keep the last good spec, like any broken file.
-                let shared: Vec<ConfigError> = errors
-                    .iter()
-                    .filter(|e| settings.is_main_error(e))
-                    .cloned()
-                    .collect();
-                outcome.result = Err(shared);
+                outcome.result = Err(env_errors.clone());
             }
             Err(list) => errors.extend(list.iter().cloned()),
         }
@@ -389,6 +423,33 @@ pub fn program_from_json(
 enum Claim {
     Inline(usize),
     File(usize),
+}
+
+type InlineWork = (Ctx, KeyPath, Option<ProgramSpec>);
+type FileWork = (Ctx, KeyPath, FileOutcome);
+
+/// Marks a claimant invalid with `e`: an inline process is dropped (its error is a main-config
+/// error), a file's outcome becomes (or stays) an error.
+fn fail_claim(
+    claim: &Claim,
+    e: ConfigError,
+    inline: &mut [InlineWork],
+    files: &mut [FileWork],
+    errors: &mut Vec<ConfigError>,
+) {
+    match claim {
+        Claim::Inline(i) => {
+            inline[*i].2 = None;
+            errors.push(e);
+        }
+        Claim::File(i) => {
+            let outcome = &mut files[*i].2;
+            match &mut outcome.result {
+                Ok(_) => outcome.result = Err(vec![e]),
+                Err(list) => list.push(e),
+            }
+        }
+    }
 }
 
 /// Main config and env-file errors first (in line order), then program files by path and line.

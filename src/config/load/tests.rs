@@ -594,3 +594,32 @@ fn program_from_json_uses_the_same_rules() {
         .iter()
         .all(|e| e.file == Path::new("<request>") && e.line.is_none()));
 }
+
+#[test]
+fn instance_names_must_not_clash_with_other_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "programs/web.toml", "command = \"a\"\ninstances = 2\n");
+    write(d, "programs/web-2.toml", "command = \"b\"\n");
+    write(d, "programs/web-3.toml", "command = \"c\"\n");
+    let scan = scan_programs(&Settings::embedded_default(d), &daemon_env());
+    let names: Vec<_> = scan.programs.iter().map(|p| p.spec.name.as_str()).collect();
+    assert_eq!(names, ["web-3"]);
+    assert_eq!(scan.errors.len(), 2, "{}", show(&scan.errors));
+    assert!(
+        scan.errors[0]
+            .message
+            .contains("instance name `web-2` of program `web-2` is also an instance of `web`"),
+        "{}",
+        scan.errors[0]
+    );
+    assert!(scan.errors[1].file.ends_with("web.toml"));
+}
+
+#[test]
+fn the_token_is_never_serialized() {
+    let mut settings = Settings::embedded_default(Path::new("/x"));
+    settings.server.token = Some("secret-token".into());
+    let json = serde_json::to_string(&settings).unwrap();
+    assert!(!json.contains("secret-token"), "{json}");
+}
