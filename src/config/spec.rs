@@ -50,6 +50,29 @@ pub enum Exec {
     Args(Vec<String>),
 }
 
+/// Characters that make a `command` a shell line rather than a plain argv.
+const SHELL_SYNTAX: &[char] = &[
+    '|', '&', ';', '<', '>', '(', ')', '$', '`', '\\', '"', '\'', '*', '?', '[', ']', '#', '~',
+    '=', '%', '{', '}', '\n',
+];
+
+impl Exec {
+    /// The argv to exec: `command` through `/bin/sh -c` when it has shell syntax (quotes,
+    /// redirections, variables, globs, …), else split on whitespace; `args` as given.
+    ///
+    /// Splitting plain commands avoids an extra shell process, so the pid the daemon watches is
+    /// the program itself and signals reach it directly.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Exec::Command(s) if s.contains(SHELL_SYNTAX) => {
+                vec!["/bin/sh".to_string(), "-c".to_string(), s.clone()]
+            }
+            Exec::Command(s) => s.split_whitespace().map(str::to_string).collect(),
+            Exec::Args(v) => v.clone(),
+        }
+    }
+}
+
 /// Where a program's desired state came from (SPEC §4).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "path")]
@@ -307,6 +330,48 @@ mod tests {
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn argv_uses_a_shell_only_for_shell_syntax() {
+        let sh = |s: &str| vec!["/bin/sh".to_string(), "-c".to_string(), s.to_string()];
+        let split = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases: Vec<(&str, Vec<String>)> = vec![
+            ("sleep 300", split(&["sleep", "300"])),
+            (
+                "  /usr/bin/env   python3\t-u app.py ",
+                split(&["/usr/bin/env", "python3", "-u", "app.py"]),
+            ),
+            (
+                "server --port 8080 -v",
+                split(&["server", "--port", "8080", "-v"]),
+            ),
+            ("echo a | cat", sh("echo a | cat")),
+            ("a && b", sh("a && b")),
+            ("a; b", sh("a; b")),
+            ("cat < in", sh("cat < in")),
+            ("echo > out", sh("echo > out")),
+            ("(sleep 1)", sh("(sleep 1)")),
+            ("echo $HOME", sh("echo $HOME")),
+            ("echo `date`", sh("echo `date`")),
+            ("echo a\\ b", sh("echo a\\ b")),
+            ("echo \"a b\"", sh("echo \"a b\"")),
+            ("pgrep -f 'sleep 300'", sh("pgrep -f 'sleep 300'")),
+            ("ls *.log", sh("ls *.log")),
+            ("ls ?.log", sh("ls ?.log")),
+            ("ls [ab]", sh("ls [ab]")),
+            ("run # comment", sh("run # comment")),
+            ("ls ~", sh("ls ~")),
+            ("FOO=1 run", sh("FOO=1 run")),
+            ("date +%s", sh("date +%s")),
+            ("echo {a,b}", sh("echo {a,b}")),
+            ("a\nb", sh("a\nb")),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Exec::Command(input.to_string()).argv(), want, "{input:?}");
+        }
+        let args = split(&["echo", "a | b", "$HOME"]);
+        assert_eq!(Exec::Args(args.clone()).argv(), args);
     }
 
     #[test]

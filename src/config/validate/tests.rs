@@ -1,0 +1,506 @@
+//! Table tests: one case per validation error kind, and the defaults and spellings that are valid.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::*;
+use crate::config::load::parse_tree;
+
+struct Fixture {
+    log: LogSpec,
+    env: EnvLayers,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let mut base = BTreeMap::new();
+        base.insert("PATH".to_string(), "/bin".to_string());
+        base.insert("HOME".to_string(), "/home/u".to_string());
+        let mut env = EnvLayers::new(base);
+        env.set("GLOBAL_NAME", "provisr", false).unwrap();
+        Fixture {
+            log: LogSpec::default(),
+            env,
+        }
+    }
+
+    /// Validates `text` as the file `/etc/provisr/programs/<file>`.
+    fn check(&self, file: &str, text: &str) -> Result<ProgramSpec, Vec<ConfigError>> {
+        let path = Path::new("/etc/provisr/programs").join(file);
+        let format = Format::from_extension(path.extension().unwrap().to_str().unwrap()).unwrap();
+        let tree = parse_tree(text, format, &path).map_err(|e| vec![e])?;
+        let ctx = Ctx::new(Arc::new(SourceInfo {
+            file: path.clone(),
+            lines: Some(Arc::new(LineTable::scan(text, format))),
+        }));
+        let pc = ProgramContext {
+            log_defaults: &self.log,
+            use_os_env: true,
+            env: &self.env,
+            base_dir: path.parent(),
+            fallback_name: path.file_stem().map(|s| s.to_string_lossy().into_owned()),
+        };
+        validate_program_tree(tree, &ctx, &pc).result
+    }
+
+    fn ok(&self, text: &str) -> ProgramSpec {
+        match self.check("web.toml", text) {
+            Ok(spec) => spec,
+            Err(e) => panic!("{text}\n{}", crate::config::render_errors(&e)),
+        }
+    }
+}
+
+use super::super::locate::Format;
+
+/// (what, file text, every expected error as (key, line, words in the message, words in the hint)).
+type Case = (
+    &'static str,
+    &'static str,
+    &'static [(
+        Option<&'static str>,
+        Option<usize>,
+        &'static str,
+        &'static str,
+    )],
+);
+
+const CASES: &[Case] = &[
+    (
+        "unknown key with a suggestion",
+        "comand = \"x\"\nargs = [\"a\"]\n",
+        &[(Some("comand"), Some(1), "unknown key `comand`", "did you mean `command`?")],
+    ),
+    (
+        "every unknown key of a file, nested ones too",
+        "command = \"x\"\ncolour = 1\n[log]\ndirr = \"d\"\n[[detectors]]\ntype = \"command\"\ncommand = \"true\"\nintervall = \"1s\"\n",
+        &[
+            (Some("colour"), Some(2), "unknown key `colour`", ""),
+            (Some("log.dirr"), Some(4), "unknown key `log.dirr`", "`dir`"),
+            (Some("detectors[0].intervall"), Some(8), "unknown key", "`interval`"),
+        ],
+    ),
+    (
+        "every bad duration",
+        "command = \"x\"\nstart_duration = \"10\"\nretry_interval = \"fast\"\nstop_timeout = \"1y\"\n",
+        &[
+            (Some("start_duration"), Some(2), "the unit is missing", "e.g. \"500ms\", \"1.5s\""),
+            (Some("retry_interval"), Some(3), "invalid duration \"fast\"", "1.5s"),
+            (Some("stop_timeout"), Some(4), "the unit is not one of", "1.5s"),
+        ],
+    ),
+    (
+        "a duration that is not a string",
+        "command = \"x\"\nstop_timeout = 5\n",
+        &[(Some("stop_timeout"), Some(2), "wrong type", "\"1.5s\"")],
+    ),
+    (
+        "bad name",
+        "name = \"-web\"\ncommand = \"x\"\n",
+        &[(Some("name"), Some(1), "must start with a letter or digit", "^[A-Za-z0-9]")],
+    ),
+    (
+        "command and args together",
+        "command = \"x\"\nargs = [\"y\"]\n",
+        &[(Some("args"), Some(2), "`command` and `args` are both given", "not both")],
+    ),
+    (
+        "neither command nor args",
+        "priority = 1\n",
+        &[(None, None, "`command` or `args` is required", "command = ")],
+    ),
+    (
+        "empty command",
+        "command = \"  \"\n",
+        &[(Some("command"), Some(1), "`command` is empty", "")],
+    ),
+    (
+        "empty args",
+        "args = []\n",
+        &[(Some("args"), Some(1), "at least the program", "args = [")],
+    ),
+    (
+        "unknown ${VAR}, and every bad entry",
+        "command = \"x\"\nenv = [\n  \"A=${NOPE}\",\n  \"no-equals\",\n  \"B=${GLOBAL_NAME}\",\n  \"C=${A-B}\",\n]\n",
+        &[
+            (Some("env[0]"), Some(3), "unknown variable `${NOPE}`", "define it earlier"),
+            (Some("env[1]"), Some(4), "not of the form KEY=VALUE", "KEY=VALUE"),
+            (Some("env[3]"), Some(6), "does not hold a variable name", "${NAME}"),
+        ],
+    ),
+    (
+        "instances 0",
+        "command = \"x\"\ninstances = 0\n",
+        &[(Some("instances"), Some(2), "`instances` must be at least 1, got 0", "autostart")],
+    ),
+    (
+        "instances negative",
+        "command = \"x\"\ninstances = -2\n",
+        &[(Some("instances"), Some(2), "at least 1, got -2", "")],
+    ),
+    (
+        "bad signal name and number",
+        "command = \"x\"\nstop_signal = \"TERMINATE\"\n",
+        &[(Some("stop_signal"), Some(2), "\"TERMINATE\" is not a known signal", "\"TERM\"")],
+    ),
+    (
+        "bad signal number",
+        "command = \"x\"\nstop_signal = 999\n",
+        &[(Some("stop_signal"), Some(2), "999 is not a signal number", "")],
+    ),
+    (
+        "bad detector type",
+        "command = \"x\"\n[[detectors]]\ntype = \"pidfil\"\npath = \"/p\"\n",
+        &[(Some("detectors[0].type"), Some(3), "\"pidfil\" is not a detector type", "did you mean `pidfile`?")],
+    ),
+    (
+        "detector without its required key, and a key that does not apply",
+        "command = \"x\"\n[[detectors]]\ntype = \"pidfile\"\n[[detectors]]\ntype = \"command\"\npath = \"/p\"\ntimeout = \"0s\"\n",
+        &[
+            (Some("detectors[0]"), Some(2), "`detectors[0].path` is required", "path = "),
+            (Some("detectors[1].path"), Some(6), "does not apply to a `command` detector", ""),
+            (Some("detectors[1].timeout"), Some(7), "must be more than 0s", ""),
+            (Some("detectors[1]"), Some(4), "`detectors[1].command` is required", ""),
+        ],
+    ),
+    (
+        "detector schedule out of range",
+        "command = \"x\"\n[[detectors]]\ntype = \"exec:pid\"\ninterval = \"0s\"\nfailure_threshold = 0\n",
+        &[
+            (Some("detectors[0].interval"), Some(4), "must be more than 0s", ""),
+            (Some("detectors[0].failure_threshold"), Some(5), "at least 1, got 0", ""),
+        ],
+    ),
+    (
+        "detector without type",
+        "command = \"x\"\n[[detectors]]\npath = \"/p\"\n",
+        &[(Some("detectors[0]"), Some(2), "`detectors[0].type` is required", "\"pidfile\"")],
+    ),
+    (
+        "type other than process",
+        "type = \"cron\"\n[spec]\ncommand = \"x\"\n",
+        &[(Some("type"), Some(1), "only \"process\" is supported", "type = \"process\"")],
+    ),
+    (
+        "autorestart and auto_restart together",
+        "command = \"x\"\nauto_restart = true\nautorestart = false\n",
+        &[(Some("autorestart"), Some(3), "both given", "keep only `auto_restart`")],
+    ),
+    (
+        "every type error of a file",
+        "command = \"x\"\npriority = \"high\"\nautostart = \"yes\"\n[log]\nmax_size_mb = \"big\"\n",
+        &[
+            (Some("priority"), Some(2), "`priority` has the wrong type", "whole number"),
+            (Some("autostart"), Some(3), "`autostart` has the wrong type", "true or false"),
+            (Some("log.max_size_mb"), Some(5), "`log.max_size_mb` has the wrong type", ""),
+        ],
+    ),
+    (
+        "a wrong type is not also reported as missing",
+        "command = 5\n",
+        &[(Some("command"), Some(1), "`command` has the wrong type", "")],
+    ),
+    (
+        "program key outside spec in the wrapped form",
+        "type = \"process\"\ncommand = \"x\"\n[spec]\nargs = [\"y\"]\n",
+        &[(Some("command"), Some(2), "unknown key `command`", "move `command` into the `spec` table")],
+    ),
+    (
+        "errors inside spec name their spec path",
+        "type = \"process\"\n[spec]\ncomand = \"x\"\n",
+        &[
+            (Some("spec.comand"), Some(3), "unknown key `spec.comand`", "did you mean `command`?"),
+            (Some("spec"), Some(2), "`command` or `args` is required", ""),
+        ],
+    ),
+    (
+        "spec that is not a table",
+        "type = \"process\"\nspec = \"x\"\n",
+        &[(Some("spec"), Some(2), "`spec` must be a table", "")],
+    ),
+    (
+        "log sizes",
+        "command = \"x\"\n[log]\nmax_size_mb = 0\nmax_backups = -1\n",
+        &[
+            (Some("log.max_size_mb"), Some(3), "at least 1, got 0", ""),
+            (Some("log.max_backups"), Some(4), "at least 0, got -1", ""),
+        ],
+    ),
+    (
+        "priority out of range",
+        "command = \"x\"\npriority = 9999999999\n",
+        &[(Some("priority"), Some(2), "out of range", "")],
+    ),
+    (
+        "env table with a bad key",
+        "command = \"x\"\n[env]\nGOOD = \"1\"\n\"BAD-KEY\" = \"2\"\n",
+        &[(Some("env.BAD-KEY"), Some(4), "is not a variable name", "")],
+    ),
+    (
+        "empty path",
+        "command = \"x\"\nwork_dir = \"\"\n",
+        &[(Some("work_dir"), Some(2), "`work_dir` is empty", "")],
+    ),
+];
+
+#[test]
+fn every_error_kind_is_reported_with_key_line_and_hint() {
+    let f = Fixture::new();
+    for (what, text, want) in CASES {
+        let errors = match f.check("web.toml", text) {
+            Ok(spec) => panic!("{what}: expected errors, got {spec:?}"),
+            Err(e) => e,
+        };
+        let shown = crate::config::render_errors(&errors);
+        assert_eq!(errors.len(), want.len(), "{what}: {shown}");
+        for (key, line, message, hint) in want.iter() {
+            let found = errors.iter().find(|e| {
+                e.key.as_deref() == *key && e.line == *line && e.message.contains(message)
+            });
+            let Some(e) = found else {
+                panic!("{what}: no error ({key:?}, {line:?}, {message:?}) in\n{shown}");
+            };
+            assert!(
+                e.hint.as_deref().unwrap_or("").contains(hint),
+                "{what}: hint of {e} should contain {hint:?}"
+            );
+            assert_eq!(e.file, Path::new("/etc/provisr/programs/web.toml"));
+        }
+    }
+}
+
+#[test]
+fn name_from_the_file_stem_must_be_valid_too() {
+    let f = Fixture::new();
+    let errors = f.check("my prog.toml", "command = \"x\"\n").unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].message.contains("taken from the file name"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(
+        errors[0].hint.as_deref(),
+        Some("set `name`, or rename the file")
+    );
+    let spec = f
+        .check("my prog.toml", "name = \"ok\"\ncommand = \"x\"\n")
+        .unwrap();
+    assert_eq!(spec.name, "ok");
+}
+
+#[test]
+fn not_a_table_is_an_error() {
+    let f = Fixture::new();
+    let errors = f.check("web.yaml", "- a\n- b\n").unwrap_err();
+    assert!(
+        errors[0].message.contains("must be a table"),
+        "{}",
+        errors[0]
+    );
+    let errors = f.check("web.yaml", "").unwrap_err();
+    assert!(errors[0].message.contains("found nothing"), "{}", errors[0]);
+}
+
+#[test]
+fn defaults_follow_spec_section_2() {
+    let f = Fixture::new();
+    let spec = f.ok("command = \"sleep 300\"\n");
+    let mut want = ProgramSpec::new("web", Exec::Command("sleep 300".into()));
+    want.env = f.env.overlay().clone();
+    assert_eq!(spec, want);
+}
+
+#[test]
+fn every_field_is_read() {
+    let f = Fixture::new();
+    let spec = f.ok(r#"
+name = "api"
+args = ["/usr/bin/api", "--port", "8000"]
+work_dir = "srv"
+env = ["PORT=8000", "URL=http://localhost:${PORT}/${GLOBAL_NAME}", "PATH=${PATH}:/opt/bin"]
+priority = -5
+autostart = false
+instances = 3
+start_duration = "1.5s"
+retry_count = 0
+retry_interval = "500ms"
+autorestart = true
+restart_interval = "2s"
+restart_max_interval = "1m"
+stop_signal = "sigint"
+stop_timeout = "3s"
+[log]
+stdout = "logs/api.out"
+dir = "/var/log/api"
+max_size_mb = 50
+max_backups = 0
+max_age_days = 30
+compress = true
+[[detectors]]
+type = "exec:pid"
+[[detectors]]
+type = "pidfile"
+path = "run/api.pid"
+interval = "5s"
+failure_threshold = 1
+[[detectors]]
+type = "command"
+command = "curl -fs localhost:8000"
+"#);
+    assert_eq!(spec.name, "api");
+    assert_eq!(
+        spec.exec,
+        Exec::Args(vec!["/usr/bin/api".into(), "--port".into(), "8000".into()])
+    );
+    assert_eq!(
+        spec.work_dir.as_deref(),
+        Some(Path::new("/etc/provisr/programs/srv"))
+    );
+    assert_eq!(spec.env["URL"], "http://localhost:8000/provisr");
+    assert_eq!(spec.env["PATH"], "/bin:/opt/bin");
+    assert_eq!(spec.env["GLOBAL_NAME"], "provisr");
+    assert!(
+        !spec.env.contains_key("HOME"),
+        "the overlay holds no base variables"
+    );
+    assert_eq!(spec.priority, -5);
+    assert!(!spec.autostart);
+    assert_eq!(spec.instances, 3);
+    assert_eq!(spec.start_duration, Dur::from_millis(1500));
+    assert_eq!(spec.retry_count, 0);
+    assert_eq!(spec.retry_interval, Dur::from_millis(500));
+    assert!(spec.auto_restart);
+    assert_eq!(spec.restart_interval, Dur::from_secs(2));
+    assert_eq!(spec.restart_max_interval, Dur::from_secs(60));
+    assert_eq!(spec.stop_signal, "INT");
+    assert_eq!(spec.stop_timeout, Dur::from_secs(3));
+    assert_eq!(
+        spec.log,
+        LogSpec {
+            stdout: Some("/etc/provisr/programs/logs/api.out".into()),
+            stderr: None,
+            dir: Some("/var/log/api".into()),
+            max_size_mb: 50,
+            max_backups: 0,
+            max_age_days: 30,
+            compress: true,
+        }
+    );
+    assert_eq!(
+        spec.detectors,
+        vec![
+            DetectorSpec {
+                kind: DetectorKind::ExecPid,
+                interval: Dur::from_secs(10),
+                failure_threshold: 3
+            },
+            DetectorSpec {
+                kind: DetectorKind::Pidfile {
+                    path: "/etc/provisr/programs/run/api.pid".into()
+                },
+                interval: Dur::from_secs(5),
+                failure_threshold: 1
+            },
+            DetectorSpec {
+                kind: DetectorKind::Command {
+                    command: "curl -fs localhost:8000".into(),
+                    timeout: Dur::from_secs(5)
+                },
+                interval: Dur::from_secs(10),
+                failure_threshold: 3
+            },
+        ]
+    );
+}
+
+#[test]
+fn log_defaults_apply_per_field() {
+    let mut f = Fixture::new();
+    f.log.dir = Some("/var/log/all".into());
+    f.log.max_backups = 9;
+    let spec = f.ok("command = \"x\"\n[log]\nmax_backups = 1\n");
+    assert_eq!(spec.log.dir.as_deref(), Some(Path::new("/var/log/all")));
+    assert_eq!(spec.log.max_backups, 1);
+    assert_eq!(spec.log.max_size_mb, 10);
+}
+
+#[test]
+fn signal_spellings_normalize_to_the_bare_name() {
+    let cases: &[(RawSignal, &str)] = &[
+        (RawSignal::Name("TERM".into()), "TERM"),
+        (RawSignal::Name("SIGTERM".into()), "TERM"),
+        (RawSignal::Name("term".into()), "TERM"),
+        (RawSignal::Name("sigint".into()), "INT"),
+        (RawSignal::Name(" KILL ".into()), "KILL"),
+        (RawSignal::Name("HUP".into()), "HUP"),
+        (RawSignal::Name("Quit".into()), "QUIT"),
+        (RawSignal::Name("USR1".into()), "USR1"),
+        (RawSignal::Name("SIGUSR2".into()), "USR2"),
+        (RawSignal::Name("15".into()), "TERM"),
+        (RawSignal::Number(9), "KILL"),
+        (RawSignal::Number(2), "INT"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(normalize_signal(raw).as_deref(), Ok(*want), "{raw:?}");
+    }
+    for bad in [
+        RawSignal::Name("".into()),
+        RawSignal::Name("SIG".into()),
+        RawSignal::Name("TERMINATE".into()),
+        RawSignal::Number(0),
+        RawSignal::Number(-1),
+        RawSignal::Number(1 << 40),
+    ] {
+        assert!(normalize_signal(&bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn env_table_form_keeps_written_order() {
+    let f = Fixture::new();
+    let spec = f.ok("command = \"x\"\n[env]\nZ = \"z\"\nA = \"${Z}-a\"\nPORT = 8080\n");
+    assert_eq!(spec.env["A"], "z-a");
+    assert_eq!(spec.env["PORT"], "8080");
+}
+
+#[test]
+fn relative_paths_in_requests_are_errors() {
+    let f = Fixture::new();
+    let ctx = Ctx::new(Arc::new(SourceInfo {
+        file: "<request>".into(),
+        lines: None,
+    }));
+    let pc = ProgramContext {
+        log_defaults: &f.log,
+        use_os_env: false,
+        env: &f.env,
+        base_dir: None,
+        fallback_name: None,
+    };
+    let tree = serde_json::json!({"command": "x", "work_dir": "rel", "log": {"dir": "/abs"}});
+    let errors = validate_program_tree(tree, &ctx, &pc).result.unwrap_err();
+    let keys: Vec<_> = errors
+        .iter()
+        .map(|e| e.key.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(keys, ["name", "work_dir"]);
+    assert!(errors[1].hint.as_deref().unwrap().contains("absolute"));
+    let tree = serde_json::json!({"name": "n", "command": "x", "work_dir": "/abs"});
+    let spec = validate_program_tree(tree, &ctx, &pc).result.unwrap();
+    assert!(!spec.use_os_env);
+    assert_eq!(spec.work_dir.as_deref(), Some(Path::new("/abs")));
+}
+
+#[test]
+fn type_errors_keep_going_after_the_first() {
+    let ctx = Ctx::new(Arc::new(SourceInfo {
+        file: "x.json".into(),
+        lines: None,
+    }));
+    let tree =
+        serde_json::json!({"priority": "a", "instances": "b", "detectors": [{"interval": 5}]});
+    let (_, errors) = deserialize_collect::<RawProgram>(tree, &ctx);
+    let keys: Vec<_> = errors.iter().map(|e| e.key.clone().unwrap()).collect();
+    assert_eq!(keys, ["priority", "instances", "detectors[0].interval"]);
+}
