@@ -313,6 +313,36 @@ mod tests {
         assert!(size >= 4096);
     }
 
+    #[tokio::test]
+    async fn a_descriptor_inherited_without_cloexec_does_not_reach_the_child() {
+        // A pipe without O_CLOEXEC stands for what a careless parent of the daemon might pass on.
+        let (leaky_r, leaky_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+        let (leaky_r, leaky_w) = (
+            above_keepalive_fds(leaky_r).unwrap(),
+            above_keepalive_fds(leaky_w).unwrap(),
+        );
+        // `above_keepalive_fds` dups with CLOEXEC only when it had to move; clear it either way.
+        for fd in [&leaky_r, &leaky_w] {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).unwrap();
+        }
+        let spec = ProgramSpec::new("fds", Exec::Command("sleep 300".into()));
+        let id = InstanceId::new("fds", 1, 1);
+        let child = spawn_instance(&spec, &id).unwrap();
+        let pid = child.pid;
+        let fds: Vec<i32> = {
+            let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+        let exit = child.watch.exited().await.unwrap();
+        assert_eq!(exit.signal, Some(9));
+        assert_eq!(fds, [0, 1, 2, 3, 4], "leaky fds {leaky_r:?} {leaky_w:?}");
+    }
+
     #[test]
     fn empty_commands_and_bad_work_dirs_are_typed_errors() {
         let id = InstanceId::new("x", 1, 1);
