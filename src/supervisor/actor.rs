@@ -124,7 +124,7 @@ impl Actor {
     }
 
     /// Feeds `input` to the state machine and carries out the decisions, following up spawn
-    /// results until the machine settles; then publishes the status once.
+    /// results until the machine settles, publishing the status after each step.
     fn apply(&mut self, input: Input) {
         let mut pending = Some(input);
         while let Some(input) = pending.take() {
@@ -155,8 +155,8 @@ impl Actor {
                 self.status.message = Some(reason);
             }
             self.sync_health();
+            self.publish();
         }
-        self.publish();
     }
 
     fn spawn(&mut self) -> Result<(), SpawnError> {
@@ -240,8 +240,8 @@ impl Actor {
         if old.detectors != self.spec.detectors {
             self.health = Health::new(&self.spec.detectors);
             self.sync_health();
+            self.publish();
         }
-        self.publish();
     }
 
     fn emit(&self, from: InstanceState, to: InstanceState, reason: &str) {

@@ -47,7 +47,7 @@ pub struct RuntimeContext {
 }
 
 /// How an actor begins.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Initial {
     /// `stopped`, with the restart count carried over from the store.
     Fresh { restarts: u64 },
@@ -142,6 +142,8 @@ impl InstanceHandle {
     ///
     /// A `Fresh` instance waits, `stopped`, for [`start`](Self::start); an adopted one is `running`
     /// at once (or `stopped` when the pid is no longer the process it was).
+    ///
+    /// Panics when called outside a tokio runtime (like `tokio::spawn`).
     pub fn spawn(
         id: InstanceId,
         spec: Arc<ProgramSpec>,
