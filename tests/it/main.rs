@@ -4,4 +4,5 @@
 //! processes it started even when an assertion fails.
 
 mod config;
+mod supervisor;
 mod util;

@@ -1,0 +1,387 @@
+//! The actor of one instance: the only code that touches its process.
+//!
+//! It waits on four things at once — a command, the child's exit (pidfd), its one lifecycle timer,
+//! and (only when the program has such detectors) a health probe — turns each into an
+//! [`Input`] for the pure [`state::next`], and carries out the decision. Nothing here polls: an
+//! instance with no detectors and no pending timer costs one parked task and one pidfd.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{InstanceId, ProgramSpec};
+
+use super::health::{Health, HealthChange, ProbeResult};
+use super::process::{
+    is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
+    ProcessWatch,
+};
+use super::spawn::{
+    spawn_instance, PipeReservation, SpawnError, STDERR_KEEPALIVE_FD, STDOUT_KEEPALIVE_FD,
+};
+use super::state::{self, Action, Input, InstanceState, Lifecycle, Policy};
+use super::{Command, Event, Initial, InstanceStatus, RuntimeContext};
+
+/// The process an actor currently owns.
+struct LiveChild {
+    watch: ProcessWatch,
+    /// When it started, for the uptime rules (start_duration, stable running).
+    started: Instant,
+    /// Its share of enlarged pipe buffers, given back when it is reaped.
+    _pipes: PipeReservation,
+}
+
+pub(super) struct Actor {
+    id: InstanceId,
+    spec: Arc<ProgramSpec>,
+    policy: Policy,
+    stop_signal: Signal,
+    ctx: RuntimeContext,
+    life: Lifecycle,
+    child: Option<LiveChild>,
+    health: Health,
+    /// The working copy of the status; published through `tx` when it changes.
+    status: InstanceStatus,
+    tx: watch::Sender<InstanceStatus>,
+    inbox: mpsc::UnboundedReceiver<Command>,
+    shutting_down: bool,
+}
+
+impl Actor {
+    pub(super) fn new(
+        id: InstanceId,
+        spec: Arc<ProgramSpec>,
+        ctx: RuntimeContext,
+        restarts: u64,
+        tx: watch::Sender<InstanceStatus>,
+        inbox: mpsc::UnboundedReceiver<Command>,
+    ) -> Actor {
+        let policy = Policy::of(&spec);
+        let status = tx.borrow().clone();
+        Actor {
+            stop_signal: stop_signal_of(&spec),
+            health: Health::new(&spec.detectors),
+            life: Lifecycle::new(restarts, &policy),
+            policy,
+            id,
+            spec,
+            ctx,
+            child: None,
+            status,
+            tx,
+            inbox,
+            shutting_down: false,
+        }
+    }
+
+    pub(super) async fn run(mut self, initial: Initial) {
+        if let Initial::Adopt {
+            pid, start_time, ..
+        } = initial
+        {
+            self.adopt(pid, start_time);
+        }
+        loop {
+            if self.shutting_down && self.child.is_none() && !self.life.state.has_process() {
+                return;
+            }
+            let deadline = self.life.deadline;
+            let probe_due = self.health.next_due();
+            tokio::select! {
+                command = self.inbox.recv() => match command {
+                    Some(command) => self.command(command),
+                    // The handle is gone (detach): end without touching the child.
+                    None => return,
+                },
+                exit = wait_exit(self.child.as_ref()) => self.on_exit(exit),
+                () = sleep_until(deadline) => match self.life.timer_input() {
+                    Some(input) => self.apply(input),
+                    None => self.life.deadline = None,
+                },
+                (index, result) = self.health.probe_finished() => self.on_probe(index, result),
+                () = sleep_until(probe_due) => self.health.start_due(&self.spec, &self.id),
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            // Once shutting down, nothing starts again.
+            Command::Start | Command::Restart if self.shutting_down => {}
+            Command::Start => self.apply(Input::StartRequested),
+            Command::Restart => self.apply(Input::RestartRequested),
+            Command::Stop => self.apply(Input::StopRequested),
+            Command::Shutdown => {
+                self.shutting_down = true;
+                self.apply(Input::StopRequested);
+            }
+            Command::UpdateSpec(spec) => self.update_spec(spec),
+        }
+    }
+
+    /// Feeds `input` to the state machine and carries out the decisions, following up spawn
+    /// results until the machine settles, publishing the status after each step.
+    fn apply(&mut self, input: Input) {
+        let mut pending = Some(input);
+        while let Some(input) = pending.take() {
+            let from = self.life.state;
+            let decision = state::next(&self.life, &input, &self.policy, Instant::now());
+            let transition = decision.is_transition(from);
+            self.life = decision.next;
+            match decision.action {
+                Action::Nothing => {}
+                Action::Spawn => {
+                    pending = Some(match self.spawn() {
+                        Ok(()) => Input::Spawned,
+                        Err(e) => Input::SpawnFailed {
+                            error: e.to_string(),
+                        },
+                    })
+                }
+                Action::SignalGroup => self.signal(self.stop_signal),
+                Action::KillGroup => self.signal(Signal::SIGKILL),
+            }
+            if let Some(reason) = decision.reason {
+                let to = self.life.state;
+                if transition {
+                    self.emit(from, to, &reason);
+                } else {
+                    tracing::info!(instance = %self.id.name, state = %to, %reason, "instance update");
+                }
+                self.status.message = Some(reason);
+            }
+            self.sync_health();
+            self.publish();
+        }
+    }
+
+    fn spawn(&mut self) -> Result<(), SpawnError> {
+        let spawned = spawn_instance(&self.spec, &self.id)?;
+        self.ctx.output.attach(spawned.stdout, spawned.stderr);
+        self.status.pid = Some(spawned.pid);
+        self.status.pid_start_time = spawned.start_time;
+        self.status.started_at = Some(SystemTime::now());
+        self.child = Some(LiveChild {
+            watch: spawned.watch,
+            started: Instant::now(),
+            _pipes: spawned.pipes,
+        });
+        Ok(())
+    }
+
+    /// Signals the child's process group; falls back to the process alone if it no longer leads a
+    /// group (an adopted program that moved itself to another group).
+    fn signal(&self, sig: Signal) {
+        let Some(child) = &self.child else { return };
+        let pid = child.watch.pid();
+        if !kill_group(pid, sig) && is_alive(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        }
+    }
+
+    fn on_exit(&mut self, exit: io::Result<ExitInfo>) {
+        let Some(child) = self.child.take() else {
+            return;
+        };
+        let exit = exit.unwrap_or_else(|e| {
+            tracing::warn!(instance = %self.id.name, error = %e, "cannot wait for the process; treating it as exited");
+            ExitInfo::default()
+        });
+        self.status.pid = None;
+        self.status.pid_start_time = None;
+        self.status.last_exit = Some(exit);
+        self.status.stopped_at = Some(SystemTime::now());
+        self.apply(Input::Exited {
+            code: exit.code,
+            signal: exit.signal,
+            uptime: child.started.elapsed(),
+        });
+    }
+
+    fn on_probe(&mut self, index: usize, result: ProbeResult) {
+        if self.life.state != InstanceState::Running {
+            return;
+        }
+        match self.health.record(index, result, Instant::now()) {
+            HealthChange::Unchanged => {}
+            HealthChange::BecameUnhealthy(detail) => {
+                tracing::warn!(instance = %self.id.name, %detail, "instance unhealthy");
+                self.apply(Input::Unhealthy { detail });
+            }
+            HealthChange::BecameHealthy => {
+                tracing::info!(instance = %self.id.name, "instance healthy again");
+                self.status.message = Some("healthy again".to_string());
+                self.publish();
+            }
+        }
+    }
+
+    /// Probing runs exactly while the instance is `running`.
+    fn sync_health(&mut self) {
+        let running = self.life.state == InstanceState::Running;
+        if running && !self.health.armed() {
+            self.health.arm(Instant::now());
+        } else if !running && self.health.armed() {
+            self.health.disarm();
+        }
+    }
+
+    fn update_spec(&mut self, spec: Arc<ProgramSpec>) {
+        let old = std::mem::replace(&mut self.spec, spec);
+        self.policy = Policy::of(&self.spec);
+        self.stop_signal = stop_signal_of(&self.spec);
+        if old.restart_interval != self.spec.restart_interval {
+            self.life.restart_delay = self.policy.restart_interval;
+        }
+        if old.detectors != self.spec.detectors {
+            self.health = Health::new(&self.spec.detectors);
+            self.sync_health();
+            self.publish();
+        }
+    }
+
+    fn emit(&self, from: InstanceState, to: InstanceState, reason: &str) {
+        tracing::info!(instance = %self.id.name, %from, %to, %reason, "transition");
+        let _ = self.ctx.events.send(Event {
+            time: SystemTime::now(),
+            name: self.id.name.clone(),
+            from,
+            to,
+            reason: reason.to_string(),
+        });
+    }
+
+    /// Publishes the status if it changed, and wakes the reconcile loop.
+    fn publish(&mut self) {
+        let st = &mut self.status;
+        st.state = self.life.state;
+        st.restarts = self.life.restarts;
+        st.healthy = self.child.is_some() && self.health.healthy();
+        st.detected_by = self.child.as_ref().map(|_| "exec:pid".to_string());
+        st.next_retry_at = match (self.life.state, self.life.deadline) {
+            (InstanceState::Backoff, Some(at)) => {
+                Some(SystemTime::now() + at.saturating_duration_since(Instant::now()))
+            }
+            _ => None,
+        };
+        let new = st.clone();
+        let changed = self.tx.send_if_modified(|current| {
+            if *current == new {
+                false
+            } else {
+                *current = new;
+                true
+            }
+        });
+        if changed {
+            self.ctx.changed.notify_one();
+        }
+    }
+
+    /// Takes over `pid` if it is still the process that started at `start_time`.
+    fn adopt(&mut self, pid: i32, start_time: u64) {
+        match self.try_adopt(pid, start_time) {
+            Ok(()) => self.apply(Input::Adopted { pid }),
+            Err(why) => {
+                tracing::info!(instance = %self.id.name, pid, %why, "not adopted");
+                self.status.message = Some(why);
+                self.publish();
+            }
+        }
+    }
+
+    fn try_adopt(&mut self, pid: i32, start_time: u64) -> Result<(), String> {
+        let verify = |now: Option<u64>| match now {
+            Some(t) if t == start_time => Ok(()),
+            Some(_) => Err(format!(
+                "pid {pid} now belongs to another process (its start time differs); not adopted"
+            )),
+            None => Err(format!("pid {pid} is gone; not adopted")),
+        };
+        verify(proc_start_time(pid))?;
+        let watch = ProcessWatch::open(pid)
+            .map_err(|e| format!("cannot watch pid {pid} (pidfd_open): {e}; not adopted"))?;
+        // Checked again now that the pidfd pins the process: the pid cannot be recycled any more.
+        verify(proc_start_time(pid))?;
+        if proc_pgid(pid) != Some(pid) {
+            tracing::warn!(instance = %self.id.name, pid, "adopted process no longer leads its process group; stop signals go to it alone");
+        }
+        match reopen_output(pid) {
+            Ok((stdout, stderr)) => self.ctx.output.attach(stdout, stderr),
+            Err(why) => {
+                tracing::warn!(instance = %self.id.name, pid, %why, "adopted without output capture")
+            }
+        }
+        let started_wall = start_time_to_wall(start_time);
+        let age = started_wall
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default();
+        self.status.pid = Some(pid);
+        self.status.pid_start_time = Some(start_time);
+        self.status.started_at = started_wall;
+        self.child = Some(LiveChild {
+            watch,
+            started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            _pipes: PipeReservation::default(),
+        });
+        Ok(())
+    }
+}
+
+/// Reopens an adopted child's output pipes through the read ends it keeps at fd 3 and 4.
+fn reopen_output(pid: i32) -> Result<(OwnedFd, OwnedFd), String> {
+    Ok((
+        reopen_pipe(pid, STDOUT_KEEPALIVE_FD, 1)?,
+        reopen_pipe(pid, STDERR_KEEPALIVE_FD, 2)?,
+    ))
+}
+
+/// Opens `/proc/PID/fd/KEEP` for reading if it is a pipe, and — when the child's `stream` (1 or 2)
+/// is a pipe too — the same pipe: a program that reused fd 3/4 for a pipe of its own must not have
+/// that pipe drained by us.
+fn reopen_pipe(pid: i32, keep: i32, stream: i32) -> Result<OwnedFd, String> {
+    let link = |fd: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}"));
+    let kept = link(keep).map_err(|e| format!("fd {keep} of pid {pid}: {e}"))?;
+    let kept = kept.to_string_lossy();
+    if !kept.starts_with("pipe:") {
+        return Err(format!("fd {keep} of pid {pid} is {kept}, not a pipe"));
+    }
+    if let Ok(target) = link(stream) {
+        let target = target.to_string_lossy();
+        if target.starts_with("pipe:") && target != kept {
+            return Err(format!(
+                "fd {keep} of pid {pid} is not its fd {stream} pipe ({kept} vs {target})"
+            ));
+        }
+    }
+    let file = std::fs::File::open(format!("/proc/{pid}/fd/{keep}"))
+        .map_err(|e| format!("cannot reopen fd {keep} of pid {pid}: {e}"))?;
+    Ok(OwnedFd::from(file))
+}
+
+fn stop_signal_of(spec: &ProgramSpec) -> Signal {
+    parse_signal(&spec.stop_signal).unwrap_or_else(|| {
+        tracing::warn!(program = %spec.name, signal = %spec.stop_signal, "unknown stop_signal; using TERM");
+        Signal::SIGTERM
+    })
+}
+
+/// The child's exit, or never when there is no child.
+async fn wait_exit(child: Option<&LiveChild>) -> io::Result<ExitInfo> {
+    match child {
+        Some(c) => c.watch.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,374 @@
+//! Health detectors (SPEC §7): is an instance's program alive beyond "its pid exists"?
+//!
+//! `exec:pid` needs no code here: it is the pidfd the actor already waits on, so it costs nothing
+//! and notices an exit at once. `pidfile` and `command` detectors are probed every `interval`, and
+//! only for instances that have them: an instance without such detectors has no health timer at
+//! all, which keeps a thousand idle instances idle. Probes of one instance run one at a time in a
+//! task of their own, so a slow `command` never delays the instance's stop or exit handling, and a
+//! probe abandoned mid-way still reaps its shell.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::task::JoinHandle;
+
+use crate::config::{DetectorKind, DetectorSpec, Dur, InstanceId, ProgramSpec};
+
+use super::process::{is_alive, kill_group, ProcessWatch};
+use super::spawn::configure;
+
+/// The shortest probe interval honoured, so a `0s` interval cannot turn into a busy loop.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The outcome of one probe: `Err` says why the detector failed.
+pub(crate) type ProbeResult = Result<(), String>;
+
+/// Runs one detector once against `spec`'s instance `id`.
+pub(crate) async fn probe(kind: &DetectorKind, spec: &ProgramSpec, id: &InstanceId) -> ProbeResult {
+    match kind {
+        // The pidfd is this detector; asking it separately would mean polling.
+        DetectorKind::ExecPid => Ok(()),
+        DetectorKind::Pidfile { path } => check_pidfile(path).await,
+        DetectorKind::Command { command, timeout } => {
+            run_command(command, timeout.get(), spec, id).await
+        }
+    }
+}
+
+/// Probes every detector other than `exec:pid` once and returns the label of the first that passes.
+///
+/// A daemon that knows no live pid for an instance uses this to decide the instance is "already
+/// running elsewhere" (SPEC §7) and must not be started twice.
+pub async fn probe_detectors(spec: &ProgramSpec, id: &InstanceId) -> Option<String> {
+    for detector in &spec.detectors {
+        if detector.kind == DetectorKind::ExecPid {
+            continue;
+        }
+        if probe(&detector.kind, spec, id).await.is_ok() {
+            return Some(detector.label());
+        }
+    }
+    None
+}
+
+/// A plain PID file names a process; it passes while that process exists (and is not a zombie).
+async fn check_pidfile(path: &Path) -> ProbeResult {
+    let text = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("{} does not hold a pid", path.display()))?;
+    if is_alive(pid) {
+        Ok(())
+    } else {
+        Err(format!("pid {pid} from {} is not running", path.display()))
+    }
+}
+
+/// Runs `command` through `/bin/sh -c` in the program's environment and directory; exit 0 passes.
+///
+/// The shell leads its own process group, so a timeout kills the whole probe (a pipeline, a
+/// backgrounded helper) and the shell is always reaped, timeout or not.
+async fn run_command(
+    command: &str,
+    timeout: Duration,
+    spec: &ProgramSpec,
+    id: &InstanceId,
+) -> ProbeResult {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    configure(&mut cmd, spec, id);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run the detector command: {e}"))?;
+    let pid = child.id() as i32;
+    drop(child);
+    let watch = match ProcessWatch::open(pid) {
+        Ok(w) => w,
+        Err(e) => {
+            kill_group(pid, Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            return Err(format!("cannot watch the detector command: {e}"));
+        }
+    };
+    match tokio::time::timeout(timeout, watch.exited()).await {
+        Ok(Ok(exit)) if exit.code == Some(0) => Ok(()),
+        Ok(Ok(exit)) => Err(exit.to_string()),
+        Ok(Err(e)) => Err(format!("cannot wait for the detector command: {e}")),
+        Err(_) => {
+            kill_group(pid, Signal::SIGKILL);
+            let _ = watch.exited().await;
+            Err(format!("timed out after {}", Dur(timeout)))
+        }
+    }
+}
+
+/// How a probe result changed the instance's health.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum HealthChange {
+    Unchanged,
+    /// A detector reached its failure threshold; the text says which and why.
+    BecameUnhealthy(String),
+    BecameHealthy,
+}
+
+struct Check {
+    spec: DetectorSpec,
+    failures: u32,
+    due: Option<Instant>,
+}
+
+impl Check {
+    fn interval(&self) -> Duration {
+        self.spec.interval.get().max(MIN_INTERVAL)
+    }
+
+    fn threshold(&self) -> u32 {
+        self.spec.failure_threshold.max(1)
+    }
+
+    fn failing(&self) -> bool {
+        self.failures >= self.threshold()
+    }
+}
+
+struct InFlight {
+    index: usize,
+    task: JoinHandle<ProbeResult>,
+}
+
+/// The probing schedule of one instance: armed while it is `running`, idle otherwise.
+pub(crate) struct Health {
+    checks: Vec<Check>,
+    in_flight: Option<InFlight>,
+    armed: bool,
+}
+
+impl Health {
+    pub(crate) fn new(detectors: &[DetectorSpec]) -> Health {
+        Health {
+            checks: detectors
+                .iter()
+                .filter(|d| d.kind != DetectorKind::ExecPid)
+                .map(|d| Check {
+                    spec: d.clone(),
+                    failures: 0,
+                    due: None,
+                })
+                .collect(),
+            in_flight: None,
+            armed: false,
+        }
+    }
+
+    pub(crate) fn armed(&self) -> bool {
+        self.armed
+    }
+
+    /// Starts probing: every detector is first due one interval from now, with a clean slate.
+    pub(crate) fn arm(&mut self, now: Instant) {
+        self.armed = true;
+        for c in &mut self.checks {
+            c.failures = 0;
+            c.due = Some(now + c.interval());
+        }
+    }
+
+    /// Stops probing. A probe in flight runs to its end on its own (so its shell is reaped) and
+    /// its result is dropped.
+    pub(crate) fn disarm(&mut self) {
+        self.armed = false;
+        self.in_flight = None;
+        for c in &mut self.checks {
+            c.failures = 0;
+            c.due = None;
+        }
+    }
+
+    /// False once a detector has failed `failure_threshold` times in a row.
+    pub(crate) fn healthy(&self) -> bool {
+        !self.checks.iter().any(Check::failing)
+    }
+
+    /// When the next probe should start; `None` while one runs or when nothing is scheduled.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        if self.in_flight.is_some() || !self.armed {
+            return None;
+        }
+        self.checks.iter().filter_map(|c| c.due).min()
+    }
+
+    /// Starts the probe of the detector due first.
+    pub(crate) fn start_due(&mut self, spec: &Arc<ProgramSpec>, id: &InstanceId) {
+        if self.in_flight.is_some() {
+            return;
+        }
+        let Some((index, check)) = self
+            .checks
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, c)| c.due.is_some())
+            .min_by_key(|(_, c)| c.due)
+        else {
+            return;
+        };
+        check.due = None;
+        let kind = check.spec.kind.clone();
+        let (spec, id) = (Arc::clone(spec), id.clone());
+        let task = tokio::spawn(async move { probe(&kind, &spec, &id).await });
+        self.in_flight = Some(InFlight { index, task });
+    }
+
+    /// Waits for the probe in flight (forever when there is none). Cancel-safe.
+    pub(crate) async fn probe_finished(&mut self) -> (usize, ProbeResult) {
+        let Some(flight) = self.in_flight.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = match (&mut flight.task).await {
+            Ok(r) => r,
+            Err(e) => Err(format!("the probe task failed: {e}")),
+        };
+        let index = flight.index;
+        self.in_flight = None;
+        (index, result)
+    }
+
+    /// Records a finished probe and schedules that detector's next one.
+    pub(crate) fn record(
+        &mut self,
+        index: usize,
+        result: ProbeResult,
+        now: Instant,
+    ) -> HealthChange {
+        let was_healthy = self.healthy();
+        let armed = self.armed;
+        let Some(check) = self.checks.get_mut(index) else {
+            return HealthChange::Unchanged;
+        };
+        let error = match result {
+            Ok(()) => {
+                check.failures = 0;
+                None
+            }
+            Err(e) => {
+                check.failures = check.failures.saturating_add(1);
+                Some(e)
+            }
+        };
+        if armed {
+            check.due = Some(now + check.interval());
+        }
+        let detail = error.map(|e| {
+            format!(
+                "{} failed {} times in a row: {e}",
+                check.spec.label(),
+                check.failures
+            )
+        });
+        match (was_healthy, self.healthy()) {
+            (true, false) => HealthChange::BecameUnhealthy(detail.unwrap_or_default()),
+            (false, true) => HealthChange::BecameHealthy,
+            _ => HealthChange::Unchanged,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector(kind: DetectorKind, threshold: u32) -> DetectorSpec {
+        DetectorSpec {
+            kind,
+            interval: Dur::from_secs(10),
+            failure_threshold: threshold,
+        }
+    }
+
+    #[test]
+    fn exec_pid_needs_no_schedule() {
+        let mut h = Health::new(&[detector(DetectorKind::ExecPid, 3)]);
+        h.arm(Instant::now());
+        assert_eq!(h.next_due(), None, "no timer for exec:pid alone");
+        assert!(h.healthy());
+    }
+
+    #[test]
+    fn threshold_consecutive_failures_make_unhealthy_and_a_pass_recovers() {
+        let now = Instant::now();
+        let pidfile = DetectorKind::Pidfile {
+            path: "/run/x.pid".into(),
+        };
+        let mut h = Health::new(&[detector(pidfile, 3)]);
+        assert_eq!(h.next_due(), None, "idle until armed");
+        h.arm(now);
+        assert_eq!(h.next_due(), Some(now + Duration::from_secs(10)));
+        let fail = || Err("pid 7 is not running".to_string());
+        assert_eq!(h.record(0, fail(), now), HealthChange::Unchanged);
+        assert_eq!(h.record(0, Ok(()), now), HealthChange::Unchanged);
+        assert_eq!(h.record(0, fail(), now), HealthChange::Unchanged);
+        assert_eq!(h.record(0, fail(), now), HealthChange::Unchanged);
+        assert!(h.healthy());
+        assert_eq!(
+            h.record(0, fail(), now),
+            HealthChange::BecameUnhealthy(
+                "pidfile:/run/x.pid failed 3 times in a row: pid 7 is not running".into()
+            )
+        );
+        assert!(!h.healthy());
+        assert_eq!(h.record(0, fail(), now), HealthChange::Unchanged);
+        assert_eq!(h.record(0, Ok(()), now), HealthChange::BecameHealthy);
+        h.disarm();
+        assert_eq!(h.next_due(), None);
+        assert!(h.healthy());
+    }
+
+    #[tokio::test]
+    async fn pidfile_probe_reads_a_pid_and_checks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.pid");
+        assert!(check_pidfile(&path)
+            .await
+            .unwrap_err()
+            .contains("cannot read"));
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(check_pidfile(&path)
+            .await
+            .unwrap_err()
+            .contains("does not hold a pid"));
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(check_pidfile(&path).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn command_probe_passes_on_exit_zero_and_fails_otherwise() {
+        let spec = ProgramSpec::new("p", crate::config::Exec::Command("true".into()));
+        let id = InstanceId::new("p", 1, 1);
+        let t = Duration::from_secs(20);
+        assert_eq!(run_command("exit 0", t, &spec, &id).await, Ok(()));
+        assert_eq!(
+            run_command("exit 3", t, &spec, &id).await,
+            Err("exited with code 3".to_string())
+        );
+        assert_eq!(
+            run_command("test \"$PROVISR_NAME\" = p", t, &spec, &id).await,
+            Ok(())
+        );
+        let e = run_command("sleep 30", Duration::from_millis(100), &spec, &id)
+            .await
+            .unwrap_err();
+        assert_eq!(e, "timed out after 100ms");
+    }
+}

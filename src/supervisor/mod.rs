@@ -1,0 +1,292 @@
+//! The process runtime: one tokio actor per instance that owns its child from spawn to reap.
+//!
+//! An [`InstanceHandle`] is the only way to reach an instance: commands go in over a channel,
+//! observed state comes out as a [`watch`] of [`InstanceStatus`], every state change is also an
+//! [`Event`] on a broadcast channel, and [`RuntimeContext::changed`] is poked so the reconcile loop
+//! looks again. Inside, the actor (`actor.rs`) feeds inputs to the pure state machine
+//! ([`state::next`]) and carries out its decisions: spawn (`spawn.rs`), signal the process group,
+//! wait for the exit through a pidfd and reap it (`process.rs`), probe detectors (`health.rs`).
+//! Output pipes are handed to an [`OutputSink`] (`output.rs`), implemented by the logs module.
+//!
+//! See `docs/runtime.md` for the design: why children keep fd 3/4, the state table, stop
+//! escalation and pidfd reaping.
+
+mod actor;
+pub mod argv;
+pub mod health;
+pub mod output;
+mod process;
+pub mod spawn;
+pub mod state;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::config::{InstanceId, ProgramSpec};
+
+pub use argv::argv;
+pub use health::probe_detectors;
+pub use output::OutputSink;
+pub use process::{parse_signal, proc_start_time, ExitInfo};
+pub use spawn::SpawnError;
+pub use state::InstanceState;
+
+/// What every instance actor shares with the rest of the daemon, plus its output sink.
+#[derive(Clone)]
+pub struct RuntimeContext {
+    /// Every transition of every instance; send errors (no subscriber) are ignored.
+    pub events: broadcast::Sender<Event>,
+    /// Poked on every status change so the reconcile loop wakes.
+    pub changed: Arc<Notify>,
+    /// Where this instance's output goes: give each instance its own sink.
+    pub output: Arc<dyn OutputSink>,
+}
+
+/// How an actor begins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Initial {
+    /// `stopped`, with the restart count carried over from the store.
+    Fresh { restarts: u64 },
+    /// Take over a process an earlier daemon started, if `pid` still has `start_time` (field 22 of
+    /// `/proc/PID/stat`); otherwise `stopped` with a message saying why.
+    Adopt {
+        pid: i32,
+        start_time: u64,
+        restarts: u64,
+    },
+}
+
+/// The observed state of one instance, as published after every change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    pub program: String,
+    pub instance: u32,
+    pub state: InstanceState,
+    pub pid: Option<i32>,
+    /// Field 22 of `/proc/PID/stat`: with `pid`, what a later daemon needs to find the process again.
+    pub pid_start_time: Option<u64>,
+    /// Automatic restarts (crash restarts and unhealthy restarts, not explicit ones).
+    pub restarts: u64,
+    #[serde(with = "rfc3339_opt")]
+    pub started_at: Option<SystemTime>,
+    #[serde(with = "rfc3339_opt")]
+    pub stopped_at: Option<SystemTime>,
+    pub last_exit: Option<ExitInfo>,
+    /// The process is alive and no detector has reached its failure threshold.
+    pub healthy: bool,
+    /// Which detector says the instance runs: `exec:pid` for a process this runtime watches.
+    pub detected_by: Option<String>,
+    #[serde(with = "rfc3339_opt")]
+    pub next_retry_at: Option<SystemTime>,
+    /// The last reason or error, e.g. "exited before start_duration 1s (exited with code 1), retry 2/3".
+    pub message: Option<String>,
+}
+
+impl InstanceStatus {
+    /// The status of a stopped instance that has been restarted `restarts` times.
+    pub fn stopped(id: &InstanceId, restarts: u64) -> InstanceStatus {
+        InstanceStatus {
+            name: id.name.clone(),
+            program: id.program.clone(),
+            instance: id.index,
+            state: InstanceState::Stopped,
+            pid: None,
+            pid_start_time: None,
+            restarts,
+            started_at: None,
+            stopped_at: None,
+            last_exit: None,
+            healthy: false,
+            detected_by: None,
+            next_retry_at: None,
+            message: None,
+        }
+    }
+}
+
+/// One state transition of one instance (SPEC §9.3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(with = "rfc3339")]
+    pub time: SystemTime,
+    pub name: String,
+    pub from: InstanceState,
+    pub to: InstanceState,
+    pub reason: String,
+}
+
+/// Commands an actor accepts.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Start,
+    Stop,
+    Restart,
+    UpdateSpec(Arc<ProgramSpec>),
+    Shutdown,
+}
+
+/// The handle of one instance actor. Dropping it is [`InstanceHandle::detach`].
+pub struct InstanceHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<InstanceStatus>,
+    task: JoinHandle<()>,
+}
+
+impl InstanceHandle {
+    /// Starts the actor of instance `id` on the current tokio runtime.
+    ///
+    /// A `Fresh` instance waits, `stopped`, for [`start`](Self::start); an adopted one is `running`
+    /// at once (or `stopped` when the pid is no longer the process it was).
+    ///
+    /// Panics when called outside a tokio runtime (like `tokio::spawn`).
+    pub fn spawn(
+        id: InstanceId,
+        spec: Arc<ProgramSpec>,
+        ctx: RuntimeContext,
+        initial: Initial,
+    ) -> InstanceHandle {
+        let restarts = match initial {
+            Initial::Fresh { restarts } | Initial::Adopt { restarts, .. } => restarts,
+        };
+        let (tx, rx) = watch::channel(InstanceStatus::stopped(&id, restarts));
+        let (commands, inbox) = mpsc::unbounded_channel();
+        let actor = actor::Actor::new(id, spec, ctx, restarts, tx, inbox);
+        let task = tokio::spawn(actor.run(initial));
+        InstanceHandle {
+            commands,
+            status: rx,
+            task,
+        }
+    }
+
+    fn send(&self, command: Command) {
+        // The actor only ends through shutdown/detach, which consume the handle; a send can only
+        // fail if it panicked, and then there is nobody left to tell.
+        let _ = self.commands.send(command);
+    }
+
+    /// Start the process (a no-op while starting or running; after stopping when stopping).
+    pub fn start(&self) {
+        self.send(Command::Start);
+    }
+
+    /// Stop the process group: stop signal, `stop_timeout`, then `SIGKILL`. Cancels any backoff.
+    pub fn stop(&self) {
+        self.send(Command::Stop);
+    }
+
+    /// Stop, then start again. Not counted in `restarts` (it was asked for).
+    pub fn restart(&self) {
+        self.send(Command::Restart);
+    }
+
+    /// Use `spec` from now on. Restart policy, stop settings and detectors apply at once; `exec`,
+    /// `work_dir` and `env` apply at the next spawn (the reconcile loop restarts for those).
+    pub fn update_spec(&self, spec: Arc<ProgramSpec>) {
+        self.send(Command::UpdateSpec(spec));
+    }
+
+    /// The latest published status.
+    pub fn status(&self) -> InstanceStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of every status the actor publishes.
+    pub fn watch(&self) -> watch::Receiver<InstanceStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the child per its stop settings, then ends the actor; returns once both are done.
+    pub async fn shutdown(self) {
+        self.send(Command::Shutdown);
+        let _ = self.task.await;
+    }
+
+    /// Ends the actor WITHOUT stopping the child, after the commands already sent: the daemon
+    /// exits and leaves its children running for the next daemon to adopt.
+    pub fn detach(self) {
+        drop(self);
+    }
+}
+
+/// Serde for `SystemTime` as RFC 3339 with milliseconds, e.g. `2024-05-01T12:00:00.123Z`.
+mod rfc3339 {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// [`rfc3339`] for optional times (`null` when absent).
+mod rfc3339_opt {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn status_and_events_serialize_times_as_rfc3339() {
+        let id = InstanceId::new("web", 2, 3);
+        let mut st = InstanceStatus::stopped(&id, 4);
+        st.started_at = Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+        st.last_exit = Some(ExitInfo {
+            code: None,
+            signal: Some(9),
+        });
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["name"], "web-2");
+        assert_eq!(v["program"], "web");
+        assert_eq!(v["instance"], 2);
+        assert_eq!(v["state"], "stopped");
+        assert_eq!(v["restarts"], 4);
+        assert_eq!(v["started_at"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(v["stopped_at"], serde_json::Value::Null);
+        assert_eq!(v["last_exit"]["signal"], 9);
+        let back: InstanceStatus = serde_json::from_value(v).unwrap();
+        assert_eq!(back, st);
+
+        let ev = Event {
+            time: SystemTime::UNIX_EPOCH,
+            name: "web-2".into(),
+            from: InstanceState::Running,
+            to: InstanceState::Backoff,
+            reason: "killed by SIGKILL; restarting in 1s".into(),
+        };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["from"], "running");
+        assert_eq!(v["to"], "backoff");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), ev);
+    }
+}

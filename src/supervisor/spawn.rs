@@ -1,0 +1,370 @@
+//! Spawning one instance's process: argv, working directory, environment, process group, pipes.
+//!
+//! Every descriptor the daemon opens is `O_CLOEXEC`, and the child additionally marks everything
+//! above fd 4 close-on-exec before `exec`, so nothing of the daemon leaks into a child — except,
+//! deliberately, the read ends of the child's own stdout and stderr pipes, placed at fd 3 and fd 4.
+//! The child holding a read end of its own pipes means its writes can never fail with `EPIPE` or
+//! raise `SIGPIPE`: if the daemon is killed, the pipe simply fills and the child blocks until the
+//! next daemon reopens `/proc/PID/fd/3` and `/proc/PID/fd/4` and drains them (see `docs/runtime.md`).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use crate::config::{InstanceId, ProgramSpec};
+
+use super::argv::argv;
+use super::process::{kill_group, proc_start_time, ProcessWatch};
+
+/// `PATH` of a child when `use_os_env = false` (SPEC §5).
+pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The capacity asked for each output pipe: a child writing bursts keeps running while the log
+/// writer catches up, and a dead daemon leaves room for more buffered output.
+pub const PIPE_SIZE: usize = 1 << 20;
+
+/// The child's fd holding the read end of its own stdout pipe.
+pub const STDOUT_KEEPALIVE_FD: RawFd = 3;
+/// The child's fd holding the read end of its own stderr pipe.
+pub const STDERR_KEEPALIVE_FD: RawFd = 4;
+
+/// Why a process could not be spawned. Each becomes a failed start, retried per `retry_count`.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("program {program}: the command is empty")]
+    EmptyCommand { program: String },
+    #[error("program {program}: work_dir {}: {source}", path.display())]
+    WorkDir {
+        program: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("program {program}: work_dir {} is not a directory", path.display())]
+    WorkDirNotADirectory { program: String, path: PathBuf },
+    #[error("program {program}: cannot create the output pipes: {source}")]
+    Pipes { program: String, source: io::Error },
+    #[error("program {program}: cannot execute {argv0:?}: {source}")]
+    Exec {
+        program: String,
+        argv0: String,
+        source: io::Error,
+    },
+    #[error("program {program}: cannot watch pid {pid} for its exit (pidfd_open): {source}")]
+    Watch {
+        program: String,
+        pid: i32,
+        source: io::Error,
+    },
+}
+
+/// A freshly spawned process: the runtime watches `watch`, the sink gets `stdout`/`stderr`.
+pub(crate) struct Spawned {
+    pub pid: i32,
+    /// Field 22 of `/proc/PID/stat`; `None` only without a readable `/proc`.
+    pub start_time: Option<u64>,
+    pub watch: ProcessWatch,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub pipes: PipeReservation,
+}
+
+/// Spawns the process of instance `id` of `spec`: its own process group, stdin from `/dev/null`,
+/// stdout and stderr into fresh pipes whose read ends are returned (and also kept by the child at
+/// fd 3 and 4).
+pub(crate) fn spawn_instance(spec: &ProgramSpec, id: &InstanceId) -> Result<Spawned, SpawnError> {
+    let program = || spec.name.clone();
+    let argv = argv(&spec.exec);
+    let Some((argv0, args)) = argv.split_first() else {
+        return Err(SpawnError::EmptyCommand { program: program() });
+    };
+    check_work_dir(spec)?;
+
+    let pipes_err = |source| SpawnError::Pipes {
+        program: program(),
+        source,
+    };
+    let mut pipes = PipeReservation::default();
+    let (out_r, out_w) = output_pipe(&mut pipes).map_err(pipes_err)?;
+    let (err_r, err_w) = output_pipe(&mut pipes).map_err(pipes_err)?;
+
+    let mut cmd = Command::new(argv0);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .process_group(0);
+    configure(&mut cmd, spec, id);
+    keep_output_read_ends(&mut cmd, out_r.as_raw_fd(), err_r.as_raw_fd());
+
+    let spawned = cmd.spawn();
+    // The Command owns the parent's copies of the write ends: drop it now, or the sink would never
+    // see end-of-file after the child exits.
+    drop(cmd);
+    let child = spawned.map_err(|source| SpawnError::Exec {
+        program: program(),
+        argv0: argv0.clone(),
+        source,
+    })?;
+    let pid = child.id() as i32;
+    // `std::process::Child` neither waits nor kills on drop; this module reaps through the pidfd.
+    drop(child);
+
+    let start_time = proc_start_time(pid);
+    let watch = match ProcessWatch::open(pid) {
+        Ok(w) => w,
+        Err(source) => {
+            // Without an exit watch the child cannot be supervised: end it and reap it here.
+            kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            return Err(SpawnError::Watch {
+                program: program(),
+                pid,
+                source,
+            });
+        }
+    };
+    Ok(Spawned {
+        pid,
+        start_time,
+        watch,
+        stdout: out_r,
+        stderr: err_r,
+        pipes,
+    })
+}
+
+/// Applies `work_dir` and the environment of SPEC §5 to `cmd` (for instances and for detector
+/// commands alike, so a detector sees what the program sees).
+pub(crate) fn configure(cmd: &mut Command, spec: &ProgramSpec, id: &InstanceId) {
+    if let Some(dir) = &spec.work_dir {
+        cmd.current_dir(dir);
+    }
+    if !spec.use_os_env {
+        cmd.env_clear();
+        cmd.env("PATH", MINIMAL_PATH);
+        if let Some(home) = std::env::var_os("HOME") {
+            cmd.env("HOME", home);
+        }
+    }
+    cmd.envs(&spec.env);
+    cmd.env("PROVISR_NAME", &id.name);
+    cmd.env("PROVISR_INSTANCE", id.index.to_string());
+}
+
+/// Reports a missing or non-directory `work_dir` as itself, rather than as the `ENOENT` the child's
+/// `chdir` would give (indistinguishable from a missing binary).
+fn check_work_dir(spec: &ProgramSpec) -> Result<(), SpawnError> {
+    let Some(path) = &spec.work_dir else {
+        return Ok(());
+    };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(SpawnError::WorkDirNotADirectory {
+            program: spec.name.clone(),
+            path: path.clone(),
+        }),
+        Err(source) => Err(SpawnError::WorkDir {
+            program: spec.name.clone(),
+            path: path.clone(),
+            source,
+        }),
+    }
+}
+
+/// Sets up the child side of the fd-3/4 design, between `fork` and `exec`.
+// `pre_exec` is unsafe because the closure runs in the forked child of a multi-threaded process,
+// where only async-signal-safe operations are allowed. The closure only calls `dup2` and
+// `close_range`, two plain system calls that neither allocate nor take locks, on descriptors
+// that are valid in the child (copied from the parent by fork).
+#[allow(unsafe_code)]
+fn keep_output_read_ends(cmd: &mut Command, stdout_read: RawFd, stderr_read: RawFd) {
+    // Both read ends are above fd 4 (see `output_pipe`), so placing one at 3 can never overwrite
+    // the other, and dup2 never sees equal descriptors (which would leave FD_CLOEXEC set).
+    debug_assert!(stdout_read > STDERR_KEEPALIVE_FD && stderr_read > STDERR_KEEPALIVE_FD);
+    // SAFETY: see the comment on this function: async-signal-safe system calls only.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 gives the new descriptor no FD_CLOEXEC, so 3 and 4 survive exec.
+            nix::unistd::dup2(stdout_read, STDOUT_KEEPALIVE_FD)?;
+            nix::unistd::dup2(stderr_read, STDERR_KEEPALIVE_FD)?;
+            // Mark every descriptor from 5 up close-on-exec: the daemon opens everything
+            // O_CLOEXEC, but a descriptor inherited from whoever started the daemon might not be.
+            // std's own exec-error pipe is CLOEXEC already, so exec errors are still reported.
+            // Kernels before 5.11 lack the flag; the daemon's own descriptors are CLOEXEC anyway.
+            let _ = nix::libc::syscall(
+                nix::libc::SYS_close_range,
+                5 as nix::libc::c_uint,
+                nix::libc::c_uint::MAX,
+                nix::libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
+}
+
+/// A close-on-exec pipe with both ends above fd 4, enlarged to [`PIPE_SIZE`] when the budget allows.
+fn output_pipe(pipes: &mut PipeReservation) -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (r, w) = (above_keepalive_fds(r)?, above_keepalive_fds(w)?);
+    pipes.enlarge(&r);
+    Ok((r, w))
+}
+
+/// Moves a descriptor numbered 0..=4 above 4, so the child's fd 3/4 setup cannot clobber it (a
+/// daemon started with stdin closed gets pipes at fd 0, and std places stdio before `pre_exec`).
+fn above_keepalive_fds(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > STDERR_KEEPALIVE_FD {
+        return Ok(fd);
+    }
+    Ok(rustix::io::fcntl_dupfd_cloexec(
+        fd.as_fd(),
+        STDERR_KEEPALIVE_FD + 1,
+    )?)
+}
+
+/// Bytes of pipe buffer this process has enlarged its pipes by, across all instances.
+static ENLARGED_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many bytes of enlarged pipe buffers the daemon allows itself.
+///
+/// For an unprivileged user the kernel counts pipe buffers per user: past
+/// `/proc/sys/fs/pipe-user-pages-soft` (64 MiB by default) every NEW pipe of that user — of any of
+/// its processes — gets a tiny 2-page buffer. A thousand instances with 2 MiB each would cross that
+/// after 16, so the daemon keeps its enlarged pipes within half of the soft limit and leaves the
+/// rest at the kernel default. Privileged daemons (CAP_SYS_RESOURCE or CAP_SYS_ADMIN) are exempt.
+fn pipe_budget() -> usize {
+    static BUDGET: OnceLock<usize> = OnceLock::new();
+    *BUDGET.get_or_init(|| {
+        let privileged = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+                u64::from_str_radix(hex, 16).ok()
+            })
+            .map(|caps| caps & ((1 << 24) | (1 << 21)) != 0)
+            .unwrap_or(false);
+        if privileged {
+            return usize::MAX;
+        }
+        let soft_pages: usize = std::fs::read_to_string("/proc/sys/fs/pipe-user-pages-soft")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(16384);
+        if soft_pages == 0 {
+            return usize::MAX;
+        }
+        soft_pages.saturating_mul(rustix::param::page_size()) / 2
+    })
+}
+
+/// The enlarged pipe capacity one instance holds; given back when its process is reaped.
+#[derive(Debug, Default)]
+pub(crate) struct PipeReservation(usize);
+
+impl PipeReservation {
+    /// Enlarges `pipe` to [`PIPE_SIZE`] if the budget allows; silently keeps the default otherwise
+    /// (a bigger pipe is a throughput nicety, never a requirement).
+    fn enlarge(&mut self, pipe: &OwnedFd) {
+        let budget = pipe_budget();
+        let reserved = ENLARGED_BYTES.fetch_add(PIPE_SIZE, Ordering::Relaxed);
+        if reserved.saturating_add(PIPE_SIZE) > budget {
+            ENLARGED_BYTES.fetch_sub(PIPE_SIZE, Ordering::Relaxed);
+            return;
+        }
+        match rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE) {
+            Ok(_) => self.0 += PIPE_SIZE,
+            Err(_) => {
+                ENLARGED_BYTES.fetch_sub(PIPE_SIZE, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for PipeReservation {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            ENLARGED_BYTES.fetch_sub(self.0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Exec;
+
+    #[test]
+    fn pipes_are_cloexec_above_fd_4_and_enlarged_within_budget() {
+        let mut res = PipeReservation::default();
+        let (r, w) = output_pipe(&mut res).unwrap();
+        for fd in [&r, &w] {
+            assert!(fd.as_raw_fd() > 4);
+            let flags = rustix::io::fcntl_getfd(fd).unwrap();
+            assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        }
+        let size = rustix::pipe::fcntl_getpipe_size(&r).unwrap();
+        if pipe_budget() == usize::MAX {
+            assert_eq!(size, PIPE_SIZE);
+        }
+        assert!(size >= 4096);
+    }
+
+    #[tokio::test]
+    async fn a_descriptor_inherited_without_cloexec_does_not_reach_the_child() {
+        // A pipe without O_CLOEXEC stands for what a careless parent of the daemon might pass on.
+        let (leaky_r, leaky_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+        let (leaky_r, leaky_w) = (
+            above_keepalive_fds(leaky_r).unwrap(),
+            above_keepalive_fds(leaky_w).unwrap(),
+        );
+        // `above_keepalive_fds` dups with CLOEXEC only when it had to move; clear it either way.
+        for fd in [&leaky_r, &leaky_w] {
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).unwrap();
+        }
+        let spec = ProgramSpec::new("fds", Exec::Command("sleep 300".into()));
+        let id = InstanceId::new("fds", 1, 1);
+        let child = spawn_instance(&spec, &id).unwrap();
+        let pid = child.pid;
+        let fds: Vec<i32> = {
+            let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+                .collect();
+            v.sort();
+            v
+        };
+        kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+        let exit = child.watch.exited().await.unwrap();
+        assert_eq!(exit.signal, Some(9));
+        assert_eq!(fds, [0, 1, 2, 3, 4], "leaky fds {leaky_r:?} {leaky_w:?}");
+    }
+
+    #[test]
+    fn empty_commands_and_bad_work_dirs_are_typed_errors() {
+        let id = InstanceId::new("x", 1, 1);
+        let err = |spec: &ProgramSpec| spawn_instance(spec, &id).err().expect("spawn must fail");
+        let spec = ProgramSpec::new("x", Exec::Command("  ".into()));
+        assert!(matches!(err(&spec), SpawnError::EmptyCommand { .. }));
+        let spec = ProgramSpec::new("x", Exec::Args(vec![]));
+        assert!(matches!(err(&spec), SpawnError::EmptyCommand { .. }));
+        let mut spec = ProgramSpec::new("x", Exec::Command("true".into()));
+        spec.work_dir = Some("/definitely/not/here".into());
+        let e = err(&spec);
+        assert!(matches!(e, SpawnError::WorkDir { .. }), "{e}");
+        assert!(e.to_string().contains("/definitely/not/here"), "{e}");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        spec.work_dir = Some(file.path().to_path_buf());
+        assert!(matches!(
+            err(&spec),
+            SpawnError::WorkDirNotADirectory { .. }
+        ));
+        let spec = ProgramSpec::new("x", Exec::Args(vec!["/definitely/not/a/binary".into()]));
+        let e = err(&spec);
+        assert!(matches!(e, SpawnError::Exec { .. }), "{e}");
+        assert!(e.to_string().contains("/definitely/not/a/binary"), "{e}");
+    }
+}

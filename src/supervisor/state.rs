@@ -1,0 +1,994 @@
+//! The lifecycle of one instance as data: states, the allowed transitions, and a pure [`next`].
+//!
+//! Nothing here touches a process or a clock: [`next`] maps (lifecycle, input, policy, now) to a
+//! [`Decision`] — the new lifecycle, what the actor must do, and why — so every rule of SPEC §2/§3.1
+//! is a table row tested below. The actor (`actor.rs`) only feeds inputs and performs actions.
+//!
+//! The one timer an instance may have lives in [`Lifecycle::deadline`]; which input it produces
+//! follows from the state (`starting` → start_duration elapsed, `backoff` → retry/restart due,
+//! `stopping` → stop_timeout), so "arm a timer", "cancel the timer" and "keep it" are all just the
+//! deadline of the next lifecycle.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Dur, ProgramSpec};
+
+/// How long a process must have run, beyond `start_duration`, for a crash to count as "after
+/// stable running", resetting the restart delay (SPEC §2 `restart_interval`).
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Where an instance is in its lifecycle (SPEC §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    /// No process, none wanted.
+    Stopped,
+    /// A process was spawned and has not yet lived `start_duration`.
+    Starting,
+    /// A process has lived `start_duration` (or was adopted).
+    Running,
+    /// Waiting to retry a failed start or to restart after an exit.
+    Backoff,
+    /// The stop signal was sent; waiting for the process to exit.
+    Stopping,
+    /// The process ended on its own and no restart is due.
+    Exited,
+    /// Failed starts used up `retry_count`.
+    Failed,
+}
+
+impl InstanceState {
+    pub const ALL: [InstanceState; 7] = [
+        InstanceState::Stopped,
+        InstanceState::Starting,
+        InstanceState::Running,
+        InstanceState::Backoff,
+        InstanceState::Stopping,
+        InstanceState::Exited,
+        InstanceState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Stopped => "stopped",
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Backoff => "backoff",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Exited => "exited",
+            InstanceState::Failed => "failed",
+        }
+    }
+
+    /// True in the states where the instance has a live process.
+    pub fn has_process(self) -> bool {
+        matches!(
+            self,
+            InstanceState::Starting | InstanceState::Running | InstanceState::Stopping
+        )
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Every state change [`next`] may make (a state may also stay where it is).
+pub const TRANSITIONS: &[(InstanceState, InstanceState)] = {
+    use InstanceState::*;
+    &[
+        (Stopped, Starting),
+        // Adoption of a process a previous daemon started.
+        (Stopped, Running),
+        (Starting, Running),
+        // A failed start with a retry due later, or a started process's restart delay.
+        (Starting, Backoff),
+        (Starting, Failed),
+        (Starting, Stopping),
+        // Exit in `starting` after start_duration passed but before its timer was handled.
+        (Starting, Exited),
+        (Running, Stopping),
+        (Running, Backoff),
+        // An immediate restart (`restart_interval = 0s`).
+        (Running, Starting),
+        (Running, Exited),
+        (Backoff, Starting),
+        (Backoff, Stopped),
+        (Stopping, Stopped),
+        // Explicit restart, or restart after unhealthy.
+        (Stopping, Starting),
+        (Exited, Starting),
+        (Exited, Stopped),
+        (Failed, Starting),
+        (Failed, Stopped),
+    ]
+};
+
+/// True when `from → to` is in [`TRANSITIONS`] (staying in a state is always allowed).
+pub fn allowed(from: InstanceState, to: InstanceState) -> bool {
+    from == to || TRANSITIONS.contains(&(from, to))
+}
+
+/// The restart and stop settings of a program, the part of its spec [`next`] reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub start_duration: Duration,
+    pub retry_count: u32,
+    pub retry_interval: Duration,
+    pub auto_restart: bool,
+    pub restart_interval: Duration,
+    pub restart_max_interval: Duration,
+    pub stop_timeout: Duration,
+}
+
+impl Policy {
+    pub fn of(spec: &ProgramSpec) -> Policy {
+        Policy {
+            start_duration: spec.start_duration.get(),
+            retry_count: spec.retry_count,
+            retry_interval: spec.retry_interval.get(),
+            auto_restart: spec.auto_restart,
+            restart_interval: spec.restart_interval.get(),
+            restart_max_interval: spec.restart_max_interval.get(),
+            stop_timeout: spec.stop_timeout.get(),
+        }
+    }
+}
+
+/// What happened to an instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    StartRequested,
+    /// Stop (if running) then start; not counted as an automatic restart.
+    RestartRequested,
+    StopRequested,
+    /// The spawn action succeeded.
+    Spawned,
+    /// The spawn action failed (missing binary, bad work_dir, …).
+    SpawnFailed {
+        error: String,
+    },
+    /// A process a previous daemon started was verified and taken over.
+    Adopted {
+        pid: i32,
+    },
+    StartDurationElapsed,
+    BackoffElapsed,
+    StopTimeout,
+    /// The process exited; `code`/`signal` are `None` when unknown (an adopted process).
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        uptime: Duration,
+    },
+    /// A detector failed `failure_threshold` times in a row.
+    Unhealthy {
+        detail: String,
+    },
+}
+
+/// What the actor must do to carry out a decision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Nothing,
+    /// Spawn a new process; the result comes back as `Spawned` or `SpawnFailed`.
+    Spawn,
+    /// Send the program's stop signal to the process group.
+    SignalGroup,
+    /// Send `SIGKILL` to the process group.
+    KillGroup,
+}
+
+/// What follows the exit of a process being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterStop {
+    /// Stay stopped.
+    Stay,
+    /// Start again, as a fresh start (explicit restart, or start requested while stopping).
+    Start,
+    /// Start again as an automatic restart (unhealthy with `auto_restart`): counts in `restarts`.
+    Restart,
+}
+
+/// What a `backoff` is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackoffFor {
+    /// Retry of a failed start.
+    Retry,
+    /// Automatic restart of a started process; counts in `restarts` when it happens.
+    Restart,
+}
+
+/// The state of one instance's lifecycle with the counters its rules need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub state: InstanceState,
+    /// Automatic restarts so far (SPEC §9.2 `restarts`).
+    pub restarts: u64,
+    /// Retries of failed starts used since the last explicit start or successful start.
+    pub retries: u32,
+    /// The delay the next automatic restart waits (doubles on quick crashes).
+    pub restart_delay: Duration,
+    pub after_stop: AfterStop,
+    pub backoff_for: BackoffFor,
+    /// The instance's one timer; see the module docs.
+    pub deadline: Option<Instant>,
+}
+
+impl Lifecycle {
+    /// A stopped instance that has already been restarted `restarts` times.
+    pub fn new(restarts: u64, policy: &Policy) -> Lifecycle {
+        Lifecycle {
+            state: InstanceState::Stopped,
+            restarts,
+            retries: 0,
+            restart_delay: policy.restart_interval,
+            after_stop: AfterStop::Stay,
+            backoff_for: BackoffFor::Retry,
+            deadline: None,
+        }
+    }
+
+    /// The input the timer produces when the deadline passes in the current state.
+    pub fn timer_input(&self) -> Option<Input> {
+        self.deadline?;
+        match self.state {
+            InstanceState::Starting => Some(Input::StartDurationElapsed),
+            InstanceState::Backoff => Some(Input::BackoffElapsed),
+            InstanceState::Stopping => Some(Input::StopTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of one input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub next: Lifecycle,
+    pub action: Action,
+    /// Why, for the event and the status message; `None` when the input changed nothing.
+    pub reason: Option<String>,
+}
+
+impl Decision {
+    /// True when this decision is a transition worth an event: the state changed, or a new process
+    /// is spawned in the same state (an immediate retry).
+    pub fn is_transition(&self, from: InstanceState) -> bool {
+        self.next.state != from || self.action == Action::Spawn
+    }
+}
+
+/// Describes an exit for messages: `exited with code 1`, `killed by SIGKILL`.
+pub fn describe_exit(code: Option<i32>, signal: Option<i32>) -> String {
+    match (code, signal) {
+        (_, Some(sig)) => match nix::sys::signal::Signal::try_from(sig) {
+            Ok(s) => format!("killed by {}", s.as_str()),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        (Some(code), None) => format!("exited with code {code}"),
+        (None, None) => "exited (status unknown: not our child)".to_string(),
+    }
+}
+
+fn dur(d: Duration) -> Dur {
+    Dur(d)
+}
+
+/// The next lifecycle for `input`. Pure: same arguments, same decision.
+pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decision {
+    use InstanceState::*;
+    let mut n = life.clone();
+    let go = |mut n: Lifecycle, state: InstanceState, action: Action, reason: String| {
+        n.state = state;
+        Decision {
+            next: n,
+            action,
+            reason: Some(reason),
+        }
+    };
+    let ignore = || Decision {
+        next: life.clone(),
+        action: Action::Nothing,
+        reason: None,
+    };
+    let stop = |mut n: Lifecycle, after: AfterStop, reason: &str| {
+        n.after_stop = after;
+        n.deadline = Some(now + policy.stop_timeout);
+        go(n, Stopping, Action::SignalGroup, reason.to_string())
+    };
+
+    match (life.state, input) {
+        // Explicit start: a fresh sequence of retries and restart delays.
+        (Stopped | Exited | Failed | Backoff, Input::StartRequested | Input::RestartRequested) => {
+            n.retries = 0;
+            n.restart_delay = policy.restart_interval;
+            n.deadline = None;
+            n.after_stop = AfterStop::Stay;
+            let why = match input {
+                Input::RestartRequested => "restart requested",
+                _ => "start requested",
+            };
+            go(n, Starting, Action::Spawn, why.to_string())
+        }
+        (Starting | Running, Input::StartRequested) => ignore(),
+        (Starting | Running, Input::RestartRequested) => {
+            stop(n, AfterStop::Start, "restart requested")
+        }
+        (Stopping, Input::StartRequested | Input::RestartRequested) => {
+            n.after_stop = AfterStop::Start;
+            Decision {
+                next: n,
+                action: Action::Nothing,
+                reason: Some("start requested; starting again once stopped".to_string()),
+            }
+        }
+
+        // Explicit stop wins over everything, backoff included (its timer is dropped).
+        (Starting | Running, Input::StopRequested) => stop(n, AfterStop::Stay, "stop requested"),
+        (Stopping, Input::StopRequested) => {
+            if n.after_stop == AfterStop::Stay {
+                return ignore();
+            }
+            n.after_stop = AfterStop::Stay;
+            Decision {
+                next: n,
+                action: Action::Nothing,
+                reason: Some("stop requested".to_string()),
+            }
+        }
+        (Backoff | Exited | Failed, Input::StopRequested) => {
+            n.deadline = None;
+            go(n, Stopped, Action::Nothing, "stop requested".to_string())
+        }
+
+        (Starting, Input::Spawned) => {
+            if policy.start_duration.is_zero() {
+                n.retries = 0;
+                n.deadline = None;
+                go(n, Running, Action::Nothing, "started".to_string())
+            } else {
+                n.deadline = Some(now + policy.start_duration);
+                Decision {
+                    next: n,
+                    action: Action::Nothing,
+                    reason: Some(format!(
+                        "spawned; running once up for start_duration {}",
+                        dur(policy.start_duration)
+                    )),
+                }
+            }
+        }
+        (Starting, Input::SpawnFailed { error }) => {
+            failed_start(n, format!("failed to start: {error}"), policy, now)
+        }
+        (Starting, Input::StartDurationElapsed) => {
+            n.retries = 0;
+            n.deadline = None;
+            go(
+                n,
+                Running,
+                Action::Nothing,
+                format!("up for start_duration {}", dur(policy.start_duration)),
+            )
+        }
+        (
+            Starting,
+            Input::Exited {
+                code,
+                signal,
+                uptime,
+            },
+        ) => {
+            n.deadline = None;
+            if *uptime < policy.start_duration {
+                let what = format!(
+                    "exited before start_duration {} ({})",
+                    dur(policy.start_duration),
+                    describe_exit(*code, *signal)
+                );
+                failed_start(n, what, policy, now)
+            } else {
+                started_exit(n, *code, *signal, *uptime, policy, now)
+            }
+        }
+
+        (
+            Running,
+            Input::Exited {
+                code,
+                signal,
+                uptime,
+            },
+        ) => started_exit(n, *code, *signal, *uptime, policy, now),
+        (Running, Input::Unhealthy { detail }) => {
+            if policy.auto_restart {
+                stop(
+                    n,
+                    AfterStop::Restart,
+                    &format!("unhealthy: {detail}; restarting"),
+                )
+            } else {
+                Decision {
+                    next: n,
+                    action: Action::Nothing,
+                    reason: Some(format!("unhealthy: {detail}")),
+                }
+            }
+        }
+
+        (Backoff, Input::BackoffElapsed) => {
+            n.deadline = None;
+            let why = match n.backoff_for {
+                BackoffFor::Restart => {
+                    n.restarts += 1;
+                    "restarting"
+                }
+                BackoffFor::Retry => "retrying",
+            };
+            go(n, Starting, Action::Spawn, why.to_string())
+        }
+
+        (Stopping, Input::StopTimeout) => {
+            n.deadline = None;
+            Decision {
+                next: n,
+                action: Action::KillGroup,
+                reason: Some(format!(
+                    "still running stop_timeout {} after the stop signal; sent SIGKILL to the group",
+                    dur(policy.stop_timeout)
+                )),
+            }
+        }
+        (Stopping, Input::Exited { code, signal, .. }) => {
+            n.deadline = None;
+            let after = std::mem::replace(&mut n.after_stop, AfterStop::Stay);
+            let exit = describe_exit(*code, *signal);
+            match after {
+                AfterStop::Stay => go(n, Stopped, Action::Nothing, format!("stopped ({exit})")),
+                AfterStop::Start => {
+                    n.retries = 0;
+                    n.restart_delay = policy.restart_interval;
+                    go(
+                        n,
+                        Starting,
+                        Action::Spawn,
+                        format!("stopped ({exit}); starting again"),
+                    )
+                }
+                AfterStop::Restart => {
+                    n.restarts += 1;
+                    go(
+                        n,
+                        Starting,
+                        Action::Spawn,
+                        format!("stopped ({exit}); restarting"),
+                    )
+                }
+            }
+        }
+
+        (Stopped, Input::Adopted { pid }) => go(
+            n,
+            Running,
+            Action::Nothing,
+            format!("adopted pid {pid}, started by an earlier daemon"),
+        ),
+
+        // Everything else cannot happen or no longer matters (a stale timer, an exit with no
+        // process, unhealthy outside `running`, a start while already starting).
+        _ => ignore(),
+    }
+}
+
+/// A start failed (spawn error or exit before start_duration): retry or give up.
+fn failed_start(mut n: Lifecycle, what: String, policy: &Policy, now: Instant) -> Decision {
+    if n.retries < policy.retry_count {
+        n.retries += 1;
+        let reason = format!("{what}, retry {}/{}", n.retries, policy.retry_count);
+        if policy.retry_interval.is_zero() {
+            n.deadline = None;
+            n.state = InstanceState::Starting;
+            return Decision {
+                next: n,
+                action: Action::Spawn,
+                reason: Some(reason),
+            };
+        }
+        n.backoff_for = BackoffFor::Retry;
+        n.deadline = Some(now + policy.retry_interval);
+        n.state = InstanceState::Backoff;
+        Decision {
+            next: n,
+            action: Action::Nothing,
+            reason: Some(reason),
+        }
+    } else {
+        n.deadline = None;
+        n.state = InstanceState::Failed;
+        let reason = if policy.retry_count == 0 {
+            format!("{what}; not retried (retry_count 0)")
+        } else {
+            format!("{what}; gave up after {} retries", policy.retry_count)
+        };
+        Decision {
+            next: n,
+            action: Action::Nothing,
+            reason: Some(reason),
+        }
+    }
+}
+
+/// A started process exited: restart (after the current delay) or stay `exited`.
+fn started_exit(
+    mut n: Lifecycle,
+    code: Option<i32>,
+    signal: Option<i32>,
+    uptime: Duration,
+    policy: &Policy,
+    now: Instant,
+) -> Decision {
+    let exit = describe_exit(code, signal);
+    n.deadline = None;
+    if !policy.auto_restart {
+        n.state = InstanceState::Exited;
+        return Decision {
+            next: n,
+            action: Action::Nothing,
+            reason: Some(exit),
+        };
+    }
+    if uptime >= policy.start_duration.saturating_add(STABLE_AFTER) {
+        n.restart_delay = policy.restart_interval;
+    }
+    let delay = n.restart_delay.min(policy.restart_max_interval);
+    n.restart_delay = n
+        .restart_delay
+        .checked_mul(2)
+        .unwrap_or(Duration::MAX)
+        .min(policy.restart_max_interval);
+    if delay.is_zero() {
+        // The fast path: no timer, the replacement is spawned by this very decision.
+        n.restarts += 1;
+        n.state = InstanceState::Starting;
+        return Decision {
+            next: n,
+            action: Action::Spawn,
+            reason: Some(format!("{exit}; restarting")),
+        };
+    }
+    n.backoff_for = BackoffFor::Restart;
+    n.deadline = Some(now + delay);
+    n.state = InstanceState::Backoff;
+    Decision {
+        next: n,
+        action: Action::Nothing,
+        reason: Some(format!("{exit}; restarting in {}", dur(delay))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use InstanceState::*;
+
+    fn policy() -> Policy {
+        Policy {
+            start_duration: Duration::from_secs(1),
+            retry_count: 3,
+            retry_interval: Duration::from_secs(2),
+            auto_restart: true,
+            restart_interval: Duration::from_secs(1),
+            restart_max_interval: Duration::from_secs(5),
+            stop_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn at(state: InstanceState) -> Lifecycle {
+        let mut l = Lifecycle::new(0, &policy());
+        l.state = state;
+        if matches!(state, Starting | Backoff | Stopping) {
+            l.deadline = Some(Instant::now());
+        }
+        l
+    }
+
+    fn exited(code: i32, uptime_ms: u64) -> Input {
+        Input::Exited {
+            code: Some(code),
+            signal: None,
+            uptime: Duration::from_millis(uptime_ms),
+        }
+    }
+
+    fn all_inputs() -> Vec<Input> {
+        vec![
+            Input::StartRequested,
+            Input::RestartRequested,
+            Input::StopRequested,
+            Input::Spawned,
+            Input::SpawnFailed {
+                error: "no such file".into(),
+            },
+            Input::Adopted { pid: 42 },
+            Input::StartDurationElapsed,
+            Input::BackoffElapsed,
+            Input::StopTimeout,
+            exited(1, 100),
+            exited(0, 60_000),
+            Input::Unhealthy {
+                detail: "command:x failed 3 times".into(),
+            },
+        ]
+    }
+
+    fn short(i: &Input) -> &'static str {
+        match i {
+            Input::StartRequested => "start",
+            Input::RestartRequested => "restart",
+            Input::StopRequested => "stop",
+            Input::Spawned => "spawned",
+            Input::SpawnFailed { .. } => "spawn_failed",
+            Input::Adopted { .. } => "adopted",
+            Input::StartDurationElapsed => "start_elapsed",
+            Input::BackoffElapsed => "backoff_elapsed",
+            Input::StopTimeout => "stop_timeout",
+            Input::Exited { uptime, .. } if uptime.as_secs() > 10 => "exit_late",
+            Input::Exited { .. } => "exit_early",
+            Input::Unhealthy { .. } => "unhealthy",
+        }
+    }
+
+    /// The whole table: (from, input) → (to, action), with retries left and `auto_restart` on.
+    /// `None` means "ignored": same lifecycle, nothing to do, no reason.
+    fn expected(from: InstanceState, input: &str) -> Option<(InstanceState, Action)> {
+        use Action::*;
+        Some(match (from, input) {
+            (Stopped | Exited | Failed | Backoff, "start" | "restart") => (Starting, Spawn),
+            (Starting | Running, "restart") => (Stopping, SignalGroup),
+            (Stopping, "start" | "restart") => (Stopping, Nothing),
+            (Starting | Running, "stop") => (Stopping, SignalGroup),
+            (Backoff | Exited | Failed, "stop") => (Stopped, Nothing),
+            (Starting, "spawned") => (Starting, Nothing),
+            (Starting, "spawn_failed") => (Backoff, Nothing),
+            (Starting, "start_elapsed") => (Running, Nothing),
+            (Starting, "exit_early") => (Backoff, Nothing),
+            (Starting, "exit_late") => (Backoff, Nothing),
+            (Running, "exit_early" | "exit_late") => (Backoff, Nothing),
+            (Running, "unhealthy") => (Stopping, SignalGroup),
+            (Backoff, "backoff_elapsed") => (Starting, Spawn),
+            (Stopping, "stop_timeout") => (Stopping, KillGroup),
+            (Stopping, "exit_early" | "exit_late") => (Stopped, Nothing),
+            (Stopped, "adopted") => (Running, Nothing),
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn every_state_and_input_follows_the_table() {
+        let now = Instant::now();
+        for from in InstanceState::ALL {
+            for input in all_inputs() {
+                let life = at(from);
+                let d = next(&life, &input, &policy(), now);
+                let what = format!("{from} + {}", short(&input));
+                match expected(from, short(&input)) {
+                    Some((to, action)) => {
+                        assert_eq!((d.next.state, d.action), (to, action), "{what}");
+                        assert!(d.reason.is_some(), "{what} has a reason");
+                    }
+                    None => {
+                        assert_eq!(d.next, life, "{what} is ignored");
+                        assert_eq!(d.action, Action::Nothing, "{what}");
+                        assert_eq!(d.reason, None, "{what}");
+                    }
+                }
+                assert!(
+                    allowed(from, d.next.state),
+                    "{what} → {} is not in TRANSITIONS",
+                    d.next.state
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_listed_transition_is_reachable() {
+        // The table lists nothing `next` never does: each pair is produced by some input and policy.
+        let now = Instant::now();
+        let mut policies = vec![policy()];
+        let mut p = policy();
+        p.auto_restart = false;
+        p.retry_count = 0;
+        policies.push(p);
+        let mut p = policy();
+        p.restart_interval = Duration::ZERO;
+        p.start_duration = Duration::ZERO;
+        policies.push(p);
+        for &(from, to) in TRANSITIONS {
+            let mut found = false;
+            for p in &policies {
+                for after in [AfterStop::Stay, AfterStop::Start] {
+                    for input in all_inputs() {
+                        let mut life = Lifecycle::new(0, p);
+                        life.state = from;
+                        life.after_stop = after;
+                        if next(&life, &input, p, now).next.state == to {
+                            found = true;
+                        }
+                    }
+                }
+            }
+            assert!(found, "{from} → {to} is never produced");
+        }
+    }
+
+    #[test]
+    fn running_only_after_start_duration() {
+        let now = Instant::now();
+        let p = policy();
+        let d = next(&at(Stopped), &Input::StartRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        let d = next(&d.next, &Input::Spawned, &p, now);
+        assert_eq!(d.next.state, Starting);
+        assert_eq!(d.next.deadline, Some(now + Duration::from_secs(1)));
+        assert_eq!(d.next.timer_input(), Some(Input::StartDurationElapsed));
+        let d = next(&d.next, &Input::StartDurationElapsed, &p, now);
+        assert_eq!(d.next.state, Running);
+        assert_eq!(d.next.deadline, None);
+
+        let mut zero = policy();
+        zero.start_duration = Duration::ZERO;
+        let d = next(&at(Starting), &Input::Spawned, &zero, now);
+        assert_eq!(d.next.state, Running);
+    }
+
+    #[test]
+    fn failed_starts_are_retried_retry_count_times_then_fail() {
+        let now = Instant::now();
+        let p = policy();
+        let mut life = at(Starting);
+        for attempt in 1..=3 {
+            let d = next(&life, &exited(1, 200), &p, now);
+            assert_eq!(d.next.state, Backoff);
+            assert_eq!(d.next.deadline, Some(now + p.retry_interval));
+            assert_eq!(d.next.backoff_for, BackoffFor::Retry);
+            assert_eq!(
+                d.reason.as_deref(),
+                Some(
+                    format!(
+                        "exited before start_duration 1s (exited with code 1), retry {attempt}/3"
+                    )
+                    .as_str()
+                )
+            );
+            let d = next(&d.next, &Input::BackoffElapsed, &p, now);
+            assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+            assert_eq!(d.next.restarts, 0, "retries are not restarts");
+            life = d.next;
+        }
+        let d = next(&life, &exited(1, 200), &p, now);
+        assert_eq!(d.next.state, Failed);
+        assert!(d.reason.unwrap().contains("gave up after 3 retries"));
+
+        // A spawn error is a failed start too; an explicit start resets the retries.
+        let d = next(&d.next, &Input::StartRequested, &p, now);
+        assert_eq!(d.next.retries, 0);
+        let d = next(
+            &d.next,
+            &Input::SpawnFailed {
+                error: "no such file".into(),
+            },
+            &p,
+            now,
+        );
+        assert_eq!(d.next.state, Backoff);
+        assert!(d
+            .reason
+            .unwrap()
+            .starts_with("failed to start: no such file"));
+    }
+
+    #[test]
+    fn zero_retry_interval_retries_at_once_and_zero_retry_count_fails_at_once() {
+        let now = Instant::now();
+        let mut p = policy();
+        p.retry_interval = Duration::ZERO;
+        let d = next(&at(Starting), &exited(1, 1), &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert!(d.is_transition(Starting));
+        p.retry_count = 0;
+        let d = next(&at(Starting), &exited(1, 1), &p, now);
+        assert_eq!(d.next.state, Failed);
+    }
+
+    #[test]
+    fn reaching_running_resets_retries() {
+        let now = Instant::now();
+        let mut life = at(Starting);
+        life.retries = 2;
+        let d = next(&life, &Input::StartDurationElapsed, &policy(), now);
+        assert_eq!(d.next.retries, 0);
+    }
+
+    #[test]
+    fn started_exit_without_auto_restart_is_exited() {
+        let now = Instant::now();
+        let mut p = policy();
+        p.auto_restart = false;
+        let d = next(&at(Running), &exited(0, 5000), &p, now);
+        assert_eq!(d.next.state, Exited);
+        assert_eq!(d.reason.as_deref(), Some("exited with code 0"));
+        let d = next(
+            &at(Running),
+            &Input::Exited {
+                code: None,
+                signal: Some(9),
+                uptime: Duration::from_secs(5),
+            },
+            &p,
+            now,
+        );
+        assert_eq!(d.reason.as_deref(), Some("killed by SIGKILL"));
+    }
+
+    #[test]
+    fn restart_delay_doubles_on_quick_crashes_caps_and_resets_after_stable_running() {
+        let now = Instant::now();
+        let p = policy(); // 1s, cap 5s, start_duration 1s: quick = under 11s
+        let mut life = at(Running);
+        let mut delays = vec![];
+        for _ in 0..5 {
+            let d = next(&life, &exited(1, 2000), &p, now);
+            assert_eq!(d.next.state, Backoff);
+            delays.push(d.next.deadline.unwrap() - now);
+            let d = next(&d.next, &Input::BackoffElapsed, &p, now);
+            let d = next(&d.next, &Input::Spawned, &p, now);
+            life = next(&d.next, &Input::StartDurationElapsed, &p, now).next;
+        }
+        let secs: Vec<u64> = delays.iter().map(|d| d.as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 5, 5]);
+        assert_eq!(life.restarts, 5);
+        // A crash after start_duration + 10s of running is back to the base delay.
+        let d = next(&life, &exited(1, 11_000), &p, now);
+        assert_eq!(d.next.deadline, Some(now + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn zero_restart_interval_restarts_immediately_without_a_timer() {
+        let now = Instant::now();
+        let mut p = policy();
+        p.restart_interval = Duration::ZERO;
+        p.start_duration = Duration::ZERO;
+        let mut life = Lifecycle::new(0, &p);
+        life.state = Running;
+        for i in 1..=3u64 {
+            let d = next(&life, &exited(137, 1), &p, now);
+            assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+            assert_eq!(d.next.deadline, None);
+            assert_eq!(d.next.restarts, i);
+            life = next(&d.next, &Input::Spawned, &p, now).next;
+            assert_eq!(life.state, Running);
+        }
+    }
+
+    #[test]
+    fn stop_wins_over_backoff_and_pending_restarts() {
+        let now = Instant::now();
+        let p = policy();
+        let d = next(&at(Running), &exited(1, 100), &p, now);
+        assert_eq!(d.next.state, Backoff);
+        let d = next(&d.next, &Input::StopRequested, &p, now);
+        assert_eq!(d.next.state, Stopped);
+        assert_eq!(d.next.deadline, None, "the backoff timer is cancelled");
+        assert_eq!(d.next.timer_input(), None);
+        // A late timer firing is ignored.
+        let d2 = next(&d.next, &Input::BackoffElapsed, &p, now);
+        assert_eq!(d2.next, d.next);
+
+        // Unhealthy restart, then stop while stopping: the restart is cancelled.
+        let d = next(
+            &at(Running),
+            &Input::Unhealthy { detail: "x".into() },
+            &p,
+            now,
+        );
+        assert_eq!(d.next.after_stop, AfterStop::Restart);
+        let d = next(&d.next, &Input::StopRequested, &p, now);
+        let d = next(&d.next, &exited(143, 100), &p, now);
+        assert_eq!(d.next.state, Stopped);
+        assert_eq!(d.next.restarts, 0);
+    }
+
+    #[test]
+    fn stop_escalates_to_sigkill_after_stop_timeout() {
+        let now = Instant::now();
+        let p = policy();
+        let d = next(&at(Running), &Input::StopRequested, &p, now);
+        assert_eq!(d.action, Action::SignalGroup);
+        assert_eq!(d.next.deadline, Some(now + p.stop_timeout));
+        assert_eq!(d.next.timer_input(), Some(Input::StopTimeout));
+        let d = next(&d.next, &Input::StopTimeout, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopping, Action::KillGroup));
+        assert_eq!(d.next.deadline, None);
+        assert!(!d.is_transition(Stopping));
+        let d = next(
+            &d.next,
+            &Input::Exited {
+                code: None,
+                signal: Some(9),
+                uptime: Duration::from_secs(20),
+            },
+            &p,
+            now,
+        );
+        assert_eq!(d.next.state, Stopped);
+        assert_eq!(d.reason.as_deref(), Some("stopped (killed by SIGKILL)"));
+    }
+
+    #[test]
+    fn restart_requests_stop_then_start_without_counting() {
+        let now = Instant::now();
+        let p = policy();
+        let d = next(&at(Running), &Input::RestartRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopping, Action::SignalGroup));
+        let d = next(&d.next, &exited(143, 100), &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!(d.next.restarts, 0);
+        assert_eq!(d.next.after_stop, AfterStop::Stay);
+
+        // Unhealthy with auto_restart counts.
+        let d = next(
+            &at(Running),
+            &Input::Unhealthy { detail: "x".into() },
+            &p,
+            now,
+        );
+        let d = next(&d.next, &exited(143, 100), &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!(d.next.restarts, 1);
+    }
+
+    #[test]
+    fn unhealthy_without_auto_restart_keeps_running() {
+        let now = Instant::now();
+        let mut p = policy();
+        p.auto_restart = false;
+        let d = next(
+            &at(Running),
+            &Input::Unhealthy {
+                detail: "pidfile:/x failed 3 times in a row".into(),
+            },
+            &p,
+            now,
+        );
+        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("unhealthy: pidfile:/x failed 3 times in a row")
+        );
+    }
+
+    #[test]
+    fn exit_in_starting_after_start_duration_counts_as_started() {
+        // The exit raced the start_duration timer: the process did live long enough.
+        let now = Instant::now();
+        let mut p = policy();
+        p.auto_restart = false;
+        let d = next(&at(Starting), &exited(0, 1500), &p, now);
+        assert_eq!(d.next.state, Exited);
+    }
+
+    #[test]
+    fn states_serialize_snake_case() {
+        let json = serde_json::to_string(&InstanceState::ALL).unwrap();
+        assert_eq!(
+            json,
+            r#"["stopped","starting","running","backoff","stopping","exited","failed"]"#
+        );
+    }
+}
