@@ -84,22 +84,43 @@ fn backup_index(name: &str, file_name: &str) -> Option<u32> {
     digits.parse().ok().filter(|&k| k > 0)
 }
 
-/// The file one compression job writes before renaming it into the chain. Hidden, and not a
-/// chain name, so rotation never moves it.
-fn temp_path(base: &Path, k: u32) -> PathBuf {
+/// A hidden name next to `base`: `.<file name>.<n><suffix>`. Not a chain name, so rotation never
+/// moves it.
+fn hidden_path(base: &Path, n: u64, suffix: &str) -> PathBuf {
     let name = base
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    base.with_file_name(format!(".{name}.{k}.gz.tmp"))
+    base.with_file_name(format!(".{name}.{n}{suffix}"))
 }
 
-fn is_temp_name(name: &str, file_name: &str) -> bool {
-    name.strip_prefix('.')
+/// What a compression job writes before renaming it into the chain.
+fn temp_path(base: &Path, k: u32) -> PathBuf {
+    hidden_path(base, u64::from(k), TEMP_SUFFIX)
+}
+
+/// Where rotation moves a file that falls off the chain: unlinking a big file frees its page
+/// cache synchronously, so the write path only renames it and the background pass deletes it.
+fn dropped_path(base: &Path, rotation: u64, gz: bool) -> PathBuf {
+    hidden_path(base, rotation, if gz { ".gz.dropped" } else { ".dropped" })
+}
+
+const TEMP_SUFFIX: &str = ".gz.tmp";
+const HIDDEN_SUFFIXES: [&str; 3] = [TEMP_SUFFIX, ".gz.dropped", ".dropped"];
+
+/// Whether `name` is a compression temp file or a dropped file of `file_name`.
+fn is_hidden_leftover(name: &str, file_name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix('.')
         .and_then(|r| r.strip_prefix(file_name))
         .and_then(|r| r.strip_prefix('.'))
-        .and_then(|r| r.strip_suffix(".gz.tmp"))
-        .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return false;
+    };
+    HIDDEN_SUFFIXES.iter().any(|suffix| {
+        rest.strip_suffix(suffix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
@@ -153,10 +174,13 @@ impl Chain {
     }
 
     /// Moves `file` to `file.1`, shifting older backups up and dropping the one beyond
-    /// `max_backups`. Runs on the write path: renames only.
-    fn shift(&self) -> Result<(), LogError> {
+    /// `max_backups`. Runs on the write path: renames only. Returns whether a dropped file now
+    /// waits for the background pass to delete it.
+    fn shift(&self) -> (bool, Result<(), LogError>) {
         let mut st = self.lock();
         let n = st.policy.max_backups;
+        let r = st.rotations;
+        let mut dropped = false;
         let mut first_err = None;
         let mut note = |r: io::Result<()>, from: &Path, to: &Path| {
             if let Err(source) = ignore_missing(r) {
@@ -168,12 +192,17 @@ impl Chain {
                 });
             }
         };
+        let mut drop_file = |from: &Path, gz: bool| {
+            let to = dropped_path(&self.base, r, gz);
+            let moved = fs::rename(from, &to);
+            dropped |= moved.is_ok();
+            note(moved, from, &to);
+        };
         if n == 0 {
-            note(fs::remove_file(&self.base), &self.base, &self.base);
+            drop_file(&self.base, false);
         } else {
             for gz in [false, true] {
-                let last = backup_path(&self.base, n, gz);
-                note(fs::remove_file(&last), &last, &last);
+                drop_file(&backup_path(&self.base, n, gz), gz);
             }
             for k in (1..n).rev() {
                 for gz in [false, true] {
@@ -187,7 +216,7 @@ impl Chain {
         }
         st.rotations += 1;
         drop(st);
-        first_err.map_or(Ok(()), Err)
+        (dropped, first_err.map_or(Ok(()), Err))
     }
 
     /// One background pass: clear leftovers, prune, compress. Only ever one pass per chain at a
@@ -207,8 +236,8 @@ impl Chain {
         tracing::warn!(instance = %self.instance, error = %err, "log maintenance");
     }
 
-    /// Removes stale compression temp files and backups numbered beyond `max_backups` (left when
-    /// `max_backups` was lowered, or by an earlier daemon).
+    /// Removes dropped files, stale compression temp files and backups numbered beyond
+    /// `max_backups` (left when `max_backups` was lowered, or by an earlier daemon).
     fn remove_leftovers(&self) {
         let Some(file_name) = self.base.file_name().and_then(|n| n.to_str()) else {
             return;
@@ -224,7 +253,7 @@ impl Chain {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let path = entry.path();
-            if is_temp_name(name, file_name) {
+            if is_hidden_leftover(name, file_name) {
                 if let Err(source) = ignore_missing(fs::remove_file(&path)) {
                     self.warn(&LogError::Prune { path, source });
                 }
@@ -617,13 +646,14 @@ impl FileSink {
 
     /// Rotates and opens a fresh file; false when the file is still not empty afterwards.
     fn rotate(&mut self) -> bool {
-        if let Err(err) = self.chain.shift() {
+        let (dropped, shifted) = self.chain.shift();
+        if let Err(err) = shifted {
             tracing::warn!(instance = %self.instance, stream = %self.stream, error = %err, "log rotation");
         }
         self.file = None;
         let reopened = self.open() && self.size == 0;
         let policy = self.chain.lock().policy.clone();
-        if policy.compress || policy.max_age.is_some() {
+        if dropped || policy.compress || policy.max_age.is_some() {
             schedule(&self.chain);
         }
         reopened
@@ -670,8 +700,17 @@ mod tests {
         ] {
             assert_eq!(backup_index(no, "app.log"), None, "{no}");
         }
-        assert!(is_temp_name(".app.log.3.gz.tmp", "app.log"));
-        assert!(!is_temp_name(".app.log.gz.tmp", "app.log"));
+        assert!(is_hidden_leftover(".app.log.3.gz.tmp", "app.log"));
+        assert!(is_hidden_leftover(".app.log.17.dropped", "app.log"));
+        assert!(is_hidden_leftover(".app.log.0.gz.dropped", "app.log"));
+        for no in [
+            ".app.log.gz.tmp",
+            ".app.log.x.dropped",
+            "app.log.1.dropped",
+            ".other.1.dropped",
+        ] {
+            assert!(!is_hidden_leftover(no, "app.log"), "{no}");
+        }
         assert_eq!(temp_path(base, 3).file_name().unwrap(), ".app.log.3.gz.tmp");
     }
 
@@ -738,6 +777,20 @@ mod tests {
         slot.write(b"111\n222\n333\n");
         assert_eq!(fs::read_to_string(&path).unwrap(), "333\n");
         assert!(!backup_path(&path, 1, false).exists());
+        // The old contents were renamed away on the write path and are deleted in the background.
+        let dir = path.parent().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let names: Vec<_> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            if names == ["out.log"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "left behind: {names:?}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]
