@@ -4,5 +4,6 @@
 //! processes it started even when an assertion fails.
 
 mod config;
+mod logs;
 mod supervisor;
 mod util;
