@@ -3,4 +3,5 @@
 //! Every module waits on conditions (`util::wait_for`), never on fixed sleeps, and cleans up the
 //! processes it started even when an assertion fails.
 
+mod store;
 mod util;
