@@ -9,9 +9,9 @@
 //!   `instances` ([`InstanceRecord`] by instance name) and `meta` (`schema_version`).
 //!
 //! Reads run on the caller's thread (sled reads are lock-free). Writes go to one writer thread,
-//! which serializes them, commits each batch in one sled transaction and flushes before
-//! answering, so an acknowledged write survives `kill -9`; a batch ([`DesiredStore::apply`]) is
-//! one transaction and one flush however many records it touches. `docs/store.md` has the details.
+//! which serializes them, commits each batch in sled transactions and flushes before answering,
+//! so an acknowledged write survives `kill -9`; a batch ([`DesiredStore::apply`]) is one flush
+//! however many records it touches. `docs/store.md` has the details.
 
 mod error;
 mod lock;
@@ -45,9 +45,9 @@ const INSTANCES_TREE: &str = "instances";
 const META_TREE: &str = "meta";
 const SCHEMA_KEY: &str = "schema_version";
 
-/// sled's page cache bound. The whole desired state of 1000 programs is about 1 MiB of JSON, so
-/// 4 MiB keeps it all hot while holding the daemon's RSS budget (SPEC: ≤ 15 MiB at 1000
-/// programs); sled's default is 1 GiB.
+/// sled's page cache bound; its default is 1 GiB. 1000 programs are about 0.6 MiB of JSON, so
+/// 4 MiB keeps them all hot. Measured with 1000 programs, RSS is the same at 256 KiB as at
+/// 4 MiB: sled's cache is not where the memory goes (see `docs/store.md`).
 const CACHE_CAPACITY: u64 = 4 << 20;
 
 /// Most records committed in one sled transaction. sled keeps a transaction's writes in memory
@@ -101,7 +101,7 @@ impl Drop for Inner {
     }
 }
 
-/// One key's new value (`None` removes it) in the named tree, as committed by [`transact`].
+/// One key's new value (`None` removes it) in the named tree; migration steps return these.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawWrite {
     pub tree: &'static str,
@@ -131,8 +131,8 @@ impl DesiredStore {
         let db = sled::Config::new()
             .path(&db_path)
             .cache_capacity(CACHE_CAPACITY)
-            // sled's background flusher wakes the process every 500 ms forever; every write here
-            // flushes explicitly instead, so an idle daemon stays asleep.
+            // sled's background flusher would wake the process every 500 ms forever; every
+            // write here flushes explicitly instead.
             .flush_every_ms(None)
             .open()
             .map_err(|source| StoreError::Sled {
@@ -302,8 +302,8 @@ impl DesiredStore {
             .await
     }
 
-    /// Applies `writes` in order as one transaction with one flush, and returns how many of them
-    /// changed something (each judged against the state the writes before it left).
+    /// Applies `writes` in order with one flush, and returns how many of them changed something
+    /// (each judged against the state the writes before it left).
     ///
     /// Writes are first checked and netted per record, so a failing write (e.g.
     /// [`StoreError::ProgramNotFound`]) commits nothing, and a batch that changes nothing writes
