@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::util;
 use provisr::config::{Dur, Exec, ProgramSpec, Source};
 use provisr::store::migrations::stored_version;
 use provisr::store::{
@@ -414,6 +415,19 @@ async fn a_second_open_of_one_state_dir_is_refused_naming_the_holder() {
     drop(first);
     let again = DesiredStore::open(&state_dir).unwrap();
     assert!(again.get_program("web").unwrap().is_some());
+}
+
+#[test]
+fn children_do_not_inherit_the_lock() {
+    // After `kill -9` the daemon's children keep running (SPEC §11); if they had inherited the
+    // lock file (or sled's file) the next daemon could never open the state directory.
+    let dir = tempfile::tempdir().unwrap();
+    let store = DesiredStore::open(dir.path()).unwrap();
+    let child = Command::new("sleep").arg("300").spawn().unwrap();
+    let child = ChildGuard(child);
+    drop(store);
+    assert!(util::alive(child.0.id() as i32));
+    DesiredStore::open(dir.path()).unwrap();
 }
 
 #[tokio::test]
