@@ -5,5 +5,6 @@
 
 mod config;
 mod logs;
+mod store;
 mod supervisor;
 mod util;
