@@ -35,7 +35,10 @@ use crate::config::{ProgramSpec, Source};
 pub use error::StoreError;
 pub use lock::LOCK_FILE;
 pub use migrations::{SchemaOutcome, CURRENT_SCHEMA};
-pub use records::{DesiredRun, InstanceRecord, ProgramRecord, StoreWrite};
+pub use records::{
+    resolve_instance, DesiredRun, InstanceDesired, InstanceRecord, ProgramRecord, RunRequest,
+    RunSeq, StoreWrite,
+};
 
 /// The sled database's directory inside the state directory.
 pub const DB_DIR: &str = "db";
@@ -488,23 +491,17 @@ impl Core {
             StoreWrite::PutProgram { spec, source } => {
                 let slot = self.program_slot(pending, &spec.name)?;
                 let next = match &slot.now {
-                    None => ProgramRecord {
-                        desired: DesiredRun::initial(&spec),
-                        spec,
-                        source,
-                        generation: 1,
-                        error: None,
-                    },
+                    None => ProgramRecord::new(spec, source),
                     Some(old) => ProgramRecord {
                         generation: if old.spec == spec {
                             old.generation
                         } else {
                             old.generation.saturating_add(1)
                         },
-                        desired: old.desired,
                         spec,
                         source,
                         error: None,
+                        ..old.clone()
                     },
                 };
                 let changed = slot.now.as_ref() != Some(&next);
@@ -524,6 +521,15 @@ impl Core {
                 let changed = record.desired != desired;
                 record.desired = desired;
                 Ok(changed)
+            }
+            StoreWrite::Request {
+                name,
+                instance,
+                request,
+            } => {
+                let slot = self.program_slot(pending, &name)?;
+                let record = slot.now.as_mut().ok_or_else(|| not_found(&name))?;
+                Ok(record.request(instance.as_deref(), request))
             }
             StoreWrite::DeleteProgram { name } => {
                 let mut changed = self.program_slot(pending, &name)?.now.take().is_some();

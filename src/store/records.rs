@@ -3,6 +3,8 @@
 //! These are the shapes of schema version [`super::CURRENT_SCHEMA`]. Changing a field here changes
 //! the on-disk format: add a migration step (`migrations.rs`, `migrations/README.md`) and a fixture.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ProgramSpec, Source};
@@ -50,6 +52,117 @@ pub struct ProgramRecord {
     /// Why the program's source no longer validates, one sentence each (file, line, what is
     /// wrong); `None` while the source is good. Cleared by the next good spec.
     pub error: Option<Vec<String>>,
+    /// Counts of explicit start and restart requests for the whole program, so an `exited` or
+    /// `failed` instance starts again once per request rather than on every reconcile pass.
+    /// Added in place to schema 1 with a default, so older records read as "no requests yet".
+    #[serde(default)]
+    pub seq: RunSeq,
+    /// Instances started or stopped on their own (`stop --name web-2`), overriding `desired` and
+    /// `seq` for them; a request for the whole program clears these.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub instances: BTreeMap<String, InstanceDesired>,
+}
+
+impl ProgramRecord {
+    /// A program as it first appears: generation 1, desired state from `autostart`.
+    pub fn new(spec: ProgramSpec, source: Source) -> ProgramRecord {
+        ProgramRecord {
+            desired: DesiredRun::initial(&spec),
+            spec,
+            source,
+            generation: 1,
+            error: None,
+            seq: RunSeq::default(),
+            instances: BTreeMap::new(),
+        }
+    }
+
+    /// What is wanted of one instance: its own override, else the program's.
+    pub fn instance_desired(&self, instance: &str) -> InstanceDesired {
+        resolve_instance(self.desired, self.seq, Some(&self.instances), instance)
+    }
+
+    /// Applies an explicit start, stop or restart of the whole program (`instance = None`) or of
+    /// one instance; returns whether anything changed.
+    pub fn request(&mut self, instance: Option<&str>, request: RunRequest) -> bool {
+        let before = (self.desired, self.seq, self.instances.clone());
+        match instance {
+            None => {
+                // Program-wide requests replace per-instance ones; counters never go back, so
+                // an instance that carried out a request of its own still sees the new one.
+                for o in self.instances.values() {
+                    self.seq.start = self.seq.start.max(o.seq.start);
+                    self.seq.restart = self.seq.restart.max(o.seq.restart);
+                }
+                self.instances.clear();
+                (self.desired, self.seq) = request.applied(self.seq);
+            }
+            Some(name) => {
+                let now = self.instance_desired(name);
+                let (run, seq) = request.applied(now.seq);
+                self.instances
+                    .insert(name.to_string(), InstanceDesired { run, seq });
+            }
+        }
+        before != (self.desired, self.seq, self.instances.clone())
+    }
+}
+
+/// The desired run state and requests of `instance`, given a program's and its overrides.
+pub fn resolve_instance(
+    run: DesiredRun,
+    seq: RunSeq,
+    overrides: Option<&BTreeMap<String, InstanceDesired>>,
+    instance: &str,
+) -> InstanceDesired {
+    overrides
+        .and_then(|o| o.get(instance).copied())
+        .unwrap_or(InstanceDesired { run, seq })
+}
+
+/// How many start and restart requests a program or instance has had.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunSeq {
+    pub start: u64,
+    pub restart: u64,
+}
+
+/// An instance's own desired state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InstanceDesired {
+    pub run: DesiredRun,
+    pub seq: RunSeq,
+}
+
+/// An explicit request from the CLI or API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunRequest {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl RunRequest {
+    fn applied(self, seq: RunSeq) -> (DesiredRun, RunSeq) {
+        match self {
+            RunRequest::Start => (
+                DesiredRun::Running,
+                RunSeq {
+                    start: seq.start + 1,
+                    ..seq
+                },
+            ),
+            RunRequest::Stop => (DesiredRun::Stopped, seq),
+            RunRequest::Restart => (
+                DesiredRun::Running,
+                RunSeq {
+                    restart: seq.restart + 1,
+                    ..seq
+                },
+            ),
+        }
+    }
 }
 
 /// What the daemon needs to find an instance's process again after it restarts (SPEC §11),
@@ -83,10 +196,16 @@ pub enum StoreWrite {
         name: String,
         error: Option<Vec<String>>,
     },
-    /// An explicit start or stop.
+    /// Set the program-wide desired state (e.g. `start --dry-run` previews).
     SetDesired {
         name: String,
         desired: DesiredRun,
+    },
+    /// An explicit start, stop or restart of a program, or of one of its instances.
+    Request {
+        name: String,
+        instance: Option<String>,
+        request: RunRequest,
     },
     /// Remove a program and its instance records.
     DeleteProgram {

@@ -15,7 +15,7 @@ use crate::util;
 use provisr::config::{Dur, Exec, ProgramSpec, Source};
 use provisr::store::migrations::stored_version;
 use provisr::store::{
-    DesiredRun, DesiredStore, InstanceRecord, ProgramRecord, StoreError, StoreWrite,
+    DesiredRun, DesiredStore, InstanceRecord, ProgramRecord, RunSeq, StoreError, StoreWrite,
     CURRENT_SCHEMA, DB_DIR,
 };
 
@@ -665,6 +665,8 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             desired: DesiredRun::Running,
             generation: 1,
             error: None,
+            seq: RunSeq::default(),
+            instances: Default::default(),
         },
         ProgramRecord {
             spec: worker,
@@ -672,6 +674,8 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             desired: DesiredRun::Stopped,
             generation: 1,
             error: None,
+            seq: RunSeq::default(),
+            instances: Default::default(),
         },
     ];
     (programs, Vec::new())
@@ -721,6 +725,8 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             desired: DesiredRun::Running,
             generation: 2,
             error: Some(vec!["web.toml:4: unknown key \"prot\"".into()]),
+            seq: RunSeq::default(),
+            instances: Default::default(),
         },
         ProgramRecord {
             spec: worker,
@@ -728,6 +734,8 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             desired: DesiredRun::Running,
             generation: 1,
             error: None,
+            seq: RunSeq::default(),
+            instances: Default::default(),
         },
     ];
     let instances = vec![
