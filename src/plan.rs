@@ -10,24 +10,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{InstanceId, ProgramSpec};
+pub use crate::store::{DesiredRun, InstanceDesired, RunSeq};
 use crate::supervisor::InstanceState;
-
-/// Whether a program should be running (SPEC §4). An explicit `stop` is desired state too.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DesiredRun {
-    Running,
-    Stopped,
-}
 
 /// One program as the store wants it.
 #[derive(Clone, Copy, Debug)]
 pub struct Desired<'a> {
     pub spec: &'a ProgramSpec,
+    /// The program-wide desired state.
     pub run: DesiredRun,
-    /// Bumped by every explicit start, so an `exited` or `failed` instance starts again once per
-    /// request instead of on every pass.
-    pub start_seq: u64,
+    /// The program-wide start and restart requests.
+    pub seq: RunSeq,
+    /// Instances started or stopped on their own (`stop --name web-2`).
+    pub overrides: Option<&'a BTreeMap<String, InstanceDesired>>,
+}
+
+impl Desired<'_> {
+    /// What is wanted of one instance: its own override, else the program's.
+    pub fn for_instance(&self, instance: &str) -> InstanceDesired {
+        crate::store::resolve_instance(self.run, self.seq, self.overrides, instance)
+    }
 }
 
 /// One instance as the runtime reports it.
@@ -37,8 +39,8 @@ pub struct Observed<'a> {
     pub state: InstanceState,
     /// The spec the instance currently runs with.
     pub spec: &'a ProgramSpec,
-    /// The `start_seq` of the last start this instance carried out.
-    pub start_seq: u64,
+    /// The requests this instance has carried out.
+    pub seq: RunSeq,
 }
 
 /// What a step does to one instance.
@@ -198,7 +200,8 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
                 changes,
             };
             let obs = observed_by_name.get(id.name.as_str()).copied();
-            let s = match (d.run, obs) {
+            let want = d.for_instance(&id.name);
+            let s = match (want.run, obs) {
                 (DesiredRun::Running, None) => {
                     let reason = match old_count {
                         Some(old) if old != spec.instances => {
@@ -226,8 +229,12 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
                             format!("changed {}", fields.join(", ")),
                             changes,
                         )
+                    } else if is_active(o.state) && o.seq.restart < want.seq.restart {
+                        step(Action::Restart, "restart requested".into(), changes)
                     } else if !is_active(o.state)
-                        && (o.state == InstanceState::Stopped || o.start_seq < d.start_seq)
+                        && (o.state == InstanceState::Stopped
+                            || o.seq.start < want.seq.start
+                            || o.seq.restart < want.seq.restart)
                     {
                         step(
                             Action::Start,
@@ -259,7 +266,7 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
                     }
                 }
             };
-            if d.run == DesiredRun::Running
+            if want.run == DesiredRun::Running
                 && (s.action.starts() || obs.is_some_and(|o| is_coming_up(o.state)))
             {
                 busy_levels.insert(spec.priority);
@@ -350,7 +357,8 @@ mod tests {
         Desired {
             spec,
             run: DesiredRun::Running,
-            start_seq: 0,
+            seq: RunSeq::default(),
+            overrides: None,
         }
     }
 
@@ -371,7 +379,7 @@ mod tests {
                 id,
                 state,
                 spec,
-                start_seq: 0,
+                seq: RunSeq::default(),
             })
             .collect()
     }
@@ -423,7 +431,10 @@ mod tests {
             let p = plan(&[running(&s)], &o);
             assert_eq!(actions(&p), [("job".into(), Action::Unchanged, false)]);
             let again = Desired {
-                start_seq: 1,
+                seq: RunSeq {
+                    start: 1,
+                    restart: 0,
+                },
                 ..running(&s)
             };
             let p = plan(&[again], &o);
@@ -440,9 +451,8 @@ mod tests {
         let mut o = obs(&li, &low, InstanceState::Running);
         o.extend(obs(&hi, &high, InstanceState::Running));
         let stop = |spec| Desired {
-            spec,
             run: DesiredRun::Stopped,
-            start_seq: 0,
+            ..running(spec)
         };
         let p = plan(&[stop(&low), stop(&high)], &o);
         assert_eq!(
@@ -462,7 +472,8 @@ mod tests {
         let old = spec("web", 0);
         let ids = old.instances();
         let o = obs(&ids, &old, InstanceState::Running);
-        let cases: [(&str, fn(&mut ProgramSpec), Action); 6] = [
+        type Case = (&'static str, fn(&mut ProgramSpec), Action);
+        let cases: [Case; 6] = [
             (
                 "command",
                 |s| s.exec = Exec::Command("sleep 5".into()),
@@ -550,6 +561,42 @@ mod tests {
         let p = plan(&[], &o);
         assert_eq!(actions(&p), [("gone".into(), Action::Remove, false)]);
         assert_eq!(p.steps[0].reason, "program removed");
+    }
+
+    #[test]
+    fn restart_requests_and_instance_overrides() {
+        let mut s = spec("w", 0);
+        s.instances = 2;
+        let ids = s.instances();
+        let o = obs(&ids, &s, InstanceState::Running);
+        let restart = Desired {
+            seq: RunSeq {
+                start: 0,
+                restart: 1,
+            },
+            ..running(&s)
+        };
+        let p = plan(&[restart], &o);
+        assert!(p.steps.iter().all(|s| s.action == Action::Restart));
+        // Only w-2 is stopped on its own.
+        let overrides = BTreeMap::from([(
+            "w-2".to_string(),
+            InstanceDesired {
+                run: DesiredRun::Stopped,
+                seq: RunSeq::default(),
+            },
+        )]);
+        let one_stopped = Desired {
+            overrides: Some(&overrides),
+            ..running(&s)
+        };
+        assert_eq!(
+            actions(&plan(&[one_stopped], &o)),
+            [
+                ("w-2".into(), Action::Stop, false),
+                ("w-1".into(), Action::Unchanged, false),
+            ]
+        );
     }
 
     #[test]
