@@ -323,3 +323,10 @@ impl Drop for Active {
         self.0.active.send_modify(|n| *n -= 1);
     }
 }
+
+/// The runtime hands each new child's pipe read ends to the instance's log.
+impl crate::supervisor::OutputSink for InstanceLog {
+    fn attach(&self, stdout: OwnedFd, stderr: OwnedFd) {
+        InstanceLog::attach(self, stdout, stderr);
+    }
+}

@@ -1,0 +1,466 @@
+//! The reconcile loop: the only place that acts on processes.
+//!
+//! One task owns the table of instance actors. It wakes on any desired-state write, any change an
+//! actor publishes, an explicit request and a periodic resync; each pass recomputes the whole
+//! [`plan`](crate::plan::plan) from the desired-state mirror and the actors' published states and
+//! carries out the steps that are ready. Level-triggered: a lost or merged wakeup only delays
+//! work until the next pass, it never leaves the system wrong.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
+
+use crate::config::{InstanceId, ProgramSpec};
+use crate::desired::DesiredState;
+use crate::logs::InstanceLog;
+use crate::plan::{self, Action, Desired, Observed, Plan, RunSeq};
+use crate::store::{InstanceRecord, StoreWrite};
+use crate::supervisor::{
+    Event, Initial, InstanceHandle, InstanceState, InstanceStatus, RuntimeContext,
+};
+
+/// How often a pass runs with nothing else waking it: the backstop of level-triggering.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// An instance as the API sees it: its identity, spec, live status and output.
+#[derive(Clone)]
+pub struct LiveInstance {
+    pub id: InstanceId,
+    pub spec: Arc<ProgramSpec>,
+    pub status: watch::Receiver<InstanceStatus>,
+    pub log: InstanceLog,
+}
+
+/// Every instance the daemon runs, by instance name; replaced whenever the set changes.
+pub type LiveTable = Arc<BTreeMap<String, LiveInstance>>;
+
+/// What the API can ask of the loop.
+enum Request {
+    /// Run one pass now and return the plan it carried out.
+    Pass(oneshot::Sender<Plan>),
+    /// Stop every instance in reverse priority order, then end the loop.
+    Shutdown(oneshot::Sender<()>),
+    /// End the loop leaving every child running (used when the daemon must exit without stopping
+    /// its children, e.g. in tests of crash recovery).
+    Detach(oneshot::Sender<()>),
+}
+
+/// The API's handle on the loop.
+#[derive(Clone)]
+pub struct Reconciler {
+    requests: mpsc::Sender<Request>,
+    live: watch::Receiver<LiveTable>,
+    passes: watch::Receiver<u64>,
+}
+
+impl Reconciler {
+    /// The instances as of the last pass.
+    pub fn live(&self) -> LiveTable {
+        self.live.borrow().clone()
+    }
+
+    /// A receiver that changes after every pass, for waiting on convergence.
+    pub fn passes(&self) -> watch::Receiver<u64> {
+        self.passes.clone()
+    }
+
+    /// Runs one pass now; the steps it carried out.
+    pub async fn pass_now(&self) -> Option<Plan> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(Request::Pass(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops every instance in reverse priority order and ends the loop.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// Ends the loop and leaves every child running.
+    pub async fn detach(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Detach(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// The spec and request counters a step brings its instance to.
+type Target = (Arc<ProgramSpec>, RunSeq);
+
+struct Entry {
+    id: InstanceId,
+    handle: InstanceHandle,
+    spec: Arc<ProgramSpec>,
+    seq: RunSeq,
+    log: InstanceLog,
+    /// What the store holds for this instance, to write only changes.
+    persisted: InstanceRecord,
+}
+
+struct Loop {
+    desired: Arc<DesiredState>,
+    events: broadcast::Sender<Event>,
+    changed: Arc<Notify>,
+    entries: BTreeMap<String, Entry>,
+    live_tx: watch::Sender<LiveTable>,
+    passes_tx: watch::Sender<u64>,
+    /// Set when the instance set changed since the live table was last published.
+    table_dirty: bool,
+}
+
+/// Starts the loop: adopts the instances the store remembers (by pid and start time), then
+/// reconciles until shut down.
+pub fn start(
+    desired: Arc<DesiredState>,
+    events: broadcast::Sender<Event>,
+    wake: Arc<Notify>,
+) -> Reconciler {
+    let (requests, rx) = mpsc::channel(16);
+    let (live_tx, live) = watch::channel(LiveTable::default());
+    let (passes_tx, passes) = watch::channel(0);
+    let mut lp = Loop {
+        desired,
+        events,
+        changed: wake.clone(),
+        entries: BTreeMap::new(),
+        live_tx,
+        passes_tx,
+        table_dirty: true,
+    };
+    lp.adopt_remembered();
+    tokio::spawn(lp.run(rx, wake));
+    Reconciler {
+        requests,
+        live,
+        passes,
+    }
+}
+
+impl Loop {
+    async fn run(mut self, mut requests: mpsc::Receiver<Request>, wake: Arc<Notify>) {
+        self.pass().await;
+        loop {
+            let reply = tokio::select! {
+                () = wake.notified() => None,
+                () = tokio::time::sleep(RESYNC_INTERVAL) => None,
+                req = requests.recv() => match req {
+                    Some(Request::Pass(reply)) => Some(reply),
+                    Some(Request::Shutdown(reply)) => {
+                        self.stop_all().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(Request::Detach(reply)) => {
+                        for (_, e) in std::mem::take(&mut self.entries) {
+                            e.handle.detach();
+                        }
+                        let _ = reply.send(());
+                        return;
+                    }
+                    None => return,
+                },
+            };
+            let done = self.pass().await;
+            if let Some(reply) = reply {
+                let _ = reply.send(done);
+            }
+        }
+    }
+
+    /// Creates an actor for every instance record with a remembered process; the actor checks
+    /// pid and start time and takes the process over only if both match.
+    fn adopt_remembered(&mut self) {
+        let programs = self.desired.snapshot();
+        let records = match self.desired.store().list_instances() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("cannot read instance records, starting without adoption: {e}");
+                return;
+            }
+        };
+        for (name, record) in records {
+            let Some(program) = programs.get(&record.program) else {
+                continue;
+            };
+            let Some(id) = program
+                .spec
+                .instances()
+                .into_iter()
+                .find(|i| i.name == name)
+            else {
+                continue;
+            };
+            let initial = match (record.pid, record.start_time) {
+                (Some(pid), Some(start_time)) => Initial::Adopt {
+                    pid,
+                    start_time,
+                    restarts: record.restarts,
+                },
+                _ => Initial::Fresh {
+                    restarts: record.restarts,
+                },
+            };
+            let spec = Arc::new(program.spec.clone());
+            let seq = Desired {
+                spec: &program.spec,
+                run: program.desired,
+                seq: program.seq,
+                overrides: Some(&program.instances),
+            }
+            .for_instance(&name)
+            .seq;
+            self.insert_entry(id, spec, initial, seq, record);
+        }
+    }
+
+    fn insert_entry(
+        &mut self,
+        id: InstanceId,
+        spec: Arc<ProgramSpec>,
+        initial: Initial,
+        seq: RunSeq,
+        persisted: InstanceRecord,
+    ) {
+        let log = InstanceLog::new(&id.name, spec.log_paths(&id), &spec.log);
+        let ctx = RuntimeContext {
+            events: self.events.clone(),
+            changed: self.changed.clone(),
+            output: Arc::new(log.clone()),
+        };
+        let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
+        self.entries.insert(
+            id.name.clone(),
+            Entry {
+                id,
+                handle,
+                spec,
+                seq,
+                log,
+                persisted,
+            },
+        );
+        self.table_dirty = true;
+    }
+
+    /// One pass: plan, carry out what is ready, record what changed.
+    async fn pass(&mut self) -> Plan {
+        let programs = self.desired.snapshot();
+        let desired: Vec<Desired<'_>> = programs
+            .values()
+            .map(|r| Desired {
+                spec: &r.spec,
+                run: r.desired,
+                seq: r.seq,
+                overrides: Some(&r.instances),
+            })
+            .collect();
+        let states: Vec<InstanceState> = self
+            .entries
+            .values()
+            .map(|e| e.handle.watch().borrow().state)
+            .collect();
+        let observed: Vec<Observed<'_>> = self
+            .entries
+            .values()
+            .zip(&states)
+            .map(|(e, &state)| Observed {
+                id: &e.id,
+                state,
+                spec: &e.spec,
+                seq: e.seq,
+            })
+            .collect();
+        let full = plan::plan(&desired, &observed);
+        let by_name: BTreeMap<&str, &Desired<'_>> =
+            desired.iter().map(|d| (d.spec.name.as_str(), d)).collect();
+        let ready: Vec<plan::Step> = full.ready().cloned().collect();
+        let mut actions: Vec<(plan::Step, Option<Target>)> = Vec::new();
+        for step in ready {
+            let target = by_name
+                .get(step.program.as_str())
+                .map(|d| (Arc::new(d.spec.clone()), d.for_instance(&step.instance).seq));
+            actions.push((step, target));
+        }
+        drop(observed);
+        let mut done = Vec::with_capacity(actions.len());
+        for (step, target) in actions {
+            self.execute(&step, target);
+            done.push(step);
+        }
+        self.persist().await;
+        if self.table_dirty {
+            self.table_dirty = false;
+            let table: BTreeMap<String, LiveInstance> = self
+                .entries
+                .iter()
+                .map(|(name, e)| {
+                    (
+                        name.clone(),
+                        LiveInstance {
+                            id: e.id.clone(),
+                            spec: e.spec.clone(),
+                            status: e.handle.watch(),
+                            log: e.log.clone(),
+                        },
+                    )
+                })
+                .collect();
+            self.live_tx.send_replace(Arc::new(table));
+        }
+        self.passes_tx.send_modify(|n| *n += 1);
+        Plan { steps: done }
+    }
+
+    fn execute(&mut self, step: &plan::Step, target: Option<Target>) {
+        tracing::debug!(instance = %step.instance, action = ?step.action, reason = %step.reason, "reconcile step");
+        match (step.action, target) {
+            (Action::Start, Some((spec, seq))) => {
+                if !self.entries.contains_key(&step.instance) {
+                    let Some(id) = spec
+                        .instances()
+                        .into_iter()
+                        .find(|i| i.name == step.instance)
+                    else {
+                        return;
+                    };
+                    let persisted = self
+                        .desired
+                        .store()
+                        .get_instance(&id.name)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| InstanceRecord {
+                            program: id.program.clone(),
+                            ..InstanceRecord::default()
+                        });
+                    let initial = Initial::Fresh {
+                        restarts: persisted.restarts,
+                    };
+                    self.insert_entry(id, spec.clone(), initial, seq, persisted);
+                }
+                if let Some(e) = self.entries.get_mut(&step.instance) {
+                    e.apply_spec(spec);
+                    e.seq = seq;
+                    e.handle.start();
+                }
+            }
+            (Action::Restart, Some((spec, seq))) => {
+                if let Some(e) = self.entries.get_mut(&step.instance) {
+                    e.apply_spec(spec);
+                    e.seq = seq;
+                    e.handle.restart();
+                }
+            }
+            (Action::Update, Some((spec, _))) => {
+                if let Some(e) = self.entries.get_mut(&step.instance) {
+                    e.apply_spec(spec);
+                }
+            }
+            (Action::Stop, _) => {
+                if let Some(e) = self.entries.get(&step.instance) {
+                    e.handle.stop();
+                }
+            }
+            (Action::Remove, _) => {
+                if let Some(e) = self.entries.remove(&step.instance) {
+                    self.table_dirty = true;
+                    let desired = self.desired.clone();
+                    tokio::spawn(async move {
+                        e.handle.shutdown().await;
+                        let write = StoreWrite::DeleteInstance { name: e.id.name };
+                        if let Err(err) = desired.store().apply(vec![write]).await {
+                            tracing::warn!("cannot forget a removed instance: {err}");
+                        }
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes the pid, start time and restart count of every instance whose values changed, as
+    /// one flushed batch, so the next daemon can find its children again.
+    async fn persist(&mut self) {
+        let mut writes = Vec::new();
+        for (name, e) in &mut self.entries {
+            let status = e.handle.status();
+            let record = InstanceRecord {
+                program: e.id.program.clone(),
+                pid: status.pid,
+                start_time: status.pid_start_time,
+                restarts: status.restarts,
+            };
+            if record != e.persisted {
+                e.persisted = record.clone();
+                writes.push(StoreWrite::PutInstance {
+                    name: name.clone(),
+                    record,
+                });
+            }
+        }
+        if !writes.is_empty() {
+            if let Err(e) = self.desired.store().apply(writes).await {
+                tracing::error!("cannot record instance processes: {e}");
+            }
+        }
+    }
+
+    /// Daemon shutdown: every instance stopped, one priority level at a time from the highest,
+    /// and what the store remembers of each updated.
+    async fn stop_all(&mut self) {
+        let mut levels: BTreeMap<i32, Vec<Entry>> = BTreeMap::new();
+        for (_, e) in std::mem::take(&mut self.entries) {
+            levels.entry(e.spec.priority).or_default().push(e);
+        }
+        let mut writes = Vec::new();
+        for (priority, entries) in levels.into_iter().rev() {
+            tracing::info!(priority, count = entries.len(), "stopping priority level");
+            let mut set = tokio::task::JoinSet::new();
+            for e in entries {
+                let status = e.handle.watch();
+                set.spawn(async move {
+                    e.handle.shutdown().await;
+                    let s = status.borrow().clone();
+                    (e.id, s)
+                });
+            }
+            while let Some(joined) = set.join_next().await {
+                if let Ok((id, s)) = joined {
+                    writes.push(StoreWrite::PutInstance {
+                        name: id.name,
+                        record: InstanceRecord {
+                            program: id.program,
+                            pid: None,
+                            start_time: None,
+                            restarts: s.restarts,
+                        },
+                    });
+                }
+            }
+        }
+        if let Err(e) = self.desired.store().apply(writes).await {
+            tracing::error!("cannot record the stopped instances: {e}");
+        }
+        self.table_dirty = true;
+    }
+}
+
+impl Entry {
+    /// Hands a changed spec to the actor and the log sink; unchanged specs cost nothing.
+    fn apply_spec(&mut self, spec: Arc<ProgramSpec>) {
+        if *spec == *self.spec {
+            return;
+        }
+        if spec.log != self.spec.log {
+            self.log.update(spec.log_paths(&self.id), &spec.log);
+        }
+        self.handle.update_spec(spec.clone());
+        self.spec = spec;
+    }
+}
