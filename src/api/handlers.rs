@@ -1,0 +1,565 @@
+//! The endpoint handlers: parse and validate, write desired state, wait, answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::status::{check_selector_name, statuses, Picked, Selector};
+use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source};
+use crate::daemon::Daemon;
+use crate::desired;
+use crate::logs::Stream;
+use crate::store::{DesiredRun, RunRequest, StoreWrite};
+use crate::supervisor::InstanceState;
+
+type Shared = State<Arc<Daemon>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// How long `/start`, `/stop` and `/restart` wait for convergence unless told otherwise.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+/// The longest wait a request may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| {
+        ApiError::bad_request(format!("the query string is invalid: {}", e.body_text()))
+    })
+}
+
+/// Parses an optional JSON body; an empty body is `None`.
+fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Option<Value>, ApiError> {
+    let bytes = body.map_err(|e| {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!(
+                    "the request body is larger than {} bytes; send less",
+                    super::BODY_LIMIT
+                ),
+            )
+        } else {
+            ApiError::new(
+                status,
+                format!("cannot read the request body: {}", e.body_text()),
+            )
+        }
+    })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body is not valid JSON (line {}, column {}: {e}); send a JSON object",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+fn parse_wait(wait: Option<&str>) -> Result<Duration, ApiError> {
+    match wait {
+        None => Ok(DEFAULT_WAIT),
+        Some(w) => w
+            .parse::<Dur>()
+            .map(|d| d.get().min(MAX_WAIT))
+            .map_err(|e| ApiError::bad_request(format!("wait: {e}"))),
+    }
+}
+
+pub async fn health() -> Json<Value> {
+    Json(json!({ "ok": true, "version": env!("CARGO_PKG_VERSION") }))
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see docs/api.md for the list")
+}
+
+pub async fn status(State(d): Shared, q: Result<Query<Selector>, QueryRejection>) -> ApiResult {
+    let sel = query(q)?;
+    let programs = d.desired.snapshot();
+    let picked = sel.pick(&programs, &d.groups())?;
+    let list = statuses(&programs, &d.reconciler.live(), &picked);
+    Ok(one_or_many(&sel, list))
+}
+
+/// `name` naming one instance (or a single-instance program) answers one object.
+fn one_or_many(sel: &Selector, list: Vec<super::status::StatusObject>) -> Response {
+    let single_name = sel
+        .name
+        .as_deref()
+        .is_some_and(|n| !n.contains(',') && !n.contains('*'))
+        && sel.base.is_none()
+        && sel.wildcard.is_none()
+        && sel.group.is_none();
+    if single_name && list.len() == 1 {
+        Json(&list[0]).into_response()
+    } else {
+        Json(list).into_response()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ActionQuery {
+    #[serde(flatten)]
+    sel: Selector,
+    wait: Option<String>,
+}
+
+pub async fn start(
+    State(d): Shared,
+    q: Result<Query<ActionQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let mut q = query(q)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    let mut pre = Vec::new();
+    if let Some(body) = json_body(body)? {
+        let spec = spec_from_body(&d, &body)?;
+        ensure_api_owned(&d, &spec.name, true)?;
+        q.sel = Selector {
+            name: Some(spec.name.clone()),
+            ..Selector::default()
+        };
+        pre.push(StoreWrite::PutProgram {
+            spec,
+            source: Source::Api,
+        });
+    }
+    if q.sel.is_empty() {
+        return Err(ApiError::bad_request(
+            "say what to start: name, base, wildcard or group (or a JSON spec body to register and start)",
+        ));
+    }
+    act(&d, &q.sel, RunRequest::Start, pre, wait).await
+}
+
+pub async fn stop(State(d): Shared, q: Result<Query<ActionQuery>, QueryRejection>) -> ApiResult {
+    let q = query(q)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    if q.sel.is_empty() {
+        return Err(ApiError::bad_request(
+            "say what to stop: name, base, wildcard or group",
+        ));
+    }
+    act(&d, &q.sel, RunRequest::Stop, Vec::new(), wait).await
+}
+
+pub async fn restart(State(d): Shared, q: Result<Query<ActionQuery>, QueryRejection>) -> ApiResult {
+    let q = query(q)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    if q.sel.is_empty() {
+        return Err(ApiError::bad_request(
+            "say what to restart: name, base, wildcard or group",
+        ));
+    }
+    act(&d, &q.sel, RunRequest::Restart, Vec::new(), wait).await
+}
+
+/// Writes a start, stop or restart request for the selected instances, waits for them to
+/// settle (or `wait` to pass) and answers their statuses.
+async fn act(
+    d: &Daemon,
+    sel: &Selector,
+    request: RunRequest,
+    pre: Vec<StoreWrite>,
+    wait: Duration,
+) -> ApiResult {
+    let programs = desired::simulate(&d.desired.snapshot(), &pre);
+    let picked = sel.pick(&programs, &d.groups())?;
+    let mut writes = pre;
+    let mut whole_programs: Vec<&str> = picked
+        .iter()
+        .filter(|p| !p.alone)
+        .map(|p| p.id.program.as_str())
+        .collect();
+    whole_programs.dedup();
+    for program in whole_programs {
+        writes.push(StoreWrite::Request {
+            name: program.to_string(),
+            instance: None,
+            request,
+        });
+    }
+    for p in picked.iter().filter(|p| p.alone) {
+        writes.push(StoreWrite::Request {
+            name: p.id.program.clone(),
+            instance: Some(p.id.name.clone()),
+            request,
+        });
+    }
+    let before = d.reconciler.live();
+    let needs_change: BTreeMap<String, bool> = picked
+        .iter()
+        .map(|p| {
+            let state = before.get(&p.id.name).map(|l| l.status.borrow().state);
+            let settled = match request {
+                RunRequest::Start => state == Some(InstanceState::Running),
+                RunRequest::Stop => matches!(
+                    state,
+                    None | Some(
+                        InstanceState::Stopped | InstanceState::Exited | InstanceState::Failed
+                    )
+                ),
+                RunRequest::Restart => false,
+            };
+            (p.id.name.clone(), !settled)
+        })
+        .collect();
+    let t0 = SystemTime::now();
+    d.desired
+        .apply(writes)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot record the request: {e}")))?;
+    wait_settled(d, &picked, &needs_change, request, t0, wait).await;
+    let programs = d.desired.snapshot();
+    Ok(Json(statuses(&programs, &d.reconciler.live(), &picked)).into_response())
+}
+
+/// Waits until every picked instance reached the state the request asked for, after a change
+/// that happened since `t0` where one was needed, or until `wait` passes.
+async fn wait_settled(
+    d: &Daemon,
+    picked: &[Picked],
+    needs_change: &BTreeMap<String, bool>,
+    request: RunRequest,
+    t0: SystemTime,
+    wait: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut passes = d.reconciler.passes();
+    loop {
+        let live = d.reconciler.live();
+        let settled = picked.iter().all(|p| {
+            let status = live.get(&p.id.name).map(|l| l.status.borrow().clone());
+            let changed_since = |s: &crate::supervisor::InstanceStatus| {
+                !needs_change.get(&p.id.name).copied().unwrap_or(true)
+                    || s.started_at.is_some_and(|t| t >= t0)
+                    || s.stopped_at.is_some_and(|t| t >= t0)
+            };
+            match (request, status) {
+                (RunRequest::Stop, None) => true,
+                (RunRequest::Stop, Some(s)) => {
+                    matches!(
+                        s.state,
+                        InstanceState::Stopped | InstanceState::Exited | InstanceState::Failed
+                    ) && changed_since(&s)
+                }
+                (_, None) => false,
+                (_, Some(s)) => {
+                    matches!(
+                        s.state,
+                        InstanceState::Running | InstanceState::Exited | InstanceState::Failed
+                    ) && changed_since(&s)
+                }
+            }
+        });
+        if settled {
+            return;
+        }
+        tokio::select! {
+            r = passes.changed() => if r.is_err() { return },
+            () = tokio::time::sleep_until(deadline) => return,
+        }
+    }
+}
+
+fn spec_from_body(d: &Daemon, body: &Value) -> Result<ProgramSpec, ApiError> {
+    let loaded = d.loaded();
+    let settings = loaded
+        .settings
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("the daemon has no loaded settings"))?;
+    config::program_from_json(body, settings, d.base_env()).map_err(|errors| {
+        ApiError::bad_request(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
+}
+
+/// Only API-registered programs may be changed through the API: files own theirs.
+fn ensure_api_owned(d: &Daemon, name: &str, may_be_new: bool) -> Result<(), ApiError> {
+    match d.desired.get(name) {
+        Some(r) if r.source != Source::Api => Err(ApiError::conflict(format!(
+            "{name:?} is defined by {}; edit that instead of changing it through the API",
+            r.source
+        ))),
+        None if !may_be_new => Err(ApiError::not_found(format!(
+            "no program is named {name:?}; register it first"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+pub async fn register(State(d): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = json_body(body)?
+        .ok_or_else(|| ApiError::bad_request("send the program spec as a JSON body"))?;
+    let spec = spec_from_body(&d, &body)?;
+    if let Some(r) = d.desired.get(&spec.name) {
+        return Err(ApiError::conflict(if r.source == Source::Api {
+            format!(
+                "{:?} is already registered; use /update to change it",
+                spec.name
+            )
+        } else {
+            format!(
+                "{:?} is defined by {}; edit that instead",
+                spec.name, r.source
+            )
+        }));
+    }
+    write_spec(&d, spec, StatusCode::CREATED).await
+}
+
+pub async fn update(State(d): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = json_body(body)?
+        .ok_or_else(|| ApiError::bad_request("send the program spec as a JSON body"))?;
+    let spec = spec_from_body(&d, &body)?;
+    ensure_api_owned(&d, &spec.name, false)?;
+    write_spec(&d, spec, StatusCode::OK).await
+}
+
+async fn write_spec(d: &Daemon, spec: ProgramSpec, code: StatusCode) -> ApiResult {
+    let name = spec.name.clone();
+    d.desired
+        .apply(vec![StoreWrite::PutProgram {
+            spec,
+            source: Source::Api,
+        }])
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot record the program: {e}")))?;
+    let record = d
+        .desired
+        .get(&name)
+        .ok_or_else(|| ApiError::internal("the program vanished while it was written"))?;
+    Ok((code, Json(program_view(&record))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NameQuery {
+    name: Option<String>,
+}
+
+pub async fn unregister(
+    State(d): Shared,
+    q: Result<Query<NameQuery>, QueryRejection>,
+) -> ApiResult {
+    let name = query(q)?
+        .name
+        .ok_or_else(|| ApiError::bad_request("say which program: ?name=NAME"))?;
+    check_selector_name(&name)?;
+    ensure_api_owned(&d, &name, false)?;
+    d.desired
+        .apply(vec![StoreWrite::DeleteProgram { name: name.clone() }])
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot remove the program: {e}")))?;
+    Ok(Json(json!({ "unregistered": name })).into_response())
+}
+
+fn program_view(r: &crate::store::ProgramRecord) -> Value {
+    json!({
+        "name": r.spec.name,
+        "spec": r.spec,
+        "source": r.source.to_string(),
+        "desired": r.desired,
+        "generation": r.generation,
+        "error": r.error,
+    })
+}
+
+pub async fn programs(State(d): Shared) -> Json<Vec<Value>> {
+    Json(
+        d.desired
+            .snapshot()
+            .values()
+            .map(|r| program_view(r))
+            .collect(),
+    )
+}
+
+/// `POST /plan`: the plan for a set of validated specs against the current state.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    programs: Vec<ProgramSpec>,
+    #[serde(default)]
+    groups: Vec<GroupSpec>,
+    /// `start`: every given program desired running, others untouched (`start --dry-run`).
+    /// `apply` (default): the given programs replace those from files and the config, as a
+    /// reload of that config would (`diff`).
+    #[serde(default)]
+    mode: PlanMode,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum PlanMode {
+    #[default]
+    Apply,
+    Start,
+}
+
+pub async fn plan(State(d): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
+    let body = json_body(body)?
+        .ok_or_else(|| ApiError::bad_request("send {\"programs\": [specs…]} as the JSON body"))?;
+    let req: PlanRequest = serde_json::from_value(body)
+        .map_err(|e| ApiError::bad_request(format!("the plan request is invalid: {e}")))?;
+    for p in &req.programs {
+        check_selector_name(&p.name)?;
+    }
+    let _ = &req.groups;
+    let current = d.desired.snapshot();
+    let programs: Vec<config::Program> = req
+        .programs
+        .into_iter()
+        .map(|spec| {
+            let source = current
+                .get(&spec.name)
+                .map(|r| r.source.clone())
+                .unwrap_or(Source::Config);
+            config::Program { spec, source }
+        })
+        .collect();
+    let mut writes = match req.mode {
+        PlanMode::Apply => desired::sync_writes(&current, &programs, &[], &[]),
+        PlanMode::Start => programs
+            .iter()
+            .map(|p| StoreWrite::PutProgram {
+                spec: p.spec.clone(),
+                source: p.source.clone(),
+            })
+            .collect(),
+    };
+    if req.mode == PlanMode::Start {
+        writes.extend(programs.iter().map(|p| StoreWrite::SetDesired {
+            name: p.spec.name.clone(),
+            desired: DesiredRun::Running,
+        }));
+    }
+    let preview = desired::simulate(&current, &writes);
+    let plan = super::plan_against_live(&preview, &d.reconciler.live());
+    Ok(Json(json!({ "against": "daemon", "steps": plan.steps })).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReloadQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+pub async fn reload(State(d): Shared, q: Result<Query<ReloadQuery>, QueryRejection>) -> ApiResult {
+    let q = query(q)?;
+    Ok(Json(d.reload(q.dry_run).await).into_response())
+}
+
+pub async fn debug_reconcile(State(d): Shared) -> ApiResult {
+    let plan = d
+        .reconciler
+        .pass_now()
+        .await
+        .ok_or_else(|| ApiError::internal("the reconcile loop has stopped"))?;
+    Ok(Json(json!({ "steps": plan.steps })).into_response())
+}
+
+pub async fn groups(State(d): Shared) -> Json<Vec<GroupSpec>> {
+    Json(d.groups())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GroupQuery {
+    group: Option<String>,
+    wait: Option<String>,
+}
+
+fn group_selector(q: &GroupQuery) -> Result<Selector, ApiError> {
+    let group = q
+        .group
+        .clone()
+        .ok_or_else(|| ApiError::bad_request("say which group: ?group=NAME"))?;
+    check_selector_name(&group)?;
+    Ok(Selector {
+        group: Some(group),
+        ..Selector::default()
+    })
+}
+
+pub async fn group_status(
+    State(d): Shared,
+    q: Result<Query<GroupQuery>, QueryRejection>,
+) -> ApiResult {
+    let sel = group_selector(&query(q)?)?;
+    let programs = d.desired.snapshot();
+    let picked = sel.pick(&programs, &d.groups())?;
+    Ok(Json(statuses(&programs, &d.reconciler.live(), &picked)).into_response())
+}
+
+pub async fn group_start(
+    State(d): Shared,
+    q: Result<Query<GroupQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    act(
+        &d,
+        &group_selector(&q)?,
+        RunRequest::Start,
+        Vec::new(),
+        wait,
+    )
+    .await
+}
+
+pub async fn group_stop(
+    State(d): Shared,
+    q: Result<Query<GroupQuery>, QueryRejection>,
+) -> ApiResult {
+    let q = query(q)?;
+    let wait = parse_wait(q.wait.as_deref())?;
+    act(&d, &group_selector(&q)?, RunRequest::Stop, Vec::new(), wait).await
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LogsQuery {
+    name: Option<String>,
+    #[serde(default)]
+    stream: Option<Stream>,
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+}
+
+pub async fn logs(State(d): Shared, q: Result<Query<LogsQuery>, QueryRejection>) -> ApiResult {
+    let q = query(q)?;
+    let name = q
+        .name
+        .ok_or_else(|| ApiError::bad_request("say which instance: ?name=NAME"))?;
+    check_selector_name(&name)?;
+    if q.follow {
+        return Err(ApiError::bad_request(
+            "follow=true is not served by this daemon version; omit it to get the tail",
+        ));
+    }
+    let stream = q.stream.unwrap_or(Stream::Stdout);
+    let live = d.reconciler.live();
+    let instance = live.get(&name).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no running or remembered instance is named {name:?}; `provisr status` lists them"
+        ))
+    })?;
+    let lines = instance.log.tail(stream, q.tail.unwrap_or(100));
+    Ok(Json(json!({ "name": name, "stream": stream, "lines": lines })).into_response())
+}

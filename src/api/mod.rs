@@ -1,0 +1,98 @@
+//! The HTTP API (SPEC §9): an axum router over the daemon, testable without a socket.
+//!
+//! Handlers only validate input, write desired state and read observed state; the reconcile
+//! loop does the rest. Every error is an [`ApiError`]: a status code and one sentence.
+
+pub mod error;
+mod handlers;
+pub mod security;
+pub mod status;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+
+use crate::daemon::Daemon;
+use crate::desired::Programs;
+use crate::plan::{self, Desired, Observed, Plan};
+use crate::reconcile::LiveTable;
+
+pub use error::ApiError;
+pub use security::Guard;
+
+/// Request bodies larger than this are refused with 413.
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// The whole API under `base` (e.g. `/api`), behind the security guard and the body limit.
+pub fn router(daemon: Arc<Daemon>, guard: Guard, base: &str) -> Router {
+    let api = Router::new()
+        .route("/health", get(handlers::health))
+        .route("/status", get(handlers::status))
+        .route("/start", post(handlers::start))
+        .route("/stop", post(handlers::stop))
+        .route("/restart", post(handlers::restart))
+        .route("/register", post(handlers::register))
+        .route("/update", post(handlers::update))
+        .route("/unregister", post(handlers::unregister))
+        .route("/programs", get(handlers::programs))
+        .route("/plan", post(handlers::plan))
+        .route("/reload", post(handlers::reload))
+        .route("/debug/reconcile", post(handlers::debug_reconcile))
+        .route("/groups", get(handlers::groups))
+        .route("/group/status", get(handlers::group_status))
+        .route("/group/start", post(handlers::group_start))
+        .route("/group/stop", post(handlers::group_stop))
+        .route("/logs", get(handlers::logs))
+        .fallback(handlers::not_found)
+        .with_state(daemon);
+    let app = if base.is_empty() {
+        api
+    } else {
+        Router::new().nest(base, api).fallback(handlers::not_found)
+    };
+    app.layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(guard),
+            security::guard,
+        ))
+}
+
+/// The plan that would make the running instances match `programs`: what dry runs show.
+pub fn plan_against_live(programs: &Programs, live: &LiveTable) -> Plan {
+    let desired: Vec<Desired<'_>> = programs
+        .values()
+        .map(|r| Desired {
+            spec: &r.spec,
+            run: r.desired,
+            seq: r.seq,
+            overrides: Some(&r.instances),
+        })
+        .collect();
+    let states: Vec<_> = live.values().map(|l| l.status.borrow().state).collect();
+    let observed: Vec<Observed<'_>> = live
+        .values()
+        .zip(states)
+        .map(|(l, state)| Observed {
+            id: &l.id,
+            state,
+            spec: &l.spec,
+            // A dry run is about specs and run states, not about requests already carried out.
+            seq: programs
+                .get(&l.id.program)
+                .map(|r| {
+                    Desired {
+                        spec: &r.spec,
+                        run: r.desired,
+                        seq: r.seq,
+                        overrides: Some(&r.instances),
+                    }
+                    .for_instance(&l.id.name)
+                    .seq
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    plan::plan(&desired, &observed)
+}
