@@ -1,6 +1,264 @@
-//! The command line: clap types and the client-side commands.
+//! The command line (SPEC §8): clap types, dispatch, and the exit-code policy.
+//!
+//! Exit codes: 0 success, 1 a failed operation, 2 bad usage or an invalid config, 3 the daemon
+//! cannot be reached.
 
-/// Runs the CLI and returns the process exit code.
+mod commands;
+mod output;
+mod plan_view;
+mod serve;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub use output::{Format, Table};
+
+/// Exit codes shared by every command.
+pub mod exit {
+    pub const OK: i32 = 0;
+    pub const FAILED: i32 = 1;
+    pub const USAGE: i32 = 2;
+    pub const UNREACHABLE: i32 = 3;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "provisr",
+    version,
+    about = "A declarative process supervisor",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after the command (`provisr status --api-url URL`).
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// API base URL; else PROVISR_API_URL, else [server] of --config, else http://127.0.0.1:8080/api.
+    #[arg(long, global = true, env = "PROVISR_API_URL")]
+    pub api_url: Option<String>,
+    /// Bearer token for the API.
+    #[arg(long, global = true, env = "PROVISR_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format: a table on a terminal, JSON when piped.
+    #[arg(short = 'o', long = "output", global = true, value_enum)]
+    pub output: Option<Format>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground.
+    Serve(ServeArgs),
+    /// Desire programs running: every program of --config, one --name, or a new ad-hoc --cmd.
+    Start(StartArgs),
+    /// Desire programs stopped: every program of --config, or one --name.
+    Stop(StopArgs),
+    /// Stop then start.
+    Restart(NameArgs),
+    /// Status objects: all, one --name, or the programs of --config.
+    Status(StatusArgs),
+    /// Start a group's members in priority order.
+    #[command(name = "group-start")]
+    GroupStart(GroupArgs),
+    /// Stop a group's members in reverse priority order.
+    #[command(name = "group-stop")]
+    GroupStop(GroupArgs),
+    /// The status of a group's members.
+    #[command(name = "group-status")]
+    GroupStatus(GroupArgs),
+    /// The recent output of an instance.
+    Logs(LogsArgs),
+    /// What applying --config would change: exit 0 no change, 1 changes, 2 error.
+    Diff(DiffArgs),
+    /// Register an API-source program (persisted) without starting it.
+    Register(RegisterArgs),
+    /// Remove an API-source program.
+    Unregister(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Main config file (same as --config).
+    #[arg(value_name = "CONFIG")]
+    pub config_pos: Option<PathBuf>,
+    /// Main config file; without one, ./programs with the defaults (the embedded default).
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+    /// Listen address, overriding [server] listen; `:PORT` means 127.0.0.1:PORT.
+    #[arg(long)]
+    pub api_listen: Option<String>,
+    /// State directory, overriding [daemon] state_dir.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Main config file; `--config ""` means none.
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+    /// A program, an instance, or a `name-*` pattern.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Register an ad-hoc program running this command (source `api`, persisted) and start it.
+    #[arg(long)]
+    pub cmd: Option<String>,
+    /// With --cmd: restart the program whenever it exits.
+    #[arg(long = "auto_restart", alias = "auto-restart", value_name = "BOOL")]
+    pub auto_restart: Option<bool>,
+    /// With --cmd: how many instances.
+    #[arg(long)]
+    pub instances: Option<u32>,
+    /// With --cmd: the priority.
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// Print the plan and change nothing (works without a daemon too).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for the programs to settle, e.g. 10s.
+    #[arg(long)]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// How long to wait for the programs to stop, e.g. 10s.
+    #[arg(long)]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GroupArgs {
+    #[arg(long)]
+    pub group: String,
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub wait: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The instance (`web`, `web-2`).
+    pub name: String,
+    /// Keep printing new output.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// How many recent lines.
+    #[arg(short = 'n', long = "lines", default_value_t = 100)]
+    pub lines: usize,
+    /// Show stderr instead of stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub cmd: String,
+    #[arg(long = "auto_restart", alias = "auto-restart", value_name = "BOOL")]
+    pub auto_restart: Option<bool>,
+    #[arg(long)]
+    pub instances: Option<u32>,
+    #[arg(long)]
+    pub priority: Option<i32>,
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+}
+
+/// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let format = Format::resolve(cli.global.output);
+    let g = &cli.global;
+    match &cli.command {
+        Command::Serve(a) => serve::run(a),
+        Command::Start(a) => commands::start(g, a, format),
+        Command::Stop(a) => commands::stop(g, a, format),
+        Command::Restart(a) => commands::restart(g, a, format),
+        Command::Status(a) => commands::status(g, a, format),
+        Command::GroupStart(a) => commands::group(g, a, "/group/start", format),
+        Command::GroupStop(a) => commands::group(g, a, "/group/stop", format),
+        Command::GroupStatus(a) => commands::group(g, a, "/group/status", format),
+        Command::Logs(a) => commands::logs(g, a),
+        Command::Diff(a) => commands::diff(g, a, format),
+        Command::Register(a) => commands::register(g, a, format),
+        Command::Unregister(a) => commands::unregister(g, a, format),
+    }
+}
+
+/// A path where the empty string is allowed: `--config ""` says "no config file" (as in the seeds).
+fn any_path(s: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(s))
+}
+
+/// The daemon-less environment the loader expands `${VAR}` against: this process's environment.
+pub fn os_env() -> BTreeMap<String, String> {
+    std::env::vars().collect()
+}
+
+/// A config path where `""` means "no config file".
+fn config_path(config: &Option<PathBuf>) -> Option<&std::path::Path> {
+    config.as_deref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Prints `value` as JSON, or the table `render` builds.
+fn print_json_or_table<T: serde::Serialize>(
+    format: Format,
+    value: &T,
+    render: impl FnOnce() -> String,
+) {
+    match format {
+        Format::Json => output::print_json(value),
+        Format::Table => print!("{}", render()),
+    }
 }

@@ -1,0 +1,387 @@
+//! The client-side commands: resolve the API URL, make the request, print the answer.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::plan_view;
+use super::{
+    config_path, exit, os_env, print_json_or_table, DiffArgs, Format, GlobalArgs, GroupArgs,
+    LogsArgs, NameArgs, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
+};
+use crate::client::{ApiClient, ClientError};
+use crate::config::{self, LoadedConfig};
+
+/// The default API URL when nothing else says (SPEC §8).
+pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080/api";
+
+/// `--api-url`, else `PROVISR_API_URL` (clap reads it into the same flag), else the `[server]` of
+/// `--config`, else the default; the token likewise from `--token`/`PROVISR_TOKEN` or the config.
+fn client(g: &GlobalArgs, config: Option<&Path>) -> Result<ApiClient, i32> {
+    let settings = match config {
+        Some(path) if g.api_url.is_none() || g.token.is_none() => {
+            match config::load(Some(path), &os_env()) {
+                Ok(loaded) => Some(loaded.settings),
+                Err(errors) => return Err(plan_view::print_config_errors(&errors)),
+            }
+        }
+        _ => None,
+    };
+    let url = g.api_url.clone().unwrap_or_else(|| match &settings {
+        Some(s) => api_url_of(&s.server.listen, &s.server.base_path),
+        None => DEFAULT_API_URL.to_string(),
+    });
+    let token = g.token.clone().or_else(|| {
+        let server = &settings.as_ref()?.server;
+        server.token.clone().or_else(|| {
+            let path = server.token_file.as_ref()?;
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|t| t.trim().to_string())
+        })
+    });
+    Ok(ApiClient::new(&url, token))
+}
+
+/// The URL a client uses for a daemon listening on `listen`: wildcard and bare `:PORT` listens
+/// are reached on loopback.
+pub fn api_url_of(listen: &str, base_path: &str) -> String {
+    let listen = listen.trim();
+    let hostport = if let Some(port) = listen.strip_prefix(':') {
+        format!("127.0.0.1:{port}")
+    } else if let Some(port) = listen.strip_prefix("0.0.0.0:") {
+        format!("127.0.0.1:{port}")
+    } else if let Some(port) = listen.strip_prefix("[::]:") {
+        format!("[::1]:{port}")
+    } else {
+        listen.to_string()
+    };
+    let base = base_path.trim().trim_matches('/');
+    if base.is_empty() {
+        format!("http://{hostport}")
+    } else {
+        format!("http://{hostport}/{base}")
+    }
+}
+
+/// Prints a client error as one sentence and returns its exit code.
+fn fail(e: &ClientError) -> i32 {
+    eprintln!("provisr: {e}");
+    match e {
+        ClientError::Unreachable { .. } => exit::UNREACHABLE,
+        ClientError::Api { status: 400, .. } => exit::USAGE,
+        _ => exit::FAILED,
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<LoadedConfig, i32> {
+    let loaded = config::load(path, &os_env()).map_err(|e| plan_view::print_config_errors(&e))?;
+    if !loaded.errors.is_empty() {
+        return Err(plan_view::print_config_errors(&loaded.errors));
+    }
+    Ok(loaded)
+}
+
+fn wait_query(wait: &Option<String>) -> Vec<(&'static str, String)> {
+    wait.iter().map(|w| ("wait", w.clone())).collect()
+}
+
+/// The names of every program of a loaded config, comma-separated for the `name` selector.
+fn program_names(loaded: &LoadedConfig) -> String {
+    loaded
+        .programs
+        .iter()
+        .map(|p| p.spec.name.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Prints statuses (an array or one object) and returns 0, or 1 when any is `failed`.
+fn print_statuses(value: &Value, format: Format) -> i32 {
+    print_json_or_table(format, value, || {
+        let list: Vec<&Value> = match value {
+            Value::Array(a) => a.iter().collect(),
+            v => vec![v],
+        };
+        let mut t = Table::new(&[
+            "NAME", "STATE", "PID", "RESTARTS", "DESIRED", "PRIORITY", "MESSAGE",
+        ]);
+        for s in list {
+            let field = |k: &str| match s.get(k) {
+                Some(Value::String(v)) => v.clone(),
+                Some(Value::Null) | None => "-".to_string(),
+                Some(v) => v.to_string(),
+            };
+            t.row(vec![
+                field("name"),
+                field("state"),
+                field("pid"),
+                field("restarts"),
+                field("desired"),
+                field("priority"),
+                field("message"),
+            ]);
+        }
+        t.render()
+    });
+    exit::OK
+}
+
+pub fn start(g: &GlobalArgs, a: &StartArgs, format: Format) -> i32 {
+    let cfg = config_path(&a.config);
+    if a.dry_run {
+        return start_dry_run(g, cfg, format);
+    }
+    let api = match client(g, cfg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut query = wait_query(&a.wait);
+    let result = if let Some(cmd) = &a.cmd {
+        let Some(name) = &a.name else {
+            eprintln!("provisr: --cmd needs --name to name the program");
+            return exit::USAGE;
+        };
+        let body = adhoc_spec(name, cmd, a.auto_restart, a.instances, a.priority);
+        api.post("/start", &query, Some(&body))
+    } else if let Some(name) = &a.name {
+        query.push(("name", name.clone()));
+        api.post::<Value>("/start", &query, None)
+    } else if cfg.is_some() {
+        let loaded = match load_config(cfg) {
+            Ok(l) => l,
+            Err(code) => return code,
+        };
+        query.push(("name", program_names(&loaded)));
+        api.post::<Value>("/start", &query, None)
+    } else {
+        eprintln!(
+            "provisr: say what to start: --name NAME, --config FILE, or --name NAME --cmd CMD"
+        );
+        return exit::USAGE;
+    };
+    match result {
+        Ok(v) => print_statuses(&v, format),
+        Err(e) => fail(&e),
+    }
+}
+
+/// The JSON spec of an ad-hoc program (`start --cmd`, `register`).
+fn adhoc_spec(
+    name: &str,
+    cmd: &str,
+    auto_restart: Option<bool>,
+    instances: Option<u32>,
+    priority: Option<i32>,
+) -> Value {
+    let mut spec = json!({ "name": name, "command": cmd });
+    if let Some(b) = auto_restart {
+        spec["auto_restart"] = json!(b);
+    }
+    if let Some(n) = instances {
+        spec["instances"] = json!(n);
+    }
+    if let Some(p) = priority {
+        spec["priority"] = json!(p);
+    }
+    spec
+}
+
+/// `start --config F --dry-run`: the plan against the daemon when one answers, else against an
+/// empty state, said so either way.
+fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: Format) -> i32 {
+    let loaded = match load_config(cfg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let api = match client(g, cfg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let specs: Vec<_> = loaded.programs.iter().map(|p| &p.spec).collect();
+    let body = json!({ "programs": specs, "mode": "start" });
+    match api.post("/plan", &[], Some(&body)) {
+        Ok(v) => {
+            let steps = serde_json::from_value(v["steps"].clone()).unwrap_or_default();
+            let plan = crate::plan::Plan { steps };
+            plan_view::print_plan(&plan, &format!("the daemon at {}", api.base()), format);
+            exit::OK
+        }
+        Err(ClientError::Unreachable { .. }) => plan_view::print_offline_plan(&loaded, format),
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn stop(g: &GlobalArgs, a: &StopArgs, format: Format) -> i32 {
+    let cfg = config_path(&a.config);
+    let api = match client(g, cfg) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut query = wait_query(&a.wait);
+    if let Some(name) = &a.name {
+        query.push(("name", name.clone()));
+    } else if cfg.is_some() {
+        match load_config(cfg) {
+            Ok(l) => query.push(("name", program_names(&l))),
+            Err(code) => return code,
+        }
+    } else {
+        eprintln!("provisr: say what to stop: --name NAME or --config FILE");
+        return exit::USAGE;
+    }
+    match api.post::<Value>("/stop", &query, None) {
+        Ok(v) => print_statuses(&v, format),
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn restart(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
+    let api = match client(g, config_path(&a.config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut query = wait_query(&a.wait);
+    query.push(("name", a.name.clone()));
+    match api.post::<Value>("/restart", &query, None) {
+        Ok(v) => print_statuses(&v, format),
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn status(g: &GlobalArgs, a: &StatusArgs, format: Format) -> i32 {
+    let api = match client(g, config_path(&a.config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let query: Vec<(&str, String)> = a.name.iter().map(|n| ("name", n.clone())).collect();
+    match api.get("/status", &query) {
+        Ok(v) => print_statuses(&v, format),
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn group(g: &GlobalArgs, a: &GroupArgs, path: &str, format: Format) -> i32 {
+    let api = match client(g, config_path(&a.config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut query = wait_query(&a.wait);
+    query.push(("group", a.group.clone()));
+    let result = if path.ends_with("status") {
+        api.get(path, &query)
+    } else {
+        api.post::<Value>(path, &query, None)
+    };
+    match result {
+        Ok(v) => print_statuses(&v, format),
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn logs(g: &GlobalArgs, a: &LogsArgs) -> i32 {
+    let api = match client(g, config_path(&a.config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let stream = if a.stderr { "stderr" } else { "stdout" };
+    let query = vec![
+        ("name", a.name.clone()),
+        ("stream", stream.to_string()),
+        ("tail", a.lines.to_string()),
+    ];
+    if a.follow {
+        let mut query = query;
+        query.push(("follow", "true".to_string()));
+        return match api.stream("/logs", &query, |line| {
+            println!("{line}");
+            true
+        }) {
+            Ok(()) => exit::OK,
+            Err(e) => fail(&e),
+        };
+    }
+    match api.get("/logs", &query) {
+        Ok(v) => {
+            for line in v["lines"].as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or_default());
+            }
+            exit::OK
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
+    let loaded = match load_config(Some(&a.config)) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let api = match client(g, Some(&a.config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let specs: Vec<_> = loaded.programs.iter().map(|p| &p.spec).collect();
+    let body = json!({ "programs": specs, "groups": loaded.groups, "mode": "apply" });
+    match api.post("/plan", &[], Some(&body)) {
+        Ok(v) => {
+            let steps = serde_json::from_value(v["steps"].clone()).unwrap_or_default();
+            let plan = crate::plan::Plan { steps };
+            plan_view::print_plan(&plan, &format!("the daemon at {}", api.base()), format);
+            if plan.is_empty() {
+                exit::OK
+            } else {
+                exit::FAILED
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: Format) -> i32 {
+    let api = match client(g, config_path(&a.config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let body = adhoc_spec(&a.name, &a.cmd, a.auto_restart, a.instances, a.priority);
+    match api.post("/register", &[], Some(&body)) {
+        Ok(v) => {
+            print_json_or_table(format, &v, || {
+                format!(
+                    "registered {} (desired {})\n",
+                    a.name,
+                    v["desired"].as_str().unwrap_or("?")
+                )
+            });
+            exit::OK
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+pub fn unregister(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
+    let api = match client(g, config_path(&a.config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match api.post::<Value>("/unregister", &[("name", a.name.clone())], None) {
+        Ok(v) => {
+            print_json_or_table(format, &v, || format!("unregistered {}\n", a.name));
+            exit::OK
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::api_url_of;
+
+    #[test]
+    fn api_urls_from_listen_addresses() {
+        assert_eq!(api_url_of(":8080", "/api"), "http://127.0.0.1:8080/api");
+        assert_eq!(api_url_of("0.0.0.0:9", "api/"), "http://127.0.0.1:9/api");
+        assert_eq!(api_url_of("127.0.0.1:1", ""), "http://127.0.0.1:1");
+        assert_eq!(api_url_of("[::]:7", "/x"), "http://[::1]:7/x");
+    }
+}

@@ -1,0 +1,45 @@
+//! `provisr serve`: logging set-up and the tokio runtime around [`crate::daemon::run`].
+
+use std::io::IsTerminal;
+
+use super::{exit, ServeArgs};
+use crate::daemon::{self, ServeOptions};
+
+pub fn run(args: &ServeArgs) -> i32 {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PROVISR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+    let config = args
+        .config
+        .clone()
+        .or_else(|| args.config_pos.clone())
+        .filter(|p| !p.as_os_str().is_empty());
+    let opts = ServeOptions {
+        config,
+        api_listen: args.api_listen.clone(),
+        state_dir: args.state_dir.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("provisr: cannot start the async runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    match runtime.block_on(daemon::run(opts, None, std::future::pending())) {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            eprintln!("provisr: {e}");
+            e.exit_code()
+        }
+    }
+}

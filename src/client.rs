@@ -1,0 +1,173 @@
+//! The HTTP client the CLI uses to talk to the daemon's API.
+//!
+//! Blocking on purpose: a CLI command makes one or two requests and exits, so it needs no runtime.
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Why a request did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the URL: the daemon is not running or listens elsewhere.
+    #[error("cannot reach the provisr daemon at {url}: {reason}; is `provisr serve` running? (set --api-url or PROVISR_API_URL)")]
+    Unreachable { url: String, reason: String },
+    /// The daemon answered with an error status and sentence.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    /// The daemon answered something that is not the JSON it should send.
+    #[error("unexpected answer from {url}: {reason}")]
+    Protocol { url: String, reason: String },
+}
+
+/// A client for one daemon.
+#[derive(Clone)]
+pub struct ApiClient {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl ApiClient {
+    /// `base` is the API base URL, e.g. `http://127.0.0.1:8080/api`.
+    pub fn new(base: &str, token: Option<String>) -> ApiClient {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(2)))
+            .build();
+        ApiClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            agent: config.into(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `GET path?query`, decoded as JSON.
+    pub fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        let mut req = self.agent.get(&url);
+        for (k, v) in query {
+            req = req.query(k, v);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        Self::decode(&url, req.call())
+    }
+
+    /// `POST path?query` with an optional JSON body, decoded as JSON.
+    pub fn post<B: Serialize>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&B>,
+    ) -> Result<Value, ClientError> {
+        let url = self.url(path);
+        let mut req = self.agent.post(&url);
+        for (k, v) in query {
+            req = req.query(k, v);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let result = match body {
+            Some(b) => req.send_json(b),
+            None => req.send_empty(),
+        };
+        Self::decode(&url, result)
+    }
+
+    /// Opens a server-sent-events stream and calls `on_data` with each event's data until the
+    /// stream ends or `on_data` returns false.
+    pub fn stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        mut on_data: impl FnMut(&str) -> bool,
+    ) -> Result<(), ClientError> {
+        let url = self.url(path);
+        let mut req = self.agent.get(&url).header("Accept", "text/event-stream");
+        for (k, v) in query {
+            req = req.query(k, v);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req.call().map_err(|e| unreachable(&url, e))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(api_error(status, &body));
+        }
+        let reader = BufReader::new(resp.into_body().into_reader());
+        let mut data = String::new();
+        for line in reader.lines() {
+            let line = line.map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+            if line.is_empty() {
+                if !data.is_empty() && !on_data(&data) {
+                    return Ok(());
+                }
+                data.clear();
+            } else if let Some(d) = line.strip_prefix("data:") {
+                if !data.is_empty() {
+                    data.push('\n');
+                }
+                data.push_str(d.strip_prefix(' ').unwrap_or(d));
+            }
+        }
+        Ok(())
+    }
+
+    fn decode(
+        url: &str,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, ClientError> {
+        let mut resp = result.map_err(|e| unreachable(url, e))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(256 << 20)
+            .read_to_string()
+            .map_err(|e| ClientError::Protocol {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        if !(200..300).contains(&status) {
+            return Err(api_error(status, &body));
+        }
+        serde_json::from_str(&body).map_err(|e| ClientError::Protocol {
+            url: url.to_string(),
+            reason: format!("the body is not JSON ({e})"),
+        })
+    }
+}
+
+fn unreachable(url: &str, e: ureq::Error) -> ClientError {
+    ClientError::Unreachable {
+        url: url.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The daemon's `{"error": "..."}` sentence, or the raw body when it is not that shape.
+fn api_error(status: u16, body: &str) -> ClientError {
+    let message = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| format!("the daemon answered {status}: {}", body.trim()));
+    ClientError::Api { status, message }
+}
