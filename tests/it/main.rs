@@ -3,7 +3,11 @@
 //! Every module waits on conditions (`util::wait_for`), never on fixed sleeps, and cleans up the
 //! processes it started even when an assertion fails.
 
+// Test helpers outside #[test] functions unwrap too: a failed helper is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod config;
+mod daemon;
 mod logs;
 mod store;
 mod supervisor;

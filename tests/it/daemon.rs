@@ -1,0 +1,543 @@
+//! The daemon end to end, as a user drives it: the real `provisr` binary serving on
+//! 127.0.0.1 port 0, the CLI as a separate process, real children, real files (issue 4).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::{alive, wait_for, GroupGuard};
+
+const BIN: &str = env!("CARGO_BIN_EXE_provisr");
+
+/// A daemon process on a free loopback port; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct TestDaemon {
+    pub child: Child,
+    pub url: String,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TestDaemon {
+    /// `provisr serve --api-listen 127.0.0.1:0 [--config F] --state-dir S` in `cwd`.
+    pub fn start(cwd: &Path, config: Option<&Path>, state_dir: &Path) -> TestDaemon {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(cwd)
+            .arg("serve")
+            .args(["--api-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("PROVISR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd.spawn().expect("spawn provisr serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on http://") {
+                    let url = line[at + "listening on ".len()..].trim().to_string();
+                    let _ = tx.send(url);
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        TestDaemon { child, url, log }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Runs the CLI against this daemon; (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        cli_with_url(&self.url, args)
+    }
+
+    /// `provisr status --name N` as JSON.
+    pub fn status(&self, name: &str) -> Value {
+        let (code, out, err) = self.cli(&["status", "--name", name]);
+        assert_eq!(code, 0, "status {name}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {e}: {out}"))
+    }
+
+    pub fn all_status(&self) -> Vec<Value> {
+        let (code, out, err) = self.cli(&["status"]);
+        assert_eq!(code, 0, "status: {err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    /// SIGKILL: the daemon dies without stopping its children.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let pid = nix::unistd::Pid::from_raw(self.pid());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let code = wait_exit(&mut self.child, Duration::from_secs(30));
+        std::mem::forget(self);
+        code
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        if wait_exit(&mut self.child, Duration::from_secs(20)).is_none() {
+            eprintln!("daemon log: {:?}", self.log.lock().unwrap());
+        }
+    }
+}
+
+pub fn cli_with_url(url: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("PROVISR_API_URL", url)
+        .env_remove("PROVISR_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run provisr");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Remembers every pid a daemon reported so the test can kill their groups if it fails.
+fn guard_pids(guard: &mut GroupGuard, statuses: &[Value]) {
+    for s in statuses {
+        if let Some(pid) = s["pid"].as_i64() {
+            guard.add(pid as i32);
+        }
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn empty_config(dir: &Path) -> PathBuf {
+    let cfg = dir.join("cfg.toml");
+    std::fs::create_dir_all(dir.join("programs")).unwrap();
+    write(&cfg, "programs_directory = \"programs\"\n");
+    cfg
+}
+
+#[test]
+fn adhoc_program_is_restarted_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &dir.path().join("state"));
+    let mut guard = GroupGuard::default();
+    let (code, out, err) = d.cli(&[
+        "start",
+        "--name",
+        "test",
+        "--cmd",
+        "sleep 300",
+        "--auto_restart",
+        "true",
+        "--config",
+        "",
+    ]);
+    assert_eq!(code, 0, "{out} {err}");
+    let first = d.status("test");
+    let pid = first["pid"].as_i64().expect("a pid") as i32;
+    guard.add(pid);
+    assert_eq!(first["state"], "running");
+    assert_eq!(first["restarts"], 0);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let second = wait_for(Duration::from_secs(10), "a new pid", || {
+        let s = d.status("test");
+        (s["pid"].as_i64().is_some_and(|p| p as i32 != pid) && s["state"] == "running").then_some(s)
+    });
+    guard.add(second["pid"].as_i64().unwrap() as i32);
+    assert_eq!(second["restarts"], 1);
+    assert_eq!(second["source"], "api");
+    drop(d);
+    wait_for(Duration::from_secs(5), "the child to be gone", || {
+        (!alive(second["pid"].as_i64().unwrap() as i32)).then_some(())
+    });
+}
+
+/// A programs directory in all four formats with priorities, instances and groups.
+fn four_format_project(dir: &Path) -> PathBuf {
+    let cfg = dir.join("config.toml");
+    write(
+        &cfg,
+        r#"programs_directory = "programs"
+
+[[groups]]
+name = "infra"
+members = ["db", "cache"]
+
+[[groups]]
+name = "web"
+members = ["api", "front"]
+"#,
+    );
+    let p = dir.join("programs");
+    write(
+        &p.join("db.yml"),
+        "command: sleep 300\npriority: 1\nauto_restart: true\nstart_duration: 200ms\n",
+    );
+    write(
+        &p.join("cache.json"),
+        r#"{"name": "cache", "command": "sleep 300", "priority": 2, "start_duration": "200ms"}"#,
+    );
+    write(
+        &p.join("api.toml"),
+        "type = \"process\"\n[spec]\nname = \"api\"\ncommand = \"sleep 300\"\npriority = 5\ninstances = 2\nstart_duration = \"200ms\"\n",
+    );
+    write(
+        &p.join("front.yaml"),
+        "command: sleep 300\npriority: 10\nstart_duration: 200ms\n",
+    );
+    cfg
+}
+
+fn by_name(statuses: &[Value]) -> std::collections::BTreeMap<String, Value> {
+    statuses
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
+        .collect()
+}
+
+fn started_at(s: &Value) -> std::time::SystemTime {
+    humantime::parse_rfc3339(s["started_at"].as_str().expect("started_at")).unwrap()
+}
+
+fn all_running(d: &TestDaemon, names: &[&str]) -> Option<Vec<Value>> {
+    let all = d.all_status();
+    let m = by_name(&all);
+    names
+        .iter()
+        .all(|n| m.get(*n).is_some_and(|s| s["state"] == "running"))
+        .then_some(all)
+}
+
+#[test]
+fn priority_levels_groups_and_sticky_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = four_format_project(dir.path());
+    let state = dir.path().join("state");
+    let names = ["db", "cache", "api-1", "api-2", "front"];
+    let mut guard = GroupGuard::default();
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &state);
+    let all = wait_for(Duration::from_secs(20), "everything running", || {
+        all_running(&d, &names)
+    });
+    guard_pids(&mut guard, &all);
+    let m = by_name(&all);
+    // Level by level: each level started after the one before was running (start_duration 200ms).
+    assert!(started_at(&m["db"]) < started_at(&m["cache"]));
+    assert!(started_at(&m["cache"]) < started_at(&m["api-1"]));
+    assert!(started_at(&m["cache"]) < started_at(&m["api-2"]));
+    assert!(started_at(&m["api-2"]) < started_at(&m["front"]));
+
+    // Groups act on exactly their members.
+    let (code, out, err) = d.cli(&["group-status", "--group", "infra"]);
+    assert_eq!(code, 0, "{err}");
+    let members: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let names_of = |v: &[Value]| -> Vec<String> {
+        v.iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names_of(&members), ["cache", "db"]);
+    let (code, _, err) = d.cli(&["group-stop", "--group", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let m = by_name(&d.all_status());
+    for n in ["api-1", "api-2", "front"] {
+        assert_eq!(m[n]["state"], "stopped", "{n}");
+        assert_eq!(m[n]["pid"], Value::Null, "{n}");
+    }
+    for n in ["db", "cache"] {
+        assert_eq!(m[n]["state"], "running", "{n}");
+    }
+    let (code, _, err) = d.cli(&["group-start", "--group", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let all = wait_for(Duration::from_secs(20), "web running again", || {
+        all_running(&d, &names)
+    });
+    guard_pids(&mut guard, &all);
+
+    // An explicit stop survives a reload and a daemon restart, until an explicit start.
+    let (code, _, err) = d.cli(&["stop", "--name", "cache"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(d.status("cache")["state"], "stopped");
+    let reload = ureq_post(&d.url, "/reload");
+    assert!(reload["errors"].as_array().unwrap().is_empty(), "{reload}");
+    assert_eq!(d.status("cache")["state"], "stopped");
+    assert_eq!(d.terminate(), Some(0));
+    for s in &all {
+        let pid = s["pid"].as_i64().unwrap() as i32;
+        assert!(!alive(pid), "{} left running after SIGTERM", s["name"]);
+    }
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &state);
+    let all = wait_for(Duration::from_secs(20), "all but cache running", || {
+        all_running(&d, &["db", "api-1", "api-2", "front"])
+    });
+    guard_pids(&mut guard, &all);
+    assert_eq!(d.status("cache")["state"], "stopped");
+    assert_eq!(d.status("cache")["desired"], "stopped");
+    let (code, _, err) = d.cli(&["start", "--name", "cache"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(d.status("cache")["state"], "running");
+}
+
+/// POST to the API with an empty body; the JSON answer.
+fn ureq_post(url: &str, path: &str) -> Value {
+    let client = provisr::client::ApiClient::new(url, None);
+    client.post::<Value>(path, &[], None).expect("POST")
+}
+
+#[test]
+fn kill_9_of_the_daemon_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("cfg.toml");
+    write(&cfg, "programs_directory = \"programs\"\n");
+    let counter_log = dir.path().join("counter.log");
+    write(
+        &dir.path().join("programs/counter.toml"),
+        &format!(
+            "command = \"sh -c 'i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done'\"\n[log]\nstdout = \"{}\"\n",
+            counter_log.display()
+        ),
+    );
+    write(
+        &dir.path().join("programs/pair.toml"),
+        "command = \"sleep 300\"\ninstances = 2\n",
+    );
+    let state = dir.path().join("state");
+    let mut guard = GroupGuard::default();
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &state);
+    let (code, _, err) = d.cli(&[
+        "start",
+        "--name",
+        "test",
+        "--cmd",
+        "sleep 300",
+        "--auto_restart",
+        "true",
+        "--config",
+        "",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let test_pid = d.status("test")["pid"].as_i64().unwrap() as i32;
+    guard.add(test_pid);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(test_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "test restarted", || {
+        let s = d.status("test");
+        (s["restarts"] == 1 && s["state"] == "running").then_some(())
+    });
+    let before = wait_for(Duration::from_secs(20), "everything running", || {
+        all_running(&d, &["counter", "pair-1", "pair-2", "test"])
+    });
+    guard_pids(&mut guard, &before);
+    // Let the counter print a while, then kill the daemon outright.
+    wait_for(Duration::from_secs(10), "counter output", || {
+        let text = std::fs::read_to_string(&counter_log).unwrap_or_default();
+        (text.lines().count() >= 10).then_some(())
+    });
+    d.kill9();
+    // The children live on while no daemon runs; the counter blocks at worst, never dies.
+    std::thread::sleep(Duration::from_millis(300));
+    for s in &before {
+        let pid = s["pid"].as_i64().unwrap() as i32;
+        assert!(alive(pid), "{} died with the daemon", s["name"]);
+    }
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &state);
+    let after = wait_for(Duration::from_secs(20), "everything adopted", || {
+        all_running(&d, &["counter", "pair-1", "pair-2", "test"])
+    });
+    let (b, a) = (by_name(&before), by_name(&after));
+    for name in ["counter", "pair-1", "pair-2", "test"] {
+        assert_eq!(a[name]["pid"], b[name]["pid"], "{name} was not adopted");
+    }
+    assert_eq!(a["test"]["restarts"], 1, "restarts kept their value");
+    assert_eq!(a["test"]["source"], "api");
+    // Every number exactly once, in order, across the whole episode.
+    let seen = wait_for(Duration::from_secs(10), "more counter output", || {
+        let text = std::fs::read_to_string(&counter_log).unwrap_or_default();
+        let n = text.lines().count();
+        (n >= 40).then_some(text)
+    });
+    let numbers: Vec<u64> = seen.lines().map(|l| l.trim().parse().unwrap()).collect();
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(numbers, expected, "the log lost or repeated a line");
+    // No program runs twice: one process per instance with our command line.
+    assert_eq!(a.len(), 4);
+}
+
+#[test]
+fn bad_input_gets_4xx_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    write(
+        &dir.path().join("programs/keep.toml"),
+        "command = \"sleep 300\"\n",
+    );
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &dir.path().join("state"));
+    let mut guard = GroupGuard::default();
+    let s = wait_for(Duration::from_secs(10), "keep running", || {
+        let s = d.status("keep");
+        (s["state"] == "running").then_some(s)
+    });
+    let pid = s["pid"].as_i64().unwrap() as i32;
+    guard.add(pid);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let post = |path: &str, body: &str| {
+        let mut r = agent
+            .post(format!("{}{path}", d.url))
+            .header("content-type", "application/json")
+            .send(body.as_bytes())
+            .unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (status, text)
+    };
+    let cases = [
+        ("/register", "{not json".to_string(), 400),
+        (
+            "/register",
+            r#"{"name": "x", "comand": "sleep 1"}"#.to_string(),
+            400,
+        ),
+        (
+            "/register",
+            r#"{"name": "../x", "command": "sleep 1"}"#.to_string(),
+            400,
+        ),
+        (
+            "/register",
+            format!(r#"{{"name": "big", "command": "{}"}}"#, "x".repeat(2 << 20)),
+            413,
+        ),
+        ("/start?name=../x", String::new(), 400),
+        ("/stop?name=nope", String::new(), 404),
+        (
+            "/register",
+            r#"{"name": "keep", "command": "sleep 1"}"#.to_string(),
+            409,
+        ),
+    ];
+    for (path, body, want) in cases {
+        let (status, text) = post(path, &body);
+        assert_eq!(status, want, "{path}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: {text}"));
+        let sentence = v["error"].as_str().unwrap();
+        assert!(sentence.len() > 10, "{path}: {sentence}");
+    }
+    let mut r = agent
+        .get(format!("{}/status", d.url))
+        .header("host", "evil.example.com")
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert!(r.body_mut().read_to_string().unwrap().contains("Host"));
+    // Nothing changed: the daemon answers, the child runs with the same pid, no program was added.
+    let all = d.all_status();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0]["pid"].as_i64().unwrap() as i32, pid);
+    assert!(alive(pid));
+}
+
+#[test]
+fn non_loopback_listen_without_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--api-listen", "0.0.0.0:0"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token"), "{err}");
+    assert!(err.contains("0.0.0.0"), "{err}");
+}
+
+#[test]
+fn embedded_default_serves_the_repository_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir.path().join("programs")).unwrap();
+    for entry in std::fs::read_dir(repo.join("programs")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            dir.path().join("programs").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let d = TestDaemon::start(dir.path(), None, &dir.path().join(".provisr"));
+    let mut guard = GroupGuard::default();
+    let all = wait_for(Duration::from_secs(20), "the example programs", || {
+        let all = d.all_status();
+        let m = by_name(&all);
+        (["database", "cache", "api-1", "api-2", "frontend"]
+            .iter()
+            .all(|n| m.get(*n).is_some_and(|s| s["state"] == "running"))
+            && ["worker-1", "worker-2"]
+                .iter()
+                .all(|n| m.get(*n).is_some_and(|s| s["state"] == "exited")))
+        .then_some(all)
+    });
+    guard_pids(&mut guard, &all);
+    let (code, out, _) = d.cli(&["status", "-o", "table"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(out.contains("database"), "{out}");
+}
