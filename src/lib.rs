@@ -14,3 +14,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod store;
 pub mod supervisor;
+pub mod watch;

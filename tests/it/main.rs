@@ -12,3 +12,4 @@ mod logs;
 mod store;
 mod supervisor;
 mod util;
+mod watch;
