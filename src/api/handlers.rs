@@ -548,11 +548,6 @@ pub async fn logs(State(d): Shared, q: Result<Query<LogsQuery>, QueryRejection>)
         .name
         .ok_or_else(|| ApiError::bad_request("say which instance: ?name=NAME"))?;
     check_selector_name(&name)?;
-    if q.follow {
-        return Err(ApiError::bad_request(
-            "follow=true is not served by this daemon version; omit it to get the tail",
-        ));
-    }
     let stream = q.stream.unwrap_or(Stream::Stdout);
     let live = d.reconciler.live();
     let instance = live.get(&name).ok_or_else(|| {
@@ -560,6 +555,14 @@ pub async fn logs(State(d): Shared, q: Result<Query<LogsQuery>, QueryRejection>)
             "no running or remembered instance is named {name:?}; `provisr status` lists them"
         ))
     })?;
-    let lines = instance.log.tail(stream, q.tail.unwrap_or(100));
+    let tail = q.tail.unwrap_or(100);
+    if q.follow {
+        return Ok(super::stream::follow_log(&instance.log, stream, tail));
+    }
+    let lines = instance.log.tail(stream, tail);
     Ok(Json(json!({ "name": name, "stream": stream, "lines": lines })).into_response())
+}
+
+pub async fn events(State(d): Shared) -> Response {
+    super::stream::events(d.events.subscribe())
 }

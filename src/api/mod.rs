@@ -7,6 +7,7 @@ pub mod error;
 mod handlers;
 pub mod security;
 pub mod status;
+mod stream;
 
 use std::sync::Arc;
 
@@ -45,6 +46,7 @@ pub fn router(daemon: Arc<Daemon>, guard: Guard, base: &str) -> Router {
         .route("/group/start", post(handlers::group_start))
         .route("/group/stop", post(handlers::group_stop))
         .route("/logs", get(handlers::logs))
+        .route("/events", get(handlers::events))
         .fallback(handlers::not_found)
         .with_state(daemon);
     let app = if base.is_empty() {
