@@ -227,9 +227,17 @@ async fn start_publishes_events_and_a_crash_is_restarted_after_restart_interval(
         .find(|e| e.to == InstanceState::Backoff)
         .expect("a backoff event");
     assert_eq!(backoff.reason, "killed by SIGKILL; restarting in 300ms");
-    assert!(events
+    assert_eq!(backoff.program, "crashy");
+    assert_eq!(
+        (backoff.exit.and_then(|x| x.signal), backoff.restart),
+        (Some(9), false)
+    );
+    let restart = events
         .iter()
-        .any(|e| e.from == InstanceState::Backoff && e.to == InstanceState::Starting));
+        .find(|e| e.from == InstanceState::Backoff && e.to == InstanceState::Starting)
+        .expect("a restart event");
+    assert!(restart.restart, "{restart:?}");
+    assert_eq!(restart.exit, None);
 
     let second = st.pid.unwrap();
     h.shutdown().await;
@@ -261,11 +269,17 @@ async fn an_exit_before_start_duration_is_retried_retry_count_times_then_failed(
         .map(|l| l.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 3, "one start and two retries");
-    let reasons: Vec<String> = drain_events(&mut f.events)
+    let backoffs: Vec<Event> = drain_events(&mut f.events)
         .into_iter()
         .filter(|e| e.to == InstanceState::Backoff)
-        .map(|e| e.reason)
         .collect();
+    assert!(
+        backoffs
+            .iter()
+            .all(|e| e.exit.and_then(|x| x.code) == Some(3) && !e.restart),
+        "{backoffs:?}"
+    );
+    let reasons: Vec<String> = backoffs.into_iter().map(|e| e.reason).collect();
     assert_eq!(
         reasons,
         [
@@ -625,10 +639,17 @@ async fn a_failing_command_detector_makes_the_instance_unhealthy_and_restarts_it
     .await;
     f.guard.add(st.pid.unwrap());
     assert_eq!(st.restarts, 1);
-    let unhealthy = drain_events(&mut f.events)
-        .into_iter()
+    let events = drain_events(&mut f.events);
+    let unhealthy = events
+        .iter()
         .find(|e| e.from == InstanceState::Running && e.to == InstanceState::Stopping)
         .expect("a stop for being unhealthy");
+    assert_eq!(unhealthy.healthy, Some(false));
+    let restart = events
+        .iter()
+        .find(|e| e.from == InstanceState::Stopping && e.to == InstanceState::Starting)
+        .expect("the restart after the stop");
+    assert!(restart.restart && restart.exit.is_some(), "{restart:?}");
     assert_eq!(
         unhealthy.reason,
         format!(
@@ -672,6 +693,19 @@ async fn without_auto_restart_an_unhealthy_instance_keeps_running_and_can_recove
     assert_eq!(
         (st.state, st.pid, st.restarts),
         (InstanceState::Running, Some(pid), 0)
+    );
+    // Both changes of health are events, though the state never left `running`.
+    let health: Vec<_> = drain_events(&mut f.events)
+        .into_iter()
+        .filter(|e| e.healthy.is_some())
+        .map(|e| (e.from, e.to, e.healthy))
+        .collect();
+    assert_eq!(
+        health,
+        [
+            (InstanceState::Running, InstanceState::Running, Some(false)),
+            (InstanceState::Running, InstanceState::Running, Some(true)),
+        ]
     );
     h.shutdown().await;
     assert_clean(&[pid]).await;
