@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod config;
 pub mod logs;
+pub mod metrics;
 pub mod supervisor;

@@ -5,5 +5,6 @@
 
 mod config;
 mod logs;
+mod metrics;
 mod supervisor;
 mod util;
