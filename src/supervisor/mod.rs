@@ -31,7 +31,7 @@ use crate::config::{InstanceId, ProgramSpec};
 pub use argv::argv;
 pub use health::probe_detectors;
 pub use output::OutputSink;
-pub use process::{parse_signal, proc_start_time, ExitInfo};
+pub use process::{parse_signal, proc_start_time, raise_fd_limit, ExitInfo, FdLimit, FdLimitError};
 pub use spawn::SpawnError;
 pub use state::InstanceState;
 

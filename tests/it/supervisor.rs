@@ -16,8 +16,8 @@ use nix::unistd::Pid;
 use provisr::config::{DetectorKind, DetectorSpec, Dur, Exec, InstanceId, ProgramSpec};
 use provisr::supervisor::spawn::MINIMAL_PATH;
 use provisr::supervisor::{
-    probe_detectors, proc_start_time, Event, Initial, InstanceHandle, InstanceState,
-    InstanceStatus, OutputSink, RuntimeContext,
+    probe_detectors, proc_start_time, raise_fd_limit, Event, Initial, InstanceHandle,
+    InstanceState, InstanceStatus, OutputSink, RuntimeContext,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, Notify};
@@ -421,6 +421,42 @@ async fn two_hundred_sigkills_are_two_hundred_restarts_and_leave_nothing() {
     h.shutdown().await;
     assert_clean(&pids).await;
     assert!(pids.iter().all(|&p| !alive(p)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_get_the_open_file_limit_the_daemon_started_with() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // Make the raise observable even when this process starts at soft = hard. Only this test
+    // raises the limit in this binary, so the call below records `lowered` for children.
+    let lowered = soft.min(hard - 1);
+    setrlimit(Resource::RLIMIT_NOFILE, lowered, hard).unwrap();
+    let r = raise_fd_limit().unwrap();
+    assert!(r.soft > lowered, "{r:?}");
+    assert_eq!(r.children, lowered);
+    assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (r.soft, hard));
+
+    let f = fixture();
+    let h = launch(
+        &f,
+        spec("limits", "echo $(ulimit -Sn) $(ulimit -Hn)"),
+        Initial::Fresh { restarts: 0 },
+    );
+    h.start();
+    wait_status(&h, "exited", |s| s.state == InstanceState::Exited).await;
+    wait_for_async(WAIT, "all output", || f.sink.finished().then_some(())).await;
+    let hard_text = if hard == RLIM_INFINITY {
+        "unlimited".to_string()
+    } else {
+        hard.to_string()
+    };
+    assert_eq!(
+        f.sink.stdout_text().trim(),
+        format!("{lowered} {hard_text}")
+    );
+    // The daemon keeps its raised limit.
+    assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, r.soft);
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
