@@ -2,7 +2,6 @@
 //!
 //! The library holds everything; `main.rs` only parses the command line and dispatches.
 //! See `docs/architecture.md` for the map of modules and how data flows between them.
-
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -10,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod desired;
 pub mod logs;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod store;

@@ -26,6 +26,14 @@ use super::spawn::{
 use super::state::{self, Action, Input, InstanceState, Lifecycle, Policy};
 use super::{Command, Event, Initial, InstanceStatus, RuntimeContext};
 
+/// What an event says besides its states and reason (see [`Event`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Facts {
+    exit: Option<ExitInfo>,
+    restart: bool,
+    healthy: Option<bool>,
+}
+
 /// The process an actor currently owns.
 struct LiveChild {
     watch: ProcessWatch,
@@ -129,8 +137,19 @@ impl Actor {
         let mut pending = Some(input);
         while let Some(input) = pending.take() {
             let from = self.life.state;
+            let restarts = self.life.restarts;
             let decision = state::next(&self.life, &input, &self.policy, Instant::now());
             let transition = decision.is_transition(from);
+            let facts = Facts {
+                exit: match input {
+                    Input::Exited { code, signal, .. } => Some(ExitInfo { code, signal }),
+                    _ => None,
+                },
+                restart: decision.next.restarts > restarts,
+                // Only a running instance is probed, and only the first crossing of the threshold
+                // is an input: every `Unhealthy` the machine accepts is a change of health.
+                healthy: matches!(input, Input::Unhealthy { .. }).then_some(false),
+            };
             self.life = decision.next;
             match decision.action {
                 Action::Nothing => {}
@@ -147,8 +166,8 @@ impl Actor {
             }
             if let Some(reason) = decision.reason {
                 let to = self.life.state;
-                if transition {
-                    self.emit(from, to, &reason);
+                if transition || facts.healthy.is_some() {
+                    self.emit(from, to, &reason, facts);
                 } else {
                     tracing::info!(instance = %self.id.name, state = %to, %reason, "instance update");
                 }
@@ -209,12 +228,17 @@ impl Actor {
         match self.health.record(index, result, Instant::now()) {
             HealthChange::Unchanged => {}
             HealthChange::BecameUnhealthy(detail) => {
-                tracing::warn!(instance = %self.id.name, %detail, "instance unhealthy");
                 self.apply(Input::Unhealthy { detail });
             }
             HealthChange::BecameHealthy => {
-                tracing::info!(instance = %self.id.name, "instance healthy again");
-                self.status.message = Some("healthy again".to_string());
+                let reason = "healthy again";
+                let state = self.life.state;
+                let facts = Facts {
+                    healthy: Some(true),
+                    ..Facts::default()
+                };
+                self.emit(state, state, reason, facts);
+                self.status.message = Some(reason.to_string());
                 self.publish();
             }
         }
@@ -244,14 +268,26 @@ impl Actor {
         }
     }
 
-    fn emit(&self, from: InstanceState, to: InstanceState, reason: &str) {
-        tracing::info!(instance = %self.id.name, %from, %to, %reason, "transition");
+    fn emit(&self, from: InstanceState, to: InstanceState, reason: &str, facts: Facts) {
+        match facts.healthy {
+            None => tracing::info!(instance = %self.id.name, %from, %to, %reason, "transition"),
+            Some(true) => {
+                tracing::info!(instance = %self.id.name, %reason, "instance healthy again")
+            }
+            Some(false) => {
+                tracing::warn!(instance = %self.id.name, %from, %to, %reason, "instance unhealthy")
+            }
+        }
         let _ = self.ctx.events.send(Event {
             time: SystemTime::now(),
             name: self.id.name.clone(),
+            program: self.id.program.clone(),
             from,
             to,
             reason: reason.to_string(),
+            exit: facts.exit,
+            restart: facts.restart,
+            healthy: facts.healthy,
         });
     }
 

@@ -31,7 +31,7 @@ use crate::config::{InstanceId, ProgramSpec};
 pub use argv::argv;
 pub use health::probe_detectors;
 pub use output::OutputSink;
-pub use process::{parse_signal, proc_start_time, ExitInfo};
+pub use process::{parse_signal, proc_start_time, raise_fd_limit, ExitInfo, FdLimit, FdLimitError};
 pub use spawn::SpawnError;
 pub use state::InstanceState;
 
@@ -109,15 +109,32 @@ impl InstanceStatus {
     }
 }
 
-/// One state transition of one instance (SPEC §9.3).
+/// One state transition of one instance (SPEC §9.3), or a change of its health (then `from` and
+/// `to` are both `running` and `healthy` says which way it went).
+///
+/// Besides the SPEC's `{time, name, from, to, reason}` an event carries what consumers such as the
+/// metrics module would otherwise have to parse out of `reason`: the program, the exit behind it,
+/// whether it is an automatic restart, the new health.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     #[serde(with = "rfc3339")]
     pub time: SystemTime,
     pub name: String,
+    #[serde(default)]
+    pub program: String,
     pub from: InstanceState,
     pub to: InstanceState,
     pub reason: String,
+    /// The process exit that caused this event (also an exit during `stopping`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitInfo>,
+    /// This event is an automatic restart: it added one to the status's `restarts`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart: bool,
+    /// `Some(false)` when the detectors just declared the instance unhealthy, `Some(true)` when
+    /// it recovered, `None` when its health did not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
 }
 
 /// Commands an actor accepts.
@@ -276,17 +293,39 @@ mod tests {
         let back: InstanceStatus = serde_json::from_value(v).unwrap();
         assert_eq!(back, st);
 
-        let ev = Event {
+        let mut ev = Event {
             time: SystemTime::UNIX_EPOCH,
             name: "web-2".into(),
+            program: "web".into(),
             from: InstanceState::Running,
             to: InstanceState::Backoff,
             reason: "killed by SIGKILL; restarting in 1s".into(),
+            exit: Some(ExitInfo {
+                code: None,
+                signal: Some(9),
+            }),
+            restart: false,
+            healthy: None,
         };
         let v = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["program"], "web");
         assert_eq!(v["from"], "running");
         assert_eq!(v["to"], "backoff");
+        assert_eq!(v["exit"]["signal"], 9);
+        // Flags that say nothing are left out of the wire form.
+        assert!(v.get("restart").is_none() && v.get("healthy").is_none());
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), ev);
+
+        ev.exit = None;
+        ev.restart = true;
+        ev.healthy = Some(false);
+        let v = serde_json::to_value(&ev).unwrap();
+        assert!(v.get("exit").is_none());
+        assert_eq!(
+            (v["restart"].clone(), v["healthy"].clone()),
+            (true.into(), false.into())
+        );
         assert_eq!(serde_json::from_value::<Event>(v).unwrap(), ev);
     }
 }

@@ -1,4 +1,5 @@
-//! Watching and reaping one process through a pidfd, and the `/proc` facts provisr relies on.
+//! Watching and reaping one process through a pidfd, the `/proc` facts provisr relies on, and the
+//! daemon's open-file limit (raised for itself, restored for its children).
 //!
 //! Exit notification is event-driven: a pidfd becomes readable when its process exits, tokio's
 //! reactor wakes exactly the task waiting on it, and that task reaps exactly that pid with
@@ -8,9 +9,11 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -137,6 +140,81 @@ pub fn parse_signal(name: &str) -> Option<Signal> {
     full.parse().ok()
 }
 
+/// What [`raise_fd_limit`] found and did (`RLIMIT_NOFILE`, in descriptors).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdLimit {
+    /// The soft limit before this call.
+    pub before: u64,
+    /// The soft limit now.
+    pub soft: u64,
+    /// The hard limit (unchanged).
+    pub hard: u64,
+    /// The soft limit children are spawned with: the one the daemon started with.
+    pub children: u64,
+}
+
+/// Reading or setting `RLIMIT_NOFILE` failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} the open-file limit (RLIMIT_NOFILE): {source}")]
+pub struct FdLimitError {
+    /// `read` or `raise`.
+    pub op: &'static str,
+    #[source]
+    pub source: Errno,
+}
+
+/// `(soft, hard)` to restore in every child, once [`raise_fd_limit`] has raised the daemon's own
+/// soft limit; unset while it has not.
+static CHILD_FD_LIMIT: OnceLock<(u64, u64)> = OnceLock::new();
+
+/// Linux's ceiling for `RLIMIT_NOFILE` when `/proc/sys/fs/nr_open` cannot be read.
+const DEFAULT_NR_OPEN: u64 = 1 << 20;
+
+/// The soft limit [`raise_fd_limit`] aims for: the hard limit, or `nr_open` (the kernel's
+/// ceiling; an "unlimited" soft limit is refused) when the hard limit is unlimited; never lower
+/// than `soft`.
+fn raised_soft_limit(soft: u64, hard: u64, nr_open: u64) -> u64 {
+    let target = if hard == RLIM_INFINITY { nr_open } else { hard };
+    target.max(soft)
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit, so a thousand instances (each
+/// with a pidfd, two pipe read ends, log files) never hit the common default of 1024. The daemon
+/// calls it once at start.
+///
+/// Children do not inherit the raised limit: every spawn (program or detector command) resets the
+/// soft limit to the one the daemon started with, as systemd does. A program written for the
+/// usual 1024 (`select()`, or a loop closing every possible descriptor at start) keeps working; a
+/// program that wants more raises its own soft limit up to the hard one, as it could anyway.
+pub fn raise_fd_limit() -> Result<FdLimit, FdLimitError> {
+    let (before, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|source| FdLimitError { op: "read", source })?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(DEFAULT_NR_OPEN);
+    let soft = raised_soft_limit(before, hard, nr_open);
+    if soft != before {
+        // Record what children get before they could see the raised limit.
+        CHILD_FD_LIMIT.get_or_init(|| (before, hard));
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).map_err(|source| FdLimitError {
+            op: "raise",
+            source,
+        })?;
+    }
+    Ok(FdLimit {
+        before,
+        soft,
+        hard,
+        children: CHILD_FD_LIMIT.get().map_or(soft, |&(s, _)| s),
+    })
+}
+
+/// The `(soft, hard)` `RLIMIT_NOFILE` a child must be given, when it differs from the daemon's.
+pub(crate) fn child_fd_limit() -> Option<(u64, u64)> {
+    CHILD_FD_LIMIT.get().copied()
+}
+
 /// The fields of `/proc/PID/stat` after the command name (which may itself contain spaces and
 /// parentheses, hence the split at the last `)`); index 0 is field 3, `state`.
 fn stat_fields(pid: i32) -> Option<Vec<String>> {
@@ -197,6 +275,41 @@ mod tests {
         assert_eq!(parse_signal("SIGKILL"), Some(Signal::SIGKILL));
         assert_eq!(parse_signal("hup"), Some(Signal::SIGHUP));
         assert_eq!(parse_signal("NOPE"), None);
+    }
+
+    #[test]
+    fn the_raised_soft_limit_is_the_hard_one_capped_by_nr_open_and_never_lower() {
+        assert_eq!(raised_soft_limit(1024, 524_288, DEFAULT_NR_OPEN), 524_288);
+        assert_eq!(raised_soft_limit(20_000, 20_000, DEFAULT_NR_OPEN), 20_000);
+        assert_eq!(raised_soft_limit(1024, RLIM_INFINITY, 2_000_000), 2_000_000);
+        assert_eq!(raised_soft_limit(4096, RLIM_INFINITY, 1024), 4096);
+    }
+
+    #[test]
+    fn raise_fd_limit_lifts_the_soft_limit_and_remembers_the_original_for_children() {
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        // Make sure there is something to raise (this test process may start at soft = hard);
+        // one below is enough and cannot starve tests running alongside.
+        let lowered = soft.min(hard - 1);
+        setrlimit(Resource::RLIMIT_NOFILE, lowered, hard).unwrap();
+        let r = raise_fd_limit().unwrap();
+        let (now, hard_now) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!((r.before, r.hard, hard_now), (lowered, hard, hard));
+        assert_eq!(now, r.soft);
+        if hard != RLIM_INFINITY {
+            assert_eq!(r.soft, hard);
+        }
+        assert!(r.soft > lowered);
+        // Nothing else in this test binary raises the limit, so this call recorded `lowered`.
+        assert_eq!(child_fd_limit(), Some((lowered, hard)));
+        assert_eq!(r.children, lowered);
+
+        // Idempotent: a second call changes nothing and keeps the children's limit.
+        let again = raise_fd_limit().unwrap();
+        assert_eq!(
+            (again.before, again.soft, again.children),
+            (r.soft, r.soft, lowered)
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use crate::config::{InstanceId, ProgramSpec};
 
 use super::argv::argv;
-use super::process::{kill_group, proc_start_time, ProcessWatch};
+use super::process::{child_fd_limit, kill_group, proc_start_time, ProcessWatch};
 
 /// `PATH` of a child when `use_os_env = false` (SPEC §5).
 pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -137,8 +137,9 @@ pub(crate) fn spawn_instance(spec: &ProgramSpec, id: &InstanceId) -> Result<Spaw
     })
 }
 
-/// Applies `work_dir` and the environment of SPEC §5 to `cmd` (for instances and for detector
-/// commands alike, so a detector sees what the program sees).
+/// Applies `work_dir`, the environment of SPEC §5 and the open-file limit the daemon started with
+/// to `cmd` (for instances and for detector commands alike, so a detector sees what the program
+/// sees).
 pub(crate) fn configure(cmd: &mut Command, spec: &ProgramSpec, id: &InstanceId) {
     if let Some(dir) = &spec.work_dir {
         cmd.current_dir(dir);
@@ -153,6 +154,30 @@ pub(crate) fn configure(cmd: &mut Command, spec: &ProgramSpec, id: &InstanceId) 
     cmd.envs(&spec.env);
     cmd.env("PROVISR_NAME", &id.name);
     cmd.env("PROVISR_INSTANCE", id.index.to_string());
+    if let Some((soft, hard)) = child_fd_limit() {
+        restore_fd_limit(cmd, soft, hard);
+    }
+}
+
+/// Gives the child the open-file soft limit the daemon started with (see `raise_fd_limit`).
+// `pre_exec` is unsafe because the closure runs in the forked child of a multi-threaded process,
+// where only async-signal-safe operations are allowed. The closure makes one `setrlimit` system
+// call with two integers computed in the parent: no allocation, no lock.
+#[allow(unsafe_code)]
+fn restore_fd_limit(cmd: &mut Command, soft: u64, hard: u64) {
+    // SAFETY: see the comment on this function: one async-signal-safe system call.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Lowering a soft limit cannot be refused; should it be anyway, a child with the
+            // daemon's higher limit still runs fine, so this never fails the spawn.
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                soft,
+                hard,
+            );
+            Ok(())
+        });
+    }
 }
 
 /// Reports a missing or non-directory `work_dir` as itself, rather than as the `ENOENT` the child's

@@ -5,10 +5,10 @@
 
 // Test helpers outside #[test] functions unwrap too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used)]
-
 mod config;
 mod daemon;
 mod logs;
+mod metrics;
 mod store;
 mod supervisor;
 mod util;

@@ -16,8 +16,8 @@ use nix::unistd::Pid;
 use provisr::config::{DetectorKind, DetectorSpec, Dur, Exec, InstanceId, ProgramSpec};
 use provisr::supervisor::spawn::MINIMAL_PATH;
 use provisr::supervisor::{
-    probe_detectors, proc_start_time, Event, Initial, InstanceHandle, InstanceState,
-    InstanceStatus, OutputSink, RuntimeContext,
+    probe_detectors, proc_start_time, raise_fd_limit, Event, Initial, InstanceHandle,
+    InstanceState, InstanceStatus, OutputSink, RuntimeContext,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, Notify};
@@ -227,9 +227,17 @@ async fn start_publishes_events_and_a_crash_is_restarted_after_restart_interval(
         .find(|e| e.to == InstanceState::Backoff)
         .expect("a backoff event");
     assert_eq!(backoff.reason, "killed by SIGKILL; restarting in 300ms");
-    assert!(events
+    assert_eq!(backoff.program, "crashy");
+    assert_eq!(
+        (backoff.exit.and_then(|x| x.signal), backoff.restart),
+        (Some(9), false)
+    );
+    let restart = events
         .iter()
-        .any(|e| e.from == InstanceState::Backoff && e.to == InstanceState::Starting));
+        .find(|e| e.from == InstanceState::Backoff && e.to == InstanceState::Starting)
+        .expect("a restart event");
+    assert!(restart.restart, "{restart:?}");
+    assert_eq!(restart.exit, None);
 
     let second = st.pid.unwrap();
     h.shutdown().await;
@@ -261,11 +269,17 @@ async fn an_exit_before_start_duration_is_retried_retry_count_times_then_failed(
         .map(|l| l.parse().unwrap())
         .collect();
     assert_eq!(pids.len(), 3, "one start and two retries");
-    let reasons: Vec<String> = drain_events(&mut f.events)
+    let backoffs: Vec<Event> = drain_events(&mut f.events)
         .into_iter()
         .filter(|e| e.to == InstanceState::Backoff)
-        .map(|e| e.reason)
         .collect();
+    assert!(
+        backoffs
+            .iter()
+            .all(|e| e.exit.and_then(|x| x.code) == Some(3) && !e.restart),
+        "{backoffs:?}"
+    );
+    let reasons: Vec<String> = backoffs.into_iter().map(|e| e.reason).collect();
     assert_eq!(
         reasons,
         [
@@ -407,6 +421,42 @@ async fn two_hundred_sigkills_are_two_hundred_restarts_and_leave_nothing() {
     h.shutdown().await;
     assert_clean(&pids).await;
     assert!(pids.iter().all(|&p| !alive(p)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_get_the_open_file_limit_the_daemon_started_with() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // Make the raise observable even when this process starts at soft = hard. Only this test
+    // raises the limit in this binary, so the call below records `lowered` for children.
+    let lowered = soft.min(hard - 1);
+    setrlimit(Resource::RLIMIT_NOFILE, lowered, hard).unwrap();
+    let r = raise_fd_limit().unwrap();
+    assert!(r.soft > lowered, "{r:?}");
+    assert_eq!(r.children, lowered);
+    assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (r.soft, hard));
+
+    let f = fixture();
+    let h = launch(
+        &f,
+        spec("limits", "echo $(ulimit -Sn) $(ulimit -Hn)"),
+        Initial::Fresh { restarts: 0 },
+    );
+    h.start();
+    wait_status(&h, "exited", |s| s.state == InstanceState::Exited).await;
+    wait_for_async(WAIT, "all output", || f.sink.finished().then_some(())).await;
+    let hard_text = if hard == RLIM_INFINITY {
+        "unlimited".to_string()
+    } else {
+        hard.to_string()
+    };
+    assert_eq!(
+        f.sink.stdout_text().trim(),
+        format!("{lowered} {hard_text}")
+    );
+    // The daemon keeps its raised limit.
+    assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap().0, r.soft);
+    h.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,10 +675,17 @@ async fn a_failing_command_detector_makes_the_instance_unhealthy_and_restarts_it
     .await;
     f.guard.add(st.pid.unwrap());
     assert_eq!(st.restarts, 1);
-    let unhealthy = drain_events(&mut f.events)
-        .into_iter()
+    let events = drain_events(&mut f.events);
+    let unhealthy = events
+        .iter()
         .find(|e| e.from == InstanceState::Running && e.to == InstanceState::Stopping)
         .expect("a stop for being unhealthy");
+    assert_eq!(unhealthy.healthy, Some(false));
+    let restart = events
+        .iter()
+        .find(|e| e.from == InstanceState::Stopping && e.to == InstanceState::Starting)
+        .expect("the restart after the stop");
+    assert!(restart.restart && restart.exit.is_some(), "{restart:?}");
     assert_eq!(
         unhealthy.reason,
         format!(
@@ -672,6 +729,19 @@ async fn without_auto_restart_an_unhealthy_instance_keeps_running_and_can_recove
     assert_eq!(
         (st.state, st.pid, st.restarts),
         (InstanceState::Running, Some(pid), 0)
+    );
+    // Both changes of health are events, though the state never left `running`.
+    let health: Vec<_> = drain_events(&mut f.events)
+        .into_iter()
+        .filter(|e| e.healthy.is_some())
+        .map(|e| (e.from, e.to, e.healthy))
+        .collect();
+    assert_eq!(
+        health,
+        [
+            (InstanceState::Running, InstanceState::Running, Some(false)),
+            (InstanceState::Running, InstanceState::Running, Some(true)),
+        ]
     );
     h.shutdown().await;
     assert_clean(&[pid]).await;
