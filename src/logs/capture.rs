@@ -14,13 +14,14 @@ use tokio::net::unix::pipe;
 
 use super::{Inner, LogError, Stream};
 
-/// Size of one read batch. Large, so a fast writer is drained with few syscalls and the file
-/// gets big sequential writes.
-const READ_BATCH: usize = 1024 * 1024;
+/// Size of one read batch: large, so a fast writer is drained with few syscalls and the file
+/// gets big writes, yet small enough that the bytes are still in the CPU cache when they are
+/// copied again into the page cache (256 KiB measured cheaper than 1 MiB in the bench).
+const READ_BATCH: usize = 256 * 1024;
 
 /// Bytes moved per wakeup before the task yields, so a stream that never runs dry cannot
 /// starve other tasks on its worker thread.
-const BUDGET_PER_WAKEUP: usize = 8 * READ_BATCH;
+const BUDGET_PER_WAKEUP: usize = 4 * 1024 * 1024;
 
 /// Default pipe capacity on Linux. A read this large means the writer filled the pipe, i.e.
 /// it is producing faster than it is being drained; the pipe is then grown once so it does not

@@ -330,3 +330,33 @@ impl crate::supervisor::OutputSink for InstanceLog {
         InstanceLog::attach(self, stdout, stderr);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_cross_threads() {
+        // The runtime stores the log behind its `OutputSink` trait (Send + Sync + 'static) and
+        // the API moves followers into response streams.
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        fn assert_send<T: Send + 'static>() {}
+        assert_send_sync::<InstanceLog>();
+        assert_send::<Follow>();
+    }
+
+    #[test]
+    fn streams_are_named_in_lowercase() {
+        assert_eq!(
+            serde_json::to_string(&Stream::Stderr).unwrap(),
+            "\"stderr\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Stream>("\"stdout\"").unwrap(),
+            Stream::Stdout
+        );
+        assert_eq!("stderr".parse::<Stream>().unwrap(), Stream::Stderr);
+        assert!("err".parse::<Stream>().is_err());
+        assert_eq!(Stream::Stdout.to_string(), "stdout");
+    }
+}
