@@ -1,14 +1,22 @@
 //! The composition root: `provisr serve`.
 //!
-//! Opens the store, loads the config into it, starts the reconcile loop and the API server, and
-//! owns the shutdown order: stop accepting requests, stop every child in reverse priority, flush
-//! the store, exit. Only failing to load the main config, open the store or bind the listener
-//! stops the daemon; everything else is logged and reported in status.
+//! Opens the store, loads the config into it, starts the reconcile loop, the API server and the
+//! config reloader, and owns the shutdown order: stop accepting requests, stop watching, stop
+//! every child in reverse priority, flush the store, exit. Only failing to load the main config,
+//! open the store or bind the listener stops the daemon; everything else is logged and reported
+//! in status.
+//!
+//! Hot reload (issue 5, `docs/hot-reload.md`): one reloader task rescans the configuration when
+//! the programs-directory watcher ([`crate::watch`]) reports a change, on SIGHUP and on a slow
+//! periodic resync; `POST /reload` calls [`Daemon::reload`] directly. Every path is the same
+//! [`Daemon::reload`]: full rescan, validate, write only what changed, keep a broken file's last
+//! good spec.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -17,9 +25,15 @@ use tokio::sync::{broadcast, Notify};
 use crate::api::security::{check_listen, parse_listen, Guard, ListenError};
 use crate::config::{self, ConfigError, GroupSpec, LoadedConfig, Settings};
 use crate::desired::{self, DesiredState};
+use crate::plan::Action;
 use crate::reconcile::{self, Reconciler};
 use crate::store::{DesiredStore, StoreError};
 use crate::supervisor::Event;
+use crate::watch::{self, Debounce, WatchHandle, WatchTargets};
+
+/// How often the configuration is rescanned with nothing else asking: the backstop for changes
+/// no file event reports (network file systems, symlink targets, lost events).
+pub const CONFIG_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What `provisr serve` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +90,9 @@ pub struct Daemon {
     loaded: RwLock<Arc<Loaded>>,
     // Serializes reloads (watcher, SIGHUP and API may ask at once).
     reload_lock: tokio::sync::Mutex<()>,
+    // The programs-directory watcher, moved to new targets after a reload changes them; taken
+    // out and stopped at shutdown. A std lock: only held to call the synchronous `set_targets`.
+    watcher: Mutex<Option<WatchHandle>>,
 }
 
 /// What the last successful load of the config said besides programs.
@@ -91,9 +108,14 @@ pub struct Loaded {
 #[derive(Debug, serde::Serialize)]
 pub struct ReloadReport {
     pub dry_run: bool,
-    /// How many programs' desired state changed.
+    /// How many writes changed the store (specs, errors, deletions).
     pub changed: usize,
-    pub errors: Vec<String>,
+    /// Every configuration error (file, line, key, message, hint). A broken program file keeps
+    /// its program's last good spec; a broken main config or env file changes nothing at all.
+    pub errors: Vec<ConfigError>,
+    /// Why nothing could be written, when the store refused the writes.
+    pub failed: Option<String>,
+    /// What the reconcile loop does (or, with `dry_run`, would do) about it, per instance.
     pub steps: Vec<crate::plan::Step>,
 }
 
@@ -114,62 +136,85 @@ impl Daemon {
         &self.base_env
     }
 
-    /// Re-reads the config and programs directory and writes what changed into the store.
-    /// A broken file keeps its program's last good spec; its error is kept for status.
+    /// Re-reads the config and programs directory and writes what changed into the store; with
+    /// `dry_run`, only reports what it would do. A broken file keeps its program's last good
+    /// spec and the error is recorded on the program (status, `/programs`) and logged, on every
+    /// reload, until the file is fixed.
     pub async fn reload(&self, dry_run: bool) -> ReloadReport {
         let _one_at_a_time = self.reload_lock.lock().await;
+        let report = |errors, failed, steps| ReloadReport {
+            dry_run,
+            changed: 0,
+            errors,
+            failed,
+            steps,
+        };
         let loaded = match config::load(self.config_file.as_deref(), &self.base_env) {
             Ok(l) => l,
             Err(errors) => {
                 for e in &errors {
-                    tracing::error!("config: {e}");
+                    tracing::error!("config: {e} (nothing reloaded)");
                 }
-                return ReloadReport {
-                    dry_run,
-                    changed: 0,
-                    errors: errors.iter().map(ToString::to_string).collect(),
-                    steps: Vec::new(),
-                };
+                return report(errors, None, Vec::new());
             }
         };
         for e in &loaded.errors {
-            tracing::error!("config: {e}");
+            tracing::error!("config: {e} (the program keeps its last good spec)");
         }
         let current = self.desired.snapshot();
         let writes =
             desired::sync_writes(&current, &loaded.programs, &loaded.files, &loaded.errors);
         let preview = desired::simulate(&current, &writes);
         let steps = crate::api::plan_against_live(&preview, &self.reconciler.live()).steps;
-        let errors = loaded.errors.iter().map(ToString::to_string).collect();
         if dry_run {
-            return ReloadReport {
-                dry_run,
-                changed: 0,
-                errors,
-                steps,
-            };
+            return report(loaded.errors, None, steps);
         }
         let changed = match self.desired.apply(writes).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("reload: {e}");
-                return ReloadReport {
-                    dry_run,
-                    changed: 0,
-                    errors: vec![e.to_string()],
-                    steps,
-                };
+                return report(loaded.errors, Some(e.to_string()), steps);
             }
         };
-        self.set_loaded(loaded);
+        self.follow_targets(&loaded.settings);
         if changed > 0 {
             tracing::info!(changed, "reloaded the configuration");
+            for s in steps.iter().filter(|s| s.action != Action::Unchanged) {
+                tracing::info!(instance = %s.instance, action = ?s.action, reason = %s.reason, "reload");
+            }
         }
+        let errors = loaded.errors.clone();
+        self.set_loaded(loaded);
         ReloadReport {
             dry_run,
             changed,
             errors,
+            failed: None,
             steps,
+        }
+    }
+
+    /// Moves the watches when a reload changed the programs directory or the env files
+    /// (a no-op otherwise).
+    fn follow_targets(&self, settings: &Settings) {
+        let guard = match self.watcher.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(w) = guard.as_ref() {
+            if let Err(e) = w.set_targets(WatchTargets::from_settings(settings)) {
+                tracing::warn!(
+                    "{e}; that directory's changes are picked up by the periodic rescan"
+                );
+            }
+        }
+    }
+
+    /// Takes the watcher out, for shutdown.
+    fn take_watcher(&self) -> Option<WatchHandle> {
+        match self.watcher.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
         }
     }
 
@@ -198,6 +243,22 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let base_env: BTreeMap<String, String> = std::env::vars().collect();
     let loaded = config::load(opts.config.as_deref(), &base_env).map_err(DaemonError::Config)?;
+    // Watch before the load that goes into the store, so no change slips in between the two.
+    let rescan = Arc::new(Notify::new());
+    let watcher = start_watcher(&loaded.settings, rescan.clone());
+    let loaded = match &watcher {
+        Some(w) => {
+            let again =
+                config::load(opts.config.as_deref(), &base_env).map_err(DaemonError::Config)?;
+            if let Err(e) = w.set_targets(WatchTargets::from_settings(&again.settings)) {
+                tracing::warn!(
+                    "{e}; that directory's changes are picked up by the periodic rescan"
+                );
+            }
+            again
+        }
+        None => loaded,
+    };
     for e in &loaded.errors {
         tracing::error!("config: {e}");
     }
@@ -230,16 +291,15 @@ pub async fn run(
     let store = DesiredStore::open(&state_dir)?;
     let wake = Arc::new(Notify::new());
     let desired = Arc::new(DesiredState::new(store, wake.clone())?);
-    let writes = desired::sync_writes(
-        &desired.snapshot(),
-        &loaded.programs,
-        &loaded.files,
-        &loaded.errors,
-    );
+    let before = desired.snapshot();
+    let remembered = desired.store().list_instances()?;
+    let writes = desired::sync_writes(&before, &loaded.programs, &loaded.files, &loaded.errors);
     desired.apply(writes).await?;
+    // Processes of programs whose file went away (or instances scaled away) while no daemon ran.
+    let orphans = reconcile::orphans(&before, &desired.snapshot(), remembered);
 
     let (events, _) = broadcast::channel(1024);
-    let reconciler = reconcile::start(desired.clone(), events.clone(), wake);
+    let reconciler = reconcile::start(desired.clone(), events.clone(), wake, orphans);
     let allowed_hosts = match addr.ip() {
         ip if ip.is_unspecified() => Vec::new(),
         ip => vec![ip.to_string()],
@@ -256,6 +316,7 @@ pub async fn run(
         base_env,
         loaded: RwLock::new(Arc::default()),
         reload_lock: tokio::sync::Mutex::new(()),
+        watcher: Mutex::new(watcher),
     });
     daemon.set_loaded(loaded);
 
@@ -273,7 +334,7 @@ pub async fn run(
 
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let graceful = async {
@@ -287,13 +348,8 @@ pub async fn run(
         }
     });
 
-    let reloader = daemon.clone();
-    let hup_task = tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: rescanning the programs directory");
-            reloader.reload(false).await;
-        }
-    });
+    let (stop_reloader, reloader_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reloader = tokio::spawn(reload_worker(daemon.clone(), rescan, hup, reloader_stopped));
 
     tokio::pin!(shutdown);
     tokio::select! {
@@ -301,8 +357,14 @@ pub async fn run(
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
         () = &mut shutdown => tracing::info!("shutdown requested: stopping"),
     }
-    hup_task.abort();
     let _ = stop_tx.send(());
+    // No reload may start children while they are being stopped: the watcher and the reloader
+    // end first (a reload in progress finishes).
+    if let Some(w) = daemon.take_watcher() {
+        w.stop().await;
+    }
+    let _ = stop_reloader.send(());
+    let _ = reloader.await;
     // A second signal skips waiting for the children's stop timeouts.
     tokio::select! {
         () = reconciler.shutdown() => {}
@@ -313,6 +375,53 @@ pub async fn run(
     desired.store().flush()?;
     tracing::info!("provisr stopped");
     Ok(())
+}
+
+/// Starts the programs-directory watcher; each burst of changes pokes `rescan`. Without a watcher
+/// (inotify unavailable, a directory that cannot be watched) the daemon still reloads on SIGHUP,
+/// `POST /reload` and the periodic resync, and says so.
+fn start_watcher(settings: &Settings, rescan: Arc<Notify>) -> Option<WatchHandle> {
+    let targets = WatchTargets::from_settings(settings);
+    let on_change = move || {
+        // A poke, not a call: the reloader coalesces pokes that arrive during a reload into
+        // one more reload, and the watcher goes straight back to listening.
+        rescan.notify_one();
+        std::future::ready(())
+    };
+    match watch::spawn(targets, Debounce::default(), on_change) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("{e}; configuration changes are picked up by SIGHUP, POST /reload and the periodic rescan only");
+            None
+        }
+    }
+}
+
+/// The one task that reloads on a watcher poke, on SIGHUP and every
+/// [`CONFIG_RESYNC_INTERVAL`] without either, until `stop`.
+async fn reload_worker(
+    daemon: Arc<Daemon>,
+    rescan: Arc<Notify>,
+    mut hup: tokio::signal::unix::Signal,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let start = tokio::time::Instant::now() + CONFIG_RESYNC_INTERVAL;
+    let mut resync = tokio::time::interval_at(start, CONFIG_RESYNC_INTERVAL);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return,
+            () = rescan.notified() => {
+                tracing::debug!("the configuration changed on disk; rescanning");
+            }
+            Some(()) = hup.recv() => tracing::info!("SIGHUP: rescanning the programs directory"),
+            _ = resync.tick() => tracing::debug!("periodic configuration resync"),
+        }
+        daemon.reload(false).await;
+        // The periodic rescan counts from the last rescan, whatever caused it.
+        resync.reset();
+    }
 }
 
 /// SIGKILL to every instance's process group: the second signal's "stop now".

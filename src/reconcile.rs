@@ -93,6 +93,60 @@ impl Reconciler {
 /// The spec and request counters a step brings its instance to.
 type Target = (Arc<ProgramSpec>, RunSeq);
 
+/// A process an earlier daemon started whose program (or instance) is gone from desired state:
+/// the program file was deleted or `instances` lowered while no daemon ran. It is adopted like
+/// any remembered instance, with the spec it last had, so the first pass stops and removes it
+/// instead of leaving it running unmanaged.
+#[derive(Clone, Debug)]
+pub struct Orphan {
+    pub id: InstanceId,
+    pub spec: ProgramSpec,
+    pub record: InstanceRecord,
+}
+
+/// The remembered processes (`remembered`, as the store listed them before `after` was
+/// written) that no program of `after` claims any more. `before` supplies the spec each last
+/// ran with, so it is stopped with its own stop signal and timeout.
+pub fn orphans(
+    before: &crate::desired::Programs,
+    after: &crate::desired::Programs,
+    remembered: Vec<(String, InstanceRecord)>,
+) -> Vec<Orphan> {
+    let claimed = |name: &str, program: &str| {
+        after
+            .get(program)
+            .is_some_and(|r| r.spec.instances().iter().any(|i| i.name == name))
+    };
+    remembered
+        .into_iter()
+        .filter(|(name, r)| r.pid.is_some() && !claimed(name, &r.program))
+        .filter_map(|(name, record)| {
+            let spec = match before.get(&record.program) {
+                Some(r) => r.spec.clone(),
+                None => ProgramSpec::new(
+                    record.program.clone(),
+                    crate::config::Exec::Args(Vec::new()),
+                ),
+            };
+            let index = if name == record.program {
+                1
+            } else {
+                name.strip_prefix(&format!("{}-", record.program))?
+                    .parse::<u32>()
+                    .ok()?
+            };
+            // `of` only decides the naming: more than one means `program-N`.
+            let of = if name == record.program {
+                1
+            } else {
+                index.max(2)
+            };
+            let id = InstanceId::new(&record.program, index, of);
+            (id.name == name).then_some(Orphan { id, spec, record })
+        })
+        .collect()
+}
+
 struct Entry {
     id: InstanceId,
     handle: InstanceHandle,
@@ -101,6 +155,10 @@ struct Entry {
     log: InstanceLog,
     /// What the store holds for this instance, to write only changes.
     persisted: InstanceRecord,
+    /// Set when a start or restart was sent and the actor has not published since: until it
+    /// does, the instance counts as `starting`, so a pass that runs before the actor has taken
+    /// the command in neither sends it again nor lets the next priority level go ahead.
+    awaiting: Option<watch::Receiver<InstanceStatus>>,
 }
 
 struct Loop {
@@ -114,12 +172,13 @@ struct Loop {
     table_dirty: bool,
 }
 
-/// Starts the loop: adopts the instances the store remembers (by pid and start time), then
-/// reconciles until shut down.
+/// Starts the loop: adopts the instances the store remembers (by pid and start time) and the
+/// `orphans` (which the first pass stops and removes), then reconciles until shut down.
 pub fn start(
     desired: Arc<DesiredState>,
     events: broadcast::Sender<Event>,
     wake: Arc<Notify>,
+    orphans: Vec<Orphan>,
 ) -> Reconciler {
     let (requests, rx) = mpsc::channel(16);
     let (live_tx, live) = watch::channel(LiveTable::default());
@@ -134,6 +193,7 @@ pub fn start(
         table_dirty: true,
     };
     lp.adopt_remembered();
+    lp.adopt_orphans(orphans);
     tokio::spawn(lp.run(rx, wake));
     Reconciler {
         requests,
@@ -219,6 +279,24 @@ impl Loop {
         }
     }
 
+    fn adopt_orphans(&mut self, orphans: Vec<Orphan>) {
+        for o in orphans {
+            if self.entries.contains_key(&o.id.name) {
+                continue;
+            }
+            let initial = match (o.record.pid, o.record.start_time) {
+                (Some(pid), Some(start_time)) => Initial::Adopt {
+                    pid,
+                    start_time,
+                    restarts: o.record.restarts,
+                },
+                _ => continue,
+            };
+            tracing::info!(instance = %o.id.name, "its program or instance is gone from the configuration; stopping it");
+            self.insert_entry(o.id, Arc::new(o.spec), initial, RunSeq::default(), o.record);
+        }
+    }
+
     fn insert_entry(
         &mut self,
         id: InstanceId,
@@ -243,6 +321,7 @@ impl Loop {
                 seq,
                 log,
                 persisted,
+                awaiting: None,
             },
         );
         self.table_dirty = true;
@@ -262,8 +341,8 @@ impl Loop {
             .collect();
         let states: Vec<InstanceState> = self
             .entries
-            .values()
-            .map(|e| e.handle.watch().borrow().state)
+            .values_mut()
+            .map(Entry::observed_state)
             .collect();
         let observed: Vec<Observed<'_>> = self
             .entries
@@ -287,7 +366,24 @@ impl Loop {
                 .map(|d| (Arc::new(d.spec.clone()), d.for_instance(&step.instance).seq));
             actions.push((step, target));
         }
+        // Unchanged instances whose spec differs only in `instances` (a scale of their
+        // program) take the new spec quietly, so what they report matches desired state.
+        let quiet: Vec<(String, Arc<ProgramSpec>)> = full
+            .steps
+            .iter()
+            .filter(|s| s.action == Action::Unchanged)
+            .filter_map(|s| {
+                let d = by_name.get(s.program.as_str())?;
+                let e = self.entries.get(&s.instance)?;
+                (*e.spec != *d.spec).then(|| (s.instance.clone(), Arc::new(d.spec.clone())))
+            })
+            .collect();
         drop(observed);
+        for (name, spec) in quiet {
+            if let Some(e) = self.entries.get_mut(&name) {
+                self.table_dirty |= e.apply_spec(spec);
+            }
+        }
         let mut done = Vec::with_capacity(actions.len());
         for (step, target) in actions {
             self.execute(&step, target);
@@ -345,21 +441,21 @@ impl Loop {
                     self.insert_entry(id, spec.clone(), initial, seq, persisted);
                 }
                 if let Some(e) = self.entries.get_mut(&step.instance) {
-                    e.apply_spec(spec);
+                    self.table_dirty |= e.apply_spec(spec);
                     e.seq = seq;
-                    e.handle.start();
+                    e.send_awaited(InstanceHandle::start);
                 }
             }
             (Action::Restart, Some((spec, seq))) => {
                 if let Some(e) = self.entries.get_mut(&step.instance) {
-                    e.apply_spec(spec);
+                    self.table_dirty |= e.apply_spec(spec);
                     e.seq = seq;
-                    e.handle.restart();
+                    e.send_awaited(InstanceHandle::restart);
                 }
             }
             (Action::Update, Some((spec, _))) => {
                 if let Some(e) = self.entries.get_mut(&step.instance) {
-                    e.apply_spec(spec);
+                    self.table_dirty |= e.apply_spec(spec);
                 }
             }
             (Action::Stop, _) => {
@@ -453,14 +549,38 @@ impl Loop {
 
 impl Entry {
     /// Hands a changed spec to the actor and the log sink; unchanged specs cost nothing.
-    fn apply_spec(&mut self, spec: Arc<ProgramSpec>) {
+    /// Returns whether the spec changed (the live table, which carries specs, is then stale).
+    fn apply_spec(&mut self, spec: Arc<ProgramSpec>) -> bool {
         if *spec == *self.spec {
-            return;
+            return false;
         }
-        if spec.log != self.spec.log {
+        if spec.log != self.spec.log || spec.instances != self.spec.instances {
             self.log.update(spec.log_paths(&self.id), &spec.log);
         }
         self.handle.update_spec(spec.clone());
         self.spec = spec;
+        true
+    }
+
+    /// Sends a start or restart and remembers to treat the instance as starting until the
+    /// actor publishes. Every start or restart the plan sends changes the published status
+    /// (a start from `stopped`/`exited`/`failed`, a restart of an active instance).
+    fn send_awaited(&mut self, send: fn(&InstanceHandle)) {
+        let mut ack = self.handle.watch();
+        ack.borrow_and_update();
+        send(&self.handle);
+        self.awaiting = Some(ack);
+    }
+
+    /// The state the plan sees: the published one, or `starting` while a start or restart
+    /// has not been taken in yet.
+    fn observed_state(&mut self) -> InstanceState {
+        if let Some(ack) = &self.awaiting {
+            if matches!(ack.has_changed(), Ok(false)) {
+                return InstanceState::Starting;
+            }
+            self.awaiting = None;
+        }
+        self.handle.watch().borrow().state
     }
 }

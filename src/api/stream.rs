@@ -43,15 +43,15 @@ pub fn follow_log(log: &InstanceLog, stream: LogStream, tail: usize) -> Response
     );
     let rest = stream::unfold(follow, |mut follow| async move {
         let batch: Vec<SseEvent> = match follow.next().await? {
-            FollowEvent::Lines(lines) => lines
-                .into_iter()
-                .map(|l| line_event(&l))
-                .collect(),
+            FollowEvent::Lines(lines) => lines.into_iter().map(|l| line_event(&l)).collect(),
             FollowEvent::Skipped { bytes } => {
                 vec![SseEvent::default().event("skipped").data(bytes.to_string())]
             }
         };
-        Some((stream::iter(batch.into_iter().map(Ok::<_, Infallible>)), follow))
+        Some((
+            stream::iter(batch.into_iter().map(Ok::<_, Infallible>)),
+            follow,
+        ))
     });
     sse(first.chain(rest.flatten()))
 }

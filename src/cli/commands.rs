@@ -202,12 +202,15 @@ fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: Format) -> i32 {
     let body = json!({ "programs": specs, "mode": "start" });
     match api.post("/plan", &[], Some(&body)) {
         Ok(v) => {
-            let steps = serde_json::from_value(v["steps"].clone()).unwrap_or_default();
-            let plan = crate::plan::Plan { steps };
+            let Some(plan) = plan_view::plan_of(&v) else {
+                return exit::FAILED;
+            };
             plan_view::print_plan(&plan, &format!("the daemon at {}", api.base()), format);
             exit::OK
         }
-        Err(ClientError::Unreachable { .. }) => plan_view::print_offline_plan(&loaded, format),
+        Err(ClientError::Unreachable { .. }) => {
+            plan_view::print_offline_plan(&loaded, api.base(), format)
+        }
         Err(e) => fail(&e),
     }
 }
@@ -312,6 +315,8 @@ pub fn logs(g: &GlobalArgs, a: &LogsArgs) -> i32 {
     }
 }
 
+/// `diff --config F`: the plan of applying F against the daemon. Exit 0 no change, 1 changes,
+/// 2 an error (invalid config, a refused request), 3 no daemon (kubectl's convention, plus ours).
 pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
     let loaded = match load_config(Some(&a.config)) {
         Ok(l) => l,
@@ -325,8 +330,9 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
     let body = json!({ "programs": specs, "groups": loaded.groups, "mode": "apply" });
     match api.post("/plan", &[], Some(&body)) {
         Ok(v) => {
-            let steps = serde_json::from_value(v["steps"].clone()).unwrap_or_default();
-            let plan = crate::plan::Plan { steps };
+            let Some(plan) = plan_view::plan_of(&v) else {
+                return exit::USAGE;
+            };
             plan_view::print_plan(&plan, &format!("the daemon at {}", api.base()), format);
             if plan.is_empty() {
                 exit::OK
@@ -334,7 +340,11 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
                 exit::FAILED
             }
         }
-        Err(e) => fail(&e),
+        // 1 means "changes" here, so a failure must not exit 1.
+        Err(e) => match fail(&e) {
+            exit::UNREACHABLE => exit::UNREACHABLE,
+            _ => exit::USAGE,
+        },
     }
 }
 

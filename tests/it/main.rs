@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 mod config;
 mod daemon;
+mod hotreload;
 mod logs;
 mod metrics;
 mod store;
