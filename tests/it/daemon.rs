@@ -141,7 +141,7 @@ pub fn cli_with_url(url: &str, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Remembers every pid a daemon reported so the test can kill their groups if it fails.
-fn guard_pids(guard: &mut GroupGuard, statuses: &[Value]) {
+pub fn guard_pids(guard: &mut GroupGuard, statuses: &[Value]) {
     for s in statuses {
         if let Some(pid) = s["pid"].as_i64() {
             guard.add(pid as i32);
@@ -149,7 +149,7 @@ fn guard_pids(guard: &mut GroupGuard, statuses: &[Value]) {
     }
 }
 
-fn write(path: &Path, text: &str) {
+pub fn write(path: &Path, text: &str) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }

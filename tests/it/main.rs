@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod logs;
 mod metrics;
+mod observe;
 mod store;
 mod supervisor;
 mod util;
