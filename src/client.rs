@@ -87,13 +87,13 @@ impl ApiClient {
         Self::decode(&url, result)
     }
 
-    /// Opens a server-sent-events stream and calls `on_data` with each event's data until the
-    /// stream ends or `on_data` returns false.
+    /// Opens a server-sent-events stream and calls `on_event(kind, data)` for each event (`kind`
+    /// is `message` unless the event names one) until the stream ends or `on_event` returns false.
     pub fn stream(
         &self,
         path: &str,
         query: &[(&str, String)],
-        mut on_data: impl FnMut(&str) -> bool,
+        mut on_event: impl FnMut(&str, &str) -> bool,
     ) -> Result<(), ClientError> {
         let url = self.url(path);
         let mut req = self.agent.get(&url).header("Accept", "text/event-stream");
@@ -111,21 +111,29 @@ impl ApiClient {
         }
         let reader = BufReader::new(resp.into_body().into_reader());
         let mut data = String::new();
+        let mut kind = String::new();
+        let mut has_data = false;
         for line in reader.lines() {
             let line = line.map_err(|e| ClientError::Protocol {
                 url: url.clone(),
                 reason: e.to_string(),
             })?;
             if line.is_empty() {
-                if !data.is_empty() && !on_data(&data) {
+                let k = if kind.is_empty() { "message" } else { &kind };
+                if has_data && !on_event(k, &data) {
                     return Ok(());
                 }
                 data.clear();
+                kind.clear();
+                has_data = false;
             } else if let Some(d) = line.strip_prefix("data:") {
-                if !data.is_empty() {
+                if has_data {
                     data.push('\n');
                 }
                 data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                has_data = true;
+            } else if let Some(k) = line.strip_prefix("event:") {
+                kind = k.trim().to_string();
             }
         }
         Ok(())

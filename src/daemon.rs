@@ -23,8 +23,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, Notify};
 
 use crate::api::security::{check_listen, parse_listen, Guard, ListenError};
+use crate::api::MetricsOn;
 use crate::config::{self, ConfigError, GroupSpec, LoadedConfig, Settings};
 use crate::desired::{self, DesiredState};
+use crate::metrics::Metrics;
 use crate::plan::Action;
 use crate::reconcile::{self, Reconciler};
 use crate::store::{DesiredStore, StoreError};
@@ -82,6 +84,7 @@ impl DaemonError {
 /// Everything the API handlers need: desired state, the loop, events, the loaded config.
 pub struct Daemon {
     pub desired: Arc<DesiredState>,
+    pub metrics: Arc<Metrics>,
     pub reconciler: Reconciler,
     pub events: broadcast::Sender<Event>,
     config_file: Option<PathBuf>,
@@ -155,6 +158,9 @@ impl Daemon {
                 for e in &errors {
                     tracing::error!("config: {e} (nothing reloaded)");
                 }
+                if !dry_run {
+                    self.metrics.observe_reload(false, errors.len());
+                }
                 return report(errors, None, Vec::new());
             }
         };
@@ -176,6 +182,8 @@ impl Daemon {
                 return report(loaded.errors, Some(e.to_string()), steps);
             }
         };
+        self.metrics
+            .observe_reload(loaded.errors.is_empty(), loaded.errors.len());
         self.follow_targets(&loaded.settings);
         if changed > 0 {
             tracing::info!(changed, "reloaded the configuration");
@@ -288,9 +296,14 @@ pub async fn run(
         .clone()
         .unwrap_or_else(|| loaded.settings.daemon.state_dir.clone());
 
+    match crate::supervisor::raise_fd_limit() {
+        Ok(l) => tracing::debug!(soft = l.soft, "open-file limit raised"),
+        Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
+    }
     let store = DesiredStore::open(&state_dir)?;
     let wake = Arc::new(Notify::new());
-    let desired = Arc::new(DesiredState::new(store, wake.clone())?);
+    let metrics = Arc::new(Metrics::new());
+    let desired = Arc::new(DesiredState::new(store, wake.clone(), metrics.clone())?);
     let before = desired.snapshot();
     let remembered = desired.store().list_instances()?;
     let writes = desired::sync_writes(&before, &loaded.programs, &loaded.files, &loaded.errors);
@@ -299,7 +312,14 @@ pub async fn run(
     let orphans = reconcile::orphans(&before, &desired.snapshot(), remembered);
 
     let (events, _) = broadcast::channel(1024);
-    let reconciler = reconcile::start(desired.clone(), events.clone(), wake, orphans);
+    tokio::spawn(count_events(events.subscribe(), metrics.clone()));
+    let reconciler = reconcile::start(
+        desired.clone(),
+        events.clone(),
+        wake,
+        metrics.clone(),
+        orphans,
+    );
     let allowed_hosts = match addr.ip() {
         ip if ip.is_unspecified() => Vec::new(),
         ip => vec![ip.to_string()],
@@ -310,6 +330,7 @@ pub async fn run(
     };
     let daemon = Arc::new(Daemon {
         desired: desired.clone(),
+        metrics: metrics.clone(),
         reconciler: reconciler.clone(),
         events,
         config_file: opts.config.clone(),
@@ -330,7 +351,37 @@ pub async fn run(
     if let Some(tx) = bound {
         let _ = tx.send(local);
     }
-    let app = crate::api::router(daemon.clone(), guard, &base_path);
+    let metrics_settings = daemon.loaded().settings.as_ref().map(|s| s.metrics.clone());
+    let metrics_on = match &metrics_settings {
+        Some(m) if m.enabled && m.listen.is_some() => MetricsOn::OwnListener,
+        Some(m) if m.enabled => MetricsOn::Api,
+        _ => MetricsOn::Off,
+    };
+    if let Some(listen) = metrics_settings
+        .and_then(|m| m.listen)
+        .filter(|_| metrics_on == MetricsOn::OwnListener)
+    {
+        let maddr = parse_listen(&listen)?;
+        check_listen(maddr, guard.token.is_some())?;
+        let mlistener = TcpListener::bind(maddr)
+            .await
+            .map_err(|source| DaemonError::Bind {
+                addr: maddr,
+                source,
+            })?;
+        let mapp =
+            crate::api::metrics_router(daemon.clone()).layer(axum::middleware::from_fn_with_state(
+                Arc::new(guard.clone()),
+                crate::api::security::guard,
+            ));
+        tracing::info!("metrics on http://{maddr}/metrics");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(mlistener, mapp).await {
+                tracing::error!("metrics server: {e}");
+            }
+        });
+    }
+    let app = crate::api::router(daemon.clone(), guard, &base_path, metrics_on);
 
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -421,6 +472,19 @@ async fn reload_worker(
         daemon.reload(false).await;
         // The periodic rescan counts from the last rescan, whatever caused it.
         resync.reset();
+    }
+}
+
+/// Feeds every transition to the metrics; ends with the daemon.
+async fn count_events(mut rx: broadcast::Receiver<Event>, metrics: Arc<Metrics>) {
+    loop {
+        match rx.recv().await {
+            Ok(e) => metrics.observe_event(&e),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("metrics missed {n} events under load");
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 
 use crate::config::{ConfigError, FileOutcome, Program, Source};
+use crate::metrics::Metrics;
 use crate::store::{DesiredStore, ProgramRecord, StoreError, StoreWrite};
 
 /// Every program's record by name, shared without copying.
@@ -25,11 +26,16 @@ pub struct DesiredState {
     // Serializes writers so a mirror refresh never interleaves with another write.
     writer: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
 }
 
 impl DesiredState {
     /// Loads the mirror from the store.
-    pub fn new(store: DesiredStore, wake: Arc<Notify>) -> Result<DesiredState, StoreError> {
+    pub fn new(
+        store: DesiredStore,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Result<DesiredState, StoreError> {
         let programs = store
             .list_programs()?
             .into_iter()
@@ -40,6 +46,7 @@ impl DesiredState {
             mirror: RwLock::new(Arc::new(programs)),
             writer: tokio::sync::Mutex::new(()),
             wake,
+            metrics,
         })
     }
 
@@ -68,6 +75,7 @@ impl DesiredState {
         let _writer = self.writer.lock().await;
         let touched: BTreeSet<String> = writes.iter().filter_map(program_touched).collect();
         let changed = self.store.apply(writes).await?;
+        self.metrics.observe_store_writes(changed as u64);
         if changed > 0 {
             let mut next = (*self.snapshot()).clone();
             for name in touched {
@@ -83,6 +91,16 @@ impl DesiredState {
             }
             self.wake.notify_one();
         }
+        Ok(changed)
+    }
+}
+
+impl DesiredState {
+    /// Records what the runtime observed (instance pids, restarts): written and flushed like every
+    /// write, but it changes no desired state, so the mirror stays and nobody is woken.
+    pub async fn record(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
+        let changed = self.store.apply(writes).await?;
+        self.metrics.observe_store_writes(changed as u64);
         Ok(changed)
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use crate::config::{InstanceId, ProgramSpec};
 use crate::desired::DesiredState;
 use crate::logs::InstanceLog;
+use crate::metrics::Metrics;
 use crate::plan::{self, Action, Desired, Observed, Plan, RunSeq};
 use crate::store::{InstanceRecord, StoreWrite};
 use crate::supervisor::{
@@ -165,6 +166,7 @@ struct Loop {
     desired: Arc<DesiredState>,
     events: broadcast::Sender<Event>,
     changed: Arc<Notify>,
+    metrics: Arc<Metrics>,
     entries: BTreeMap<String, Entry>,
     live_tx: watch::Sender<LiveTable>,
     passes_tx: watch::Sender<u64>,
@@ -178,6 +180,7 @@ pub fn start(
     desired: Arc<DesiredState>,
     events: broadcast::Sender<Event>,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     orphans: Vec<Orphan>,
 ) -> Reconciler {
     let (requests, rx) = mpsc::channel(16);
@@ -187,6 +190,7 @@ pub fn start(
         desired,
         events,
         changed: wake.clone(),
+        metrics,
         entries: BTreeMap::new(),
         live_tx,
         passes_tx,
@@ -327,8 +331,16 @@ impl Loop {
         self.table_dirty = true;
     }
 
-    /// One pass: plan, carry out what is ready, record what changed.
+    /// One pass, timed for the metrics.
     async fn pass(&mut self) -> Plan {
+        let began = std::time::Instant::now();
+        let done = self.pass_untimed().await;
+        self.metrics.observe_pass(began.elapsed(), done.steps.len());
+        done
+    }
+
+    /// One pass: plan, carry out what is ready, record what changed.
+    async fn pass_untimed(&mut self) -> Plan {
         let programs = self.desired.snapshot();
         let desired: Vec<Desired<'_>> = programs
             .values()
@@ -470,7 +482,7 @@ impl Loop {
                     tokio::spawn(async move {
                         e.handle.shutdown().await;
                         let write = StoreWrite::DeleteInstance { name: e.id.name };
-                        if let Err(err) = desired.store().apply(vec![write]).await {
+                        if let Err(err) = desired.record(vec![write]).await {
                             tracing::warn!("cannot forget a removed instance: {err}");
                         }
                     });
@@ -501,7 +513,7 @@ impl Loop {
             }
         }
         if !writes.is_empty() {
-            if let Err(e) = self.desired.store().apply(writes).await {
+            if let Err(e) = self.desired.record(writes).await {
                 tracing::error!("cannot record instance processes: {e}");
             }
         }
@@ -540,7 +552,7 @@ impl Loop {
                 }
             }
         }
-        if let Err(e) = self.desired.store().apply(writes).await {
+        if let Err(e) = self.desired.record(writes).await {
             tracing::error!("cannot record the stopped instances: {e}");
         }
         self.table_dirty = true;

@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -36,25 +37,34 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     })
 }
 
-/// Parses an optional JSON body; an empty body is `None`.
-fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Option<Value>, ApiError> {
-    let bytes = body.map_err(|e| {
-        let status = e.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                status,
-                format!(
-                    "the request body is larger than {} bytes; send less",
-                    super::BODY_LIMIT
-                ),
-            )
-        } else {
-            ApiError::new(
-                status,
-                format!("cannot read the request body: {}", e.body_text()),
-            )
+/// The most a refused oversized body is read (and thrown away) so the client, still sending,
+/// gets the 413 instead of a broken connection; past this the connection is simply closed.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// Reads an optional JSON body of at most [`super::BODY_LIMIT`] bytes; an empty body is `None`.
+async fn json_body(body: Body) -> Result<Option<Value>, ApiError> {
+    let mut data = body.into_data_stream();
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        seen += chunk.len();
+        if seen <= super::BODY_LIMIT {
+            bytes.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
         }
-    })?;
+    }
+    if seen > super::BODY_LIMIT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is {seen} bytes or more, over the limit of {} bytes; send less",
+                super::BODY_LIMIT
+            ),
+        ));
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -119,12 +129,12 @@ pub struct ActionQuery {
 pub async fn start(
     State(d): Shared,
     q: Result<Query<ActionQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult {
     let mut q = query(q)?;
     let wait = parse_wait(q.wait.as_deref())?;
     let mut pre = Vec::new();
-    if let Some(body) = json_body(body)? {
+    if let Some(body) = json_body(body).await? {
         let spec = spec_from_body(&d, &body)?;
         ensure_api_owned(&d, &spec.name, true)?;
         q.sel = Selector {
@@ -305,8 +315,9 @@ fn ensure_api_owned(d: &Daemon, name: &str, may_be_new: bool) -> Result<(), ApiE
     }
 }
 
-pub async fn register(State(d): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let body = json_body(body)?
+pub async fn register(State(d): Shared, body: Body) -> ApiResult {
+    let body = json_body(body)
+        .await?
         .ok_or_else(|| ApiError::bad_request("send the program spec as a JSON body"))?;
     let spec = spec_from_body(&d, &body)?;
     if let Some(r) = d.desired.get(&spec.name) {
@@ -325,8 +336,9 @@ pub async fn register(State(d): Shared, body: Result<Bytes, BytesRejection>) -> 
     write_spec(&d, spec, StatusCode::CREATED).await
 }
 
-pub async fn update(State(d): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let body = json_body(body)?
+pub async fn update(State(d): Shared, body: Body) -> ApiResult {
+    let body = json_body(body)
+        .await?
         .ok_or_else(|| ApiError::bad_request("send the program spec as a JSON body"))?;
     let spec = spec_from_body(&d, &body)?;
     ensure_api_owned(&d, &spec.name, false)?;
@@ -413,8 +425,9 @@ enum PlanMode {
     Start,
 }
 
-pub async fn plan(State(d): Shared, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let body = json_body(body)?
+pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
+    let body = json_body(body)
+        .await?
         .ok_or_else(|| ApiError::bad_request("send {\"programs\": [specs…]} as the JSON body"))?;
     let req: PlanRequest = serde_json::from_value(body)
         .map_err(|e| ApiError::bad_request(format!("the plan request is invalid: {e}")))?;
@@ -565,4 +578,19 @@ pub async fn logs(State(d): Shared, q: Result<Query<LogsQuery>, QueryRejection>)
 
 pub async fn events(State(d): Shared) -> Response {
     super::stream::events(d.events.subscribe())
+}
+
+/// Prometheus/OpenMetrics exposition of every instance and of the daemon itself.
+pub async fn metrics(State(d): Shared) -> Response {
+    let live = d.reconciler.live();
+    let statuses: Vec<_> = live.values().map(|l| l.status.borrow().clone()).collect();
+    let body = d.metrics.render(&statuses);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -11,7 +11,6 @@ mod stream;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 
@@ -26,8 +25,19 @@ pub use security::Guard;
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1 << 20;
 
+/// Where `/metrics` is served (SPEC §1.1 `[metrics]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsOn {
+    /// Not served.
+    Off,
+    /// At `/metrics` on the API server.
+    Api,
+    /// On a listener of its own ([`metrics_router`]).
+    OwnListener,
+}
+
 /// The whole API under `base` (e.g. `/api`), behind the security guard and the body limit.
-pub fn router(daemon: Arc<Daemon>, guard: Guard, base: &str) -> Router {
+pub fn router(daemon: Arc<Daemon>, guard: Guard, base: &str, metrics: MetricsOn) -> Router {
     let api = Router::new()
         .route("/health", get(handlers::health))
         .route("/status", get(handlers::status))
@@ -48,17 +58,28 @@ pub fn router(daemon: Arc<Daemon>, guard: Guard, base: &str) -> Router {
         .route("/logs", get(handlers::logs))
         .route("/events", get(handlers::events))
         .fallback(handlers::not_found)
-        .with_state(daemon);
-    let app = if base.is_empty() {
+        .with_state(daemon.clone());
+    let mut app = if base.is_empty() {
         api
     } else {
         Router::new().nest(base, api).fallback(handlers::not_found)
     };
-    app.layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(guard),
-            security::guard,
-        ))
+    if metrics == MetricsOn::Api {
+        app = app.merge(metrics_router(daemon));
+    }
+    // Handlers read bodies themselves with the limit (`handlers::json_body`), so that an
+    // oversized body gets its 413 as JSON even while the client is still sending.
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(guard),
+        security::guard,
+    ))
+}
+
+/// `GET /metrics` alone, for the API server or a listener of its own.
+pub fn metrics_router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .with_state(daemon)
 }
 
 /// The plan that would make the running instances match `programs`: what dry runs show.

@@ -36,32 +36,35 @@ pub fn events(rx: broadcast::Receiver<Event>) -> Response {
 /// restarts and rotations; `event: skipped` says how many bytes a slow client missed.
 pub fn follow_log(log: &InstanceLog, stream: LogStream, tail: usize) -> Response {
     let (backlog, follow) = log.follow(stream, tail);
-    let first = stream::iter(
-        backlog
-            .into_iter()
-            .map(|line| Ok::<_, Infallible>(line_event(&line))),
-    );
+    let first =
+        stream::iter((!backlog.is_empty()).then(|| Ok::<_, Infallible>(lines_event(&backlog))));
+    // One event per batch of lines (a multi-line `data`): a fast writer produces thousands of
+    // lines between wakeups, and an event each would cost a frame and a client write each.
     let rest = stream::unfold(follow, |mut follow| async move {
-        let batch: Vec<SseEvent> = match follow.next().await? {
-            FollowEvent::Lines(lines) => lines.into_iter().map(|l| line_event(&l)).collect(),
+        let event = match follow.next().await? {
+            FollowEvent::Lines(lines) => lines_event(&lines),
             FollowEvent::Skipped { bytes } => {
-                vec![SseEvent::default().event("skipped").data(bytes.to_string())]
+                SseEvent::default().event("skipped").data(bytes.to_string())
             }
         };
-        Some((
-            stream::iter(batch.into_iter().map(Ok::<_, Infallible>)),
-            follow,
-        ))
+        Some((Ok::<_, Infallible>(event), follow))
     });
-    sse(first.chain(rest.flatten()))
+    sse(first.chain(rest))
 }
 
-/// One output line as an SSE event. SSE cannot carry a carriage return, so a line with one (a
-/// progress bar redrawing itself) shows what the terminal would: the text after the last `\r`.
-fn line_event(line: &str) -> SseEvent {
-    let shown = line.trim_end_matches('\r');
-    let shown = shown.rsplit('\r').next().unwrap_or(shown);
-    SseEvent::default().data(shown)
+/// Output lines as one SSE event, a `data:` field each. SSE cannot carry a carriage return, so a
+/// line with one (a progress bar redrawing itself) shows what a terminal would: the text after
+/// the last `\r`.
+fn lines_event(lines: &[String]) -> SseEvent {
+    let mut data = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            data.push('\n');
+        }
+        let shown = line.trim_end_matches('\r');
+        data.push_str(shown.rsplit('\r').next().unwrap_or(shown));
+    }
+    SseEvent::default().data(data)
 }
 
 fn sse<S>(s: S) -> Response

@@ -296,9 +296,15 @@ pub fn logs(g: &GlobalArgs, a: &LogsArgs) -> i32 {
     if a.follow {
         let mut query = query;
         query.push(("follow", "true".to_string()));
-        return match api.stream("/logs", &query, |line| {
-            println!("{line}");
-            true
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        return match api.stream("/logs", &query, |kind, data| {
+            use std::io::Write;
+            if kind == "skipped" {
+                eprintln!("provisr: {data} bytes of output went by too fast to show; the log file has them");
+                return true;
+            }
+            // One event carries a batch of lines; a closed stdout (e.g. `| head`) ends following.
+            writeln!(out, "{data}").and_then(|()| out.flush()).is_ok()
         }) {
             Ok(()) => exit::OK,
             Err(e) => fail(&e),
@@ -379,6 +385,38 @@ pub fn unregister(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
             print_json_or_table(format, &v, || format!("unregistered {}\n", a.name));
             exit::OK
         }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `provisr events`: every state transition as it happens, until interrupted.
+pub fn events(g: &GlobalArgs, format: Format) -> i32 {
+    let api = match client(g, None) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = api.stream("/events", &[], |kind, data| {
+        match (kind, format) {
+            ("transition", Format::Table) => match serde_json::from_str::<Value>(data) {
+                Ok(e) => println!(
+                    "{}  {}  {} → {}  {}",
+                    e["time"].as_str().unwrap_or("-"),
+                    e["name"].as_str().unwrap_or("-"),
+                    e["from"].as_str().unwrap_or("-"),
+                    e["to"].as_str().unwrap_or("-"),
+                    e["reason"].as_str().unwrap_or("")
+                ),
+                Err(_) => println!("{data}"),
+            },
+            ("transition", Format::Json) => println!("{data}"),
+            ("lagged", _) => eprintln!("provisr: missed {data} events (the client was too slow)"),
+            _ => {}
+        }
+        use std::io::Write;
+        std::io::stdout().flush().is_ok()
+    });
+    match result {
+        Ok(()) => exit::OK,
         Err(e) => fail(&e),
     }
 }

@@ -80,6 +80,8 @@ pub enum Command {
     Register(RegisterArgs),
     /// Remove an API-source program.
     Unregister(NameArgs),
+    /// Print every state transition as it happens (server-sent events).
+    Events,
 }
 
 #[derive(Debug, Args)]
@@ -233,6 +235,7 @@ pub fn main() -> i32 {
         Command::Diff(a) => commands::diff(g, a, format),
         Command::Register(a) => commands::register(g, a, format),
         Command::Unregister(a) => commands::unregister(g, a, format),
+        Command::Events => commands::events(g, format),
     }
 }
 

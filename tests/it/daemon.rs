@@ -141,7 +141,7 @@ pub fn cli_with_url(url: &str, args: &[&str]) -> (i32, String, String) {
 }
 
 /// Remembers every pid a daemon reported so the test can kill their groups if it fails.
-fn guard_pids(guard: &mut GroupGuard, statuses: &[Value]) {
+pub fn guard_pids(guard: &mut GroupGuard, statuses: &[Value]) {
     for s in statuses {
         if let Some(pid) = s["pid"].as_i64() {
             guard.add(pid as i32);
@@ -149,7 +149,7 @@ fn guard_pids(guard: &mut GroupGuard, statuses: &[Value]) {
     }
 }
 
-fn write(path: &Path, text: &str) {
+pub fn write(path: &Path, text: &str) {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
@@ -540,4 +540,28 @@ fn embedded_default_serves_the_repository_programs() {
     assert_eq!(code, 0);
     assert!(out.starts_with("NAME"), "{out}");
     assert!(out.contains("database"), "{out}");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    let state = dir.path().join("state");
+    let first = TestDaemon::start(dir.path(), Some(&cfg), &state);
+    // `output()` returning at all shows it exits instead of waiting for the lock.
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--api-listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another provisr daemon"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
+    // The first one is unaffected.
+    assert_eq!(first.cli(&["status"]).0, 0);
 }

@@ -10,6 +10,7 @@ mod daemon;
 mod hotreload;
 mod logs;
 mod metrics;
+mod observe;
 mod store;
 mod supervisor;
 mod util;
