@@ -143,7 +143,8 @@ impl Daemon {
         let writes =
             desired::sync_writes(&current, &loaded.programs, &loaded.files, &loaded.errors);
         let preview = desired::simulate(&current, &writes);
-        let steps = crate::api::plan_against_live(&preview, &self.reconciler.live()).steps;
+        let steps =
+            crate::api::plan_against_live(&preview, &current, &self.reconciler.live()).steps;
         let errors = loaded.errors.iter().map(ToString::to_string).collect();
         if dry_run {
             return ReloadReport {
