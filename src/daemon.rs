@@ -171,7 +171,8 @@ impl Daemon {
         let writes =
             desired::sync_writes(&current, &loaded.programs, &loaded.files, &loaded.errors);
         let preview = desired::simulate(&current, &writes);
-        let steps = crate::api::plan_against_live(&preview, &self.reconciler.live()).steps;
+        let steps =
+            crate::api::plan_against_live(&preview, &current, &self.reconciler.live()).steps;
         if dry_run {
             return report(loaded.errors, None, steps);
         }

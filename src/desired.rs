@@ -225,6 +225,17 @@ pub fn simulate(current: &Programs, writes: &[StoreWrite]) -> Programs {
                     next.insert(name.clone(), Arc::new(record));
                 }
             }
+            StoreWrite::Request {
+                name,
+                instance,
+                request,
+            } => {
+                if let Some(old) = next.get(name) {
+                    let mut record = (**old).clone();
+                    record.request(instance.as_deref(), *request);
+                    next.insert(name.clone(), Arc::new(record));
+                }
+            }
             _ => {}
         }
     }

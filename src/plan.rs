@@ -25,6 +25,17 @@ pub struct Desired<'a> {
     pub overrides: Option<&'a BTreeMap<String, InstanceDesired>>,
 }
 
+impl<'a> From<&'a crate::store::ProgramRecord> for Desired<'a> {
+    fn from(r: &'a crate::store::ProgramRecord) -> Desired<'a> {
+        Desired {
+            spec: &r.spec,
+            run: r.desired,
+            seq: r.seq,
+            overrides: Some(&r.instances),
+        }
+    }
+}
+
 impl Desired<'_> {
     /// What is wanted of one instance: its own override, else the program's.
     pub fn for_instance(&self, instance: &str) -> InstanceDesired {

@@ -271,14 +271,7 @@ impl Loop {
                 },
             };
             let spec = Arc::new(program.spec.clone());
-            let seq = Desired {
-                spec: &program.spec,
-                run: program.desired,
-                seq: program.seq,
-                overrides: Some(&program.instances),
-            }
-            .for_instance(&name)
-            .seq;
+            let seq = program.instance_desired(&name).seq;
             self.insert_entry(id, spec, initial, seq, record);
         }
     }
@@ -342,15 +335,7 @@ impl Loop {
     /// One pass: plan, carry out what is ready, record what changed.
     async fn pass_untimed(&mut self) -> Plan {
         let programs = self.desired.snapshot();
-        let desired: Vec<Desired<'_>> = programs
-            .values()
-            .map(|r| Desired {
-                spec: &r.spec,
-                run: r.desired,
-                seq: r.seq,
-                overrides: Some(&r.instances),
-            })
-            .collect();
+        let desired: Vec<Desired<'_>> = programs.values().map(|r| Desired::from(&**r)).collect();
         let states: Vec<InstanceState> = self
             .entries
             .values_mut()

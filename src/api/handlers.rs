@@ -20,7 +20,7 @@ use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source};
 use crate::daemon::Daemon;
 use crate::desired;
 use crate::logs::Stream;
-use crate::store::{DesiredRun, RunRequest, StoreWrite};
+use crate::store::{RunRequest, StoreWrite};
 use crate::supervisor::InstanceState;
 
 type Shared = State<Arc<Daemon>>;
@@ -458,13 +458,14 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
             .collect(),
     };
     if req.mode == PlanMode::Start {
-        writes.extend(programs.iter().map(|p| StoreWrite::SetDesired {
+        writes.extend(programs.iter().map(|p| StoreWrite::Request {
             name: p.spec.name.clone(),
-            desired: DesiredRun::Running,
+            instance: None,
+            request: RunRequest::Start,
         }));
     }
     let preview = desired::simulate(&current, &writes);
-    let plan = super::plan_against_live(&preview, &d.reconciler.live());
+    let plan = super::plan_against_live(&preview, &current, &d.reconciler.live());
     Ok(Json(json!({ "against": "daemon", "steps": plan.steps })).into_response())
 }
 

@@ -47,14 +47,7 @@ pub fn status_of(
     id: &InstanceId,
     live: Option<&InstanceStatus>,
 ) -> StatusObject {
-    let desired = crate::plan::Desired {
-        spec: &record.spec,
-        run: record.desired,
-        seq: record.seq,
-        overrides: Some(&record.instances),
-    }
-    .for_instance(&id.name)
-    .run;
+    let desired = record.instance_desired(&id.name).run;
     let file_error = record.error.as_ref().map(|e| e.join("; "));
     match live {
         Some(s) => StatusObject {
