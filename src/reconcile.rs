@@ -581,3 +581,76 @@ impl Entry {
         self.handle.watch().borrow().state
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Exec, Source};
+    use crate::desired::Programs;
+    use crate::store::ProgramRecord;
+
+    fn programs(specs: &[(&str, u32)]) -> Programs {
+        Arc::new(
+            specs
+                .iter()
+                .map(|(name, instances)| {
+                    let mut spec = ProgramSpec::new(*name, Exec::Command("sleep 1".into()));
+                    spec.instances = *instances;
+                    spec.stop_signal = "INT".into();
+                    let source = Source::File(format!("/p/{name}.toml").into());
+                    (name.to_string(), Arc::new(ProgramRecord::new(spec, source)))
+                })
+                .collect(),
+        )
+    }
+
+    fn remembered(name: &str, program: &str, pid: Option<i32>) -> (String, InstanceRecord) {
+        let record = InstanceRecord {
+            program: program.into(),
+            pid,
+            start_time: pid.map(|_| 7),
+            restarts: 2,
+        };
+        (name.into(), record)
+    }
+
+    #[test]
+    fn orphans_are_remembered_processes_no_program_claims() {
+        let before = programs(&[("web", 3), ("gone", 1)]);
+        let after = programs(&[("web", 2)]);
+        let found = orphans(
+            &before,
+            &after,
+            vec![
+                remembered("web-1", "web", Some(10)),
+                remembered("web-3", "web", Some(11)),
+                remembered("gone", "gone", Some(12)),
+                remembered("idle", "idle", None),
+                remembered("x-2", "x", Some(13)),
+                remembered("bogus", "x", Some(14)),
+            ],
+        );
+        let got: Vec<(&str, u32, &str, Option<i32>)> = found
+            .iter()
+            .map(|o| {
+                (
+                    o.id.name.as_str(),
+                    o.id.index,
+                    o.spec.stop_signal.as_str(),
+                    o.record.pid,
+                )
+            })
+            .collect();
+        // Stop settings come from the spec the program last had; a program unknown even before
+        // (a leftover record) gets the defaults. A name that cannot be an instance of its
+        // program is skipped.
+        assert_eq!(
+            got,
+            [
+                ("web-3", 3, "INT", Some(11)),
+                ("gone", 1, "INT", Some(12)),
+                ("x-2", 2, "TERM", Some(13)),
+            ]
+        );
+    }
+}

@@ -210,6 +210,24 @@ fn a_new_file_runs_at_once_and_a_deleted_file_stops_and_removes_its_program() {
     });
     wait_gone(pid(&web));
 
+    // What no file event reports — an edit of a symlinked file's target — SIGHUP picks up.
+    let real = p.dir.path().join("real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::fs::write(real.join("sym.toml"), "command = \"sleep 300\"\n").unwrap();
+    std::os::unix::fs::symlink(real.join("sym.toml"), p.file("sym.toml")).unwrap();
+    let sym = running(&d, &mut guard, "sym");
+    save_by_rename(&real.join("sym.toml"), "command = \"sleep 301\"\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    program_where(&d, "sym", "the target's edit applied", |p| {
+        command_of(p) == "sleep 301"
+    });
+    restarted(&d, &mut guard, "sym", pid(&sym));
+    std::fs::remove_file(p.file("sym.toml")).unwrap();
+
     // Deleted while no daemon ran: the next daemon stops the process it finds, and forgets it.
     p.save("job.toml", "command = \"sleep 300\"\n");
     let job = running(&d, &mut guard, "job");
