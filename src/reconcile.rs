@@ -97,6 +97,8 @@ type Target = (Arc<ProgramSpec>, RunSeq);
 struct Entry {
     id: InstanceId,
     handle: InstanceHandle,
+    /// The actor's published status, read without cloning it.
+    status: watch::Receiver<InstanceStatus>,
     spec: Arc<ProgramSpec>,
     seq: RunSeq,
     log: InstanceLog,
@@ -231,11 +233,13 @@ impl Loop {
             output: Arc::new(log.clone()),
         };
         let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
+        let status = handle.watch();
         self.entries.insert(
             id.name.clone(),
             Entry {
                 id,
                 handle,
+                status,
                 spec,
                 seq,
                 log,
@@ -260,7 +264,7 @@ impl Loop {
         let states: Vec<InstanceState> = self
             .entries
             .values()
-            .map(|e| e.handle.watch().borrow().state)
+            .map(|e| e.status.borrow().state)
             .collect();
         let observed: Vec<Observed<'_>> = self
             .entries
@@ -302,7 +306,7 @@ impl Loop {
                         LiveInstance {
                             id: e.id.clone(),
                             spec: e.spec.clone(),
-                            status: e.handle.watch(),
+                            status: e.status.clone(),
                             log: e.log.clone(),
                         },
                     )
@@ -386,14 +390,18 @@ impl Loop {
     async fn persist(&mut self) {
         let mut writes = Vec::new();
         for (name, e) in &mut self.entries {
-            let status = e.handle.status();
-            let record = InstanceRecord {
-                program: e.id.program.clone(),
-                pid: status.pid,
-                start_time: status.pid_start_time,
-                restarts: status.restarts,
+            let (pid, start_time, restarts) = {
+                let s = e.status.borrow();
+                (s.pid, s.pid_start_time, s.restarts)
             };
-            if record != e.persisted {
+            let p = &e.persisted;
+            if (p.pid, p.start_time, p.restarts) != (pid, start_time, restarts) {
+                let record = InstanceRecord {
+                    program: e.id.program.clone(),
+                    pid,
+                    start_time,
+                    restarts,
+                };
                 e.persisted = record.clone();
                 writes.push(StoreWrite::PutInstance {
                     name: name.clone(),
