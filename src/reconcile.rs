@@ -151,6 +151,8 @@ pub fn orphans(
 struct Entry {
     id: InstanceId,
     handle: InstanceHandle,
+    /// The actor's published status, read without cloning it.
+    status: watch::Receiver<InstanceStatus>,
     spec: Arc<ProgramSpec>,
     seq: RunSeq,
     log: InstanceLog,
@@ -309,11 +311,13 @@ impl Loop {
             output: Arc::new(log.clone()),
         };
         let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
+        let status = handle.watch();
         self.entries.insert(
             id.name.clone(),
             Entry {
                 id,
                 handle,
+                status,
                 spec,
                 seq,
                 log,
@@ -398,7 +402,7 @@ impl Loop {
                         LiveInstance {
                             id: e.id.clone(),
                             spec: e.spec.clone(),
-                            status: e.handle.watch(),
+                            status: e.status.clone(),
                             log: e.log.clone(),
                         },
                     )
@@ -482,14 +486,18 @@ impl Loop {
     async fn persist(&mut self) {
         let mut writes = Vec::new();
         for (name, e) in &mut self.entries {
-            let status = e.handle.status();
-            let record = InstanceRecord {
-                program: e.id.program.clone(),
-                pid: status.pid,
-                start_time: status.pid_start_time,
-                restarts: status.restarts,
+            let (pid, start_time, restarts) = {
+                let s = e.status.borrow();
+                (s.pid, s.pid_start_time, s.restarts)
             };
-            if record != e.persisted {
+            let p = &e.persisted;
+            if (p.pid, p.start_time, p.restarts) != (pid, start_time, restarts) {
+                let record = InstanceRecord {
+                    program: e.id.program.clone(),
+                    pid,
+                    start_time,
+                    restarts,
+                };
                 e.persisted = record.clone();
                 writes.push(StoreWrite::PutInstance {
                     name: name.clone(),
@@ -563,7 +571,7 @@ impl Entry {
     /// actor publishes. Every start or restart the plan sends changes the published status
     /// (a start from `stopped`/`exited`/`failed`, a restart of an active instance).
     fn send_awaited(&mut self, send: fn(&InstanceHandle)) {
-        let mut ack = self.handle.watch();
+        let mut ack = self.status.clone();
         ack.borrow_and_update();
         send(&self.handle);
         self.awaiting = Some(ack);
@@ -578,7 +586,7 @@ impl Entry {
             }
             self.awaiting = None;
         }
-        self.handle.watch().borrow().state
+        self.status.borrow().state
     }
 }
 

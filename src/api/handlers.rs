@@ -408,7 +408,9 @@ pub async fn programs(State(d): Shared) -> Json<Vec<Value>> {
 #[serde(deny_unknown_fields)]
 pub struct PlanRequest {
     programs: Vec<ProgramSpec>,
+    /// Accepted so a whole config can be sent as is; groups do not change what a plan does.
     #[serde(default)]
+    #[allow(dead_code)]
     groups: Vec<GroupSpec>,
     /// `start`: every given program desired running, others untouched (`start --dry-run`).
     /// `apply` (default): the given programs replace those from files and the config, as a
@@ -434,7 +436,6 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
     for p in &req.programs {
         check_selector_name(&p.name)?;
     }
-    let _ = &req.groups;
     let current = d.desired.snapshot();
     let programs: Vec<config::Program> = req
         .programs

@@ -214,6 +214,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
         return false;
     }
+    // The middle parts must appear in order between the fixed prefix and suffix.
     let mut rest = &text[first.len()..text.len() - last.len()];
     for part in &parts[1..parts.len() - 1] {
         match rest.find(part) {
@@ -221,7 +222,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
             None => return false,
         }
     }
-    first.len() + last.len() <= text.len()
+    true
 }
 
 /// The status objects of `picked`, in name order.
