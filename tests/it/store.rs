@@ -508,20 +508,20 @@ impl Drop for ChildGuard {
     }
 }
 
-#[test]
-fn acknowledged_writes_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("state");
+/// Starts this test binary again running only the ignored helper test `test`, with `env` set,
+/// and waits until it prints `marker` on a line. Its stdin is a pipe: closing it (or this
+/// process going away) tells the helper to finish.
+fn start_helper(test: &str, env: (&str, &Path), marker: &str) -> ChildGuard {
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
         .args([
-            "store::kill9_writer",
+            test,
             "--exact",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(KILL9_DIR_ENV, &state_dir)
+        .env(env.0, env.1)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -539,12 +539,23 @@ fn acknowledged_writes_survive_kill_9() {
     loop {
         let line = seen
             .recv_timeout(Duration::from_secs(120))
-            .expect("the writer process never acknowledged its writes");
-        // libtest prints "test store::kill9_writer ... " without a newline before the output.
-        if line.trim_end().ends_with(KILL9_MARKER) {
-            break;
+            .unwrap_or_else(|_| panic!("helper {test} never printed {marker}"));
+        // libtest prints "test store::… ... " without a newline before the output.
+        if line.trim_end().ends_with(marker) {
+            return child;
         }
     }
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let mut child = start_helper(
+        "store::kill9_writer",
+        (KILL9_DIR_ENV, &state_dir),
+        KILL9_MARKER,
+    );
 
     // While the writer lives, another process opening its state directory is refused by pid.
     let err = DesiredStore::open(&state_dir).unwrap_err();
