@@ -195,12 +195,7 @@ impl Actor {
                 }
                 Action::SignalGroup => self.signal(self.stop_signal),
                 Action::KillGroup => self.signal(Signal::SIGKILL),
-                Action::Probe => {
-                    let (spec, id) = (Arc::clone(&self.spec), self.id.clone());
-                    self.probe = Some(tokio::spawn(
-                        async move { probe_detectors(&spec, &id).await },
-                    ));
-                }
+                Action::Probe => self.start_probe(),
             }
             if let Some(reason) = decision.reason {
                 let to = self.life.state;
@@ -214,6 +209,14 @@ impl Actor {
             self.sync_health();
             self.publish();
         }
+    }
+
+    /// Probes the detectors of the current spec, abandoning any probe still running.
+    fn start_probe(&mut self) {
+        let (spec, id) = (Arc::clone(&self.spec), self.id.clone());
+        self.probe = Some(tokio::spawn(
+            async move { probe_detectors(&spec, &id).await },
+        ));
     }
 
     fn spawn(&mut self) -> Result<(), SpawnError> {
@@ -312,6 +315,10 @@ impl Actor {
         }
         if old.detectors != self.spec.detectors {
             self.health = Health::new(&self.spec.detectors);
+            // A probe of detectors that are gone would answer a question no longer asked.
+            if self.life.origin == Origin::Probing {
+                self.start_probe();
+            }
             if let Origin::Elsewhere(label) = &self.life.origin {
                 if self.health.index_of(label).is_none() {
                     let detail = format!("{label} is no longer one of the program's detectors");

@@ -1215,7 +1215,7 @@ async fn a_program_whose_detector_fails_at_first_start_is_spawned_and_restarts_d
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_probe_before_the_first_spawn_does_not_hold_up_a_stop() {
+async fn a_slow_probe_before_the_first_spawn_holds_up_neither_a_stop_nor_new_detectors() {
     let mut f = fixture();
     let probes = f.dir.path().join("probes");
     let mut s = spec("slow-probe", "sleep 300");
@@ -1242,6 +1242,28 @@ async fn a_slow_probe_before_the_first_spawn_does_not_hold_up_a_stop() {
     // The abandoned probe is still reaped once it ends.
     nix::sys::signal::killpg(Pid::from_raw(probe), Signal::SIGKILL).unwrap();
     assert_clean(&[probe]).await;
+
+    // New detectors while probing: the old probe is abandoned and the new ones asked at once.
+    let mut s = spec("reprobed", "sleep 300");
+    s.detectors = vec![command_detector(
+        format!("echo $$ >> {}; exec sleep 300", probes.display()),
+        Dur::from_secs(300),
+        3,
+    )];
+    let h = launch(&f, s.clone(), Initial::Fresh { restarts: 0 });
+    h.start();
+    let slow = wait_for_async(WAIT, "the second slow probe", || {
+        probe_pids(&probes).get(1).copied()
+    })
+    .await;
+    f.guard.add(slow);
+    s.detectors = vec![command_detector("exit 1".into(), Dur::from_secs(10), 3)];
+    h.update_spec(Arc::new(s));
+    let pid = wait_running(&h, &mut f.guard).await;
+    assert!(alive(slow), "spawned without waiting for the old probe");
+    h.shutdown().await;
+    nix::sys::signal::killpg(Pid::from_raw(slow), Signal::SIGKILL).unwrap();
+    assert_clean(&[slow, pid]).await;
 }
 
 #[test]
