@@ -67,6 +67,11 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on the unix socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
 }
@@ -243,13 +248,46 @@ impl Daemon {
 /// The address the API actually listens on, reported once bound (port 0 picks a free port).
 pub type Bound = tokio::sync::oneshot::Sender<SocketAddr>;
 
-/// Runs the daemon until SIGTERM/SIGINT (or `shutdown` resolves), then stops every child in
-/// reverse priority order and returns. `bound` receives the listening address.
-pub async fn run(
-    opts: ServeOptions,
-    bound: Option<Bound>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), DaemonError> {
+/// A daemon with its store open, its config loaded and its reconcile loop running, not yet
+/// listening: [`run`] adds the listeners and signals; tests can drive [`Opened::router`] without
+/// a socket.
+pub struct Opened {
+    pub daemon: Arc<Daemon>,
+    guard: Guard,
+    addr: SocketAddr,
+    base_path: String,
+    metrics_on: MetricsOn,
+    metrics_listen: Option<SocketAddr>,
+    socket: Option<PathBuf>,
+    rescan: Arc<Notify>,
+}
+
+impl Opened {
+    /// The whole API, as served on the listener.
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(
+            self.daemon.clone(),
+            self.guard.clone(),
+            &self.base_path,
+            self.metrics_on,
+        )
+    }
+
+    /// Stops every child in reverse priority order and flushes the store.
+    pub async fn shutdown(&self) -> Result<(), DaemonError> {
+        if let Some(w) = self.daemon.take_watcher() {
+            w.stop().await;
+        }
+        self.daemon.reconciler.shutdown().await;
+        self.daemon.desired.store().flush()?;
+        Ok(())
+    }
+}
+
+/// Loads the config, opens the store, writes the config into it and starts the reconcile loop
+/// and the watcher. Fails on an invalid main config, a refused listen address or a store that
+/// cannot be opened (e.g. another daemon holds it).
+pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
     let base_env: BTreeMap<String, String> = std::env::vars().collect();
     let loaded = config::load(opts.config.as_deref(), &base_env).map_err(DaemonError::Config)?;
     // Watch before the load that goes into the store, so no change slips in between the two.
@@ -292,6 +330,17 @@ pub async fn run(
     let addr = parse_listen(&listen)?;
     check_listen(addr, token.is_some())?;
     let base_path = normalize_base(&server.base_path);
+    let socket = server.socket.clone();
+    let metrics = &loaded.settings.metrics;
+    let (metrics_on, metrics_listen) = match (metrics.enabled, &metrics.listen) {
+        (false, _) => (MetricsOn::Off, None),
+        (true, None) => (MetricsOn::Api, None),
+        (true, Some(l)) => {
+            let maddr = parse_listen(l)?;
+            check_listen(maddr, token.is_some())?;
+            (MetricsOn::OwnListener, Some(maddr))
+        }
+    };
     let state_dir = opts
         .state_dir
         .clone()
@@ -330,9 +379,9 @@ pub async fn run(
         allowed_hosts,
     };
     let daemon = Arc::new(Daemon {
-        desired: desired.clone(),
-        metrics: metrics.clone(),
-        reconciler: reconciler.clone(),
+        desired,
+        metrics,
+        reconciler,
         events,
         config_file: opts.config.clone(),
         base_env,
@@ -341,29 +390,44 @@ pub async fn run(
         watcher: Mutex::new(watcher),
     });
     daemon.set_loaded(loaded);
+    Ok(Opened {
+        daemon,
+        guard,
+        addr,
+        base_path,
+        metrics_on,
+        metrics_listen,
+        socket,
+        rescan,
+    })
+}
 
+/// Runs the daemon until SIGTERM/SIGINT (or `shutdown` resolves), then stops every child in
+/// reverse priority order and returns. `bound` receives the listening address.
+pub async fn run(
+    opts: ServeOptions,
+    bound: Option<Bound>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    // Handlers first: a signal that arrives while the daemon starts is handled, not fatal.
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let opened = open(&opts).await?;
+    let addr = opened.addr;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| DaemonError::Bind { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| DaemonError::Bind { addr, source })?;
-    tracing::info!("provisr API listening on http://{local}{base_path}");
-    if let Some(tx) = bound {
-        let _ = tx.send(local);
-    }
-    let metrics_settings = daemon.loaded().settings.as_ref().map(|s| s.metrics.clone());
-    let metrics_on = match &metrics_settings {
-        Some(m) if m.enabled && m.listen.is_some() => MetricsOn::OwnListener,
-        Some(m) if m.enabled => MetricsOn::Api,
-        _ => MetricsOn::Off,
+    let daemon = opened.daemon.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    let graceful = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    if let Some(listen) = metrics_settings
-        .and_then(|m| m.listen)
-        .filter(|_| metrics_on == MetricsOn::OwnListener)
-    {
-        let maddr = parse_listen(&listen)?;
-        check_listen(maddr, guard.token.is_some())?;
+    if let Some(maddr) = opened.metrics_listen {
         let mlistener = TcpListener::bind(maddr)
             .await
             .map_err(|source| DaemonError::Bind {
@@ -372,28 +436,42 @@ pub async fn run(
             })?;
         let mapp =
             crate::api::metrics_router(daemon.clone()).layer(axum::middleware::from_fn_with_state(
-                Arc::new(guard.clone()),
+                Arc::new(opened.guard.clone()),
                 crate::api::security::guard,
             ));
         tracing::info!("metrics on http://{maddr}/metrics");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(mlistener, mapp).await {
+        let stop = graceful(stop_rx.clone());
+        servers.spawn(async move {
+            if let Err(e) = axum::serve(mlistener, mapp)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!("metrics server: {e}");
             }
         });
     }
-    let app = crate::api::router(daemon.clone(), guard, &base_path, metrics_on);
-
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let graceful = async {
-            let _ = stop_rx.await;
-        };
+    if let Some(path) = &opened.socket {
+        let unix = bind_socket(path)?;
+        tracing::info!("provisr API also on unix socket {}", path.display());
+        let (app, stop) = (opened.router(), graceful(stop_rx.clone()));
+        servers.spawn(async move {
+            if let Err(e) = axum::serve(unix, app).with_graceful_shutdown(stop).await {
+                tracing::error!("API socket server: {e}");
+            }
+        });
+    }
+    // Said once every listener is bound: whoever waits for this line can use any of them.
+    tracing::info!(
+        "provisr API listening on http://{local}{}",
+        opened.base_path
+    );
+    if let Some(tx) = bound {
+        let _ = tx.send(local);
+    }
+    let (app, stop) = (opened.router(), graceful(stop_rx.clone()));
+    servers.spawn(async move {
         if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(graceful)
+            .with_graceful_shutdown(stop)
             .await
         {
             tracing::error!("API server: {e}");
@@ -401,7 +479,12 @@ pub async fn run(
     });
 
     let (stop_reloader, reloader_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reloader = tokio::spawn(reload_worker(daemon.clone(), rescan, hup, reloader_stopped));
+    let reloader = tokio::spawn(reload_worker(
+        daemon.clone(),
+        opened.rescan.clone(),
+        hup,
+        reloader_stopped,
+    ));
 
     tokio::pin!(shutdown);
     tokio::select! {
@@ -409,7 +492,7 @@ pub async fn run(
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
         () = &mut shutdown => tracing::info!("shutdown requested: stopping"),
     }
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     // No reload may start children while they are being stopped: the watcher and the reloader
     // end first (a reload in progress finishes).
     if let Some(w) = daemon.take_watcher() {
@@ -419,14 +502,38 @@ pub async fn run(
     let _ = reloader.await;
     // A second signal skips waiting for the children's stop timeouts.
     tokio::select! {
-        () = reconciler.shutdown() => {}
-        _ = term.recv() => force_kill(&reconciler),
-        _ = int.recv() => force_kill(&reconciler),
+        () = daemon.reconciler.shutdown() => {}
+        _ = term.recv() => force_kill(&daemon.reconciler),
+        _ = int.recv() => force_kill(&daemon.reconciler),
     }
-    let _ = server.await;
-    desired.store().flush()?;
+    while servers.join_next().await.is_some() {}
+    if let Some(path) = &opened.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    daemon.desired.store().flush()?;
     tracing::info!("provisr stopped");
     Ok(())
+}
+
+/// Listens on a unix socket only this user can use (mode 0600, SPEC §10). A stale socket file
+/// from a daemon that died is replaced; the state-dir lock already proved no daemon runs there.
+fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bind_err = |source| DaemonError::Socket {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+    Ok(listener)
 }
 
 /// Starts the programs-directory watcher; each burst of changes pokes `rescan`. Without a watcher
