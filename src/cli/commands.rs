@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::plan_view;
 use super::{
-    config_path, exit, os_env, print_json_or_table, DiffArgs, Format, GlobalArgs, GroupArgs,
-    LogsArgs, NameArgs, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
+    config_path, exit, os_env, print_json_or_table, AdhocArgs, DiffArgs, Format, GlobalArgs,
+    GroupArgs, LogsArgs, NameArgs, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
 };
 use crate::client::{ApiClient, ClientError};
 use crate::config::{self, LoadedConfig};
@@ -142,7 +142,7 @@ pub fn start(g: &GlobalArgs, a: &StartArgs, format: Format) -> i32 {
             eprintln!("provisr: --cmd needs --name to name the program");
             return exit::USAGE;
         };
-        let body = adhoc_spec(name, cmd, a.auto_restart, a.instances, a.priority);
+        let body = adhoc_spec(name, cmd, &a.adhoc);
         api.post("/start", &query, Some(&body))
     } else if let Some(name) = &a.name {
         query.push(("name", name.clone()));
@@ -167,21 +167,15 @@ pub fn start(g: &GlobalArgs, a: &StartArgs, format: Format) -> i32 {
 }
 
 /// The JSON spec of an ad-hoc program (`start --cmd`, `register`).
-fn adhoc_spec(
-    name: &str,
-    cmd: &str,
-    auto_restart: Option<bool>,
-    instances: Option<u32>,
-    priority: Option<i32>,
-) -> Value {
+fn adhoc_spec(name: &str, cmd: &str, a: &AdhocArgs) -> Value {
     let mut spec = json!({ "name": name, "command": cmd });
-    if let Some(b) = auto_restart {
+    if let Some(b) = a.auto_restart {
         spec["auto_restart"] = json!(b);
     }
-    if let Some(n) = instances {
+    if let Some(n) = a.instances {
         spec["instances"] = json!(n);
     }
-    if let Some(p) = priority {
+    if let Some(p) = a.priority {
         spec["priority"] = json!(p);
     }
     spec
@@ -359,7 +353,7 @@ pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: Format) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let body = adhoc_spec(&a.name, &a.cmd, a.auto_restart, a.instances, a.priority);
+    let body = adhoc_spec(&a.name, &a.cmd, &a.adhoc);
     match api.post("/register", &[], Some(&body)) {
         Ok(v) => {
             print_json_or_table(format, &v, || {
