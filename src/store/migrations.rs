@@ -39,12 +39,13 @@ const LEGACY_INSTANCES_TREE: &str = "instances";
 const LEGACY_META_TREE: &str = "meta";
 const LEGACY_SCHEMA_KEY: &str = "schema_version";
 
-/// Every record of a store, as JSON values by name, between reading one version and writing
-/// the next.
+/// Every record of a store, as encoded JSON by name, between reading one version and writing
+/// the next. Kept encoded, and decoded by a step one record at a time: an upgrade of 10 000
+/// programs never holds them all as `serde_json::Value`s (~10× their encoded size).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Records {
-    pub programs: BTreeMap<String, Value>,
-    pub instances: BTreeMap<String, Value>,
+    pub programs: BTreeMap<String, Vec<u8>>,
+    pub instances: BTreeMap<String, Vec<u8>>,
 }
 
 /// One upgrade step: rewrites the records of version `from` into those of version `to`.
@@ -269,6 +270,8 @@ fn read_legacy(legacy: &Path) -> Result<(u32, Records), StoreError> {
     };
     let db = old_sled::Config::new()
         .path(legacy)
+        // Its default cache is 1 GiB; the records are read once, in order.
+        .cache_capacity(super::CACHE_CAPACITY as u64)
         .flush_every_ms(None)
         .open()
         .map_err(old_err("open the sled 0.34 database".to_string()))?;
@@ -284,18 +287,7 @@ fn read_legacy(legacy: &Path) -> Result<(u32, Records), StoreError> {
         }
         for entry in legacy_tree(&db, legacy, tree)?.iter() {
             let (key, value) = entry.map_err(old_err(format!("read tree {tree}")))?;
-            let name = String::from_utf8_lossy(&key).into_owned();
-            let value = serde_json::from_slice(&value).map_err(|source| StoreError::Corrupt {
-                tree: if tree == LEGACY_PROGRAMS_TREE {
-                    PROGRAMS.name
-                } else {
-                    INSTANCES.name
-                },
-                key: name.clone(),
-                path: legacy.to_path_buf(),
-                source,
-            })?;
-            into.insert(name, value);
+            into.insert(String::from_utf8_lossy(&key).into_owned(), value.to_vec());
         }
     }
     drop(db);
@@ -326,12 +318,7 @@ fn write_records(path: &Path, records: &Records) -> Result<(), StoreError> {
         (INSTANCES, &records.instances),
     ] {
         for (name, value) in map {
-            let bytes = serde_json::to_vec(value).map_err(|source| StoreError::Encode {
-                tree: kind.name,
-                key: name.clone(),
-                source,
-            })?;
-            batch.insert(kind.key(name).as_bytes(), bytes.as_slice());
+            batch.insert(kind.key(name).as_bytes(), value.as_slice());
         }
     }
     batch.insert(SCHEMA_KEY, CURRENT_SCHEMA.to_string().as_bytes());
@@ -383,8 +370,9 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// and `error` (`null`). A record that is not such an object stops the upgrade with its key
 /// rather than being dropped.
 fn v0_to_v1(records: &mut Records) -> Result<(), String> {
-    for (name, value) in &mut records.programs {
+    for (name, bytes) in &mut records.programs {
         let bad = |why: String| format!("program record {name:?}: {why}");
+        let mut value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         let record: &mut Map<String, Value> = value
             .as_object_mut()
             .ok_or_else(|| bad("it is not a JSON object".to_string()))?;
@@ -404,6 +392,7 @@ fn v0_to_v1(records: &mut Records) -> Result<(), String> {
         }
         record.entry("generation").or_insert(Value::from(1u64));
         record.entry("error").or_insert(Value::Null);
+        *bytes = serde_json::to_vec(&value).map_err(|e| bad(e.to_string()))?;
     }
     Ok(())
 }
@@ -432,7 +421,7 @@ mod tests {
 
     fn programs(value: Value) -> Records {
         Records {
-            programs: [("web".to_string(), value)].into(),
+            programs: [("web".to_string(), serde_json::to_vec(&value).unwrap())].into(),
             instances: BTreeMap::new(),
         }
     }
@@ -445,8 +434,9 @@ mod tests {
             "desired": "stopped",
         }));
         v0_to_v1(&mut records).unwrap();
+        let upgraded: Value = serde_json::from_slice(&records.programs["web"]).unwrap();
         assert_eq!(
-            records.programs["web"],
+            upgraded,
             serde_json::json!({
                 "spec": {"name": "web", "anything": [1, 2]},
                 "source": {"kind": "api"},
