@@ -29,15 +29,28 @@ pub fn events(rx: broadcast::Receiver<Event>) -> Response {
         };
         Some((Ok::<_, Infallible>(ev), rx))
     });
-    sse(s)
+    sse(subscribed().chain(s))
+}
+
+/// An opening comment. hyper sends a streamed response's head together with its first body
+/// bytes: without this, a client would see nothing (not even `200 OK`) until the first event,
+/// and could not tell when it is subscribed. The subscription exists before the stream is
+/// polled, so every event after this comment reaches the client.
+fn subscribed() -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    stream::once(std::future::ready(Ok(
+        SseEvent::default().comment("subscribed")
+    )))
 }
 
 /// The last `tail` lines of an instance's stream, then every new line as it is written, across
 /// restarts and rotations; `event: skipped` says how many bytes a slow client missed.
 pub fn follow_log(log: &InstanceLog, stream: LogStream, tail: usize) -> Response {
     let (backlog, follow) = log.follow(stream, tail);
-    let first =
-        stream::iter((!backlog.is_empty()).then(|| Ok::<_, Infallible>(lines_event(&backlog))));
+    let first = if backlog.is_empty() {
+        subscribed().left_stream()
+    } else {
+        stream::once(std::future::ready(Ok(lines_event(&backlog)))).right_stream()
+    };
     // One event per batch of lines (a multi-line `data`): a fast writer produces thousands of
     // lines between wakeups, and an event each would cost a frame and a client write each.
     let rest = stream::unfold(follow, |mut follow| async move {
