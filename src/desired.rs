@@ -119,9 +119,13 @@ fn program_touched(w: &StoreWrite) -> Option<String> {
 
 /// The writes that make the store agree with a scan of the config and programs directory.
 ///
-/// Good files put their program (a no-op when unchanged); a broken file keeps its program's last
-/// good spec and records the error; programs whose file is gone are deleted. API-registered
-/// programs are never touched by files.
+/// Good files put their program (a no-op when unchanged, and clearing an earlier error); a
+/// broken file keeps its program's last good spec and records the error (SPEC §12); programs
+/// whose file is gone are deleted, and inline programs gone from the config too. When the scan
+/// is incomplete — an error that belongs to no program file, such as an unreadable programs
+/// directory — a file-sourced program missing from it is not deleted but keeps its spec and
+/// shows that error: a directory that cannot be read says nothing about what was removed.
+/// API-registered programs are never touched by files.
 pub fn sync_writes(
     current: &Programs,
     programs: &[Program],
@@ -147,6 +151,11 @@ pub fn sync_writes(
                 .map(|errs| (&f.path, errs.iter().map(ToString::to_string).collect()))
         })
         .collect();
+    let unscanned: Vec<String> = errors
+        .iter()
+        .filter(|e| !files.iter().any(|f| e.is_in(&f.path)))
+        .map(ToString::to_string)
+        .collect();
     for (name, record) in current.iter() {
         if produced.contains(name.as_str()) {
             continue;
@@ -158,15 +167,15 @@ pub fn sync_writes(
                     name: name.clone(),
                     error: Some(messages.clone()),
                 }),
+                None if !unscanned.is_empty() => writes.push(StoreWrite::SetError {
+                    name: name.clone(),
+                    error: Some(unscanned.clone()),
+                }),
                 None => writes.push(StoreWrite::DeleteProgram { name: name.clone() }),
             },
-            Source::Config => {
-                // A broken main config never reaches here (load fails whole); an inline
-                // program that is gone from a good config is removed.
-                if errors.is_empty() {
-                    writes.push(StoreWrite::DeleteProgram { name: name.clone() });
-                }
-            }
+            // A broken main config never reaches here (loading fails whole, inline programs
+            // included), so an inline program missing from a loaded config was removed from it.
+            Source::Config => writes.push(StoreWrite::DeleteProgram { name: name.clone() }),
         }
     }
     writes
@@ -178,8 +187,14 @@ pub fn simulate(current: &Programs, writes: &[StoreWrite]) -> Programs {
     for w in writes {
         match w {
             StoreWrite::PutProgram { spec, source } => {
+                // As the store does it: the generation counts spec changes.
                 let record = match next.get(&spec.name) {
                     Some(old) => ProgramRecord {
+                        generation: if old.spec == *spec {
+                            old.generation
+                        } else {
+                            old.generation.saturating_add(1)
+                        },
                         spec: spec.clone(),
                         source: source.clone(),
                         error: None,
@@ -192,6 +207,15 @@ pub fn simulate(current: &Programs, writes: &[StoreWrite]) -> Programs {
             StoreWrite::DeleteProgram { name } => {
                 next.remove(name);
             }
+            StoreWrite::SetError { name, error } => {
+                if let Some(old) = next.get(name) {
+                    let record = ProgramRecord {
+                        error: error.clone(),
+                        ..(**old).clone()
+                    };
+                    next.insert(name.clone(), Arc::new(record));
+                }
+            }
             StoreWrite::SetDesired { name, desired } => {
                 if let Some(old) = next.get(name) {
                     let record = ProgramRecord {
@@ -201,8 +225,114 @@ pub fn simulate(current: &Programs, writes: &[StoreWrite]) -> Programs {
                     next.insert(name.clone(), Arc::new(record));
                 }
             }
+            StoreWrite::Request {
+                name,
+                instance,
+                request,
+            } => {
+                if let Some(old) = next.get(name) {
+                    let mut record = (**old).clone();
+                    record.request(instance.as_deref(), *request);
+                    next.insert(name.clone(), Arc::new(record));
+                }
+            }
             _ => {}
         }
     }
     Arc::new(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigError, Exec, ProgramSpec};
+
+    fn record(name: &str, command: &str, source: Source) -> (String, Arc<ProgramRecord>) {
+        let spec = ProgramSpec::new(name, Exec::Command(command.into()));
+        (name.to_string(), Arc::new(ProgramRecord::new(spec, source)))
+    }
+
+    fn program(name: &str, command: &str, source: Source) -> Program {
+        Program {
+            spec: ProgramSpec::new(name, Exec::Command(command.into())),
+            source,
+        }
+    }
+
+    fn file(path: &str, result: Result<ProgramSpec, Vec<ConfigError>>) -> FileOutcome {
+        FileOutcome {
+            path: PathBuf::from(path),
+            name: None,
+            result,
+        }
+    }
+
+    fn describe(writes: &[StoreWrite]) -> Vec<String> {
+        writes
+            .iter()
+            .map(|w| match w {
+                StoreWrite::PutProgram { spec, .. } => format!("put {}", spec.name),
+                StoreWrite::SetError { name, error } => {
+                    format!(
+                        "error {name}: {}",
+                        error.clone().unwrap_or_default().join("|")
+                    )
+                }
+                StoreWrite::DeleteProgram { name } => format!("delete {name}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn broken_files_keep_their_program_and_gone_files_delete_it() {
+        let web = Source::File("/p/web.toml".into());
+        let db = Source::File("/p/db.toml".into());
+        let old = Source::File("/p/old.toml".into());
+        let current: Programs = Arc::new(BTreeMap::from([
+            record("web", "sleep 1", web.clone()),
+            record("db", "sleep 1", db.clone()),
+            record("old", "sleep 1", old),
+            record("adhoc", "sleep 1", Source::Api),
+            record("inline", "sleep 1", Source::Config),
+        ]));
+        let broken = ConfigError::new("/p/db.toml", "invalid TOML").at_line(Some(2));
+        let programs = [program("web", "sleep 2", web.clone())];
+        let files = [
+            file("/p/db.toml", Err(vec![broken.clone()])),
+            file("/p/web.toml", Ok(programs[0].spec.clone())),
+        ];
+        let writes = sync_writes(&current, &programs, &files, &[broken]);
+        assert_eq!(
+            describe(&writes),
+            [
+                "put web",
+                "error db: /p/db.toml:2: invalid TOML",
+                "delete inline",
+                "delete old",
+            ]
+        );
+        // The preview keeps db's spec with the error and bumps web's generation.
+        let preview = simulate(&current, &writes);
+        assert_eq!(preview["db"].spec, current["db"].spec);
+        assert!(preview["db"].error.is_some());
+        assert_eq!(preview["web"].generation, current["web"].generation + 1);
+        assert!(!preview.contains_key("old"));
+        assert!(preview.contains_key("adhoc"));
+    }
+
+    #[test]
+    fn an_unreadable_programs_directory_deletes_nothing() {
+        let web = Source::File("/p/web.toml".into());
+        let current: Programs = Arc::new(BTreeMap::from([record("web", "sleep 1", web)]));
+        let dir_error = ConfigError::new("/p", "cannot read the programs directory: EIO");
+        let writes = sync_writes(&current, &[], &[], &[dir_error]);
+        assert_eq!(
+            describe(&writes),
+            ["error web: /p: cannot read the programs directory: EIO"]
+        );
+        // Readable and empty: the program is gone.
+        let writes = sync_writes(&current, &[], &[], &[]);
+        assert_eq!(describe(&writes), ["delete web"]);
+    }
 }

@@ -135,8 +135,9 @@ struct Counted {
 impl Counted {
     fn of(e: &Event) -> Counted {
         Counted {
-            // Every event into `starting` comes with a spawn: first starts, retries and restarts.
-            start: e.to == InstanceState::Starting,
+            // First starts, retries and restarts; not a start that first probes its detectors
+            // (its spawn, if any, is an event of its own).
+            start: e.spawn,
             // The actor sets the flag exactly when the status's `restarts` went up, so this
             // counter moves in step with that gauge (explicit restarts are not counted by either).
             restart: e.restart,
@@ -549,6 +550,8 @@ mod tests {
             exit: None,
             restart: false,
             healthy: None,
+            // As the runtime does: every event into `starting` spawns, unless it only probes.
+            spawn: to == Starting,
         }
     }
 
@@ -733,6 +736,8 @@ mod tests {
         unhealthy_restart.healthy = Some(false);
         let mut after_unhealthy = exited(ev("api", "api", Stopping, Starting), None, Some(15));
         after_unhealthy.restart = true;
+        let mut probe_only = ev("web", "web", Stopped, Starting);
+        probe_only.spawn = false;
         for e in [
             ev("api", "api", Stopped, Starting),
             ev("api", "api", Starting, Running),
@@ -754,6 +759,12 @@ mod tests {
             exited(ev("api", "api", Stopping, Stopped), None, Some(15)),
             // An adopted process ends: status unknown.
             exited(ev("web", "web", Running, Exited), None, None),
+            // A start that probes its detectors first spawns nothing (found running elsewhere)…
+            probe_only.clone(),
+            ev("web", "web", Starting, Running),
+            // …or spawns in an event of its own.
+            probe_only,
+            ev("web", "web", Starting, Starting),
         ] {
             m.observe_event(&e);
         }
@@ -761,6 +772,11 @@ mod tests {
         let api = inst("api", "api");
         assert_eq!(value(&exp, "provisr_starts", &api), Some(5.0));
         assert_eq!(value(&exp, "provisr_restarts", &api), Some(2.0));
+        assert_eq!(
+            value(&exp, "provisr_starts", &inst("web", "web")),
+            Some(1.0),
+            "probing is not a start"
+        );
         assert_eq!(kind(&exp, "provisr_exits"), OpenMetricsType::Counter);
         let exit = |name, program, code, signal| {
             value(
@@ -793,10 +809,6 @@ mod tests {
         assert_eq!(
             (health("unhealthy"), health("healthy")),
             (Some(2.0), Some(1.0))
-        );
-        assert_eq!(
-            value(&exp, "provisr_starts", &inst("web", "web")),
-            Some(0.0)
         );
 
         // Counters only go up between renders.

@@ -25,6 +25,17 @@ pub struct Desired<'a> {
     pub overrides: Option<&'a BTreeMap<String, InstanceDesired>>,
 }
 
+impl<'a> From<&'a crate::store::ProgramRecord> for Desired<'a> {
+    fn from(r: &'a crate::store::ProgramRecord) -> Desired<'a> {
+        Desired {
+            spec: &r.spec,
+            run: r.desired,
+            seq: r.seq,
+            overrides: Some(&r.instances),
+        }
+    }
+}
+
 impl Desired<'_> {
     /// What is wanted of one instance: its own override, else the program's.
     pub fn for_instance(&self, instance: &str) -> InstanceDesired {
@@ -120,28 +131,59 @@ impl Plan {
 }
 
 /// Which fields restart a program when changed; `instances` scales; the rest apply in place.
+/// Fields are the user's names, nested ones dotted (`env.PORT`, `log.max_size_mb`).
 fn effect_of(field: &str) -> Effect {
-    match field {
-        "exec" | "work_dir" | "env" | "use_os_env" => Effect::Restart,
+    let top = field.split('.').next().unwrap_or(field);
+    match top {
+        "command" | "args" | "work_dir" | "env" | "use_os_env" => Effect::Restart,
         "instances" => Effect::Scale,
         _ => Effect::InPlace,
     }
 }
 
-/// The fields that differ between two specs of one program, with old and new values.
+/// A spec as flat `field → value` pairs, in the names a user writes: `exec` becomes `command`
+/// or `args`, objects become dotted keys (`log.max_size_mb`, `env.PORT`), lists stay whole.
+fn flat_fields(spec: &ProgramSpec) -> BTreeMap<String, serde_json::Value> {
+    fn flatten(
+        prefix: String,
+        value: serde_json::Value,
+        out: &mut BTreeMap<String, serde_json::Value>,
+    ) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    flatten(format!("{prefix}.{k}"), v, out);
+                }
+            }
+            v => {
+                out.insert(prefix, v);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(spec) {
+        for (k, v) in map {
+            match (k.as_str(), v) {
+                ("name", _) => {}
+                // `{"command": "…"}` or `{"args": […]}`: the key is the field the user wrote.
+                ("exec", serde_json::Value::Object(exec)) => out.extend(exec),
+                (_, v) => flatten(k, v, &mut out),
+            }
+        }
+    }
+    out
+}
+
+/// The fields that differ between two specs of one program, with old and new values (`null`
+/// for a field or key that one side does not have), sorted by field.
 pub fn spec_changes(old: &ProgramSpec, new: &ProgramSpec) -> Vec<FieldChange> {
     if old == new {
         return Vec::new();
     }
-    let as_map = |spec: &ProgramSpec| match serde_json::to_value(spec) {
-        Ok(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
-    let (old, new) = (as_map(old), as_map(new));
+    let (old, new) = (flat_fields(old), flat_fields(new));
     let fields: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
     fields
         .into_iter()
-        .filter(|f| f.as_str() != "name")
         .filter_map(|f| {
             let (o, n) = (old.get(f), new.get(f));
             (o != n).then(|| FieldChange {
@@ -152,6 +194,16 @@ pub fn spec_changes(old: &ProgramSpec, new: &ProgramSpec) -> Vec<FieldChange> {
             })
         })
         .collect()
+}
+
+/// The `instances` change behind a scale step.
+fn scale_change(old: u32, new: u32) -> FieldChange {
+    FieldChange {
+        field: "instances".to_string(),
+        old: old.into(),
+        new: new.into(),
+        effect: Effect::Scale,
+    }
 }
 
 fn is_active(state: InstanceState) -> bool {
@@ -202,15 +254,14 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
             let obs = observed_by_name.get(id.name.as_str()).copied();
             let want = d.for_instance(&id.name);
             let s = match (want.run, obs) {
-                (DesiredRun::Running, None) => {
-                    let reason = match old_count {
-                        Some(old) if old != spec.instances => {
-                            format!("scale {old} → {} instances", spec.instances)
-                        }
-                        _ => "not running".to_string(),
-                    };
-                    step(Action::Start, reason, Vec::new())
-                }
+                (DesiredRun::Running, None) => match old_count {
+                    Some(old) if old != spec.instances => step(
+                        Action::Start,
+                        format!("scale {old} → {} instances", spec.instances),
+                        vec![scale_change(old, spec.instances)],
+                    ),
+                    _ => step(Action::Start, "not running".to_string(), Vec::new()),
+                },
                 (DesiredRun::Stopped, None) => step(Action::Unchanged, "stopped".into(), vec![]),
                 (DesiredRun::Running, Some(o)) => {
                     let changes: Vec<FieldChange> = spec_changes(o.spec, spec)
@@ -266,8 +317,13 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
                     }
                 }
             };
+            // A running-wanted instance that is stopping is being restarted: it holds back the
+            // next level like a start does, so restarts too go level by level.
             if want.run == DesiredRun::Running
-                && (s.action.starts() || obs.is_some_and(|o| is_coming_up(o.state)))
+                && (s.action.starts()
+                    || obs.is_some_and(|o| {
+                        is_coming_up(o.state) || o.state == InstanceState::Stopping
+                    }))
             {
                 busy_levels.insert(spec.priority);
             }
@@ -285,12 +341,15 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
         if wanted.contains(o.id.name.as_str()) {
             continue;
         }
-        let reason = match desired_names.get(o.id.program.as_str()) {
-            Some(d) => format!(
-                "scale {} → {} instances",
-                o.spec.instances, d.spec.instances
+        let (reason, changes) = match desired_names.get(o.id.program.as_str()) {
+            Some(d) => (
+                format!(
+                    "scale {} → {} instances",
+                    o.spec.instances, d.spec.instances
+                ),
+                vec![scale_change(o.spec.instances, d.spec.instances)],
             ),
-            None => "program removed".to_string(),
+            None => ("program removed".to_string(), Vec::new()),
         };
         stopping_levels.insert(o.spec.priority);
         steps.push(Step {
@@ -300,7 +359,7 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
             action: Action::Remove,
             deferred: false,
             reason,
-            changes: Vec::new(),
+            changes,
         });
     }
 
@@ -529,6 +588,90 @@ mod tests {
     }
 
     #[test]
+    fn field_changes_use_the_names_users_write() {
+        let old = spec("web", 0);
+        let mut new = old.clone();
+        new.exec = Exec::Command("sleep 2".into());
+        new.env.insert("PORT".into(), "80".into());
+        new.log.max_size_mb = 1;
+        new.work_dir = Some("/srv".into());
+        let c = spec_changes(&old, &new);
+        let fields: Vec<(&str, Effect)> = c.iter().map(|c| (c.field.as_str(), c.effect)).collect();
+        assert_eq!(
+            fields,
+            [
+                ("command", Effect::Restart),
+                ("env.PORT", Effect::Restart),
+                ("log.max_size_mb", Effect::InPlace),
+                ("work_dir", Effect::Restart),
+            ]
+        );
+        assert_eq!(c[0].old, serde_json::json!("sleep 300"));
+        assert_eq!(c[0].new, serde_json::json!("sleep 2"));
+        assert_eq!(c[1].old, serde_json::Value::Null);
+        assert_eq!(c[1].new, serde_json::json!("80"));
+        // command → args: both fields show, one appearing and one going away.
+        let mut args = old.clone();
+        args.exec = Exec::Args(vec!["sleep".into(), "1".into()]);
+        let c = spec_changes(&old, &args);
+        let fields: Vec<&str> = c.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["args", "command"]);
+        assert!(c.iter().all(|c| c.effect == Effect::Restart));
+        // Detectors are compared as a whole list.
+        let mut det = old.clone();
+        det.detectors.push(crate::config::DetectorSpec {
+            kind: crate::config::DetectorKind::Pidfile {
+                path: "/run/x.pid".into(),
+            },
+            interval: Dur::from_secs(10),
+            failure_threshold: 3,
+        });
+        let c = spec_changes(&old, &det);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].field, "detectors");
+        assert_eq!(c[0].effect, Effect::InPlace);
+    }
+
+    #[test]
+    fn restarts_go_level_by_level() {
+        let (db, app) = (spec("db", 0), spec("app", 10));
+        let (mut db2, mut app2) = (db.clone(), app.clone());
+        db2.exec = Exec::Command("sleep 301".into());
+        app2.exec = Exec::Command("sleep 302".into());
+        let desired = [running(&db2), running(&app2)];
+        let (dbi, appi) = (db.instances(), app.instances());
+        // Both changed: db restarts now, app waits.
+        let mut o = obs(&dbi, &db, InstanceState::Running);
+        o.extend(obs(&appi, &app, InstanceState::Running));
+        assert_eq!(
+            actions(&plan(&desired, &o)),
+            [
+                ("db".into(), Action::Restart, false),
+                ("app".into(), Action::Restart, true)
+            ]
+        );
+        // db is on the new spec but still stopping or starting: app keeps waiting.
+        for state in [InstanceState::Stopping, InstanceState::Starting] {
+            let mut o = obs(&dbi, &db2, state);
+            o.extend(obs(&appi, &app, InstanceState::Running));
+            let p = plan(&desired, &o);
+            assert_eq!(p.steps[1].instance, "app");
+            assert_eq!(p.steps[1].action, Action::Restart);
+            assert!(p.steps[1].deferred, "db {state:?}");
+        }
+        // db running again: now app.
+        let mut o = obs(&dbi, &db2, InstanceState::Running);
+        o.extend(obs(&appi, &app, InstanceState::Running));
+        assert_eq!(
+            actions(&plan(&desired, &o)),
+            [
+                ("db".into(), Action::Unchanged, false),
+                ("app".into(), Action::Restart, false)
+            ]
+        );
+    }
+
+    #[test]
     fn scaling_adds_and_removes_only_the_highest_copies() {
         let mut two = spec("w", 0);
         two.instances = 2;
@@ -546,6 +689,7 @@ mod tests {
             ]
         );
         assert!(p.steps[2].reason.contains("scale 2 → 3"));
+        assert_eq!(p.steps[2].changes, [scale_change(2, 3)]);
         let ids3 = three.instances();
         let o = obs(&ids3, &three, InstanceState::Running);
         let p = plan(&[running(&two)], &o);

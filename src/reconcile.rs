@@ -94,14 +94,74 @@ impl Reconciler {
 /// The spec and request counters a step brings its instance to.
 type Target = (Arc<ProgramSpec>, RunSeq);
 
+/// A process an earlier daemon started whose program (or instance) is gone from desired state:
+/// the program file was deleted or `instances` lowered while no daemon ran. It is adopted like
+/// any remembered instance, with the spec it last had, so the first pass stops and removes it
+/// instead of leaving it running unmanaged.
+#[derive(Clone, Debug)]
+pub struct Orphan {
+    pub id: InstanceId,
+    pub spec: ProgramSpec,
+    pub record: InstanceRecord,
+}
+
+/// The remembered processes (`remembered`, as the store listed them before `after` was
+/// written) that no program of `after` claims any more. `before` supplies the spec each last
+/// ran with, so it is stopped with its own stop signal and timeout.
+pub fn orphans(
+    before: &crate::desired::Programs,
+    after: &crate::desired::Programs,
+    remembered: Vec<(String, InstanceRecord)>,
+) -> Vec<Orphan> {
+    let claimed = |name: &str, program: &str| {
+        after
+            .get(program)
+            .is_some_and(|r| r.spec.instances().iter().any(|i| i.name == name))
+    };
+    remembered
+        .into_iter()
+        .filter(|(name, r)| r.pid.is_some() && !claimed(name, &r.program))
+        .filter_map(|(name, record)| {
+            let spec = match before.get(&record.program) {
+                Some(r) => r.spec.clone(),
+                None => ProgramSpec::new(
+                    record.program.clone(),
+                    crate::config::Exec::Args(Vec::new()),
+                ),
+            };
+            let index = if name == record.program {
+                1
+            } else {
+                name.strip_prefix(&format!("{}-", record.program))?
+                    .parse::<u32>()
+                    .ok()?
+            };
+            // `of` only decides the naming: more than one means `program-N`.
+            let of = if name == record.program {
+                1
+            } else {
+                index.max(2)
+            };
+            let id = InstanceId::new(&record.program, index, of);
+            (id.name == name).then_some(Orphan { id, spec, record })
+        })
+        .collect()
+}
+
 struct Entry {
     id: InstanceId,
     handle: InstanceHandle,
+    /// The actor's published status, read without cloning it.
+    status: watch::Receiver<InstanceStatus>,
     spec: Arc<ProgramSpec>,
     seq: RunSeq,
     log: InstanceLog,
     /// What the store holds for this instance, to write only changes.
     persisted: InstanceRecord,
+    /// Set when a start or restart was sent and the actor has not published since: until it
+    /// does, the instance counts as `starting`, so a pass that runs before the actor has taken
+    /// the command in neither sends it again nor lets the next priority level go ahead.
+    awaiting: Option<watch::Receiver<InstanceStatus>>,
 }
 
 struct Loop {
@@ -116,13 +176,14 @@ struct Loop {
     table_dirty: bool,
 }
 
-/// Starts the loop: adopts the instances the store remembers (by pid and start time), then
-/// reconciles until shut down.
+/// Starts the loop: adopts the instances the store remembers (by pid and start time) and the
+/// `orphans` (which the first pass stops and removes), then reconciles until shut down.
 pub fn start(
     desired: Arc<DesiredState>,
     events: broadcast::Sender<Event>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    orphans: Vec<Orphan>,
 ) -> Reconciler {
     let (requests, rx) = mpsc::channel(16);
     let (live_tx, live) = watch::channel(LiveTable::default());
@@ -138,6 +199,7 @@ pub fn start(
         table_dirty: true,
     };
     lp.adopt_remembered();
+    lp.adopt_orphans(orphans);
     tokio::spawn(lp.run(rx, wake));
     Reconciler {
         requests,
@@ -211,15 +273,26 @@ impl Loop {
                 },
             };
             let spec = Arc::new(program.spec.clone());
-            let seq = Desired {
-                spec: &program.spec,
-                run: program.desired,
-                seq: program.seq,
-                overrides: Some(&program.instances),
-            }
-            .for_instance(&name)
-            .seq;
+            let seq = program.instance_desired(&name).seq;
             self.insert_entry(id, spec, initial, seq, record);
+        }
+    }
+
+    fn adopt_orphans(&mut self, orphans: Vec<Orphan>) {
+        for o in orphans {
+            if self.entries.contains_key(&o.id.name) {
+                continue;
+            }
+            let initial = match (o.record.pid, o.record.start_time) {
+                (Some(pid), Some(start_time)) => Initial::Adopt {
+                    pid,
+                    start_time,
+                    restarts: o.record.restarts,
+                },
+                _ => continue,
+            };
+            tracing::info!(instance = %o.id.name, "its program or instance is gone from the configuration; stopping it");
+            self.insert_entry(o.id, Arc::new(o.spec), initial, RunSeq::default(), o.record);
         }
     }
 
@@ -238,15 +311,18 @@ impl Loop {
             output: Arc::new(log.clone()),
         };
         let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
+        let status = handle.watch();
         self.entries.insert(
             id.name.clone(),
             Entry {
                 id,
                 handle,
+                status,
                 spec,
                 seq,
                 log,
                 persisted,
+                awaiting: None,
             },
         );
         self.table_dirty = true;
@@ -263,19 +339,11 @@ impl Loop {
     /// One pass: plan, carry out what is ready, record what changed.
     async fn pass_untimed(&mut self) -> Plan {
         let programs = self.desired.snapshot();
-        let desired: Vec<Desired<'_>> = programs
-            .values()
-            .map(|r| Desired {
-                spec: &r.spec,
-                run: r.desired,
-                seq: r.seq,
-                overrides: Some(&r.instances),
-            })
-            .collect();
+        let desired: Vec<Desired<'_>> = programs.values().map(|r| Desired::from(&**r)).collect();
         let states: Vec<InstanceState> = self
             .entries
-            .values()
-            .map(|e| e.handle.watch().borrow().state)
+            .values_mut()
+            .map(Entry::observed_state)
             .collect();
         let observed: Vec<Observed<'_>> = self
             .entries
@@ -299,7 +367,24 @@ impl Loop {
                 .map(|d| (Arc::new(d.spec.clone()), d.for_instance(&step.instance).seq));
             actions.push((step, target));
         }
+        // Unchanged instances whose spec differs only in `instances` (a scale of their
+        // program) take the new spec quietly, so what they report matches desired state.
+        let quiet: Vec<(String, Arc<ProgramSpec>)> = full
+            .steps
+            .iter()
+            .filter(|s| s.action == Action::Unchanged)
+            .filter_map(|s| {
+                let d = by_name.get(s.program.as_str())?;
+                let e = self.entries.get(&s.instance)?;
+                (*e.spec != *d.spec).then(|| (s.instance.clone(), Arc::new(d.spec.clone())))
+            })
+            .collect();
         drop(observed);
+        for (name, spec) in quiet {
+            if let Some(e) = self.entries.get_mut(&name) {
+                self.table_dirty |= e.apply_spec(spec);
+            }
+        }
         let mut done = Vec::with_capacity(actions.len());
         for (step, target) in actions {
             self.execute(&step, target);
@@ -317,7 +402,7 @@ impl Loop {
                         LiveInstance {
                             id: e.id.clone(),
                             spec: e.spec.clone(),
-                            status: e.handle.watch(),
+                            status: e.status.clone(),
                             log: e.log.clone(),
                         },
                     )
@@ -357,21 +442,21 @@ impl Loop {
                     self.insert_entry(id, spec.clone(), initial, seq, persisted);
                 }
                 if let Some(e) = self.entries.get_mut(&step.instance) {
-                    e.apply_spec(spec);
+                    self.table_dirty |= e.apply_spec(spec);
                     e.seq = seq;
-                    e.handle.start();
+                    e.send_awaited(InstanceHandle::start);
                 }
             }
             (Action::Restart, Some((spec, seq))) => {
                 if let Some(e) = self.entries.get_mut(&step.instance) {
-                    e.apply_spec(spec);
+                    self.table_dirty |= e.apply_spec(spec);
                     e.seq = seq;
-                    e.handle.restart();
+                    e.send_awaited(InstanceHandle::restart);
                 }
             }
             (Action::Update, Some((spec, _))) => {
                 if let Some(e) = self.entries.get_mut(&step.instance) {
-                    e.apply_spec(spec);
+                    self.table_dirty |= e.apply_spec(spec);
                 }
             }
             (Action::Stop, _) => {
@@ -401,14 +486,18 @@ impl Loop {
     async fn persist(&mut self) {
         let mut writes = Vec::new();
         for (name, e) in &mut self.entries {
-            let status = e.handle.status();
-            let record = InstanceRecord {
-                program: e.id.program.clone(),
-                pid: status.pid,
-                start_time: status.pid_start_time,
-                restarts: status.restarts,
+            let (pid, start_time, restarts) = {
+                let s = e.status.borrow();
+                (s.pid, s.pid_start_time, s.restarts)
             };
-            if record != e.persisted {
+            let p = &e.persisted;
+            if (p.pid, p.start_time, p.restarts) != (pid, start_time, restarts) {
+                let record = InstanceRecord {
+                    program: e.id.program.clone(),
+                    pid,
+                    start_time,
+                    restarts,
+                };
                 e.persisted = record.clone();
                 writes.push(StoreWrite::PutInstance {
                     name: name.clone(),
@@ -465,14 +554,111 @@ impl Loop {
 
 impl Entry {
     /// Hands a changed spec to the actor and the log sink; unchanged specs cost nothing.
-    fn apply_spec(&mut self, spec: Arc<ProgramSpec>) {
+    /// Returns whether the spec changed (the live table, which carries specs, is then stale).
+    fn apply_spec(&mut self, spec: Arc<ProgramSpec>) -> bool {
         if *spec == *self.spec {
-            return;
+            return false;
         }
-        if spec.log != self.spec.log {
+        if spec.log != self.spec.log || spec.instances != self.spec.instances {
             self.log.update(spec.log_paths(&self.id), &spec.log);
         }
         self.handle.update_spec(spec.clone());
         self.spec = spec;
+        true
+    }
+
+    /// Sends a start or restart and remembers to treat the instance as starting until the
+    /// actor publishes. Every start or restart the plan sends changes the published status
+    /// (a start from `stopped`/`exited`/`failed`, a restart of an active instance).
+    fn send_awaited(&mut self, send: fn(&InstanceHandle)) {
+        let mut ack = self.status.clone();
+        ack.borrow_and_update();
+        send(&self.handle);
+        self.awaiting = Some(ack);
+    }
+
+    /// The state the plan sees: the published one, or `starting` while a start or restart
+    /// has not been taken in yet.
+    fn observed_state(&mut self) -> InstanceState {
+        if let Some(ack) = &self.awaiting {
+            if matches!(ack.has_changed(), Ok(false)) {
+                return InstanceState::Starting;
+            }
+            self.awaiting = None;
+        }
+        self.status.borrow().state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Exec, Source};
+    use crate::desired::Programs;
+    use crate::store::ProgramRecord;
+
+    fn programs(specs: &[(&str, u32)]) -> Programs {
+        Arc::new(
+            specs
+                .iter()
+                .map(|(name, instances)| {
+                    let mut spec = ProgramSpec::new(*name, Exec::Command("sleep 1".into()));
+                    spec.instances = *instances;
+                    spec.stop_signal = "INT".into();
+                    let source = Source::File(format!("/p/{name}.toml").into());
+                    (name.to_string(), Arc::new(ProgramRecord::new(spec, source)))
+                })
+                .collect(),
+        )
+    }
+
+    fn remembered(name: &str, program: &str, pid: Option<i32>) -> (String, InstanceRecord) {
+        let record = InstanceRecord {
+            program: program.into(),
+            pid,
+            start_time: pid.map(|_| 7),
+            restarts: 2,
+        };
+        (name.into(), record)
+    }
+
+    #[test]
+    fn orphans_are_remembered_processes_no_program_claims() {
+        let before = programs(&[("web", 3), ("gone", 1)]);
+        let after = programs(&[("web", 2)]);
+        let found = orphans(
+            &before,
+            &after,
+            vec![
+                remembered("web-1", "web", Some(10)),
+                remembered("web-3", "web", Some(11)),
+                remembered("gone", "gone", Some(12)),
+                remembered("idle", "idle", None),
+                remembered("x-2", "x", Some(13)),
+                remembered("bogus", "x", Some(14)),
+            ],
+        );
+        let got: Vec<(&str, u32, &str, Option<i32>)> = found
+            .iter()
+            .map(|o| {
+                (
+                    o.id.name.as_str(),
+                    o.id.index,
+                    o.spec.stop_signal.as_str(),
+                    o.record.pid,
+                )
+            })
+            .collect();
+        // Stop settings come from the spec the program last had; a program unknown even before
+        // (a leftover record) gets the defaults. A name that cannot be an instance of its
+        // program is skipped.
+        assert_eq!(
+            got,
+            [
+                ("web-3", 3, "INT", Some(11)),
+                ("gone", 1, "INT", Some(12)),
+                ("x-2", 2, "TERM", Some(13)),
+            ]
+        );
     }
 }

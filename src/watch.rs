@@ -34,7 +34,7 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
@@ -197,13 +197,25 @@ where
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| WatchError::NoRuntime)?;
     let (signals, rx) = mpsc::unbounded_channel();
     let events = signals.clone();
-    // notify calls this on its own thread; an unbounded send never blocks it.
-    let watcher = notify::recommended_watcher(move |event| {
-        let _ = events.send(Signal::Fs(event));
+    let filter = Arc::new(RwLock::new(Resolved::default()));
+    let rules = filter.clone();
+    // notify calls this on its own thread; an unbounded send never blocks it. Events that cannot
+    // matter are dropped right here: inotify reports every write to every file in a watched
+    // directory, and a log file written line by line next to the config would otherwise wake
+    // the task once per line.
+    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+        let relevant = match rules.read() {
+            Ok(r) => r.classify(&event) != Effect::Ignore,
+            Err(_) => true,
+        };
+        if relevant {
+            let _ = events.send(Signal::Fs(event));
+        }
     })
     .map_err(|source| WatchError::Init { source })?;
     let mut watching = Watching {
         watcher,
+        filter,
         given: WatchTargets::default(),
         resolved: Resolved::default(),
         watched: BTreeSet::new(),
@@ -337,10 +349,13 @@ impl Resolved {
 
 /// The watcher and what it watches. Shared by the task and the handle behind a std mutex: every
 /// critical section is short and synchronous (never held across an `.await`), and notify's own
-/// thread never takes it (its event handler only sends on a channel), so `watch`/`unwatch` calls
+/// thread never takes it (its event handler only reads `filter` and sends on a channel), so `watch`/`unwatch` calls
 /// made under the lock, which wait for notify's thread, cannot deadlock.
 struct Watching {
     watcher: RecommendedWatcher,
+    /// A copy of `resolved` for notify's thread, which drops irrelevant events before they reach
+    /// the task. Its own lock, never held while calling into notify, so the rule above holds.
+    filter: Arc<RwLock<Resolved>>,
     given: WatchTargets,
     resolved: Resolved,
     /// The plain directories (`resolved.dirs`) that are watched.
@@ -371,6 +386,11 @@ impl Watching {
             return Ok(false);
         }
         let old = std::mem::replace(&mut self.resolved, new);
+        // Before any watch moves, so events from the new watches are judged by the new targets.
+        match self.filter.write() {
+            Ok(mut f) => *f = self.resolved.clone(),
+            Err(p) => *p.into_inner() = self.resolved.clone(),
+        }
         self.given = targets;
         let stale: Vec<PathBuf> = self
             .watched

@@ -20,7 +20,7 @@ use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source};
 use crate::daemon::Daemon;
 use crate::desired;
 use crate::logs::Stream;
-use crate::store::{DesiredRun, RunRequest, StoreWrite};
+use crate::store::{RunRequest, StoreWrite};
 use crate::supervisor::InstanceState;
 
 type Shared = State<Arc<Daemon>>;
@@ -408,7 +408,9 @@ pub async fn programs(State(d): Shared) -> Json<Vec<Value>> {
 #[serde(deny_unknown_fields)]
 pub struct PlanRequest {
     programs: Vec<ProgramSpec>,
+    /// Accepted so a whole config can be sent as is; groups do not change what a plan does.
     #[serde(default)]
+    #[allow(dead_code)]
     groups: Vec<GroupSpec>,
     /// `start`: every given program desired running, others untouched (`start --dry-run`).
     /// `apply` (default): the given programs replace those from files and the config, as a
@@ -434,7 +436,6 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
     for p in &req.programs {
         check_selector_name(&p.name)?;
     }
-    let _ = &req.groups;
     let current = d.desired.snapshot();
     let programs: Vec<config::Program> = req
         .programs
@@ -458,13 +459,14 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
             .collect(),
     };
     if req.mode == PlanMode::Start {
-        writes.extend(programs.iter().map(|p| StoreWrite::SetDesired {
+        writes.extend(programs.iter().map(|p| StoreWrite::Request {
             name: p.spec.name.clone(),
-            desired: DesiredRun::Running,
+            instance: None,
+            request: RunRequest::Start,
         }));
     }
     let preview = desired::simulate(&current, &writes);
-    let plan = super::plan_against_live(&preview, &d.reconciler.live());
+    let plan = super::plan_against_live(&preview, &current, &d.reconciler.live());
     Ok(Json(json!({ "against": "daemon", "steps": plan.steps })).into_response())
 }
 

@@ -82,17 +82,11 @@ pub fn metrics_router(daemon: Arc<Daemon>) -> Router {
         .with_state(daemon)
 }
 
-/// The plan that would make the running instances match `programs`: what dry runs show.
-pub fn plan_against_live(programs: &Programs, live: &LiveTable) -> Plan {
-    let desired: Vec<Desired<'_>> = programs
-        .values()
-        .map(|r| Desired {
-            spec: &r.spec,
-            run: r.desired,
-            seq: r.seq,
-            overrides: Some(&r.instances),
-        })
-        .collect();
+/// The plan that would make the running instances match `preview`: what dry runs show.
+/// `current` is the desired state the instances were reconciled against, so requests only in
+/// `preview` (a `start` of an exited program) show as steps.
+pub fn plan_against_live(preview: &Programs, current: &Programs, live: &LiveTable) -> Plan {
+    let desired: Vec<Desired<'_>> = preview.values().map(|r| Desired::from(&**r)).collect();
     let states: Vec<_> = live.values().map(|l| l.status.borrow().state).collect();
     let observed: Vec<Observed<'_>> = live
         .values()
@@ -101,19 +95,9 @@ pub fn plan_against_live(programs: &Programs, live: &LiveTable) -> Plan {
             id: &l.id,
             state,
             spec: &l.spec,
-            // A dry run is about specs and run states, not about requests already carried out.
-            seq: programs
+            seq: current
                 .get(&l.id.program)
-                .map(|r| {
-                    Desired {
-                        spec: &r.spec,
-                        run: r.desired,
-                        seq: r.seq,
-                        overrides: Some(&r.instances),
-                    }
-                    .for_instance(&l.id.name)
-                    .seq
-                })
+                .map(|r| r.instance_desired(&l.id.name).seq)
                 .unwrap_or_default(),
         })
         .collect();

@@ -47,14 +47,7 @@ pub fn status_of(
     id: &InstanceId,
     live: Option<&InstanceStatus>,
 ) -> StatusObject {
-    let desired = crate::plan::Desired {
-        spec: &record.spec,
-        run: record.desired,
-        seq: record.seq,
-        overrides: Some(&record.instances),
-    }
-    .for_instance(&id.name)
-    .run;
+    let desired = record.instance_desired(&id.name).run;
     let file_error = record.error.as_ref().map(|e| e.join("; "));
     match live {
         Some(s) => StatusObject {
@@ -221,6 +214,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
     if !text.starts_with(first) || !text[first.len()..].ends_with(last) {
         return false;
     }
+    // The middle parts must appear in order between the fixed prefix and suffix.
     let mut rest = &text[first.len()..text.len() - last.len()];
     for part in &parts[1..parts.len() - 1] {
         match rest.find(part) {
@@ -228,7 +222,7 @@ pub fn glob(pattern: &str, text: &str) -> bool {
             None => return false,
         }
     }
-    first.len() + last.len() <= text.len()
+    true
 }
 
 /// The status objects of `picked`, in name order.

@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::plan_view;
 use super::{
-    config_path, exit, os_env, print_json_or_table, DiffArgs, Format, GlobalArgs, GroupArgs,
-    LogsArgs, NameArgs, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
+    config_path, exit, os_env, print_json_or_table, AdhocArgs, DiffArgs, Format, GlobalArgs,
+    GroupArgs, LogsArgs, NameArgs, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
 };
 use crate::client::{ApiClient, ClientError};
 use crate::config::{self, LoadedConfig};
@@ -142,7 +142,7 @@ pub fn start(g: &GlobalArgs, a: &StartArgs, format: Format) -> i32 {
             eprintln!("provisr: --cmd needs --name to name the program");
             return exit::USAGE;
         };
-        let body = adhoc_spec(name, cmd, a.auto_restart, a.instances, a.priority);
+        let body = adhoc_spec(name, cmd, &a.adhoc);
         api.post("/start", &query, Some(&body))
     } else if let Some(name) = &a.name {
         query.push(("name", name.clone()));
@@ -167,21 +167,15 @@ pub fn start(g: &GlobalArgs, a: &StartArgs, format: Format) -> i32 {
 }
 
 /// The JSON spec of an ad-hoc program (`start --cmd`, `register`).
-fn adhoc_spec(
-    name: &str,
-    cmd: &str,
-    auto_restart: Option<bool>,
-    instances: Option<u32>,
-    priority: Option<i32>,
-) -> Value {
+fn adhoc_spec(name: &str, cmd: &str, a: &AdhocArgs) -> Value {
     let mut spec = json!({ "name": name, "command": cmd });
-    if let Some(b) = auto_restart {
+    if let Some(b) = a.auto_restart {
         spec["auto_restart"] = json!(b);
     }
-    if let Some(n) = instances {
+    if let Some(n) = a.instances {
         spec["instances"] = json!(n);
     }
-    if let Some(p) = priority {
+    if let Some(p) = a.priority {
         spec["priority"] = json!(p);
     }
     spec
@@ -202,12 +196,15 @@ fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: Format) -> i32 {
     let body = json!({ "programs": specs, "mode": "start" });
     match api.post("/plan", &[], Some(&body)) {
         Ok(v) => {
-            let steps = serde_json::from_value(v["steps"].clone()).unwrap_or_default();
-            let plan = crate::plan::Plan { steps };
+            let Some(plan) = plan_view::plan_of(&v) else {
+                return exit::FAILED;
+            };
             plan_view::print_plan(&plan, &format!("the daemon at {}", api.base()), format);
             exit::OK
         }
-        Err(ClientError::Unreachable { .. }) => plan_view::print_offline_plan(&loaded, format),
+        Err(ClientError::Unreachable { .. }) => {
+            plan_view::print_offline_plan(&loaded, api.base(), format)
+        }
         Err(e) => fail(&e),
     }
 }
@@ -318,6 +315,8 @@ pub fn logs(g: &GlobalArgs, a: &LogsArgs) -> i32 {
     }
 }
 
+/// `diff --config F`: the plan of applying F against the daemon. Exit 0 no change, 1 changes,
+/// 2 an error (invalid config, a refused request), 3 no daemon (kubectl's convention, plus ours).
 pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
     let loaded = match load_config(Some(&a.config)) {
         Ok(l) => l,
@@ -331,8 +330,9 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
     let body = json!({ "programs": specs, "groups": loaded.groups, "mode": "apply" });
     match api.post("/plan", &[], Some(&body)) {
         Ok(v) => {
-            let steps = serde_json::from_value(v["steps"].clone()).unwrap_or_default();
-            let plan = crate::plan::Plan { steps };
+            let Some(plan) = plan_view::plan_of(&v) else {
+                return exit::USAGE;
+            };
             plan_view::print_plan(&plan, &format!("the daemon at {}", api.base()), format);
             if plan.is_empty() {
                 exit::OK
@@ -340,7 +340,11 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
                 exit::FAILED
             }
         }
-        Err(e) => fail(&e),
+        // 1 means "changes" here, so a failure must not exit 1.
+        Err(e) => match fail(&e) {
+            exit::UNREACHABLE => exit::UNREACHABLE,
+            _ => exit::USAGE,
+        },
     }
 }
 
@@ -349,7 +353,7 @@ pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: Format) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let body = adhoc_spec(&a.name, &a.cmd, a.auto_restart, a.instances, a.priority);
+    let body = adhoc_spec(&a.name, &a.cmd, &a.adhoc);
     match api.post("/register", &[], Some(&body)) {
         Ok(v) => {
             print_json_or_table(format, &v, || {

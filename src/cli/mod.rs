@@ -111,21 +111,28 @@ pub struct StartArgs {
     /// Register an ad-hoc program running this command (source `api`, persisted) and start it.
     #[arg(long)]
     pub cmd: Option<String>,
-    /// With --cmd: restart the program whenever it exits.
-    #[arg(long = "auto_restart", alias = "auto-restart", value_name = "BOOL")]
-    pub auto_restart: Option<bool>,
-    /// With --cmd: how many instances.
-    #[arg(long)]
-    pub instances: Option<u32>,
-    /// With --cmd: the priority.
-    #[arg(long)]
-    pub priority: Option<i32>,
+    #[command(flatten)]
+    pub adhoc: AdhocArgs,
     /// Print the plan and change nothing (works without a daemon too).
     #[arg(long)]
     pub dry_run: bool,
     /// How long to wait for the programs to settle, e.g. 10s.
     #[arg(long)]
     pub wait: Option<String>,
+}
+
+/// The settings of an ad-hoc program (`start --cmd`, `register`).
+#[derive(Debug, Args)]
+pub struct AdhocArgs {
+    /// Restart the program whenever it exits.
+    #[arg(long = "auto_restart", alias = "auto-restart", value_name = "BOOL")]
+    pub auto_restart: Option<bool>,
+    /// How many instances.
+    #[arg(long)]
+    pub instances: Option<u32>,
+    /// The priority.
+    #[arg(long)]
+    pub priority: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -196,12 +203,8 @@ pub struct RegisterArgs {
     pub name: String,
     #[arg(long)]
     pub cmd: String,
-    #[arg(long = "auto_restart", alias = "auto-restart", value_name = "BOOL")]
-    pub auto_restart: Option<bool>,
-    #[arg(long)]
-    pub instances: Option<u32>,
-    #[arg(long)]
-    pub priority: Option<i32>,
+    #[command(flatten)]
+    pub adhoc: AdhocArgs,
     #[arg(long, value_parser = any_path)]
     pub config: Option<PathBuf>,
 }

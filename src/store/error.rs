@@ -38,12 +38,22 @@ pub enum StoreError {
     /// sled reported an error.
     #[error("store error while trying to {operation} in {}: {source}", path.display())]
     Sled {
-        /// What was being done, with the key: `read program "web"`.
+        /// What was being done, with the key: `read programs/web`.
         operation: String,
         /// The sled database directory.
         path: PathBuf,
         #[source]
-        source: sled::Error,
+        source: std::io::Error,
+    },
+
+    /// sled 0.34 reported an error while a store in its format was read for an upgrade.
+    #[error("store error while trying to {operation} in {} (a sled 0.34 store being upgraded): {source}", path.display())]
+    OldSled {
+        operation: String,
+        /// The sled 0.34 database directory.
+        path: PathBuf,
+        #[source]
+        source: old_sled::Error,
     },
 
     /// A stored value does not decode as the record its tree holds.

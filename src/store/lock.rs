@@ -17,24 +17,24 @@ use super::StoreError;
 /// File name of the lock inside the state directory.
 pub const LOCK_FILE: &str = "daemon.lock";
 
-/// Longest a dropped lock waits for sled to let go of its database file.
+/// Longest a dropped lock waits for sled to let go of its database.
 const SLED_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Holds the state directory's lock until dropped.
 #[derive(Debug)]
 pub struct StateDirLock {
     flock: Option<Flock<File>>,
-    /// sled's own database file, which sled `flock`s while open.
+    /// What sled `flock`s while the database is open (sled 1.x: its directory).
     db_file: Option<PathBuf>,
 }
 
 impl Drop for StateDirLock {
-    /// Releases the lock only once sled has released its database file.
+    /// Releases the lock only once sled has released its database.
     ///
-    /// sled 0.34 closes asynchronously: after the last `Db` handle is dropped, its I/O threads
-    /// may still hold the file (and sled's `flock` on it) for a moment. Releasing our lock
-    /// first would let the next opener in this process pass our lock and then fail inside sled
-    /// with "could not acquire lock". Between processes this never waits: exit releases both.
+    /// If sled still held its own `flock` for a moment after the last handle is dropped (its
+    /// background threads end asynchronously), releasing our lock first would let the next
+    /// opener in this process pass our lock and then fail inside sled with a lock error.
+    /// Between processes this never waits: exit releases both.
     fn drop(&mut self) {
         if let Some(db_file) = self.db_file.take() {
             wait_until_unlocked(&db_file);
@@ -76,15 +76,16 @@ impl StateDirLock {
         })
     }
 
-    /// Makes dropping this lock wait until sled has closed the database file at `db_file`.
+    /// Makes dropping this lock wait until sled has let go of `db_file` (a file or directory).
     pub fn release_after_sled_closes(&mut self, db_file: PathBuf) {
         self.db_file = Some(db_file);
     }
 }
 
-/// Polls until `db_file` can be `flock`ed (so no sled instance holds it), or gives up with a
-/// warning after [`SLED_CLOSE_TIMEOUT`]. Used before opening sled too: with the state directory
-/// lock held, only a sled still closing in this process (or a foreign tool) can hold the file.
+/// Polls until `db_file` (a file or a directory) can be `flock`ed, so no sled instance holds it,
+/// or gives up with a warning after [`SLED_CLOSE_TIMEOUT`]. Used before opening sled too: with
+/// the state directory lock held, only a sled still closing in this process (or a foreign tool)
+/// can hold it. sled 0.34 (read during an upgrade) locks its `db` file, sled 1.x its directory.
 pub fn wait_until_unlocked(db_file: &Path) {
     let Ok(mut file) = File::open(db_file) else {
         return;
@@ -102,7 +103,7 @@ pub fn wait_until_unlocked(db_file: &Path) {
                 tracing::warn!(
                     file = %db_file.display(),
                     %errno,
-                    "sled's database file is still locked by another handle"
+                    "sled's database is still locked by another handle"
                 );
                 return;
             }

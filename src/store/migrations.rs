@@ -1,48 +1,84 @@
-//! Schema versions of the store and the steps that upgrade one version to the next.
+//! Schema versions of the store, the steps that upgrade one version to the next, and the move
+//! from the sled 0.34 database (`db/`, versions 0 and 1) to the sled 1.x one (`db2/`, version 2).
 //!
-//! The version lives in the `meta` tree under `schema_version` (a JSON number). On open the store
-//! reads it and runs every step from the stored version up to [`CURRENT_SCHEMA`], each in one
-//! sled transaction that also stamps the step's target version, then flushes: a crash mid-upgrade
-//! leaves the store at the last completed version, and the next open resumes from there.
+//! Version 2 is the first in sled 1.x's on-disk format, which sled 1.x cannot read from a 0.34
+//! database; so a store at version 0 or 1 is read with sled 0.34 (the `old_sled` dependency),
+//! its records are upgraded in memory step by step, and the result is written as a new sled 1.x
+//! database in `db2.upgrading/`, flushed, and renamed to `db2/`. Only then is the old `db/`
+//! renamed to `db.sled-0.34.backup/`, untouched. A crash at any point leaves either the old
+//! store alone (the next open starts the upgrade again from scratch), or a complete `db2/` next
+//! to the old `db/` (the next open uses `db2/` and finishes the rename). sled 0.34, and with it
+//! its I/O thread pool, only starts when such an upgrade actually runs.
 //!
 //! Steps work on JSON values, not on today's Rust types: a step must keep reading the version it
 //! upgrades from after the record types have moved on. `migrations/README.md` describes every
 //! version and step; `migrations/fixtures/` holds a real store of each version, and the store
 //! tests open each one and read it back at the current version.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::{transact, RawWrite, StoreError, META_TREE, PROGRAMS_TREE, SCHEMA_KEY};
+use super::{lock, open_sled, StoreError, DB_DIR, INSTANCES, PROGRAMS, SCHEMA_KEY};
 
 /// The schema version this provisr writes.
-pub const CURRENT_SCHEMA: u32 = 1;
+pub const CURRENT_SCHEMA: u32 = 2;
 
-/// One upgrade step: reads the store at version `from` and returns the writes that make it
-/// version `to`. The runner applies them and the new `schema_version` atomically.
+/// The sled 0.34 database's directory (schema versions 0 and 1).
+pub const LEGACY_DB_DIR: &str = "db";
+/// Where an upgrade keeps the sled 0.34 database once its records are safely in [`DB_DIR`].
+pub const LEGACY_BACKUP_DIR: &str = "db.sled-0.34.backup";
+/// Where an upgrade writes the new database before renaming it to [`DB_DIR`]: a `db2/` that
+/// exists is always complete.
+pub const UPGRADING_DIR: &str = "db2.upgrading";
+
+/// The trees and key of the sled 0.34 layout.
+const LEGACY_PROGRAMS_TREE: &str = "programs";
+const LEGACY_INSTANCES_TREE: &str = "instances";
+const LEGACY_META_TREE: &str = "meta";
+const LEGACY_SCHEMA_KEY: &str = "schema_version";
+
+/// Every record of a store, as encoded JSON by name, between reading one version and writing
+/// the next. Kept encoded, and decoded by a step one record at a time: an upgrade of 10 000
+/// programs never holds them all as `serde_json::Value`s (~10× their encoded size).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Records {
+    pub programs: BTreeMap<String, Vec<u8>>,
+    pub instances: BTreeMap<String, Vec<u8>>,
+}
+
+/// One upgrade step: rewrites the records of version `from` into those of version `to`.
 pub struct Step {
     pub from: u32,
     pub to: u32,
     /// What the step changes, for the log.
     pub describes: &'static str,
-    pub run: fn(&sled::Db) -> Result<Vec<RawWrite>, String>,
+    pub run: fn(&mut Records) -> Result<(), String>,
 }
 
 /// Every step, in order; `from` of each is `to` of the one before, the last ends at
 /// [`CURRENT_SCHEMA`] (checked by a unit test).
-pub const STEPS: &[Step] = &[Step {
-    from: 0,
-    to: 1,
-    describes:
-        "stamp the pre-versioning layout and give each program a generation and an error field",
-    run: v0_to_v1,
-}];
+pub const STEPS: &[Step] = &[
+    Step {
+        from: 0,
+        to: 1,
+        describes:
+            "stamp the pre-versioning layout and give each program a generation and an error field",
+        run: v0_to_v1,
+    },
+    Step {
+        from: 1,
+        to: 2,
+        describes: "move the records from sled 0.34 to sled 1.x (records unchanged)",
+        run: v1_to_v2,
+    },
+];
 
-/// What [`bring_to_current`] found.
+/// What [`open_current`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SchemaOutcome {
-    /// An empty database, now stamped with the current version.
+    /// No store yet: a new one, stamped with the current version.
     Created,
     /// Already at the current version.
     Current,
@@ -50,116 +86,282 @@ pub enum SchemaOutcome {
     Upgraded { from: u32 },
 }
 
-/// The version the store was written at: `None` for an empty database, `Some(0)` for the
-/// pre-versioning layout (a `programs` tree but no `schema_version`).
+/// Opens the state directory's sled 1.x database at [`CURRENT_SCHEMA`]: creates it, upgrades a
+/// sled 0.34 store into it, or finishes an upgrade a crash interrupted. Refuses a store written
+/// by a newer provisr. The caller holds the state directory's lock.
+pub fn open_current(state_dir: &Path) -> Result<(sled::Db, SchemaOutcome), StoreError> {
+    let db_path = state_dir.join(DB_DIR);
+    let legacy = state_dir.join(LEGACY_DB_DIR);
+    let mut upgraded = None;
+    if !db_path.exists() && legacy.exists() {
+        upgraded = Some(upgrade_legacy(state_dir)?);
+    }
+    if legacy.exists() {
+        // `db2/` is complete (it only ever appears by a rename after its flush), so the old
+        // store is now only a backup; a crash may have come between the two renames.
+        rename(
+            &legacy,
+            &state_dir.join(LEGACY_BACKUP_DIR),
+            "keep the sled 0.34 store as a backup",
+        )?;
+        sync_dir(state_dir)?;
+    }
+    let db = open_sled(&db_path)?;
+    let outcome = match stored_version(&db, &db_path)? {
+        None => {
+            stamp(&db, &db_path)?;
+            SchemaOutcome::Created
+        }
+        Some(found) if found > CURRENT_SCHEMA => {
+            return Err(StoreError::NewerSchema {
+                path: db_path,
+                found,
+                supported: CURRENT_SCHEMA,
+            })
+        }
+        Some(found) if found < CURRENT_SCHEMA => {
+            return Err(StoreError::Migration {
+                path: db_path,
+                from: found,
+                to: CURRENT_SCHEMA,
+                reason: format!(
+                    "a sled 1.x store starts at version 2 and cannot be at version {found}"
+                ),
+            })
+        }
+        Some(_) => match upgraded {
+            Some(from) => SchemaOutcome::Upgraded { from },
+            None => SchemaOutcome::Current,
+        },
+    };
+    Ok((db, outcome))
+}
+
+/// The version a sled 1.x store was written at: `None` for an empty database.
 pub fn stored_version(db: &sled::Db, db_path: &Path) -> Result<Option<u32>, StoreError> {
+    let stored = db.get(SCHEMA_KEY).map_err(|source| StoreError::Sled {
+        operation: format!("read {SCHEMA_KEY}"),
+        path: db_path.to_path_buf(),
+        source,
+    })?;
+    match stored {
+        Some(bytes) => parse_version(&bytes, SCHEMA_KEY, db_path).map(Some),
+        None if db.first().ok().flatten().is_some() => Err(StoreError::Migration {
+            path: db_path.to_path_buf(),
+            from: 0,
+            to: CURRENT_SCHEMA,
+            reason: format!("the database holds records but no {SCHEMA_KEY}"),
+        }),
+        None => Ok(None),
+    }
+}
+
+/// The version a sled 0.34 store was written at: `None` for an empty database, `Some(0)` for
+/// the pre-versioning layout (a `programs` tree but no `schema_version`).
+pub fn legacy_version(db: &old_sled::Db, db_path: &Path) -> Result<Option<u32>, StoreError> {
     // Look before opening: `open_tree` creates the tree, and a `programs` tree is what marks v0.
     let names = db.tree_names();
     let has = |tree: &str| names.iter().any(|n| n.as_ref() == tree.as_bytes());
-    if has(META_TREE) {
-        let meta = open_tree(db, db_path, META_TREE)?;
-        let stored = meta.get(SCHEMA_KEY).map_err(|source| StoreError::Sled {
-            operation: format!("read {META_TREE}/{SCHEMA_KEY}"),
-            path: db_path.to_path_buf(),
-            source,
-        })?;
-        if let Some(bytes) = stored {
-            let version = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                tree: META_TREE,
-                key: SCHEMA_KEY.to_string(),
+    if has(LEGACY_META_TREE) {
+        let meta = legacy_tree(db, db_path, LEGACY_META_TREE)?;
+        let stored = meta
+            .get(LEGACY_SCHEMA_KEY)
+            .map_err(|source| StoreError::OldSled {
+                operation: format!("read {LEGACY_META_TREE}/{LEGACY_SCHEMA_KEY}"),
                 path: db_path.to_path_buf(),
                 source,
             })?;
-            return Ok(Some(version));
+        if let Some(bytes) = stored {
+            return parse_version(&bytes, LEGACY_SCHEMA_KEY, db_path).map(Some);
         }
     }
-    Ok(has(PROGRAMS_TREE).then_some(0))
+    Ok(has(LEGACY_PROGRAMS_TREE).then_some(0))
 }
 
-/// Stamps a fresh database with [`CURRENT_SCHEMA`], or runs the steps from its stored version,
-/// or refuses a database written by a newer provisr.
-pub fn bring_to_current(db: &sled::Db, db_path: &Path) -> Result<SchemaOutcome, StoreError> {
-    let Some(found) = stored_version(db, db_path)? else {
-        commit_version(db, db_path, Vec::new(), CURRENT_SCHEMA)?;
-        return Ok(SchemaOutcome::Created);
+fn parse_version(bytes: &[u8], key: &str, db_path: &Path) -> Result<u32, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        tree: "meta",
+        key: key.to_string(),
+        path: db_path.to_path_buf(),
+        source,
+    })
+}
+
+/// Stamps an empty database with [`CURRENT_SCHEMA`] and flushes.
+fn stamp(db: &sled::Db, db_path: &Path) -> Result<(), StoreError> {
+    let sled_err = |source| StoreError::Sled {
+        operation: format!("write schema version {CURRENT_SCHEMA}"),
+        path: db_path.to_path_buf(),
+        source,
     };
-    if found > CURRENT_SCHEMA {
+    db.insert(SCHEMA_KEY, CURRENT_SCHEMA.to_string().as_bytes())
+        .map_err(sled_err)?;
+    db.flush().map_err(sled_err)?;
+    Ok(())
+}
+
+/// Reads the sled 0.34 store in `db/`, runs the steps up to [`CURRENT_SCHEMA`] on its records
+/// and writes them as a complete `db2/`. Returns the version it upgraded from. Leaves `db/` as
+/// it found it (the caller renames it to the backup).
+fn upgrade_legacy(state_dir: &Path) -> Result<u32, StoreError> {
+    let legacy = state_dir.join(LEGACY_DB_DIR);
+    let upgrading = state_dir.join(UPGRADING_DIR);
+    let (from, mut records) = read_legacy(&legacy)?;
+    if from > CURRENT_SCHEMA {
         return Err(StoreError::NewerSchema {
-            path: db_path.to_path_buf(),
-            found,
+            path: legacy,
+            found: from,
             supported: CURRENT_SCHEMA,
         });
     }
-    if found == CURRENT_SCHEMA {
-        return Ok(SchemaOutcome::Current);
-    }
-    let mut version = found;
+    let mut version = from;
     while version < CURRENT_SCHEMA {
         let step =
             STEPS
                 .iter()
                 .find(|s| s.from == version)
                 .ok_or_else(|| StoreError::Migration {
-                    path: db_path.to_path_buf(),
+                    path: legacy.clone(),
                     from: version,
                     to: CURRENT_SCHEMA,
                     reason: format!("no migration step starts at version {version}"),
                 })?;
         tracing::info!(
-            store = %db_path.display(),
+            store = %legacy.display(),
             from = step.from,
             to = step.to,
             "upgrading the store: {}",
             step.describes
         );
-        let writes = (step.run)(db).map_err(|reason| StoreError::Migration {
-            path: db_path.to_path_buf(),
+        (step.run)(&mut records).map_err(|reason| StoreError::Migration {
+            path: legacy.clone(),
             from: step.from,
             to: step.to,
             reason,
         })?;
-        commit_version(db, db_path, writes, step.to)?;
         version = step.to;
     }
-    Ok(SchemaOutcome::Upgraded { from: found })
+    // A leftover of an upgrade a crash interrupted: incomplete by construction.
+    if upgrading.exists() {
+        std::fs::remove_dir_all(&upgrading).map_err(|source| StoreError::Io {
+            operation: "remove an interrupted upgrade",
+            path: upgrading.clone(),
+            source,
+        })?;
+    }
+    write_records(&upgrading, &records)?;
+    rename(
+        &upgrading,
+        &state_dir.join(DB_DIR),
+        "put the upgraded store in place",
+    )?;
+    sync_dir(state_dir)?;
+    Ok(from)
 }
 
-/// Applies a step's writes and stamps `version` in one transaction, then flushes.
-fn commit_version(
-    db: &sled::Db,
-    db_path: &Path,
-    mut writes: Vec<RawWrite>,
-    version: u32,
-) -> Result<(), StoreError> {
-    writes.push(RawWrite {
-        tree: META_TREE,
-        key: SCHEMA_KEY.as_bytes().to_vec(),
-        value: Some(version.to_string().into_bytes()),
-    });
-    let mut names: Vec<&'static str> = writes.iter().map(|w| w.tree).collect();
-    names.sort_unstable();
-    names.dedup();
-    let trees = names
-        .iter()
-        .map(|name| open_tree(db, db_path, name))
-        .collect::<Result<Vec<_>, _>>()?;
-    let sled_err = |source| StoreError::Sled {
-        operation: format!("write schema version {version}"),
-        path: db_path.to_path_buf(),
-        source,
+/// Every record of the sled 0.34 store at `legacy`, with its version (0 for an empty store).
+fn read_legacy(legacy: &Path) -> Result<(u32, Records), StoreError> {
+    let old_err = |operation: String| {
+        move |source| StoreError::OldSled {
+            operation,
+            path: legacy.to_path_buf(),
+            source,
+        }
     };
-    let named: Vec<(&str, &sled::Tree)> = names.iter().copied().zip(trees.iter()).collect();
-    transact(&named, &writes).map_err(sled_err)?;
-    db.flush().map_err(sled_err)?;
-    Ok(())
+    let db = old_sled::Config::new()
+        .path(legacy)
+        // Its default cache is 1 GiB; the records are read once, in order.
+        .cache_capacity(super::CACHE_CAPACITY as u64)
+        .flush_every_ms(None)
+        .open()
+        .map_err(old_err("open the sled 0.34 database".to_string()))?;
+    let version = legacy_version(&db, legacy)?.unwrap_or(0);
+    let names = db.tree_names();
+    let mut records = Records::default();
+    for (tree, into) in [
+        (LEGACY_PROGRAMS_TREE, &mut records.programs),
+        (LEGACY_INSTANCES_TREE, &mut records.instances),
+    ] {
+        if !names.iter().any(|n| n.as_ref() == tree.as_bytes()) {
+            continue;
+        }
+        for entry in legacy_tree(&db, legacy, tree)?.iter() {
+            let (key, value) = entry.map_err(old_err(format!("read tree {tree}")))?;
+            into.insert(String::from_utf8_lossy(&key).into_owned(), value.to_vec());
+        }
+    }
+    drop(db);
+    // sled 0.34 closes asynchronously; let it release its files before `db/` is renamed.
+    lock::wait_until_unlocked(&legacy.join("db"));
+    Ok((version, records))
 }
 
-fn open_tree(db: &sled::Db, db_path: &Path, name: &str) -> Result<sled::Tree, StoreError> {
-    db.open_tree(name).map_err(|source| StoreError::Sled {
+fn legacy_tree(
+    db: &old_sled::Db,
+    db_path: &Path,
+    name: &str,
+) -> Result<old_sled::Tree, StoreError> {
+    db.open_tree(name).map_err(|source| StoreError::OldSled {
         operation: format!("open tree {name}"),
         path: db_path.to_path_buf(),
         source,
     })
+}
+
+/// Writes `records` stamped with [`CURRENT_SCHEMA`] as a new sled 1.x database at `path`, in one
+/// atomic batch, flushed before the database is closed.
+fn write_records(path: &Path, records: &Records) -> Result<(), StoreError> {
+    let db = open_sled(path)?;
+    let mut batch = sled::Batch::default();
+    for (kind, map) in [
+        (PROGRAMS, &records.programs),
+        (INSTANCES, &records.instances),
+    ] {
+        for (name, value) in map {
+            batch.insert(kind.key(name).as_bytes(), value.as_slice());
+        }
+    }
+    batch.insert(SCHEMA_KEY, CURRENT_SCHEMA.to_string().as_bytes());
+    let sled_err = |operation: &str| {
+        let operation = operation.to_string();
+        move |source| StoreError::Sled {
+            operation,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    db.apply_batch(batch)
+        .map_err(sled_err("write the upgraded records"))?;
+    db.flush().map_err(sled_err("flush the upgraded records"))?;
+    Ok(())
+}
+
+fn rename(from: &Path, to: &Path, operation: &'static str) -> Result<(), StoreError> {
+    if to.exists() {
+        return Err(StoreError::Io {
+            operation,
+            path: to.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} is in the way; move it elsewhere", to.display()),
+            ),
+        });
+    }
+    std::fs::rename(from, to).map_err(|source| StoreError::Io {
+        operation,
+        path: from.to_path_buf(),
+        source,
+    })
+}
+
+/// Makes renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        operation: "sync the state directory",
+        path: PathBuf::from(dir),
+        source,
+    };
+    std::fs::File::open(dir).map_err(io)?.sync_all().map_err(io)
 }
 
 /// 0 → 1. Version 0 is the layout before the store carried a version: a `programs` tree of
@@ -167,17 +369,13 @@ fn open_tree(db: &sled::Db, db_path: &Path, name: &str) -> Result<sled::Tree, St
 /// `meta` tree and gives each program record `generation` (1: the first version the store knows)
 /// and `error` (`null`). A record that is not such an object stops the upgrade with its key
 /// rather than being dropped.
-fn v0_to_v1(db: &sled::Db) -> Result<Vec<RawWrite>, String> {
-    let programs = db
-        .open_tree(PROGRAMS_TREE)
-        .map_err(|e| format!("cannot open tree {PROGRAMS_TREE}: {e}"))?;
-    let mut writes = Vec::new();
-    for entry in programs.iter() {
-        let (key, value) = entry.map_err(|e| format!("cannot read tree {PROGRAMS_TREE}: {e}"))?;
-        let name = String::from_utf8_lossy(&key).into_owned();
+fn v0_to_v1(records: &mut Records) -> Result<(), String> {
+    for (name, bytes) in &mut records.programs {
         let bad = |why: String| format!("program record {name:?}: {why}");
-        let mut record: Map<String, Value> =
-            serde_json::from_slice(&value).map_err(|e| bad(e.to_string()))?;
+        let mut value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        let record: &mut Map<String, Value> = value
+            .as_object_mut()
+            .ok_or_else(|| bad("it is not a JSON object".to_string()))?;
         for field in ["spec", "source", "desired"] {
             if !record.contains_key(field) {
                 return Err(bad(format!("the field {field:?} is missing")));
@@ -194,14 +392,16 @@ fn v0_to_v1(db: &sled::Db) -> Result<Vec<RawWrite>, String> {
         }
         record.entry("generation").or_insert(Value::from(1u64));
         record.entry("error").or_insert(Value::Null);
-        let bytes = serde_json::to_vec(&record).map_err(|e| bad(e.to_string()))?;
-        writes.push(RawWrite {
-            tree: PROGRAMS_TREE,
-            key: key.to_vec(),
-            value: Some(bytes),
-        });
+        *bytes = serde_json::to_vec(&value).map_err(|e| bad(e.to_string()))?;
     }
-    Ok(writes)
+    Ok(())
+}
+
+/// 1 → 2. The records stay as they are; what changes is the container: sled 1.x instead of
+/// sled 0.34, one keyspace with `p/`, `i/` and `m/` key prefixes instead of three trees. The
+/// move itself is done by [`open_current`] for every upgrade from a sled 0.34 store.
+fn v1_to_v2(_records: &mut Records) -> Result<(), String> {
+    Ok(())
 }
 
 #[cfg(test)]
@@ -219,31 +419,22 @@ mod tests {
         assert_eq!(version, CURRENT_SCHEMA);
     }
 
-    fn temp_db() -> (tempfile::TempDir, sled::Db) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new()
-            .path(dir.path().join("db"))
-            .flush_every_ms(None)
-            .open()
-            .unwrap();
-        (dir, db)
+    fn programs(value: Value) -> Records {
+        Records {
+            programs: [("web".to_string(), serde_json::to_vec(&value).unwrap())].into(),
+            instances: BTreeMap::new(),
+        }
     }
 
     #[test]
     fn v0_records_gain_generation_and_error_and_keep_everything_else() {
-        let (_dir, db) = temp_db();
-        let programs = db.open_tree(PROGRAMS_TREE).unwrap();
-        let v0 = serde_json::json!({
+        let mut records = programs(serde_json::json!({
             "spec": {"name": "web", "anything": [1, 2]},
             "source": {"kind": "api"},
             "desired": "stopped",
-        });
-        programs
-            .insert("web", serde_json::to_vec(&v0).unwrap())
-            .unwrap();
-        let writes = v0_to_v1(&db).unwrap();
-        assert_eq!(writes.len(), 1);
-        let upgraded: Value = serde_json::from_slice(writes[0].value.as_ref().unwrap()).unwrap();
+        }));
+        v0_to_v1(&mut records).unwrap();
+        let upgraded: Value = serde_json::from_slice(&records.programs["web"]).unwrap();
         assert_eq!(
             upgraded,
             serde_json::json!({
@@ -258,47 +449,55 @@ mod tests {
 
     #[test]
     fn a_v0_record_that_is_not_a_program_stops_the_upgrade_naming_it() {
-        let (_dir, db) = temp_db();
-        let programs = db.open_tree(PROGRAMS_TREE).unwrap();
-        programs
-            .insert("web", &b"{\"spec\":{\"name\":\"web\"}}"[..])
-            .unwrap();
-        let err = v0_to_v1(&db).unwrap_err();
+        let mut records = programs(serde_json::json!({"spec": {"name": "web"}}));
+        let err = v0_to_v1(&mut records).unwrap_err();
         assert!(err.contains("\"web\"") && err.contains("source"), "{err}");
 
-        programs
-            .insert(
-                "web",
-                &b"{\"spec\":{\"name\":\"api\"},\"source\":{\"kind\":\"api\"},\"desired\":\"running\"}"[..],
-            )
-            .unwrap();
-        let err = v0_to_v1(&db).unwrap_err();
+        let mut records = programs(serde_json::json!({
+            "spec": {"name": "api"}, "source": {"kind": "api"}, "desired": "running"
+        }));
+        let err = v0_to_v1(&mut records).unwrap_err();
         assert!(err.contains("spec is named"), "{err}");
+
+        let mut records = programs(serde_json::json!([1]));
+        let err = v0_to_v1(&mut records).unwrap_err();
+        assert!(err.contains("not a JSON object"), "{err}");
     }
 
     #[test]
     fn versions_are_told_apart() {
-        let (dir, db) = temp_db();
-        let path = dir.path().join("db");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_DIR);
+        let db = open_sled(&path).unwrap();
         assert_eq!(stored_version(&db, &path).unwrap(), None);
-        db.open_tree(PROGRAMS_TREE).unwrap();
-        assert_eq!(stored_version(&db, &path).unwrap(), Some(0));
-        assert_eq!(
-            bring_to_current(&db, &path).unwrap(),
-            SchemaOutcome::Upgraded { from: 0 }
-        );
+        stamp(&db, &path).unwrap();
         assert_eq!(stored_version(&db, &path).unwrap(), Some(CURRENT_SCHEMA));
-        assert_eq!(
-            bring_to_current(&db, &path).unwrap(),
-            SchemaOutcome::Current
-        );
-        db.open_tree(META_TREE)
-            .unwrap()
-            .insert(SCHEMA_KEY, &b"99"[..])
-            .unwrap();
+        db.insert(SCHEMA_KEY, &b"99"[..]).unwrap();
+        assert_eq!(stored_version(&db, &path).unwrap(), Some(99));
+        db.remove(SCHEMA_KEY).unwrap();
+        db.insert("p/web", &b"{}"[..]).unwrap();
         assert!(matches!(
-            bring_to_current(&db, &path),
-            Err(StoreError::NewerSchema { found: 99, .. })
+            stored_version(&db, &path),
+            Err(StoreError::Migration { .. })
         ));
+    }
+
+    #[test]
+    fn legacy_versions_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(LEGACY_DB_DIR);
+        let db = old_sled::Config::new()
+            .path(&path)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        assert_eq!(legacy_version(&db, &path).unwrap(), None);
+        db.open_tree(LEGACY_PROGRAMS_TREE).unwrap();
+        assert_eq!(legacy_version(&db, &path).unwrap(), Some(0));
+        db.open_tree(LEGACY_META_TREE)
+            .unwrap()
+            .insert(LEGACY_SCHEMA_KEY, &b"1"[..])
+            .unwrap();
+        assert_eq!(legacy_version(&db, &path).unwrap(), Some(1));
     }
 }

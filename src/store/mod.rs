@@ -5,13 +5,16 @@
 //! [`DesiredStore::subscribe`] after every committed write. Layout of `state_dir`:
 //!
 //! - `daemon.lock` — `flock`ed for the store's lifetime: one daemon per state directory.
-//! - `db/` — the sled database, with trees `programs` ([`ProgramRecord`] by program name),
-//!   `instances` ([`InstanceRecord`] by instance name) and `meta` (`schema_version`).
+//! - `db2/` — the sled 1.x database: one keyspace whose keys carry the record kind as a prefix,
+//!   `p/<program>` ([`ProgramRecord`]), `i/<instance>` ([`InstanceRecord`]) and
+//!   `m/schema_version`, so that one atomic `apply_batch` covers every kind.
+//! - `db.sled-0.34.backup/` — only after an upgrade: the store as sled 0.34 wrote it (`db/`
+//!   before the upgrade), kept untouched; see [`migrations`].
 //!
-//! Reads run on the caller's thread (sled reads are lock-free). Writes go to one writer thread,
-//! which serializes them, commits each batch in sled transactions and flushes before answering,
-//! so an acknowledged write survives `kill -9`; a batch ([`DesiredStore::apply`]) is one flush
-//! however many records it touches. `docs/store.md` has the details.
+//! Reads run on the caller's thread. Writes go to one writer thread, which serializes them,
+//! commits each batch as one atomic sled batch and flushes before answering, so an acknowledged
+//! write survives `kill -9`; a batch ([`DesiredStore::apply`]) is one flush however many records
+//! it touches. `docs/store.md` has the details.
 
 mod error;
 mod lock;
@@ -21,13 +24,11 @@ mod records;
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sled::transaction::ConflictableTransactionError;
-use sled::IVec;
-use sled::Transactional;
+use sled::InlineArray;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{ProgramSpec, Source};
@@ -40,25 +41,53 @@ pub use records::{
     RunSeq, StoreWrite,
 };
 
-/// The sled database's directory inside the state directory.
-pub const DB_DIR: &str = "db";
+/// The sled 1.x database's directory inside the state directory (schema version 2 on).
+pub const DB_DIR: &str = "db2";
 
-const PROGRAMS_TREE: &str = "programs";
-const INSTANCES_TREE: &str = "instances";
-const META_TREE: &str = "meta";
-const SCHEMA_KEY: &str = "schema_version";
+/// A kind of record: the key prefix its records live under, and the name errors use for it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Kind {
+    pub(crate) prefix: &'static str,
+    pub(crate) name: &'static str,
+}
 
-/// sled's page cache bound; its default is 1 GiB. 1000 programs are about 0.6 MiB of JSON, so
-/// 4 MiB keeps them all hot. Measured with 1000 programs, RSS is the same at 256 KiB as at
-/// 4 MiB: sled's cache is not where the memory goes (see `docs/store.md`).
-const CACHE_CAPACITY: u64 = 4 << 20;
+pub(crate) const PROGRAMS: Kind = Kind {
+    prefix: "p/",
+    name: "programs",
+};
+pub(crate) const INSTANCES: Kind = Kind {
+    prefix: "i/",
+    name: "instances",
+};
+/// The key holding the schema version (a JSON number).
+pub(crate) const SCHEMA_KEY: &str = "m/schema_version";
 
-/// Most records committed in one sled transaction. sled keeps a transaction's writes in memory
-/// several times over until it commits: measured, one 1000-record transaction peaks ~3 MiB above
-/// the same writes in transactions of 100, a tenth of the daemon's RSS budget. Batches larger
-/// than this (a first load of a big programs directory) are committed in several transactions
-/// and flushed once; see [`DesiredStore::apply`] for what that means after a crash.
-const RECORDS_PER_TRANSACTION: usize = 128;
+impl Kind {
+    fn key(self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+}
+
+/// sled's cache bound; its default is 512 MiB. 1000 programs are about 0.6 MiB of JSON, so
+/// 4 MiB keeps them all hot.
+const CACHE_CAPACITY: usize = 4 << 20;
+
+/// Opens (creating if needed) the sled 1.x database at `path` the way the store uses it.
+///
+/// sled's background flusher is off: it would wake the daemon every few hundred milliseconds
+/// forever, and every write here flushes explicitly before it is acknowledged.
+pub(crate) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity_bytes(CACHE_CAPACITY)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|source| StoreError::Sled {
+            operation: "open the database".to_string(),
+            path: path.to_path_buf(),
+            source,
+        })
+}
 
 /// The desired-state store. Cheap to clone: clones share one database, one writer and one lock.
 #[derive(Clone)]
@@ -78,12 +107,30 @@ struct Inner {
 /// What both readers (any thread) and the writer thread use.
 struct Core {
     state_dir: PathBuf,
-    db_path: PathBuf,
-    db: sled::Db,
-    programs: sled::Tree,
-    instances: sled::Tree,
+    /// The readers' handle on the database. A sled 1.x handle is `Send` but not `Sync` (its
+    /// epoch-based reclamation state is per handle), so readers take turns on this one; the
+    /// writer thread has its own and never waits for readers.
+    reader: Mutex<Handle>,
     /// Counts committed writes; receivers are woken on every commit.
     commits: watch::Sender<u64>,
+}
+
+/// One handle on the database, with the path errors name.
+struct Handle {
+    db_path: PathBuf,
+    db: sled::Db,
+}
+
+impl Core {
+    /// Runs `read` with the readers' handle. A reader that panicked leaves nothing half-done
+    /// in the handle (reads do not modify it), so a poisoned lock is used as it is.
+    fn read<T>(&self, read: impl FnOnce(&Handle) -> T) -> T {
+        let handle = self
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        read(&handle)
+    }
 }
 
 type WriteJob = (
@@ -104,12 +151,11 @@ impl Drop for Inner {
     }
 }
 
-/// One key's new value (`None` removes it) in the named tree; migration steps return these.
+/// One key's new value (`None` removes it), key prefix included.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawWrite {
-    pub tree: &'static str,
-    pub key: Vec<u8>,
-    pub value: Option<Vec<u8>>,
+struct RawWrite {
+    key: String,
+    value: Option<Vec<u8>>,
 }
 
 impl DesiredStore {
@@ -126,24 +172,12 @@ impl DesiredStore {
         })?;
         let mut lock = lock::StateDirLock::acquire(state_dir)?;
         let db_path = state_dir.join(DB_DIR);
-        // sled's data file inside its directory, which sled `flock`s while open. A sled handle
-        // dropped a moment ago in this process may still hold it (see `StateDirLock::drop`).
-        let sled_file = db_path.join("db");
-        lock::wait_until_unlocked(&sled_file);
-        lock.release_after_sled_closes(sled_file);
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(CACHE_CAPACITY)
-            // sled's background flusher would wake the process every 500 ms forever; every
-            // write here flushes explicitly instead.
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| StoreError::Sled {
-                operation: "open the database".to_string(),
-                path: db_path.clone(),
-                source,
-            })?;
-        match migrations::bring_to_current(&db, &db_path)? {
+        // sled `flock`s its database directory while open. A sled handle dropped a moment ago
+        // in this process may still hold it (see `StateDirLock::drop`).
+        lock::wait_until_unlocked(&db_path);
+        lock.release_after_sled_closes(db_path.clone());
+        let (db, outcome) = migrations::open_current(state_dir)?;
+        match outcome {
             SchemaOutcome::Upgraded { from } => tracing::info!(
                 store = %db_path.display(),
                 from,
@@ -152,21 +186,13 @@ impl DesiredStore {
             ),
             SchemaOutcome::Created | SchemaOutcome::Current => {}
         }
-        let open_tree = |name: &str| {
-            db.open_tree(name).map_err(|source| StoreError::Sled {
-                operation: format!("open tree {name}"),
-                path: db_path.clone(),
-                source,
-            })
+        let writer_handle = Handle {
+            db_path: db_path.clone(),
+            db: db.clone(),
         };
-        let programs = open_tree(PROGRAMS_TREE)?;
-        let instances = open_tree(INSTANCES_TREE)?;
         let core = Arc::new(Core {
             state_dir: state_dir.to_path_buf(),
-            db_path,
-            db,
-            programs,
-            instances,
+            reader: Mutex::new(Handle { db_path, db }),
             commits: watch::channel(0).0,
         });
         let (jobs, queue) = mpsc::channel::<WriteJob>();
@@ -179,7 +205,7 @@ impl DesiredStore {
             .spawn(move || {
                 for (writes, reply) in queue {
                     // The caller may have stopped waiting; the write stands either way.
-                    let _ = reply.send(writer_core.write(writes));
+                    let _ = reply.send(writer_handle.write(writes, &writer_core.commits));
                 }
             })
             .map_err(|source| StoreError::Io {
@@ -211,15 +237,15 @@ impl DesiredStore {
 
     /// One program's record.
     pub fn get_program(&self, name: &str) -> Result<Option<ProgramRecord>, StoreError> {
-        let core = &self.inner.core;
-        core.get(&core.programs, PROGRAMS_TREE, name)
+        self.inner.core.read(|h| h.get(PROGRAMS, name))
     }
 
     /// Every program's record, sorted by name.
     pub fn list_programs(&self) -> Result<Vec<ProgramRecord>, StoreError> {
-        let core = &self.inner.core;
-        Ok(core
-            .list(&core.programs, PROGRAMS_TREE)?
+        Ok(self
+            .inner
+            .core
+            .read(|h| h.list(PROGRAMS))?
             .into_iter()
             .map(|(_, record)| record)
             .collect())
@@ -227,14 +253,12 @@ impl DesiredStore {
 
     /// One instance's record.
     pub fn get_instance(&self, name: &str) -> Result<Option<InstanceRecord>, StoreError> {
-        let core = &self.inner.core;
-        core.get(&core.instances, INSTANCES_TREE, name)
+        self.inner.core.read(|h| h.get(INSTANCES, name))
     }
 
     /// Every instance record with its instance name, sorted by name.
     pub fn list_instances(&self) -> Result<Vec<(String, InstanceRecord)>, StoreError> {
-        let core = &self.inner.core;
-        core.list(&core.instances, INSTANCES_TREE)
+        self.inner.core.read(|h| h.list(INSTANCES))
     }
 
     /// The instance records of one program, sorted by instance name.
@@ -310,14 +334,9 @@ impl DesiredStore {
     ///
     /// Writes are first checked and netted per record, so a failing write (e.g.
     /// [`StoreError::ProgramNotFound`]) commits nothing, and a batch that changes nothing writes
-    /// nothing and wakes nobody. The net records (one per touched key, programs before instances)
-    /// are committed in transactions of at most 128 records and flushed once before this returns.
-    /// A batch of up to 128 records is atomic even across a crash; a larger one is not: a crash
-    /// before it is acknowledged may leave a prefix of it, programs first. Deletions put program
-    /// records before their instance records, so a torn delete leaves orphan instance records
-    /// (still findable, to be stopped) rather than a program that forgot its processes. The
-    /// writers of big batches (programs-directory rescans) are level-triggered and rewrite the
-    /// rest on their next pass.
+    /// nothing and wakes nobody. The net records (one per touched key) are committed as one sled
+    /// batch, which is atomic also across a crash (all of it or none of it is recovered), and
+    /// flushed before this returns.
     pub async fn apply(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
         let changed = self.submit("apply a batch of writes", writes).await?;
         Ok(changed.into_iter().filter(|c| *c).count())
@@ -326,11 +345,7 @@ impl DesiredStore {
     /// Flushes sled's buffers to disk. Writes already flush before returning; this is for
     /// shutdown, to leave nothing for the next open to recover.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let core = &self.inner.core;
-        core.db
-            .flush()
-            .map(drop)
-            .map_err(|source| core.sled_error("flush".to_string(), source))
+        self.inner.core.read(Handle::flush)
     }
 
     async fn write_one(
@@ -371,7 +386,7 @@ impl std::fmt::Debug for DesiredStore {
 /// A record a batch has touched: its bytes as stored before the batch (a cheap shared handle
 /// into sled's cache) and the record as the batch leaves it.
 struct Slot<T> {
-    stored: Option<IVec>,
+    stored: Option<InlineArray>,
     now: Option<T>,
 }
 
@@ -383,8 +398,8 @@ struct Pending {
     instances: Staged<InstanceRecord>,
 }
 
-impl Core {
-    fn sled_error(&self, operation: String, source: sled::Error) -> StoreError {
+impl Handle {
+    fn sled_error(&self, operation: String, source: std::io::Error) -> StoreError {
         StoreError::Sled {
             operation,
             path: self.db_path.clone(),
@@ -392,98 +407,91 @@ impl Core {
         }
     }
 
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(drop)
+            .map_err(|e| self.sled_error("flush".to_string(), e))
+    }
+
     fn decode<T: DeserializeOwned>(
         &self,
-        tree: &'static str,
-        key: &[u8],
+        kind: Kind,
+        name: &str,
         bytes: &[u8],
     ) -> Result<T, StoreError> {
         serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
-            tree,
-            key: String::from_utf8_lossy(key).into_owned(),
+            tree: kind.name,
+            key: name.to_string(),
             path: self.db_path.clone(),
             source,
         })
     }
 
-    fn get_raw(
-        &self,
-        tree: &sled::Tree,
-        tree_name: &'static str,
-        key: &str,
-    ) -> Result<Option<IVec>, StoreError> {
-        tree.get(key)
-            .map_err(|e| self.sled_error(format!("read {tree_name}/{key}"), e))
+    fn get_raw(&self, kind: Kind, name: &str) -> Result<Option<InlineArray>, StoreError> {
+        self.db
+            .get(kind.key(name))
+            .map_err(|e| self.sled_error(format!("read {}/{name}", kind.name), e))
     }
 
-    fn get<T: DeserializeOwned>(
-        &self,
-        tree: &sled::Tree,
-        tree_name: &'static str,
-        key: &str,
-    ) -> Result<Option<T>, StoreError> {
-        self.get_raw(tree, tree_name, key)?
-            .map(|b| self.decode(tree_name, key.as_bytes(), &b))
+    fn get<T: DeserializeOwned>(&self, kind: Kind, name: &str) -> Result<Option<T>, StoreError> {
+        self.get_raw(kind, name)?
+            .map(|b| self.decode(kind, name, &b))
             .transpose()
     }
 
-    /// sled iterates in key byte order, which is name order for our ASCII names.
-    fn list<T: DeserializeOwned>(
+    /// Every record of `kind` with its raw bytes, in key byte order (name order for our ASCII
+    /// names: the prefix is the same for all of them).
+    fn scan(
         &self,
-        tree: &sled::Tree,
-        tree_name: &'static str,
-    ) -> Result<Vec<(String, T)>, StoreError> {
-        tree.iter()
+        kind: Kind,
+    ) -> impl Iterator<Item = Result<(String, InlineArray), StoreError>> + '_ {
+        self.db.scan_prefix(kind.prefix).map(move |entry| {
+            let (key, value) =
+                entry.map_err(|e| self.sled_error(format!("list {}", kind.name), e))?;
+            let name = String::from_utf8_lossy(&key[kind.prefix.len()..]).into_owned();
+            Ok((name, value))
+        })
+    }
+
+    fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<(String, T)>, StoreError> {
+        self.scan(kind)
             .map(|entry| {
-                let (key, value) =
-                    entry.map_err(|e| self.sled_error(format!("list {tree_name}"), e))?;
-                let record = self.decode(tree_name, &key, &value)?;
-                Ok((String::from_utf8_lossy(&key).into_owned(), record))
+                let (name, value) = entry?;
+                let record = self.decode(kind, &name, &value)?;
+                Ok((name, record))
             })
             .collect()
     }
 
-    /// Stages every write, commits the net result in one transaction, flushes, then wakes
+    /// Stages every write, commits the net result as one atomic sled batch, flushes, then wakes
     /// subscribers. Returns, per write, whether it changed something. Runs on the writer thread
     /// only, so nothing else writes in between.
-    fn write(&self, writes: Vec<StoreWrite>) -> Result<Vec<bool>, StoreError> {
+    fn write(
+        &self,
+        writes: Vec<StoreWrite>,
+        commits: &watch::Sender<u64>,
+    ) -> Result<Vec<bool>, StoreError> {
         let mut pending = Pending::default();
         let changed = writes
             .into_iter()
             .map(|write| self.stage(&mut pending, write))
             .collect::<Result<Vec<bool>, StoreError>>()?;
         let mut raw = Vec::new();
-        self.net_writes(PROGRAMS_TREE, pending.programs, &mut raw)?;
-        self.net_writes(INSTANCES_TREE, pending.instances, &mut raw)?;
+        self.net_writes(PROGRAMS, pending.programs, &mut raw)?;
+        self.net_writes(INSTANCES, pending.instances, &mut raw)?;
         if raw.is_empty() {
             return Ok(changed);
         }
-        let trees = [
-            (PROGRAMS_TREE, &self.programs),
-            (INSTANCES_TREE, &self.instances),
-        ];
-        let mut committed = 0;
-        let mut result = Ok(());
-        for chunk in raw.chunks(RECORDS_PER_TRANSACTION) {
-            result = transact(&trees, chunk)
-                .map_err(|e| self.sled_error(format!("commit {} records", chunk.len()), e));
-            if result.is_err() {
-                break;
-            }
-            committed += chunk.len();
-        }
-        if committed > 0 {
-            // Even after a failed chunk: what did commit is visible to readers, so make it
-            // durable and wake the reconcile loop to look at it.
-            let flushed = self
-                .db
-                .flush()
-                .map(drop)
-                .map_err(|e| self.sled_error("flush".to_string(), e));
-            self.commits.send_modify(|n| *n += 1);
-            result = result.and(flushed);
-        }
-        result.map(|()| changed)
+        let records = raw.len();
+        self.db
+            .apply_batch(batch(raw))
+            .map_err(|e| self.sled_error(format!("commit {records} records"), e))?;
+        // Committed means visible to readers: wake the reconcile loop even if the flush fails,
+        // so it looks at what it can already read.
+        let flushed = self.flush();
+        commits.send_modify(|n| *n += 1);
+        flushed.map(|()| changed)
     }
 
     fn stage(&self, pending: &mut Pending, write: StoreWrite) -> Result<bool, StoreError> {
@@ -560,9 +568,7 @@ impl Core {
         pending: &'p mut Pending,
         name: &str,
     ) -> Result<&'p mut Slot<ProgramRecord>, StoreError> {
-        load_slot(&mut pending.programs, name, |key| {
-            self.load(&self.programs, PROGRAMS_TREE, key)
-        })
+        load_slot(&mut pending.programs, name, |key| self.load(PROGRAMS, key))
     }
 
     fn instance_slot<'p>(
@@ -571,33 +577,26 @@ impl Core {
         name: &str,
     ) -> Result<&'p mut Slot<InstanceRecord>, StoreError> {
         load_slot(&mut pending.instances, name, |key| {
-            self.load(&self.instances, INSTANCES_TREE, key)
+            self.load(INSTANCES, key)
         })
     }
 
-    fn load<T: DeserializeOwned>(
-        &self,
-        tree: &sled::Tree,
-        tree_name: &'static str,
-        key: &str,
-    ) -> Result<Slot<T>, StoreError> {
-        let stored = self.get_raw(tree, tree_name, key)?;
+    fn load<T: DeserializeOwned>(&self, kind: Kind, name: &str) -> Result<Slot<T>, StoreError> {
+        let stored = self.get_raw(kind, name)?;
         let now = stored
             .as_ref()
-            .map(|b| self.decode(tree_name, key.as_bytes(), b))
+            .map(|b| self.decode(kind, name, b))
             .transpose()?;
         Ok(Slot { stored, now })
     }
 
     fn load_all_instances(&self, pending: &mut Pending) -> Result<(), StoreError> {
-        for entry in self.instances.iter() {
-            let (key, value) =
-                entry.map_err(|e| self.sled_error(format!("list {INSTANCES_TREE}"), e))?;
-            let name = String::from_utf8_lossy(&key).into_owned();
+        for entry in self.scan(INSTANCES) {
+            let (name, value) = entry?;
             if pending.instances.contains_key(&name) {
                 continue;
             }
-            let now = self.decode(INSTANCES_TREE, &key, &value)?;
+            let now = self.decode(INSTANCES, &name, &value)?;
             pending.instances.insert(
                 name,
                 Slot {
@@ -609,40 +608,40 @@ impl Core {
         Ok(())
     }
 
-    /// Appends the writes that take `tree` from its stored bytes to what the batch left.
+    /// Appends the writes that take `kind`'s records from their stored bytes to what the batch
+    /// left.
     ///
     /// Compares bytes first (our encoding is deterministic); only when they differ but both exist
     /// does it decode the stored record, so a record stored in another field order (written by a
     /// migration, say) that equals the new one is not rewritten.
     fn net_writes<T: PartialEq + Serialize + DeserializeOwned>(
         &self,
-        tree: &'static str,
+        kind: Kind,
         staged: Staged<T>,
         out: &mut Vec<RawWrite>,
     ) -> Result<(), StoreError> {
-        for (key, slot) in staged {
+        for (name, slot) in staged {
             let value = slot
                 .now
                 .as_ref()
                 .map(serde_json::to_vec)
                 .transpose()
                 .map_err(|source| StoreError::Encode {
-                    tree,
-                    key: key.clone(),
+                    tree: kind.name,
+                    key: name.clone(),
                     source,
                 })?;
             let same = match (&slot.stored, &value, &slot.now) {
                 (None, None, _) => true,
                 (Some(stored), Some(bytes), Some(now)) => {
                     stored.as_ref() == bytes.as_slice()
-                        || self.decode::<T>(tree, key.as_bytes(), stored)? == *now
+                        || self.decode::<T>(kind, &name, stored)? == *now
                 }
                 _ => false,
             };
             if !same {
                 out.push(RawWrite {
-                    tree,
-                    key: key.into_bytes(),
+                    key: kind.key(&name),
                     value,
                 });
             }
@@ -668,31 +667,14 @@ fn load_slot<'s, T>(
     })
 }
 
-/// Commits `writes` atomically across the named trees: all of them or none survive a crash.
-///
-/// The single writer thread never races another writer, so the transaction never conflicts;
-/// sled would retry the closure if it did, which is safe because the closure only replays `writes`.
-pub(crate) fn transact(trees: &[(&str, &sled::Tree)], writes: &[RawWrite]) -> sled::Result<()> {
-    let index_of = |name: &str| trees.iter().position(|(n, _)| *n == name);
-    let handles: Vec<&sled::Tree> = trees.iter().map(|(_, tree)| *tree).collect();
-    let result = handles.as_slice().transaction(|views| {
-        for write in writes {
-            // A write to a tree the caller did not pass is a bug in this module; aborting
-            // keeps it from being half-applied.
-            let Some(i) = index_of(write.tree) else {
-                return Err(ConflictableTransactionError::Abort(write.tree.to_string()));
-            };
-            match &write.value {
-                Some(value) => views[i].insert(write.key.as_slice(), value.as_slice())?,
-                None => views[i].remove(write.key.as_slice())?,
-            };
+/// The sled batch of `writes`: applied atomically, across a crash too.
+fn batch(writes: Vec<RawWrite>) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for write in writes {
+        match write.value {
+            Some(value) => batch.insert(write.key.as_bytes(), value.as_slice()),
+            None => batch.remove(write.key.as_bytes()),
         }
-        Ok(())
-    });
-    result.map_err(|e| match e {
-        sled::transaction::TransactionError::Abort(tree) => sled::Error::Unsupported(format!(
-            "write to tree {tree}, which is not part of this transaction"
-        )),
-        sled::transaction::TransactionError::Storage(e) => e,
-    })
+    }
+    batch
 }

@@ -38,7 +38,7 @@ impl std::fmt::Display for DesiredRun {
     }
 }
 
-/// One program's desired state, keyed by program name in the `programs` tree.
+/// One program's desired state, stored under `p/<program name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramRecord {
     /// The last good spec. A broken file keeps this and only sets `error` (SPEC §12).
@@ -166,7 +166,7 @@ impl RunRequest {
 }
 
 /// What the daemon needs to find an instance's process again after it restarts (SPEC §11),
-/// keyed by instance name (`web`, `web-2`) in the `instances` tree.
+/// stored under `i/<instance name>` (`i/web`, `i/web-2`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     /// The program the instance belongs to.

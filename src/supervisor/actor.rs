@@ -1,9 +1,10 @@
 //! The actor of one instance: the only code that touches its process.
 //!
-//! It waits on four things at once — a command, the child's exit (pidfd), its one lifecycle timer,
-//! and (only when the program has such detectors) a health probe — turns each into an
-//! [`Input`] for the pure [`state::next`], and carries out the decision. Nothing here polls: an
-//! instance with no detectors and no pending timer costs one parked task and one pidfd.
+//! It waits on five things at once — a command, the child's exit (pidfd), its one lifecycle timer,
+//! and (only when the program has such detectors) a health probe or the probe that precedes a
+//! first spawn — turns each into an [`Input`] for the pure [`state::next`], and carries out the
+//! decision. Nothing here polls: an instance with no detectors and no pending timer costs one
+//! parked task and one pidfd.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -12,10 +13,11 @@ use std::time::{Instant, SystemTime};
 
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::{InstanceId, ProgramSpec};
 
-use super::health::{Health, HealthChange, ProbeResult};
+use super::health::{probe_detectors, Health, HealthChange, ProbeResult};
 use super::process::{
     is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
     ProcessWatch,
@@ -23,7 +25,7 @@ use super::process::{
 use super::spawn::{
     spawn_instance, PipeReservation, SpawnError, STDERR_KEEPALIVE_FD, STDOUT_KEEPALIVE_FD,
 };
-use super::state::{self, Action, Input, InstanceState, Lifecycle, Policy};
+use super::state::{self, Action, Input, InstanceState, Lifecycle, Origin, Policy};
 use super::{Command, Event, Initial, InstanceStatus, RuntimeContext};
 
 /// What an event says besides its states and reason (see [`Event`]).
@@ -32,6 +34,7 @@ struct Facts {
     exit: Option<ExitInfo>,
     restart: bool,
     healthy: Option<bool>,
+    spawn: bool,
 }
 
 /// The process an actor currently owns.
@@ -52,6 +55,9 @@ pub(super) struct Actor {
     life: Lifecycle,
     child: Option<LiveChild>,
     health: Health,
+    /// The probe before a first spawn (`Origin::Probing`): the label of the detector that passed.
+    /// Dropping the handle abandons the probe; it still runs to its end and reaps its shell.
+    probe: Option<JoinHandle<Option<String>>>,
     /// The working copy of the status; published through `tx` when it changes.
     status: InstanceStatus,
     tx: watch::Sender<InstanceStatus>,
@@ -79,6 +85,7 @@ impl Actor {
             spec,
             ctx,
             child: None,
+            probe: None,
             status,
             tx,
             inbox,
@@ -111,6 +118,18 @@ impl Actor {
                     None => self.life.deadline = None,
                 },
                 (index, result) = self.health.probe_finished() => self.on_probe(index, result),
+                found = wait_probe(self.probe.as_mut()) => {
+                    self.probe = None;
+                    let input = match found {
+                        Ok(Some(label)) => Input::DetectedElsewhere { label },
+                        Ok(None) => Input::NotDetected,
+                        Err(e) => {
+                            tracing::warn!(instance = %self.id.name, error = %e, "the detector probe failed; treating the program as not running elsewhere");
+                            Input::NotDetected
+                        }
+                    };
+                    self.apply(input);
+                }
                 () = sleep_until(probe_due) => self.health.start_due(&self.spec, &self.id),
             }
         }
@@ -138,6 +157,7 @@ impl Actor {
         while let Some(input) = pending.take() {
             let from = self.life.state;
             let restarts = self.life.restarts;
+            let was_elsewhere = matches!(self.life.origin, Origin::Elsewhere(_));
             let decision = state::next(&self.life, &input, &self.policy, Instant::now());
             let transition = decision.is_transition(from);
             let facts = Facts {
@@ -149,8 +169,20 @@ impl Actor {
                 // Only a running instance is probed, and only the first crossing of the threshold
                 // is an input: every `Unhealthy` the machine accepts is a change of health.
                 healthy: matches!(input, Input::Unhealthy { .. }).then_some(false),
+                spawn: decision.action == Action::Spawn,
             };
             self.life = decision.next;
+            match (was_elsewhere, &self.life.origin) {
+                (false, Origin::Elsewhere(_)) => {
+                    // Not our process: when it started is unknown.
+                    self.status.started_at = None;
+                }
+                (true, Origin::Elsewhere(_)) | (false, _) => {}
+                (true, _) => self.status.stopped_at = Some(SystemTime::now()),
+            }
+            if self.life.origin != Origin::Probing {
+                self.probe = None;
+            }
             match decision.action {
                 Action::Nothing => {}
                 Action::Spawn => {
@@ -163,6 +195,7 @@ impl Actor {
                 }
                 Action::SignalGroup => self.signal(self.stop_signal),
                 Action::KillGroup => self.signal(Signal::SIGKILL),
+                Action::Probe => self.start_probe(),
             }
             if let Some(reason) = decision.reason {
                 let to = self.life.state;
@@ -176,6 +209,14 @@ impl Actor {
             self.sync_health();
             self.publish();
         }
+    }
+
+    /// Probes the detectors of the current spec, abandoning any probe still running.
+    fn start_probe(&mut self) {
+        let (spec, id) = (Arc::clone(&self.spec), self.id.clone());
+        self.probe = Some(tokio::spawn(
+            async move { probe_detectors(&spec, &id).await },
+        ));
     }
 
     fn spawn(&mut self) -> Result<(), SpawnError> {
@@ -225,7 +266,18 @@ impl Actor {
         if self.life.state != InstanceState::Running {
             return;
         }
-        match self.health.record(index, result, Instant::now()) {
+        let change = self.health.record(index, result, Instant::now());
+        // Running elsewhere rests on the detector that found it; once that one fails
+        // `failure_threshold` times in a row the process is treated as gone.
+        if let Origin::Elsewhere(label) = &self.life.origin {
+            if self.health.index_of(label) == Some(index) {
+                if let Some(detail) = self.health.just_reached_threshold(index) {
+                    self.apply(Input::ElsewhereGone { detail });
+                    return;
+                }
+            }
+        }
+        match change {
             HealthChange::Unchanged => {}
             HealthChange::BecameUnhealthy(detail) => {
                 self.apply(Input::Unhealthy { detail });
@@ -263,6 +315,17 @@ impl Actor {
         }
         if old.detectors != self.spec.detectors {
             self.health = Health::new(&self.spec.detectors);
+            // A probe of detectors that are gone would answer a question no longer asked.
+            if self.life.origin == Origin::Probing {
+                self.start_probe();
+            }
+            if let Origin::Elsewhere(label) = &self.life.origin {
+                if self.health.index_of(label).is_none() {
+                    let detail = format!("{label} is no longer one of the program's detectors");
+                    self.apply(Input::ElsewhereGone { detail });
+                    return;
+                }
+            }
             self.sync_health();
             self.publish();
         }
@@ -288,6 +351,7 @@ impl Actor {
             exit: facts.exit,
             restart: facts.restart,
             healthy: facts.healthy,
+            spawn: facts.spawn,
         });
     }
 
@@ -296,8 +360,15 @@ impl Actor {
         let st = &mut self.status;
         st.state = self.life.state;
         st.restarts = self.life.restarts;
-        st.healthy = self.child.is_some() && self.health.healthy();
-        st.detected_by = self.child.as_ref().map(|_| "exec:pid".to_string());
+        let elsewhere = match &self.life.origin {
+            Origin::Elsewhere(label) => Some(label),
+            Origin::Own | Origin::Probing => None,
+        };
+        st.healthy = (self.child.is_some() || elsewhere.is_some()) && self.health.healthy();
+        st.detected_by = match (&self.child, elsewhere) {
+            (Some(_), _) => Some("exec:pid".to_string()),
+            (None, label) => label.cloned(),
+        };
         st.next_retry_at = match (self.life.state, self.life.deadline) {
             (InstanceState::Backoff, Some(at)) => {
                 Some(SystemTime::now() + at.saturating_duration_since(Instant::now()))
@@ -410,6 +481,16 @@ fn stop_signal_of(spec: &ProgramSpec) -> Signal {
 async fn wait_exit(child: Option<&LiveChild>) -> io::Result<ExitInfo> {
     match child {
         Some(c) => c.watch.exited().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The result of the probe before a first spawn, or never when none runs.
+async fn wait_probe(
+    probe: Option<&mut JoinHandle<Option<String>>>,
+) -> Result<Option<String>, tokio::task::JoinError> {
+    match probe {
+        Some(task) => task.await,
         None => std::future::pending().await,
     }
 }

@@ -23,6 +23,14 @@ use super::spawn::configure;
 /// The shortest probe interval honoured, so a `0s` interval cannot turn into a busy loop.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// The variable that hands a `command` detector's text to its shell.
+///
+/// The text goes through the environment, not the shell's argv (`sh -c 'eval "$VAR"'`): a
+/// detector that searches command lines, such as `pgrep -f 'sleep 300'`, would otherwise find the
+/// probing shell itself, whose command line holds the very pattern — and pass every time, which
+/// before a first spawn means "already running elsewhere" for a program that runs nowhere.
+pub const DETECTOR_COMMAND_ENV: &str = "PROVISR_DETECTOR_COMMAND";
+
 /// The outcome of one probe: `Err` says why the detector failed.
 pub(crate) type ProbeResult = Result<(), String>;
 
@@ -72,7 +80,7 @@ async fn check_pidfile(path: &Path) -> ProbeResult {
     }
 }
 
-/// Runs `command` through `/bin/sh -c` in the program's environment and directory; exit 0 passes.
+/// Runs `command` through `/bin/sh` in the program's environment and directory; exit 0 passes.
 ///
 /// The shell leads its own process group, so a timeout kills the whole probe (a pipeline, a
 /// backgrounded helper) and the shell is always reaped, timeout or not.
@@ -84,12 +92,13 @@ async fn run_command(
 ) -> ProbeResult {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
-        .arg(command)
+        .arg(format!("eval \"${DETECTOR_COMMAND_ENV}\""))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     configure(&mut cmd, spec, id);
+    cmd.env(DETECTOR_COMMAND_ENV, command);
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot run the detector command: {e}"))?;
@@ -127,6 +136,8 @@ pub(crate) enum HealthChange {
 struct Check {
     spec: DetectorSpec,
     failures: u32,
+    /// Why the last probe failed, while `failures > 0`.
+    last_error: Option<String>,
     due: Option<Instant>,
 }
 
@@ -165,6 +176,7 @@ impl Health {
                 .map(|d| Check {
                     spec: d.clone(),
                     failures: 0,
+                    last_error: None,
                     due: None,
                 })
                 .collect(),
@@ -182,6 +194,7 @@ impl Health {
         self.armed = true;
         for c in &mut self.checks {
             c.failures = 0;
+            c.last_error = None;
             c.due = Some(now + c.interval());
         }
     }
@@ -193,6 +206,7 @@ impl Health {
         self.in_flight = None;
         for c in &mut self.checks {
             c.failures = 0;
+            c.last_error = None;
             c.due = None;
         }
     }
@@ -200,6 +214,21 @@ impl Health {
     /// False once a detector has failed `failure_threshold` times in a row.
     pub(crate) fn healthy(&self) -> bool {
         !self.checks.iter().any(Check::failing)
+    }
+
+    /// The index [`record`](Self::record) uses for the first detector labelled `label`.
+    pub(crate) fn index_of(&self, label: &str) -> Option<usize> {
+        self.checks.iter().position(|c| c.spec.label() == label)
+    }
+
+    /// Why detector `index` failed, if its last recorded probe made exactly `failure_threshold`
+    /// failures in a row: true once per run of failures, at the probe that crossed the threshold.
+    pub(crate) fn just_reached_threshold(&self, index: usize) -> Option<String> {
+        let check = self.checks.get(index)?;
+        if check.failures != check.threshold() {
+            return None;
+        }
+        Some(failure_detail(check))
     }
 
     /// When the next probe should start; `None` while one runs or when nothing is scheduled.
@@ -257,32 +286,36 @@ impl Health {
         let Some(check) = self.checks.get_mut(index) else {
             return HealthChange::Unchanged;
         };
-        let error = match result {
+        match result {
             Ok(()) => {
                 check.failures = 0;
-                None
+                check.last_error = None;
             }
             Err(e) => {
                 check.failures = check.failures.saturating_add(1);
-                Some(e)
+                check.last_error = Some(e);
             }
-        };
+        }
         if armed {
             check.due = Some(now + check.interval());
         }
-        let detail = error.map(|e| {
-            format!(
-                "{} failed {} times in a row: {e}",
-                check.spec.label(),
-                check.failures
-            )
-        });
+        let detail = check.last_error.is_some().then(|| failure_detail(check));
         match (was_healthy, self.healthy()) {
             (true, false) => HealthChange::BecameUnhealthy(detail.unwrap_or_default()),
             (false, true) => HealthChange::BecameHealthy,
             _ => HealthChange::Unchanged,
         }
     }
+}
+
+/// `command:x failed 3 times in a row: exited with code 1`.
+fn failure_detail(check: &Check) -> String {
+    format!(
+        "{} failed {} times in a row: {}",
+        check.spec.label(),
+        check.failures,
+        check.last_error.as_deref().unwrap_or("unknown error")
+    )
 }
 
 #[cfg(test)]
@@ -330,9 +363,50 @@ mod tests {
         assert!(!h.healthy());
         assert_eq!(h.record(0, fail(), now), HealthChange::Unchanged);
         assert_eq!(h.record(0, Ok(()), now), HealthChange::BecameHealthy);
+        assert_eq!(h.index_of("pidfile:/run/x.pid"), Some(0));
+        assert_eq!(h.index_of("pidfile:/run/y.pid"), None);
         h.disarm();
         assert_eq!(h.next_due(), None);
         assert!(h.healthy());
+    }
+
+    #[test]
+    fn the_crossing_of_each_detectors_threshold_is_reported_once() {
+        let now = Instant::now();
+        let a = DetectorKind::Pidfile {
+            path: "/run/a.pid".into(),
+        };
+        let b = DetectorKind::Command {
+            command: "b".into(),
+            timeout: Dur::from_secs(5),
+        };
+        let mut h = Health::new(&[
+            detector(DetectorKind::ExecPid, 3),
+            detector(a, 1),
+            detector(b, 2),
+        ]);
+        h.arm(now);
+        assert_eq!(h.index_of("command:b"), Some(1), "exec:pid has no index");
+        let fail = |why: &str| Err(why.to_string());
+        // `a` makes the instance unhealthy first; `b` crossing later is still reported.
+        assert!(matches!(
+            h.record(0, fail("gone"), now),
+            HealthChange::BecameUnhealthy(_)
+        ));
+        assert_eq!(
+            h.just_reached_threshold(0).as_deref(),
+            Some("pidfile:/run/a.pid failed 1 times in a row: gone")
+        );
+        assert_eq!(h.record(1, fail("code 1"), now), HealthChange::Unchanged);
+        assert_eq!(h.just_reached_threshold(1), None, "1 of 2");
+        assert_eq!(h.record(1, fail("code 2"), now), HealthChange::Unchanged);
+        assert_eq!(
+            h.just_reached_threshold(1).as_deref(),
+            Some("command:b failed 2 times in a row: code 2")
+        );
+        assert_eq!(h.record(1, fail("code 3"), now), HealthChange::Unchanged);
+        assert_eq!(h.just_reached_threshold(1), None, "only at the crossing");
+        assert_eq!(h.just_reached_threshold(7), None);
     }
 
     #[tokio::test]
@@ -365,6 +439,17 @@ mod tests {
         assert_eq!(
             run_command("test \"$PROVISR_NAME\" = p", t, &spec, &id).await,
             Ok(())
+        );
+        // The probing shell's command line does not hold the command, so `pgrep -f PATTERN`
+        // cannot find the probe itself: `/proc/$$/cmdline` is the shell's.
+        assert_eq!(
+            run_command("! grep -q probe-marker /proc/$$/cmdline", t, &spec, &id).await,
+            Ok(())
+        );
+        assert_eq!(
+            run_command("x=1; test \"$x\" = 1 && exit 4", t, &spec, &id).await,
+            Err("exited with code 4".to_string()),
+            "compound commands and exit codes as with sh -c"
         );
         let e = run_command("sleep 30", Duration::from_millis(100), &spec, &id)
             .await

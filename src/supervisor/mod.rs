@@ -114,7 +114,7 @@ impl InstanceStatus {
 ///
 /// Besides the SPEC's `{time, name, from, to, reason}` an event carries what consumers such as the
 /// metrics module would otherwise have to parse out of `reason`: the program, the exit behind it,
-/// whether it is an automatic restart, the new health.
+/// whether it spawns a process, whether that is an automatic restart, the new health.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     #[serde(with = "rfc3339")]
@@ -135,6 +135,11 @@ pub struct Event {
     /// it recovered, `None` when its health did not change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
+    /// A new process is spawned with this event: a start, a retry of a failed start, a restart.
+    /// False when an instance enters `starting` only to probe its detectors first (SPEC §7); the
+    /// spawn that may follow is an event of its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spawn: bool,
 }
 
 /// Commands an actor accepts.
@@ -188,16 +193,22 @@ impl InstanceHandle {
     }
 
     /// Start the process (a no-op while starting or running; after stopping when stopping).
+    ///
+    /// Until this actor has spawned or adopted a process, a program with detectors besides
+    /// `exec:pid` has them probed first: if one passes, the program already runs elsewhere and is
+    /// `running` without a process of ours (`pid: None`, `detected_by` naming the detector).
     pub fn start(&self) {
         self.send(Command::Start);
     }
 
     /// Stop the process group: stop signal, `stop_timeout`, then `SIGKILL`. Cancels any backoff.
+    /// An instance running elsewhere is only forgotten (`stopped`): its process is not ours.
     pub fn stop(&self) {
         self.send(Command::Stop);
     }
 
-    /// Stop, then start again. Not counted in `restarts` (it was asked for).
+    /// Stop, then start again. Not counted in `restarts` (it was asked for). An instance running
+    /// elsewhere is forgotten and its detectors probed again, so it is never started twice.
     pub fn restart(&self) {
         self.send(Command::Restart);
     }
@@ -306,6 +317,7 @@ mod tests {
             }),
             restart: false,
             healthy: None,
+            spawn: false,
         };
         let v = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["time"], "1970-01-01T00:00:00.000Z");
@@ -314,17 +326,24 @@ mod tests {
         assert_eq!(v["to"], "backoff");
         assert_eq!(v["exit"]["signal"], 9);
         // Flags that say nothing are left out of the wire form.
-        assert!(v.get("restart").is_none() && v.get("healthy").is_none());
+        assert!(["restart", "healthy", "spawn"]
+            .iter()
+            .all(|k| v.get(*k).is_none()));
         assert_eq!(serde_json::from_value::<Event>(v).unwrap(), ev);
 
         ev.exit = None;
         ev.restart = true;
         ev.healthy = Some(false);
+        ev.spawn = true;
         let v = serde_json::to_value(&ev).unwrap();
         assert!(v.get("exit").is_none());
         assert_eq!(
-            (v["restart"].clone(), v["healthy"].clone()),
-            (true.into(), false.into())
+            (
+                v["restart"].clone(),
+                v["healthy"].clone(),
+                v["spawn"].clone()
+            ),
+            (true.into(), false.into(), true.into())
         );
         assert_eq!(serde_json::from_value::<Event>(v).unwrap(), ev);
     }

@@ -354,7 +354,7 @@ mod tests {
         let id = InstanceId::new("fds", 1, 1);
         let child = spawn_instance(&spec, &id).unwrap();
         let pid = child.pid;
-        let fds: Vec<i32> = {
+        let fds_now = || {
             let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
@@ -362,6 +362,14 @@ mod tests {
             v.sort();
             v
         };
+        // `sleep` itself may briefly hold a file while it starts (locale data): wait for it to
+        // settle. An inherited descriptor would never go away, and fails the test.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut fds = fds_now();
+        while fds != [0, 1, 2, 3, 4] && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            fds = fds_now();
+        }
         kill_group(pid, nix::sys::signal::Signal::SIGKILL);
         let exit = child.watch.exited().await.unwrap();
         assert_eq!(exit.signal, Some(9));

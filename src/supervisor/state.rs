@@ -8,6 +8,10 @@
 //! follows from the state (`starting` → start_duration elapsed, `backoff` → retry/restart due,
 //! `stopping` → stop_timeout), so "arm a timer", "cancel the timer" and "keep it" are all just the
 //! deadline of the next lifecycle.
+//!
+//! [`Lifecycle::origin`] says whose process a `starting`/`running` instance has: ours, none yet
+//! (probing the detectors before a first spawn), or one running elsewhere that a detector found
+//! (SPEC §7). The rules for the last two are [`probing`] and [`elsewhere`].
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -85,6 +89,8 @@ pub const TRANSITIONS: &[(InstanceState, InstanceState)] = {
         (Stopped, Starting),
         // Adoption of a process a previous daemon started.
         (Stopped, Running),
+        // Stop while probing the detectors before a first spawn: there is nothing to signal.
+        (Starting, Stopped),
         (Starting, Running),
         // A failed start with a retry due later, or a started process's restart delay.
         (Starting, Backoff),
@@ -97,6 +103,8 @@ pub const TRANSITIONS: &[(InstanceState, InstanceState)] = {
         // An immediate restart (`restart_interval = 0s`).
         (Running, Starting),
         (Running, Exited),
+        // Stop of an instance running elsewhere: forgotten, never signalled.
+        (Running, Stopped),
         (Backoff, Starting),
         (Backoff, Stopped),
         (Stopping, Stopped),
@@ -124,6 +132,9 @@ pub struct Policy {
     pub restart_interval: Duration,
     pub restart_max_interval: Duration,
     pub stop_timeout: Duration,
+    /// The program has detectors besides `exec:pid`, so a start that knows no process of the
+    /// instance probes them first (SPEC §7 "already running elsewhere").
+    pub probes: bool,
 }
 
 impl Policy {
@@ -136,6 +147,10 @@ impl Policy {
             restart_interval: spec.restart_interval.get(),
             restart_max_interval: spec.restart_max_interval.get(),
             stop_timeout: spec.stop_timeout.get(),
+            probes: spec
+                .detectors
+                .iter()
+                .any(|d| d.kind != crate::config::DetectorKind::ExecPid),
         }
     }
 }
@@ -170,6 +185,18 @@ pub enum Input {
     Unhealthy {
         detail: String,
     },
+    /// The probe before a first spawn: the detector labelled `label` passed, so the program
+    /// already runs elsewhere.
+    DetectedElsewhere {
+        label: String,
+    },
+    /// The probe before a first spawn: no detector passed.
+    NotDetected,
+    /// The detector that found an instance running elsewhere failed `failure_threshold` times in
+    /// a row (or is no longer configured): the process is treated as having exited.
+    ElsewhereGone {
+        detail: String,
+    },
 }
 
 /// What the actor must do to carry out a decision.
@@ -182,6 +209,22 @@ pub enum Action {
     SignalGroup,
     /// Send `SIGKILL` to the process group.
     KillGroup,
+    /// Probe the detectors other than `exec:pid` once; the result comes back as
+    /// `DetectedElsewhere` or `NotDetected`.
+    Probe,
+}
+
+/// Whose process a `starting` or `running` instance has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A process provisr spawned or adopted by pid, or none at all: watched through `exec:pid`,
+    /// signalled on stop.
+    Own,
+    /// `starting` with no process yet: the detectors are being probed before the first spawn.
+    Probing,
+    /// `running` with no process of ours: the detector with this label says the program runs
+    /// elsewhere. Nothing is ever signalled; a stop only forgets it.
+    Elsewhere(String),
 }
 
 /// What follows the exit of a process being stopped.
@@ -218,6 +261,11 @@ pub struct Lifecycle {
     pub backoff_for: BackoffFor,
     /// The instance's one timer; see the module docs.
     pub deadline: Option<Instant>,
+    pub origin: Origin,
+    /// provisr has not spawned (or adopted by pid) this instance's process since the actor began
+    /// or since it forgot a process running elsewhere: an explicit start probes the detectors
+    /// first, when the program has any. Cleared by every spawn, so restarts never probe.
+    pub probe_on_start: bool,
 }
 
 impl Lifecycle {
@@ -231,6 +279,8 @@ impl Lifecycle {
             after_stop: AfterStop::Stay,
             backoff_for: BackoffFor::Retry,
             deadline: None,
+            origin: Origin::Own,
+            probe_on_start: true,
         }
     }
 
@@ -281,21 +331,134 @@ fn dur(d: Duration) -> Dur {
 
 /// The next lifecycle for `input`. Pure: same arguments, same decision.
 pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decision {
-    use InstanceState::*;
-    let mut n = life.clone();
-    let go = |mut n: Lifecycle, state: InstanceState, action: Action, reason: String| {
-        n.state = state;
-        Decision {
-            next: n,
-            action,
-            reason: Some(reason),
-        }
+    let mut d = match &life.origin {
+        Origin::Own => own(life, input, policy, now),
+        Origin::Probing => probing(life, input),
+        Origin::Elsewhere(label) => elsewhere(life, label, input, policy, now),
     };
-    let ignore = || Decision {
+    if d.action == Action::Spawn {
+        // Whatever ran elsewhere is forgotten once we spawn our own; later starts never probe.
+        d.next.origin = Origin::Own;
+        d.next.probe_on_start = false;
+    }
+    d
+}
+
+fn ignore(life: &Lifecycle) -> Decision {
+    Decision {
         next: life.clone(),
         action: Action::Nothing,
         reason: None,
-    };
+    }
+}
+
+fn go(mut n: Lifecycle, state: InstanceState, action: Action, reason: String) -> Decision {
+    n.state = state;
+    Decision {
+        next: n,
+        action,
+        reason: Some(reason),
+    }
+}
+
+/// `starting` with no process: waiting for the probe before the first spawn.
+fn probing(life: &Lifecycle, input: &Input) -> Decision {
+    use InstanceState::*;
+    let mut n = life.clone();
+    match input {
+        Input::DetectedElsewhere { label } => {
+            n.origin = Origin::Elsewhere(label.clone());
+            n.retries = 0;
+            n.deadline = None;
+            go(
+                n,
+                Running,
+                Action::Nothing,
+                format!("already running elsewhere (detected by {label}); not started again"),
+            )
+        }
+        Input::NotDetected => go(
+            n,
+            Starting,
+            Action::Spawn,
+            "not running elsewhere (no detector passed); spawning".to_string(),
+        ),
+        Input::StopRequested => {
+            n.origin = Origin::Own;
+            n.deadline = None;
+            go(n, Stopped, Action::Nothing, "stop requested".to_string())
+        }
+        // A start or restart is already under way and there is nothing to stop; the spawn that
+        // may follow uses the spec of that moment. Timers, exits and health cannot happen here.
+        _ => ignore(life),
+    }
+}
+
+/// `running` on the word of the detector `label`, with no process of ours.
+fn elsewhere(
+    life: &Lifecycle,
+    label: &str,
+    input: &Input,
+    policy: &Policy,
+    now: Instant,
+) -> Decision {
+    use InstanceState::*;
+    let mut n = life.clone();
+    match input {
+        Input::StopRequested => {
+            n.origin = Origin::Own;
+            n.deadline = None;
+            go(
+                n,
+                Stopped,
+                Action::Nothing,
+                format!(
+                    "stop requested; the process running elsewhere (detected by {label}) was not \
+                     started by provisr and is left alone"
+                ),
+            )
+        }
+        // There is nothing of ours to restart: forget it and probe again, so it is never
+        // started twice (it is found again while it runs; spawned if it is gone).
+        Input::RestartRequested => {
+            n.origin = Origin::Probing;
+            n.deadline = None;
+            go(
+                n,
+                Starting,
+                Action::Probe,
+                format!(
+                    "restart requested; the process running elsewhere (detected by {label}) is \
+                     not provisr's to restart: probing the detectors again"
+                ),
+            )
+        }
+        Input::Unhealthy { detail } => Decision {
+            next: n,
+            action: Action::Nothing,
+            reason: Some(format!(
+                "unhealthy: {detail} (running elsewhere: not restarted)"
+            )),
+        },
+        Input::ElsewhereGone { detail } => {
+            n.origin = Origin::Own;
+            // Not a crash of ours: the restart waits the base restart_interval.
+            started_exit(
+                n,
+                format!("no longer running elsewhere: {detail}"),
+                Duration::MAX,
+                policy,
+                now,
+            )
+        }
+        _ => ignore(life),
+    }
+}
+
+/// The rules for an instance whose process, if any, is ours.
+fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decision {
+    use InstanceState::*;
+    let mut n = life.clone();
     let stop = |mut n: Lifecycle, after: AfterStop, reason: &str| {
         n.after_stop = after;
         n.deadline = Some(now + policy.stop_timeout);
@@ -313,9 +476,18 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
                 Input::RestartRequested => "restart requested",
                 _ => "start requested",
             };
+            if n.probe_on_start && policy.probes {
+                n.origin = Origin::Probing;
+                return go(
+                    n,
+                    Starting,
+                    Action::Probe,
+                    format!("{why}; probing the detectors first: is it already running elsewhere?"),
+                );
+            }
             go(n, Starting, Action::Spawn, why.to_string())
         }
-        (Starting | Running, Input::StartRequested) => ignore(),
+        (Starting | Running, Input::StartRequested) => ignore(life),
         (Starting | Running, Input::RestartRequested) => {
             stop(n, AfterStop::Start, "restart requested")
         }
@@ -332,7 +504,7 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
         (Starting | Running, Input::StopRequested) => stop(n, AfterStop::Stay, "stop requested"),
         (Stopping, Input::StopRequested) => {
             if n.after_stop == AfterStop::Stay {
-                return ignore();
+                return ignore(life);
             }
             n.after_stop = AfterStop::Stay;
             Decision {
@@ -393,7 +565,7 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
                 );
                 failed_start(n, what, policy, now)
             } else {
-                started_exit(n, *code, *signal, *uptime, policy, now)
+                started_exit(n, describe_exit(*code, *signal), *uptime, policy, now)
             }
         }
 
@@ -404,7 +576,7 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
                 signal,
                 uptime,
             },
-        ) => started_exit(n, *code, *signal, *uptime, policy, now),
+        ) => started_exit(n, describe_exit(*code, *signal), *uptime, policy, now),
         (Running, Input::Unhealthy { detail }) => {
             if policy.auto_restart {
                 stop(
@@ -472,16 +644,19 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
             }
         }
 
-        (Stopped, Input::Adopted { pid }) => go(
-            n,
-            Running,
-            Action::Nothing,
-            format!("adopted pid {pid}, started by an earlier daemon"),
-        ),
+        (Stopped, Input::Adopted { pid }) => {
+            n.probe_on_start = false;
+            go(
+                n,
+                Running,
+                Action::Nothing,
+                format!("adopted pid {pid}, started by an earlier daemon"),
+            )
+        }
 
         // Everything else cannot happen or no longer matters (a stale timer, an exit with no
         // process, unhealthy outside `running`, a start while already starting).
-        _ => ignore(),
+        _ => ignore(life),
     }
 }
 
@@ -523,16 +698,15 @@ fn failed_start(mut n: Lifecycle, what: String, policy: &Policy, now: Instant) -
     }
 }
 
-/// A started process exited: restart (after the current delay) or stay `exited`.
+/// A started process exited (`exit` says how): restart (after the current delay) or stay
+/// `exited`.
 fn started_exit(
     mut n: Lifecycle,
-    code: Option<i32>,
-    signal: Option<i32>,
+    exit: String,
     uptime: Duration,
     policy: &Policy,
     now: Instant,
 ) -> Decision {
-    let exit = describe_exit(code, signal);
     n.deadline = None;
     if !policy.auto_restart {
         n.state = InstanceState::Exited;
@@ -585,6 +759,35 @@ mod tests {
             restart_interval: Duration::from_secs(1),
             restart_max_interval: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(10),
+            probes: false,
+        }
+    }
+
+    /// [`policy`] for a program with a `pidfile` or `command` detector.
+    fn probing_policy() -> Policy {
+        Policy {
+            probes: true,
+            ..policy()
+        }
+    }
+
+    fn with_origin(state: InstanceState, origin: Origin) -> Lifecycle {
+        let mut l = at(state);
+        l.origin = origin;
+        l
+    }
+
+    const LABEL: &str = "command:pgrep -f 'sleep 300'";
+
+    fn elsewhere_running() -> Lifecycle {
+        let mut l = with_origin(Running, Origin::Elsewhere(LABEL.into()));
+        l.deadline = None;
+        l
+    }
+
+    fn gone() -> Input {
+        Input::ElsewhereGone {
+            detail: format!("{LABEL} failed 3 times in a row: exited with code 1"),
         }
     }
 
@@ -623,6 +826,11 @@ mod tests {
             Input::Unhealthy {
                 detail: "command:x failed 3 times".into(),
             },
+            Input::DetectedElsewhere {
+                label: LABEL.into(),
+            },
+            Input::NotDetected,
+            gone(),
         ]
     }
 
@@ -640,6 +848,9 @@ mod tests {
             Input::Exited { uptime, .. } if uptime.as_secs() > 10 => "exit_late",
             Input::Exited { .. } => "exit_early",
             Input::Unhealthy { .. } => "unhealthy",
+            Input::DetectedElsewhere { .. } => "detected",
+            Input::NotDetected => "not_detected",
+            Input::ElsewhereGone { .. } => "gone",
         }
     }
 
@@ -666,6 +877,216 @@ mod tests {
             (Stopped, "adopted") => (Running, Nothing),
             _ => return None,
         })
+    }
+
+    /// The rows for instances without a process of ours: `starting` while probing the detectors
+    /// before a first spawn, and `running` elsewhere (`auto_restart` on, restart_interval 1s).
+    fn expected_without_process(
+        origin: &Origin,
+        input: &str,
+    ) -> Option<(InstanceState, Action, Origin)> {
+        use Action::*;
+        let own = Origin::Own;
+        Some(match (origin, input) {
+            (Origin::Probing, "detected") => (Running, Nothing, Origin::Elsewhere(LABEL.into())),
+            (Origin::Probing, "not_detected") => (Starting, Spawn, own),
+            (Origin::Probing, "stop") => (Stopped, Nothing, own),
+            (Origin::Elsewhere(_), "stop") => (Stopped, Nothing, own),
+            (Origin::Elsewhere(_), "restart") => (Starting, Probe, Origin::Probing),
+            (Origin::Elsewhere(_), "unhealthy") => (Running, Nothing, origin.clone()),
+            (Origin::Elsewhere(_), "gone") => (Backoff, Nothing, own),
+            _ => return None,
+        })
+    }
+
+    #[test]
+    fn instances_without_a_process_of_ours_follow_their_table() {
+        let now = Instant::now();
+        let lives = [with_origin(Starting, Origin::Probing), elsewhere_running()];
+        for life in lives {
+            for input in all_inputs() {
+                let d = next(&life, &input, &probing_policy(), now);
+                let what = format!("{} {:?} + {}", life.state, life.origin, short(&input));
+                match expected_without_process(&life.origin, short(&input)) {
+                    Some((to, action, origin)) => {
+                        assert_eq!((d.next.state, d.action), (to, action), "{what}");
+                        assert_eq!(d.next.origin, origin, "{what}");
+                        assert!(d.reason.is_some(), "{what} has a reason");
+                    }
+                    None => {
+                        assert_eq!(d.next, life, "{what} is ignored");
+                        assert_eq!((d.action, d.reason), (Action::Nothing, None), "{what}");
+                    }
+                }
+                assert!(
+                    allowed(life.state, d.next.state),
+                    "{what} → {} is not in TRANSITIONS",
+                    d.next.state
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_first_start_probes_when_the_program_has_detectors_and_spawns_if_none_passes() {
+        let now = Instant::now();
+        let p = probing_policy();
+        let d = next(&at(Stopped), &Input::StartRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+        assert_eq!(d.next.origin, Origin::Probing);
+        assert_eq!(d.next.deadline, None, "no timer while probing");
+        assert!(d.is_transition(Stopped));
+        let d = next(&d.next, &Input::NotDetected, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert!(
+            d.is_transition(Starting),
+            "the spawn is an event of its own"
+        );
+        assert_eq!(
+            (d.next.origin.clone(), d.next.probe_on_start),
+            (Origin::Own, false)
+        );
+        let d = next(&d.next, &Input::Spawned, &p, now);
+        let life = next(&d.next, &Input::StartDurationElapsed, &p, now).next;
+        assert_eq!(life.state, Running);
+
+        // Once spawned, neither an explicit restart nor a stop and start probes again.
+        let d = next(&life, &Input::RestartRequested, &p, now);
+        let d = next(&d.next, &exited(143, 100), &p, now);
+        assert_eq!(d.action, Action::Spawn);
+        let d = next(&at_after(d.next, Running), &Input::StopRequested, &p, now);
+        let d = next(&d.next, &exited(143, 100), &p, now);
+        assert_eq!(d.next.state, Stopped);
+        let d = next(&d.next, &Input::StartRequested, &p, now);
+        assert_eq!(d.action, Action::Spawn);
+
+        // A spawn that failed still counts as one: its retries do not probe.
+        let d = next(&at(Stopped), &Input::StartRequested, &p, now);
+        let d = next(&d.next, &Input::NotDetected, &p, now);
+        let d = next(
+            &d.next,
+            &Input::SpawnFailed {
+                error: "no such file".into(),
+            },
+            &p,
+            now,
+        );
+        assert_eq!(d.next.state, Backoff);
+        let d = next(&d.next, &Input::StartRequested, &p, now);
+        assert_eq!(d.action, Action::Spawn);
+
+        // Nothing to probe, or a process adopted by pid: spawn at once.
+        let d = next(&at(Stopped), &Input::StartRequested, &policy(), now);
+        assert_eq!(d.action, Action::Spawn);
+        let d = next(&at(Stopped), &Input::Adopted { pid: 42 }, &p, now);
+        assert!(!d.next.probe_on_start);
+    }
+
+    /// `life` moved to `state` (a shortcut past inputs the test is not about).
+    fn at_after(mut life: Lifecycle, state: InstanceState) -> Lifecycle {
+        life.state = state;
+        life.deadline = None;
+        life
+    }
+
+    #[test]
+    fn a_passing_probe_is_running_elsewhere_until_its_detector_gives_up() {
+        let now = Instant::now();
+        let p = probing_policy();
+        let d = next(&at(Stopped), &Input::StartRequested, &p, now);
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("start requested; probing the detectors first: is it already running elsewhere?")
+        );
+        let d = next(
+            &d.next,
+            &Input::DetectedElsewhere {
+                label: LABEL.into(),
+            },
+            &p,
+            now,
+        );
+        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("already running elsewhere (detected by command:pgrep -f 'sleep 300'); not started again")
+        );
+        assert!(d.next.probe_on_start, "still nothing of ours");
+        let running = d.next;
+        assert_eq!(
+            next(&running, &Input::StartRequested, &p, now).next,
+            running
+        );
+
+        // Gone, with auto_restart: the usual restart, after the base restart_interval.
+        let d = next(&running, &gone(), &p, now);
+        assert_eq!(d.next.state, Backoff);
+        assert_eq!(d.next.deadline, Some(now + p.restart_interval));
+        assert_eq!(
+            d.reason.as_deref(),
+            Some(
+                "no longer running elsewhere: command:pgrep -f 'sleep 300' failed 3 times in a \
+                 row: exited with code 1; restarting in 1s"
+            )
+        );
+        let d = next(&d.next, &Input::BackoffElapsed, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!(d.next.restarts, 1, "counted as an automatic restart");
+        assert!(!d.next.probe_on_start);
+
+        // restart_interval 0: spawned by the same decision.
+        let mut zero = probing_policy();
+        zero.restart_interval = Duration::ZERO;
+        let d = next(&running, &gone(), &zero, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.restarts, d.next.origin.clone()), (1, Origin::Own));
+
+        // Without auto_restart: exited, and a later start probes again (nothing of ours ran).
+        let mut manual = probing_policy();
+        manual.auto_restart = false;
+        let d = next(&running, &gone(), &manual, now);
+        assert_eq!((d.next.state, d.action), (Exited, Action::Nothing));
+        let d = next(&d.next, &Input::StartRequested, &manual, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+    }
+
+    #[test]
+    fn stop_forgets_and_restart_probes_again_an_instance_running_elsewhere() {
+        let now = Instant::now();
+        let p = probing_policy();
+        let d = next(&elsewhere_running(), &Input::StopRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopped, Action::Nothing));
+        assert_eq!(d.next.deadline, None);
+        assert!(d.reason.unwrap().ends_with("is left alone"));
+        let d = next(&d.next, &Input::StartRequested, &p, now);
+        assert_eq!(
+            d.action,
+            Action::Probe,
+            "a start after the stop probes again"
+        );
+
+        let d = next(&elsewhere_running(), &Input::RestartRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+        assert_eq!(d.next.restarts, 0, "an explicit restart is not counted");
+        let d = next(&d.next, &Input::RestartRequested, &p, now);
+        assert_eq!(d.action, Action::Nothing, "already probing");
+
+        // Another detector failing makes it unhealthy but cannot restart what is not ours.
+        let d = next(
+            &elsewhere_running(),
+            &Input::Unhealthy {
+                detail: "pidfile:/x failed 3 times in a row".into(),
+            },
+            &p,
+            now,
+        );
+        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!(
+            d.reason.as_deref(),
+            Some(
+                "unhealthy: pidfile:/x failed 3 times in a row (running elsewhere: not restarted)"
+            )
+        );
     }
 
     #[test]
@@ -709,16 +1130,24 @@ mod tests {
         p.restart_interval = Duration::ZERO;
         p.start_duration = Duration::ZERO;
         policies.push(p);
+        let origins = [
+            Origin::Own,
+            Origin::Probing,
+            Origin::Elsewhere(LABEL.into()),
+        ];
         for &(from, to) in TRANSITIONS {
             let mut found = false;
             for p in &policies {
                 for after in [AfterStop::Stay, AfterStop::Start] {
-                    for input in all_inputs() {
-                        let mut life = Lifecycle::new(0, p);
-                        life.state = from;
-                        life.after_stop = after;
-                        if next(&life, &input, p, now).next.state == to {
-                            found = true;
+                    for origin in &origins {
+                        for input in all_inputs() {
+                            let mut life = Lifecycle::new(0, p);
+                            life.state = from;
+                            life.after_stop = after;
+                            life.origin = origin.clone();
+                            if next(&life, &input, p, now).next.state == to {
+                                found = true;
+                            }
                         }
                     }
                 }

@@ -541,3 +541,27 @@ fn embedded_default_serves_the_repository_programs() {
     assert!(out.starts_with("NAME"), "{out}");
     assert!(out.contains("database"), "{out}");
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    let state = dir.path().join("state");
+    let first = TestDaemon::start(dir.path(), Some(&cfg), &state);
+    // `output()` returning at all shows it exits instead of waiting for the lock.
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--api-listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another provisr daemon"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
+    // The first one is unaffected.
+    assert_eq!(first.cli(&["status"]).0, 0);
+}

@@ -5,8 +5,10 @@
 
 // Test helpers outside #[test] functions unwrap too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used)]
+mod api;
 mod config;
 mod daemon;
+mod hotreload;
 mod logs;
 mod metrics;
 mod observe;

@@ -140,11 +140,14 @@ fn logs_follow_sees_new_lines_across_a_rotation() {
     write(&cfg, "programs_directory = \"programs\"\n");
     let go = dir.path().join("go");
     let out = dir.path().join("chatty.log");
-    // 40 000 lines of ~40 bytes: 1.6 MiB, so the 1 MiB file rotates once while we follow.
+    // 40 000 lines of ~40 bytes: 1.6 MiB, so the 1 MiB file rotates once while we follow. The
+    // writer pauses every 2000 lines (80 KiB, well inside the 256 KiB memory tail a follower reads
+    // from), so a follower that a loaded machine schedules late can still catch up; one that
+    // falls further behind is told how many bytes it missed instead.
     write(
         &dir.path().join("programs/chatty.toml"),
         &format!(
-            "command = \"sh -c 'echo ready; while [ ! -e {go} ]; do sleep 0.02; done; i=0; while [ $i -lt 40000 ]; do echo \\\"line $i xxxxxxxxxxxxxxxxxxxxxxxxx\\\"; i=$((i+1)); done; exec sleep 300'\"\n[log]\nstdout = \"{out}\"\nmax_size_mb = 1\nmax_backups = 2\n",
+            "command = \"sh -c 'echo ready; while [ ! -e {go} ]; do sleep 0.02; done; i=0; while [ $i -lt 40000 ]; do echo \\\"line $i xxxxxxxxxxxxxxxxxxxxxxxxx\\\"; i=$((i+1)); [ $((i % 2000)) -eq 0 ] && sleep 0.05; done; exec sleep 300'\"\n[log]\nstdout = \"{out}\"\nmax_size_mb = 1\nmax_backups = 2\n",
             go = go.display(),
             out = out.display()
         ),

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use crate::util;
 use provisr::config::{Dur, Exec, ProgramSpec, Source};
-use provisr::store::migrations::stored_version;
+use provisr::store::migrations::{
+    legacy_version, stored_version, LEGACY_BACKUP_DIR, LEGACY_DB_DIR, UPGRADING_DIR,
+};
 use provisr::store::{
     DesiredRun, DesiredStore, InstanceRecord, ProgramRecord, RunSeq, StoreError, StoreWrite,
     CURRENT_SCHEMA, DB_DIR,
@@ -436,13 +438,11 @@ async fn a_store_written_by_a_newer_provisr_is_refused() {
     drop(DesiredStore::open(dir.path()).unwrap());
     {
         let db = raw_db(dir.path());
-        db.open_tree("meta")
-            .unwrap()
-            .insert(
-                "schema_version",
-                (CURRENT_SCHEMA + 1).to_string().as_bytes(),
-            )
-            .unwrap();
+        db.insert(
+            "m/schema_version",
+            (CURRENT_SCHEMA + 1).to_string().as_bytes(),
+        )
+        .unwrap();
         db.flush().unwrap();
     }
     let err = DesiredStore::open(dir.path()).unwrap_err();
@@ -459,10 +459,7 @@ async fn a_corrupt_record_is_reported_with_its_key() {
     drop(DesiredStore::open(dir.path()).unwrap());
     {
         let db = raw_db(dir.path());
-        db.open_tree("programs")
-            .unwrap()
-            .insert("web", &b"{not json"[..])
-            .unwrap();
+        db.insert("p/web", &b"{not json"[..]).unwrap();
         db.flush().unwrap();
     }
     let store = DesiredStore::open(dir.path()).unwrap();
@@ -508,20 +505,20 @@ impl Drop for ChildGuard {
     }
 }
 
-#[test]
-fn acknowledged_writes_survive_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let state_dir = dir.path().join("state");
+/// Starts this test binary again running only the ignored helper test `test`, with `env` set,
+/// and waits until it prints `marker` on a line. Its stdin is a pipe: closing it (or this
+/// process going away) tells the helper to finish.
+fn start_helper(test: &str, env: (&str, &Path), marker: &str) -> ChildGuard {
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
         .args([
-            "store::kill9_writer",
+            test,
             "--exact",
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(KILL9_DIR_ENV, &state_dir)
+        .env(env.0, env.1)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -539,12 +536,23 @@ fn acknowledged_writes_survive_kill_9() {
     loop {
         let line = seen
             .recv_timeout(Duration::from_secs(120))
-            .expect("the writer process never acknowledged its writes");
-        // libtest prints "test store::kill9_writer ... " without a newline before the output.
-        if line.trim_end().ends_with(KILL9_MARKER) {
-            break;
+            .unwrap_or_else(|_| panic!("helper {test} never printed {marker}"));
+        // libtest prints "test store::… ... " without a newline before the output.
+        if line.trim_end().ends_with(marker) {
+            return child;
         }
     }
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let state_dir = dir.path().join("state");
+    let mut child = start_helper(
+        "store::kill9_writer",
+        (KILL9_DIR_ENV, &state_dir),
+        KILL9_MARKER,
+    );
 
     // While the writer lives, another process opening its state directory is refused by pid.
     let err = DesiredStore::open(&state_dir).unwrap_err();
@@ -638,7 +646,7 @@ fn fixture_specs() -> (ProgramSpec, ProgramSpec) {
 /// What a version-0 store holds: `{spec, source, desired}` per program, no version.
 fn write_v0(db_dir: &Path) {
     let (web, worker) = fixture_specs();
-    let db = sled::Config::new()
+    let db = old_sled::Config::new()
         .path(db_dir)
         .flush_every_ms(None)
         .open()
@@ -681,9 +689,10 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
     (programs, Vec::new())
 }
 
-/// A version-1 store, written through the store itself: a spec change (generation 2), an error,
-/// an explicit start and instance records.
-async fn write_v1(state_dir: &Path) {
+/// What the version-1 and version-2 fixtures hold, written through the store itself (so at the
+/// current version): a spec change (generation 2), an error, an explicit start and instance
+/// records. The version-1 fixture was written so while version 1 was current.
+async fn write_current(state_dir: &Path) {
     let (web, worker) = fixture_specs();
     let store = DesiredStore::open(state_dir).unwrap();
     let mut first_web = web.clone();
@@ -759,27 +768,45 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The version of the store in a state directory, read the way its format needs: sled 0.34 in
+/// `db/` for versions 0 and 1, sled 1.x in `db2/` from version 2.
+fn version_in(state_dir: &Path) -> Option<u32> {
+    let db2 = state_dir.join(DB_DIR);
+    if db2.is_dir() {
+        return stored_version(&raw_db(state_dir), &db2).unwrap();
+    }
+    let legacy = state_dir.join(LEGACY_DB_DIR);
+    let db = old_sled::Config::new()
+        .path(&legacy)
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
+    legacy_version(&db, &legacy).unwrap()
+}
+
 #[tokio::test]
 async fn fixtures_of_every_version_open_at_the_current_version() {
     type Expected = fn() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>);
-    let fixtures: [(u32, Expected); 2] = [(0, expected_from_v0), (1, expected_from_v1)];
+    let fixtures: [(u32, Expected); 3] = [
+        (0, expected_from_v0),
+        (1, expected_from_v1),
+        (2, expected_from_v1),
+    ];
     // Every version up to the current one has a fixture.
     assert_eq!(fixtures.len() as u32, CURRENT_SCHEMA + 1);
     for (version, expected) in fixtures {
         let fixture = fixtures_dir().join(format!("v{version}"));
+        let legacy = version < 2;
+        let db_dir = if legacy { LEGACY_DB_DIR } else { DB_DIR };
         assert!(
-            fixture.join(DB_DIR).is_dir(),
+            fixture.join(db_dir).is_dir(),
             "missing fixture {}",
-            fixture.display()
+            fixture.join(db_dir).display()
         );
-        // Opening upgrades in place, so work on a copy.
+        // Opening upgrades, so work on a copy.
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&fixture, dir.path());
-        {
-            let db = raw_db(dir.path());
-            let found = stored_version(&db, &dir.path().join(DB_DIR)).unwrap();
-            assert_eq!(found, Some(version), "fixture v{version}");
-        }
+        assert_eq!(version_in(dir.path()), Some(version), "fixture v{version}");
         let store = DesiredStore::open(dir.path()).unwrap();
         let (programs, instances) = expected();
         assert_eq!(
@@ -795,12 +822,80 @@ async fn fixtures_of_every_version_open_at_the_current_version() {
         // The upgraded store works and stays upgraded.
         store.set_desired("web", DesiredRun::Stopped).await.unwrap();
         drop(store);
-        let db = raw_db(dir.path());
+        assert_eq!(version_in(dir.path()), Some(CURRENT_SCHEMA));
+        assert!(
+            !dir.path().join(LEGACY_DB_DIR).exists(),
+            "fixture v{version}"
+        );
+        assert!(
+            !dir.path().join(UPGRADING_DIR).exists(),
+            "fixture v{version}"
+        );
+        // An upgrade keeps the old store, untouched, as a backup.
+        let backup = dir.path().join(LEGACY_BACKUP_DIR);
+        assert_eq!(backup.is_dir(), legacy, "fixture v{version}");
+        if legacy {
+            let db = old_sled::Config::new()
+                .path(&backup)
+                .flush_every_ms(None)
+                .open()
+                .unwrap();
+            assert_eq!(
+                legacy_version(&db, &backup).unwrap(),
+                Some(version),
+                "fixture v{version}"
+            );
+        }
+        let store = DesiredStore::open(dir.path()).unwrap();
         assert_eq!(
-            stored_version(&db, &dir.path().join(DB_DIR)).unwrap(),
-            Some(CURRENT_SCHEMA)
+            store.get_program("web").unwrap().unwrap().desired,
+            DesiredRun::Stopped
         );
     }
+}
+
+/// An upgrade interrupted by a crash: before `db2/` was complete (a leftover `db2.upgrading/`),
+/// or after it was put in place but before the old store was renamed. Both open with every
+/// record.
+#[tokio::test]
+async fn an_interrupted_upgrade_is_finished_on_the_next_open() {
+    // Crash while writing the new database.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures_dir().join("v1"), dir.path());
+    let leftover = dir.path().join(UPGRADING_DIR);
+    std::fs::create_dir_all(&leftover).unwrap();
+    std::fs::write(leftover.join("half-written"), b"x").unwrap();
+    let store = DesiredStore::open(dir.path()).unwrap();
+    assert_eq!(store.list_programs().unwrap(), expected_from_v1().0);
+    drop(store);
+    assert!(!leftover.exists());
+    assert!(dir.path().join(LEGACY_BACKUP_DIR).is_dir());
+
+    // Crash between the two renames: `db2/` complete, the old `db/` still in place.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures_dir().join("v1"), dir.path());
+    drop(DesiredStore::open(dir.path()).unwrap());
+    std::fs::rename(
+        dir.path().join(LEGACY_BACKUP_DIR),
+        dir.path().join(LEGACY_DB_DIR),
+    )
+    .unwrap();
+    let store = DesiredStore::open(dir.path()).unwrap();
+    assert_eq!(store.list_instances().unwrap(), expected_from_v1().1);
+    drop(store);
+    assert!(!dir.path().join(LEGACY_DB_DIR).exists());
+    assert!(dir.path().join(LEGACY_BACKUP_DIR).is_dir());
+}
+
+/// Something already named like the backup is never overwritten: the upgrade stops, naming it.
+#[test]
+fn an_upgrade_never_overwrites_what_is_in_the_way_of_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixtures_dir().join("v0"), dir.path());
+    std::fs::create_dir_all(dir.path().join(LEGACY_BACKUP_DIR)).unwrap();
+    let err = DesiredStore::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains(LEGACY_BACKUP_DIR), "{err}");
+    assert!(dir.path().join(LEGACY_DB_DIR).is_dir());
 }
 
 /// Regenerates `migrations/fixtures/v0` and the fixture of the current version. Fixtures of older
@@ -814,11 +909,11 @@ async fn generate_store_fixtures() {
 
     let v0 = root.join("v0");
     let _ = std::fs::remove_dir_all(&v0);
-    write_v0(&v0.join(DB_DIR));
+    write_v0(&v0.join(LEGACY_DB_DIR));
 
     let current = root.join(format!("v{CURRENT_SCHEMA}"));
     let scratch = tempfile::tempdir().unwrap();
-    write_v1(scratch.path()).await;
+    write_current(scratch.path()).await;
     let _ = std::fs::remove_dir_all(&current);
     // Only the database: the lock file belongs to a live daemon, not to the layout.
     copy_dir(&scratch.path().join(DB_DIR), &current.join(DB_DIR));

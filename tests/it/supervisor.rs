@@ -651,11 +651,22 @@ async fn a_failing_command_detector_makes_the_instance_unhealthy_and_restarts_it
     let mut f = fixture();
     let ok = f.dir.path().join("healthy");
     let probes = f.dir.path().join("probes");
+    let pidfile = f.dir.path().join("app.pid");
     std::fs::write(&ok, "").unwrap();
-    let mut s = spec("checked", "sleep 300");
+    let mut s = spec(
+        "checked",
+        &format!("echo $$ > {}; exec sleep 300", pidfile.display()),
+    );
     s.auto_restart = true;
     s.restart_interval = Dur::ZERO;
-    let check = format!("echo $$ >> {}; test -f {}", probes.display(), ok.display());
+    // Checks the program's own process too, or the probe before the first spawn would find it
+    // "already running elsewhere".
+    let check = format!(
+        "echo $$ >> {}; test -f {} && kill -0 \"$(cat {})\"",
+        probes.display(),
+        ok.display(),
+        pidfile.display()
+    );
     s.detectors = vec![command_detector(check.clone(), Dur::from_secs(10), 2)];
     let h = launch(&f, s, Initial::Fresh { restarts: 0 });
     h.start();
@@ -900,4 +911,409 @@ async fn stop_during_backoff_cancels_the_restart_and_spec_updates_apply_in_place
     assert_eq!(st.restarts, 3, "the cancelled restart never happened");
     h.shutdown().await;
     assert_clean(&[pid, second]).await;
+}
+
+// ---- "already running elsewhere" (SPEC §7) ----------------------------------------------------
+
+/// A process the test starts itself, standing for a program started outside provisr: it leads a
+/// process group of its own so the fixture's guard can kill it should the test fail.
+fn external_sleeper() -> std::process::Child {
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("300");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.spawn().unwrap()
+}
+
+/// Kills and reaps the external process.
+fn end_external(mut child: std::process::Child) {
+    sigkill(child.id() as i32);
+    child.wait().unwrap();
+}
+
+impl FileSink {
+    /// How many times a process's output was attached: once per spawn or adoption.
+    fn attached(&self) -> usize {
+        self.readers.lock().unwrap().len() / 2
+    }
+}
+
+/// Every event received so far appended to `log`; the events matching `what`, in order.
+fn events_where(
+    rx: &mut broadcast::Receiver<Event>,
+    log: &mut Vec<Event>,
+    what: impl Fn(&Event) -> bool,
+) -> Vec<Event> {
+    log.extend(drain_events(rx));
+    log.iter().filter(|e| what(e)).cloned().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_found_by_its_pidfile_runs_elsewhere_until_that_process_dies_then_is_spawned() {
+    let mut f = fixture();
+    let pidfile = f.dir.path().join("app.pid");
+    let probes = f.dir.path().join("probes");
+    let external = external_sleeper();
+    let ext = external.id() as i32;
+    f.guard.add(ext);
+    std::fs::write(&pidfile, format!("{ext}\n")).unwrap();
+
+    // Our own copy writes its pid to the same file, as such programs do.
+    let mut s = spec(
+        "found",
+        &format!("echo $$ > {}; exec sleep 300", pidfile.display()),
+    );
+    s.auto_restart = true;
+    s.restart_interval = Dur::ZERO;
+    s.start_duration = Dur::from_millis(100);
+    s.detectors = vec![
+        DetectorSpec {
+            kind: DetectorKind::Pidfile {
+                path: pidfile.clone(),
+            },
+            interval: Dur::from_millis(100),
+            failure_threshold: 2,
+        },
+        // Always passes; its probes show the health schedule runs.
+        command_detector(
+            format!("echo $$ >> {}", probes.display()),
+            Dur::from_secs(10),
+            2,
+        ),
+    ];
+    let h = launch(&f, s, Initial::Fresh { restarts: 0 });
+    h.start();
+    let label = format!("pidfile:{}", pidfile.display());
+    let st = wait_status(&h, "running elsewhere", |s| {
+        s.state == InstanceState::Running
+    })
+    .await;
+    assert_eq!(st.pid, None, "{st:?}");
+    assert_eq!(st.detected_by.as_deref(), Some(label.as_str()));
+    assert!(st.healthy);
+    assert_eq!(st.started_at, None, "when it started is unknown");
+    assert_eq!(
+        st.message,
+        Some(format!(
+            "already running elsewhere (detected by {label}); not started again"
+        ))
+    );
+
+    // It stays so while the detectors keep passing, and nothing is spawned.
+    wait_for_async(WAIT, "three health probes", || {
+        (probe_pids(&probes).len() >= 3).then_some(())
+    })
+    .await;
+    let st = h.status();
+    assert_eq!(
+        (st.state, st.pid, st.detected_by.as_deref(), st.healthy),
+        (InstanceState::Running, None, Some(label.as_str()), true)
+    );
+    assert_eq!(f.sink.attached(), 0, "no process of ours");
+    let mut log = Vec::new();
+    let moves: Vec<_> = events_where(&mut f.events, &mut log, |_| true)
+        .into_iter()
+        .map(|e| (e.from, e.to, e.spawn))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (InstanceState::Stopped, InstanceState::Starting, false),
+            (InstanceState::Starting, InstanceState::Running, false),
+        ]
+    );
+
+    // The process it found dies: after failure_threshold failures ours is spawned, a restart.
+    end_external(external);
+    let st = wait_status(&h, "our own process", |s| {
+        s.state == InstanceState::Running && s.pid.is_some()
+    })
+    .await;
+    let own = st.pid.unwrap();
+    f.guard.add(own);
+    assert_ne!(own, ext);
+    assert_eq!(st.restarts, 1);
+    assert_eq!(st.detected_by.as_deref(), Some("exec:pid"));
+    assert_eq!(f.sink.attached(), 1);
+    let respawn = events_where(&mut f.events, &mut log, |e| {
+        e.from == InstanceState::Running && e.to == InstanceState::Starting
+    });
+    let respawn = respawn.first().expect("the respawn event");
+    assert!(respawn.spawn && respawn.restart, "{respawn:?}");
+    assert_eq!(
+        respawn.reason,
+        format!(
+            "no longer running elsewhere: {label} failed 2 times in a row: pid {ext} from {} is \
+             not running; restarting",
+            pidfile.display()
+        )
+    );
+    // Its own pid in the pidfile keeps it healthy: no further restart.
+    wait_for_async(WAIT, "the pidfile names our process", || {
+        (std::fs::read_to_string(&pidfile).ok()?.trim() == own.to_string()).then_some(())
+    })
+    .await;
+    let seen = probe_pids(&probes).len();
+    wait_for_async(WAIT, "more health probes", || {
+        (probe_pids(&probes).len() >= seen + 4).then_some(())
+    })
+    .await;
+    let st = h.status();
+    assert_eq!(
+        (st.pid, st.restarts, st.healthy),
+        (Some(own), 1, true),
+        "{st:?}"
+    );
+
+    h.shutdown().await;
+    let mut pids = probe_pids(&probes);
+    pids.extend([own, ext]);
+    assert_clean(&pids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_restart_and_shutdown_leave_a_process_running_elsewhere_alone() {
+    let mut f = fixture();
+    let external = external_sleeper();
+    let ext = external.id() as i32;
+    f.guard.add(ext);
+    let check = format!("test -d /proc/{ext}");
+    let mut s = spec("outside", "sleep 300");
+    s.auto_restart = true;
+    s.detectors = vec![command_detector(check.clone(), Dur::from_secs(10), 3)];
+    let h = launch(&f, s, Initial::Fresh { restarts: 0 });
+    let label = format!("command:{check}");
+    let elsewhere = |s: &InstanceStatus| {
+        s.state == InstanceState::Running
+            && s.pid.is_none()
+            && s.detected_by.as_deref() == Some(label.as_str())
+    };
+
+    h.start();
+    wait_status(&h, "running elsewhere", elsewhere).await;
+
+    // Restart: nothing of ours to restart; probed again and found again.
+    let mut log = Vec::new();
+    h.restart();
+    wait_for_async(WAIT, "restart, probe, found again", || {
+        let found = events_where(&mut f.events, &mut log, |e| e.to == InstanceState::Running);
+        (found.len() == 2 && elsewhere(&h.status())).then_some(())
+    })
+    .await;
+    let restart = events_where(&mut f.events, &mut log, |e| {
+        e.from == InstanceState::Running && e.to == InstanceState::Starting
+    });
+    assert_eq!(
+        restart[0].reason,
+        format!(
+            "restart requested; the process running elsewhere (detected by {label}) is not \
+             provisr's to restart: probing the detectors again"
+        )
+    );
+    assert!(alive(ext));
+
+    // Stop: forgotten, not signalled.
+    h.stop();
+    let st = wait_status(&h, "stopped", |s| s.state == InstanceState::Stopped).await;
+    assert_eq!((st.pid, st.detected_by.as_deref()), (None, None));
+    assert!(st.stopped_at.is_some());
+    assert_eq!(
+        st.message,
+        Some(format!(
+            "stop requested; the process running elsewhere (detected by {label}) was not \
+             started by provisr and is left alone"
+        ))
+    );
+    assert!(alive(ext), "the external process was not touched");
+
+    // Start again: found again rather than started twice.
+    h.start();
+    wait_status(&h, "running elsewhere again", elsewhere).await;
+    h.shutdown().await;
+    assert!(alive(ext), "shutdown does not touch it either");
+    assert_eq!(f.sink.attached(), 0, "nothing was ever spawned");
+    assert!(events_where(&mut f.events, &mut log, |e| e.spawn).is_empty());
+    end_external(external);
+    assert_clean(&[ext]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_whose_detector_fails_at_first_start_is_spawned_and_restarts_do_not_probe() {
+    let mut f = fixture();
+    let pidfile = f.dir.path().join("app.pid");
+    let probes = f.dir.path().join("probes");
+    let mut s = spec(
+        "fresh",
+        &format!("echo $$ > {}; exec sleep 300", pidfile.display()),
+    );
+    s.start_duration = Dur::from_millis(100);
+    // Fails until our process has written its pid.
+    s.detectors = vec![command_detector(
+        format!(
+            "echo $$ >> {}; kill -0 \"$(cat {})\"",
+            probes.display(),
+            pidfile.display()
+        ),
+        Dur::from_secs(10),
+        3,
+    )];
+    let h = launch(&f, s, Initial::Fresh { restarts: 0 });
+    h.start();
+    let first = wait_running(&h, &mut f.guard).await;
+    let st = wait_status(&h, "healthy", |s| s.healthy).await;
+    assert_eq!(st.detected_by.as_deref(), Some("exec:pid"));
+    let mut log = Vec::new();
+    let moves: Vec<_> = events_where(&mut f.events, &mut log, |_| true)
+        .into_iter()
+        .map(|e| (e.from, e.to, e.spawn, e.reason))
+        .collect();
+    assert_eq!(
+        moves[..3],
+        [
+            (
+                InstanceState::Stopped,
+                InstanceState::Starting,
+                false,
+                "start requested; probing the detectors first: is it already running elsewhere?"
+                    .to_string()
+            ),
+            (
+                InstanceState::Starting,
+                InstanceState::Starting,
+                true,
+                "not running elsewhere (no detector passed); spawning".to_string()
+            ),
+            (
+                InstanceState::Starting,
+                InstanceState::Running,
+                false,
+                "up for start_duration 100ms".to_string()
+            ),
+        ]
+    );
+
+    // An explicit restart spawns without probing first: the instance is ours now.
+    let before = log.len();
+    h.restart();
+    let st = wait_status(&h, "restarted", |s| {
+        s.state == InstanceState::Running && s.pid.is_some() && s.pid != Some(first)
+    })
+    .await;
+    let second = st.pid.unwrap();
+    f.guard.add(second);
+    events_where(&mut f.events, &mut log, |_| true);
+    assert!(
+        log[before..]
+            .iter()
+            .all(|e| e.to != InstanceState::Starting || e.spawn),
+        "{:?}",
+        &log[before..]
+    );
+    h.shutdown().await;
+    let mut pids = probe_pids(&probes);
+    pids.extend([first, second]);
+    assert_clean(&pids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_probe_before_the_first_spawn_holds_up_neither_a_stop_nor_new_detectors() {
+    let mut f = fixture();
+    let probes = f.dir.path().join("probes");
+    let mut s = spec("slow-probe", "sleep 300");
+    s.detectors = vec![command_detector(
+        format!("echo $$ >> {}; exec sleep 300", probes.display()),
+        Dur::from_secs(300),
+        3,
+    )];
+    let h = launch(&f, s, Initial::Fresh { restarts: 0 });
+    h.start();
+    let probe = wait_for_async(WAIT, "the probe", || probe_pids(&probes).first().copied()).await;
+    f.guard.add(probe);
+    let st = h.status();
+    assert_eq!((st.state, st.pid), (InstanceState::Starting, None));
+    assert!(st.message.unwrap().contains("probing the detectors first"));
+
+    h.stop();
+    let st = wait_status(&h, "stopped", |s| s.state == InstanceState::Stopped).await;
+    assert_eq!(st.message.as_deref(), Some("stop requested"));
+    assert!(alive(probe), "the stop did not wait for the probe");
+    h.shutdown().await;
+    assert_eq!(f.sink.attached(), 0);
+
+    // The abandoned probe is still reaped once it ends.
+    nix::sys::signal::killpg(Pid::from_raw(probe), Signal::SIGKILL).unwrap();
+    assert_clean(&[probe]).await;
+
+    // New detectors while probing: the old probe is abandoned and the new ones asked at once.
+    let mut s = spec("reprobed", "sleep 300");
+    s.detectors = vec![command_detector(
+        format!("echo $$ >> {}; exec sleep 300", probes.display()),
+        Dur::from_secs(300),
+        3,
+    )];
+    let h = launch(&f, s.clone(), Initial::Fresh { restarts: 0 });
+    h.start();
+    let slow = wait_for_async(WAIT, "the second slow probe", || {
+        probe_pids(&probes).get(1).copied()
+    })
+    .await;
+    f.guard.add(slow);
+    s.detectors = vec![command_detector("exit 1".into(), Dur::from_secs(10), 3)];
+    h.update_spec(Arc::new(s));
+    let pid = wait_running(&h, &mut f.guard).await;
+    assert!(alive(slow), "spawned without waiting for the old probe");
+    h.shutdown().await;
+    nix::sys::signal::killpg(Pid::from_raw(slow), Signal::SIGKILL).unwrap();
+    assert_clean(&[slow, pid]).await;
+}
+
+#[test]
+fn the_daemon_reports_a_program_found_by_its_pidfile_as_running_elsewhere() {
+    use crate::daemon::{write, TestDaemon};
+    let dir = tempfile::tempdir().unwrap();
+    let mut guard = GroupGuard::default();
+    let external = external_sleeper();
+    let ext = external.id() as i32;
+    guard.add(ext);
+    let pidfile = dir.path().join("found.pid");
+    std::fs::write(&pidfile, format!("{ext}\n")).unwrap();
+    let cfg = dir.path().join("cfg.toml");
+    write(&cfg, "programs_directory = \"programs\"\n");
+    write(
+        &dir.path().join("programs/found.toml"),
+        &format!(
+            "command = \"sleep 300\"\nauto_restart = true\n\n[[detectors]]\ntype = \"pidfile\"\npath = \"{}\"\n",
+            pidfile.display()
+        ),
+    );
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &dir.path().join("state"));
+    let st = crate::util::wait_for(WAIT, "found running elsewhere", || {
+        let s = d.status("found");
+        (s["state"] == "running").then_some(s)
+    });
+    if let Some(pid) = st["pid"].as_i64() {
+        guard.add(pid as i32);
+    }
+    assert_eq!(st["pid"], serde_json::Value::Null, "{st}");
+    assert_eq!(st["running"], true);
+    assert_eq!(
+        st["detected_by"],
+        format!("pidfile:{}", pidfile.display()).as_str()
+    );
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("already running elsewhere"),
+        "{st}"
+    );
+
+    let (code, _, err) = d.cli(&["stop", "--name", "found"]);
+    assert_eq!(code, 0, "{err}");
+    crate::util::wait_for(WAIT, "stopped", || {
+        (d.status("found")["state"] == "stopped").then_some(())
+    });
+    assert!(alive(ext), "the external process was not touched");
+    assert_eq!(d.terminate(), Some(0));
+    assert!(alive(ext));
+    end_external(external);
 }
