@@ -2156,6 +2156,19 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// (steal, total) jiffies of all CPUs from `/proc/stat`: on a VM, time the host gave to others.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    Some((*v.get(7)?, v.iter().take(8).sum()))
+}
+
 fn machine() -> String {
     let cpus = thread::available_parallelism().map_or(0, |n| n.get());
     let model = fs::read_to_string("/proc/cpuinfo")
@@ -2254,6 +2267,7 @@ fn main() -> ExitCode {
     eprintln!("machine: {}", machine());
     eprintln!("daemon: {}", ctx.bin.display());
     let load_before = loadavg();
+    let jiffies_before = cpu_jiffies();
     let (res, errors) = run(&ctx);
     println!();
     println!(
@@ -2270,6 +2284,14 @@ fn main() -> ExitCode {
          shared: a busy one inflates values and baselines alike.",
         loadavg()
     );
+    if let (Some((s0, t0)), Some((s1, t1))) = (jiffies_before, cpu_jiffies()) {
+        if t1 > t0 {
+            println!(
+                "CPU steal during the run (time the VM's host gave to others): {:.0} %.",
+                (s1 - s0) as f64 * 100.0 / (t1 - t0) as f64
+            );
+        }
+    }
     println!(
         "Reference, not measured here: Horust starts 200 programs in 0.7 s; supervisord spends \
          0.28 s of CPU per 256 MiB of captured output."
