@@ -89,3 +89,61 @@ where
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(30)))
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::config::LogPaths;
+    use crate::logs::Rotation;
+    use crate::supervisor::InstanceState;
+
+    async fn next_text(body: &mut axum::body::Body) -> String {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("a frame within 5 s")
+            .expect("the stream has not ended")
+            .expect("no body error");
+        String::from_utf8(frame.into_data().expect("a data frame").to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_open_with_a_comment_then_carry_transitions() {
+        let (tx, rx) = broadcast::channel(8);
+        let mut body = events(rx).into_body();
+        // Sent before any transition: the response head goes out with it.
+        assert_eq!(next_text(&mut body).await, ": subscribed\n\n");
+        tx.send(Event {
+            time: SystemTime::UNIX_EPOCH,
+            name: "web".into(),
+            program: "web".into(),
+            from: InstanceState::Starting,
+            to: InstanceState::Running,
+            reason: "started".into(),
+            exit: None,
+            restart: false,
+            healthy: None,
+        })
+        .unwrap();
+        let text = next_text(&mut body).await;
+        assert!(text.starts_with("event: transition\ndata: {"), "{text}");
+        assert!(text.contains("\"to\":\"running\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn following_an_empty_log_opens_with_a_comment() {
+        let log = InstanceLog::with_rotation(
+            "quiet",
+            LogPaths {
+                stdout: None,
+                stderr: None,
+            },
+            Rotation::default(),
+        );
+        let mut body = follow_log(&log, LogStream::Stdout, 10).into_body();
+        assert_eq!(next_text(&mut body).await, ": subscribed\n\n");
+    }
+}
