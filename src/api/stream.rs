@@ -126,6 +126,7 @@ mod tests {
             exit: None,
             restart: false,
             healthy: None,
+            spawn: false,
         })
         .unwrap();
         let text = next_text(&mut body).await;

@@ -65,8 +65,11 @@ fn metrics_parse_and_move_when_a_child_restarts() {
     .unwrap();
     let after = wait_for(Duration::from_secs(10), "the restart counted", || {
         let text = scrape(&d);
-        (sample(&text, "provisr_restarts", "crashy").unwrap_or(0.0) > restarts_before)
-            .then_some(text)
+        // The counter (from the restart event) and the gauge (from the status) are read at
+        // scrape time from two sources; wait until both show the restart.
+        (sample(&text, "provisr_restarts", "crashy").unwrap_or(0.0) > restarts_before
+            && sample(&text, "provisr_instance_restarts", "crashy") == Some(1.0))
+        .then_some(text)
     });
     guard.add(d.status("crashy")["pid"].as_i64().unwrap() as i32);
     assert_eq!(
