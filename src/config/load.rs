@@ -284,10 +284,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
                     Claim::File(i) => files[*i].2.path.display().to_string(),
                 })
                 .collect();
-            let (ctx, name_path) = match claim {
-                Claim::Inline(i) => (&inline[*i].0, &inline[*i].1),
-                Claim::File(i) => (&files[*i].0, &files[*i].1),
-            };
+            let (ctx, name_path) = claim.site(&inline, &files);
             let e = ctx
                 .err(
                     name_path,
@@ -335,10 +332,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
                 .filter(|(c, _)| c != claim)
                 .map(|(_, n)| format!("`{n}`"))
                 .collect();
-            let (ctx, name_path) = match claim {
-                Claim::Inline(i) => (&inline[*i].0, &inline[*i].1),
-                Claim::File(i) => (&files[*i].0, &files[*i].1),
-            };
+            let (ctx, name_path) = claim.site(&inline, &files);
             let e = ctx
                 .err(
                     name_path,
@@ -423,6 +417,16 @@ pub fn program_from_json(
 enum Claim {
     Inline(usize),
     File(usize),
+}
+
+impl Claim {
+    /// Where the claimed name is written: the entry's context and the path of its name key.
+    fn site<'a>(&self, inline: &'a [InlineWork], files: &'a [FileWork]) -> (&'a Ctx, &'a KeyPath) {
+        match self {
+            Claim::Inline(i) => (&inline[*i].0, &inline[*i].1),
+            Claim::File(i) => (&files[*i].0, &files[*i].1),
+        }
+    }
 }
 
 type InlineWork = (Ctx, KeyPath, Option<ProgramSpec>);
