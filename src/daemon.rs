@@ -22,9 +22,12 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, Notify};
 
-use crate::api::security::{check_listen, parse_listen, Guard, ListenError};
+use crate::api::peer::Caller;
+use crate::api::security::{check_listen, parse_listen, Access, AccessPolicy, Guard, ListenError};
 use crate::api::MetricsOn;
-use crate::config::{self, ConfigError, GroupSpec, LoadedConfig, Settings};
+use crate::config::{
+    self, ConfigError, GroupSpec, LoadedConfig, ServerSettings, Settings, SocketSetting,
+};
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
 use crate::plan::Action;
@@ -101,6 +104,8 @@ pub struct Daemon {
     // The programs-directory watcher, moved to new targets after a reload changes them; taken
     // out and stopped at shutdown. A std lock: only held to call the synchronous `set_targets`.
     watcher: Mutex<Option<WatchHandle>>,
+    // Who may use the API; replaced by every successful reload.
+    access: Access,
 }
 
 /// What the last successful load of the config said besides programs.
@@ -198,6 +203,7 @@ impl Daemon {
             }
         }
         let errors = loaded.errors.clone();
+        self.follow_access(&loaded.settings);
         self.set_loaded(loaded);
         ReloadReport {
             dry_run,
@@ -222,6 +228,20 @@ impl Daemon {
                 );
             }
         }
+    }
+
+    /// Puts the reloaded `[server]` access rules in force. A token file that cannot be read
+    /// keeps the token in force, so a botched edit never opens the API.
+    fn follow_access(&self, settings: &Settings) {
+        let token = match read_token(&settings.server) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("{e}; the previous token stays in force");
+                self.access.current().token.clone()
+            }
+        };
+        self.access
+            .replace(access_policy(&settings.server, token, &self.config_file));
     }
 
     /// Takes the watcher out, for shutdown.
@@ -258,8 +278,17 @@ pub struct Opened {
     base_path: String,
     metrics_on: MetricsOn,
     metrics_listen: Option<SocketAddr>,
-    socket: Option<PathBuf>,
+    socket: SocketPlan,
     rescan: Arc<Notify>,
+}
+
+/// Where the unix socket goes, and whether failing to bind it stops the daemon.
+#[derive(Debug, Clone)]
+enum SocketPlan {
+    /// The default socket in the state directory: a failure is a warning (TCP still serves).
+    Default(Option<PathBuf>),
+    /// `[server] socket` set: a failure stops the daemon; `None` when set to `""` (off).
+    Required(Option<PathBuf>),
 }
 
 impl Opened {
@@ -310,19 +339,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         tracing::error!("config: {e}");
     }
     let server = &loaded.settings.server;
-    let token = match (&server.token, &server.token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| DaemonError::TokenFile {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim()
-                .to_string(),
-        ),
-        (None, None) => None,
-    };
+    let token = read_token(server)?;
     let listen = opts
         .api_listen
         .clone()
@@ -330,7 +347,6 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
     let addr = parse_listen(&listen)?;
     check_listen(addr, token.is_some())?;
     let base_path = normalize_base(&server.base_path);
-    let socket = server.socket.clone();
     let metrics = &loaded.settings.metrics;
     let (metrics_on, metrics_listen) = match (metrics.enabled, &metrics.listen) {
         (false, _) => (MetricsOn::Off, None),
@@ -345,6 +361,10 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         .state_dir
         .clone()
         .unwrap_or_else(|| loaded.settings.daemon.state_dir.clone());
+    let socket = match &server.socket {
+        SocketSetting::InStateDir => SocketPlan::Default(server.socket.path(&state_dir)),
+        explicit => SocketPlan::Required(explicit.path(&state_dir)),
+    };
 
     match crate::supervisor::raise_fd_limit() {
         Ok(l) => tracing::debug!(soft = l.soft, "open-file limit raised"),
@@ -374,8 +394,9 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         ip if ip.is_unspecified() => Vec::new(),
         ip => vec![ip.to_string()],
     };
+    let access = Access::new(access_policy(&loaded.settings.server, token, &opts.config));
     let guard = Guard {
-        token,
+        access: access.clone(),
         allowed_hosts,
     };
     let daemon = Arc::new(Daemon {
@@ -388,6 +409,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         loaded: RwLock::new(Arc::default()),
         reload_lock: tokio::sync::Mutex::new(()),
         watcher: Mutex::new(watcher),
+        access,
     });
     daemon.set_loaded(loaded);
     Ok(Opened {
@@ -442,6 +464,7 @@ pub async fn run(
         tracing::info!("metrics on http://{maddr}/metrics");
         let stop = graceful(stop_rx.clone());
         servers.spawn(async move {
+            let mapp = mapp.into_make_service_with_connect_info::<Caller>();
             if let Err(e) = axum::serve(mlistener, mapp)
                 .with_graceful_shutdown(stop)
                 .await
@@ -450,10 +473,24 @@ pub async fn run(
             }
         });
     }
-    if let Some(path) = &opened.socket {
-        let unix = bind_socket(path)?;
+    let socket = match &opened.socket {
+        SocketPlan::Required(Some(path)) => Some((path, bind_socket(path)?)),
+        SocketPlan::Default(Some(path)) => match bind_socket(path) {
+            Ok(unix) => Some((path, unix)),
+            Err(e) => {
+                tracing::warn!("{e}; the API is served on TCP only (set [server] socket to choose another path)");
+                None
+            }
+        },
+        SocketPlan::Required(None) | SocketPlan::Default(None) => None,
+    };
+    let socket_path = socket.as_ref().map(|(p, _)| (*p).clone());
+    if let Some((path, unix)) = socket {
         tracing::info!("provisr API also on unix socket {}", path.display());
-        let (app, stop) = (opened.router(), graceful(stop_rx.clone()));
+        let app = opened
+            .router()
+            .into_make_service_with_connect_info::<Caller>();
+        let stop = graceful(stop_rx.clone());
         servers.spawn(async move {
             if let Err(e) = axum::serve(unix, app).with_graceful_shutdown(stop).await {
                 tracing::error!("API socket server: {e}");
@@ -468,7 +505,10 @@ pub async fn run(
     if let Some(tx) = bound {
         let _ = tx.send(local);
     }
-    let (app, stop) = (opened.router(), graceful(stop_rx.clone()));
+    let app = opened
+        .router()
+        .into_make_service_with_connect_info::<Caller>();
+    let stop = graceful(stop_rx.clone());
     servers.spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
@@ -507,7 +547,7 @@ pub async fn run(
         _ = int.recv() => force_kill(&daemon.reconciler),
     }
     while servers.join_next().await.is_some() {}
-    if let Some(path) = &opened.socket {
+    if let Some(path) = &socket_path {
         let _ = std::fs::remove_file(path);
     }
     daemon.desired.store().flush()?;
@@ -515,25 +555,67 @@ pub async fn run(
     Ok(())
 }
 
-/// Listens on a unix socket only this user can use (mode 0600, SPEC §10). A stale socket file
-/// from a daemon that died is replaced; the state-dir lock already proved no daemon runs there.
+/// Listens on a unix socket with mode 0660 from the moment it can be reached: it is bound inside
+/// a fresh directory only this user can enter, given its mode there, then renamed into place
+/// (`docs/security.md`). A stale socket file from a daemon that died is replaced; the state-dir
+/// lock already proved no daemon runs there.
 fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, DaemonError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let bind_err = |source| DaemonError::Socket {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(bind_err)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(bind_err(e)),
-    }
-    let listener = tokio::net::UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
-    Ok(listener)
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(bind_err)?;
+    let private = dir.join(format!(".provisr-sock-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(bind_err)?;
+    let staged = private.join("s");
+    let bound = (|| {
+        let listener = tokio::net::UnixListener::bind(&staged)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    bound.map_err(bind_err)
+}
+
+/// The token of `[server] token` or `token_file`, if any.
+fn read_token(server: &ServerSettings) -> Result<Option<String>, DaemonError> {
+    Ok(match (&server.token, &server.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| DaemonError::TokenFile {
+                    path: path.clone(),
+                    source,
+                })?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    })
+}
+
+/// The access policy `[server]` describes.
+fn access_policy(
+    server: &ServerSettings,
+    token: Option<String>,
+    config_file: &Option<PathBuf>,
+) -> AccessPolicy {
+    AccessPolicy::new(
+        token,
+        server.allow_users.clone(),
+        server.allow_groups.clone(),
+        config_file.clone(),
+    )
 }
 
 /// Starts the programs-directory watcher; each burst of changes pokes `rescan`. Without a watcher

@@ -2,6 +2,7 @@
 //!
 //! The library holds everything; `main.rs` only parses the command line and dispatches.
 //! See `docs/architecture.md` for the map of modules and how data flows between them.
+pub mod accounts;
 pub mod api;
 pub mod cli;
 pub mod client;

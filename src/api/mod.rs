@@ -5,6 +5,7 @@
 
 pub mod error;
 mod handlers;
+pub mod peer;
 pub mod security;
 pub mod status;
 mod stream;

@@ -15,11 +15,13 @@ use crate::config::{self, LoadedConfig};
 /// The default API URL when nothing else says (SPEC §8).
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080/api";
 
-/// `--api-url`, else `PROVISR_API_URL` (clap reads it into the same flag), else the `[server]` of
-/// `--config`, else the default; the token likewise from `--token`/`PROVISR_TOKEN` or the config.
+/// `--socket`/`PROVISR_SOCKET` when given; else `--api-url`/`PROVISR_API_URL` (clap reads each
+/// env var into its flag); else the daemon's unix socket when it is there and answers (the
+/// socket of `--config`, or of the embedded default in this directory); else the `[server]` URL
+/// of `--config`, else the default URL. The token from `--token`/`PROVISR_TOKEN` or the config.
 fn client(g: &GlobalArgs, config: Option<&Path>) -> Result<ApiClient, i32> {
     let settings = match config {
-        Some(path) if g.api_url.is_none() || g.token.is_none() => {
+        Some(path) if g.api_url.is_none() || g.token.is_none() || g.socket.is_none() => {
             match config::load(Some(path), &os_env()) {
                 Ok(loaded) => Some(loaded.settings),
                 Err(errors) => return Err(plan_view::print_config_errors(&errors)),
@@ -40,7 +42,39 @@ fn client(g: &GlobalArgs, config: Option<&Path>) -> Result<ApiClient, i32> {
                 .map(|t| t.trim().to_string())
         })
     });
+    let base_path = settings
+        .as_ref()
+        .map_or(config::DEFAULT_BASE_PATH, |s| s.server.base_path.as_str());
+    if let Some(socket) = &g.socket {
+        return Ok(ApiClient::over_socket(socket, base_path, token));
+    }
+    if g.api_url.is_none() {
+        let socket = match &settings {
+            Some(s) => s.server.socket.path(&s.daemon.state_dir),
+            None => std::env::current_dir().ok().and_then(|cwd| {
+                let d = config::Settings::embedded_default(&cwd);
+                d.server.socket.path(&d.daemon.state_dir)
+            }),
+        };
+        if let Some(socket) = socket.filter(|p| socket_usable(p)) {
+            return Ok(ApiClient::over_socket(&socket, base_path, token));
+        }
+    }
     Ok(ApiClient::new(&url, token))
+}
+
+/// Whether a socket found by convention (not named by the user) may be used: it answers, and it
+/// belongs to root or to this user — never send a token, or trust answers, to a socket another
+/// user could have put there (`docs/security.md`).
+fn socket_usable(path: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    meta.file_type().is_socket()
+        && (meta.uid() == 0 || meta.uid() == me)
+        && std::os::unix::net::UnixStream::connect(path).is_ok()
 }
 
 /// The URL a client uses for a daemon listening on `listen`: wildcard and bare `:PORT` listens
@@ -199,11 +233,11 @@ fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: Format) -> i32 {
             let Some(plan) = plan_view::plan_of(&v) else {
                 return exit::FAILED;
             };
-            plan_view::print_plan(&plan, &format!("the daemon at {}", api.base()), format);
+            plan_view::print_plan(&plan, &format!("the daemon at {}", api.location()), format);
             exit::OK
         }
         Err(ClientError::Unreachable { .. }) => {
-            plan_view::print_offline_plan(&loaded, api.base(), format)
+            plan_view::print_offline_plan(&loaded, &api.location(), format)
         }
         Err(e) => fail(&e),
     }
@@ -333,7 +367,7 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
             let Some(plan) = plan_view::plan_of(&v) else {
                 return exit::USAGE;
             };
-            plan_view::print_plan(&plan, &format!("the daemon at {}", api.base()), format);
+            plan_view::print_plan(&plan, &format!("the daemon at {}", api.location()), format);
             if plan.is_empty() {
                 exit::OK
             } else {

@@ -41,8 +41,13 @@ pub struct Cli {
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
     /// API base URL; else PROVISR_API_URL, else [server] of --config, else http://127.0.0.1:8080/api.
+    /// Without one, the daemon's unix socket is used when it is there and answers.
     #[arg(long, global = true, env = "PROVISR_API_URL")]
     pub api_url: Option<String>,
+    /// The daemon's unix socket; else PROVISR_SOCKET, else the socket of --config's state
+    /// directory (./.provisr/provisr.sock without --config) when no API URL is given.
+    #[arg(long, global = true, env = "PROVISR_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
     /// Bearer token for the API.
     #[arg(long, global = true, env = "PROVISR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

@@ -43,7 +43,39 @@ pub struct ServerSettings {
     #[serde(skip_serializing)]
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
-    pub socket: Option<PathBuf>,
+    pub socket: SocketSetting,
+    /// Local users besides root and the daemon's own user who may use the API, as uids
+    /// (`allow_users` names them by name or number; `docs/security.md`).
+    pub allow_users: Vec<u32>,
+    /// Local groups whose members may use the API, as gids.
+    pub allow_groups: Vec<u32>,
+}
+
+/// `[server] socket`: where the API's unix socket is, if anywhere.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketSetting {
+    /// `provisr.sock` in the state directory.
+    #[default]
+    InStateDir,
+    /// `socket = ""`: no unix socket.
+    Off,
+    /// An explicit path, absolute.
+    At(PathBuf),
+}
+
+/// The socket's file name inside the state directory when `[server] socket` is not set.
+pub const DEFAULT_SOCKET_NAME: &str = "provisr.sock";
+
+impl SocketSetting {
+    /// The socket's path for a daemon whose state directory is `state_dir`; `None` when off.
+    pub fn path(&self, state_dir: &Path) -> Option<PathBuf> {
+        match self {
+            SocketSetting::InStateDir => Some(state_dir.join(DEFAULT_SOCKET_NAME)),
+            SocketSetting::Off => None,
+            SocketSetting::At(p) => Some(p.clone()),
+        }
+    }
 }
 
 impl Default for ServerSettings {
@@ -53,7 +85,9 @@ impl Default for ServerSettings {
             base_path: DEFAULT_BASE_PATH.to_string(),
             token: None,
             token_file: None,
-            socket: None,
+            socket: SocketSetting::InStateDir,
+            allow_users: Vec::new(),
+            allow_groups: Vec::new(),
         }
     }
 }
@@ -924,7 +958,32 @@ fn read_main(path: &Path, cwd: &Path) -> Result<(Settings, Vec<ConfigError>), Ve
             settings.server.token_file = resolve(f, &k("server").key("token_file"), &mut errors);
         }
         if let Some(s) = &server.socket {
-            settings.server.socket = resolve(s, &k("server").key("socket"), &mut errors);
+            settings.server.socket = if s.trim().is_empty() {
+                SocketSetting::Off
+            } else {
+                match resolve(s, &k("server").key("socket"), &mut errors) {
+                    Some(p) => SocketSetting::At(p),
+                    None => SocketSetting::InStateDir,
+                }
+            };
+        }
+        for (i, user) in server.allow_users.iter().flatten().enumerate() {
+            let at = k("server").key("allow_users").index(i);
+            match crate::accounts::uid_of(user) {
+                Ok(uid) => settings.server.allow_users.push(uid),
+                Err(why) => errors.push(ctx.err(&at, format!("`{at}`: {why}")).with_hint(
+                    "name an existing user (or a numeric uid); `getent passwd` lists them",
+                )),
+            }
+        }
+        for (i, group) in server.allow_groups.iter().flatten().enumerate() {
+            let at = k("server").key("allow_groups").index(i);
+            match crate::accounts::gid_of(group) {
+                Ok(gid) => settings.server.allow_groups.push(gid),
+                Err(why) => errors.push(ctx.err(&at, format!("`{at}`: {why}")).with_hint(
+                    "name an existing group (or a numeric gid); `getent group` lists them",
+                )),
+            }
         }
     }
     if let Some(metrics) = &raw.metrics {

@@ -100,6 +100,8 @@ pub const MAIN_SHAPE: Shape = Shape::Map(&[
             ("token", Shape::Any),
             ("token_file", Shape::Any),
             ("socket", Shape::Any),
+            ("allow_users", Shape::Any),
+            ("allow_groups", Shape::Any),
         ]),
     ),
     (
@@ -365,6 +367,8 @@ pub struct RawServer {
     pub token: Option<String>,
     pub token_file: Option<String>,
     pub socket: Option<String>,
+    pub allow_users: Option<Vec<String>>,
+    pub allow_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -12,12 +12,19 @@ use crate::daemon::{write, TestDaemon};
 use crate::util::{alive, GroupGuard};
 
 async fn call(app: &axum::Router, method: &str, uri: &str, body: &str) -> (StatusCode, Value) {
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(uri)
         .header("host", "127.0.0.1")
         .body(Body::from(body.to_string()))
         .unwrap();
+    // What the listener attaches to a connection from root.
+    req.extensions_mut().insert(axum::extract::ConnectInfo(
+        provisr::api::peer::Caller::Local {
+            uid: 0,
+            via: provisr::api::peer::Via::UnixSocket,
+        },
+    ));
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
@@ -78,7 +85,7 @@ async fn the_router_works_without_a_socket() {
 }
 
 #[test]
-fn the_unix_socket_serves_the_api_to_this_user_only() {
+fn the_unix_socket_is_created_with_mode_0660_and_serves_the_api() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("run/provisr.sock");
@@ -93,7 +100,7 @@ fn the_unix_socket_serves_the_api_to_this_user_only() {
     std::fs::create_dir_all(dir.path().join("programs")).unwrap();
     let d = TestDaemon::start(dir.path(), Some(&cfg), &dir.path().join("state"));
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
+    assert_eq!(mode, 0o660);
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
     s.write_all(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();

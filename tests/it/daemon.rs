@@ -23,10 +23,20 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// `provisr serve --api-listen 127.0.0.1:0 [--config F] --state-dir S` in `cwd`.
     pub fn start(cwd: &Path, config: Option<&Path>, state_dir: &Path) -> TestDaemon {
+        Self::start_on(cwd, config, state_dir, "127.0.0.1:0")
+    }
+
+    /// As [`TestDaemon::start`], listening on `listen` (a loopback address, port 0).
+    pub fn start_on(
+        cwd: &Path,
+        config: Option<&Path>,
+        state_dir: &Path,
+        listen: &str,
+    ) -> TestDaemon {
         let mut cmd = Command::new(BIN);
         cmd.current_dir(cwd)
             .arg("serve")
-            .args(["--api-listen", "127.0.0.1:0"])
+            .args(["--api-listen", listen])
             .arg("--state-dir")
             .arg(state_dir)
             .env("PROVISR_LOG", "info")
@@ -130,6 +140,7 @@ pub fn cli_with_url(url: &str, args: &[&str]) -> (i32, String, String) {
         .args(args)
         .env("PROVISR_API_URL", url)
         .env_remove("PROVISR_TOKEN")
+        .env_remove("PROVISR_SOCKET")
         .stdin(Stdio::null())
         .output()
         .expect("run provisr");

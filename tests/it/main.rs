@@ -12,6 +12,7 @@ mod hotreload;
 mod logs;
 mod metrics;
 mod observe;
+mod security;
 mod store;
 mod supervisor;
 mod util;

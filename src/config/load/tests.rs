@@ -61,6 +61,8 @@ listen = "127.0.0.1:9999"
 base_path = "/v1/"
 token_file = "secret"
 socket = "run/provisr.sock"
+allow_users = ["nobody", "4242"]
+allow_groups = ["nogroup"]
 
 [metrics]
 enabled = true
@@ -95,7 +97,9 @@ priority = -1
             base_path: "/v1".into(),
             token: None,
             token_file: Some(d.join("secret")),
-            socket: Some(d.join("run/provisr.sock")),
+            socket: SocketSetting::At(d.join("run/provisr.sock")),
+            allow_users: vec![65534, 4242],
+            allow_groups: vec![65534],
         }
     );
     assert_eq!(

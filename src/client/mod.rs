@@ -1,6 +1,9 @@
 //! The HTTP client the CLI uses to talk to the daemon's API.
 //!
 //! Blocking on purpose: a CLI command makes one or two requests and exits, so it needs no runtime.
+//! It talks TCP to a URL, or HTTP over the daemon's unix socket ([`ApiClient::over_socket`]).
+
+mod unix;
 
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
@@ -26,6 +29,8 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct ApiClient {
     base: String,
+    // The unix socket requests go over, when not TCP.
+    socket: Option<std::path::PathBuf>,
     token: Option<String>,
     agent: ureq::Agent,
 }
@@ -39,17 +44,63 @@ impl ApiClient {
             .build();
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
+            socket: None,
             token,
             agent: config.into(),
         }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
+    /// A client for the daemon's unix socket at `socket`, whose API lives under `base_path`
+    /// (e.g. `/api`).
+    pub fn over_socket(
+        socket: &std::path::Path,
+        base_path: &str,
+        token: Option<String>,
+    ) -> ApiClient {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_idle_connections(0)
+            .build();
+        let connector = unix::UnixConnector {
+            path: socket.to_path_buf(),
+        };
+        let agent = ureq::Agent::with_parts(
+            config,
+            connector,
+            ureq::unversioned::resolver::DefaultResolver::default(),
+        );
+        let base_path = base_path.trim().trim_matches('/');
+        let base = if base_path.is_empty() {
+            "http://localhost".to_string()
+        } else {
+            format!("http://localhost/{base_path}")
+        };
+        ApiClient {
+            base,
+            socket: Some(socket.to_path_buf()),
+            token,
+            agent,
+        }
+    }
+
+    /// Where this client sends requests, as messages name it: the base URL, or the socket.
+    pub fn location(&self) -> String {
+        match &self.socket {
+            Some(p) => format!("unix:{}", p.display()),
+            None => self.base.clone(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A request's URL as messages show it, with the socket it went over.
+    fn shown(&self, url: &str) -> String {
+        match &self.socket {
+            Some(p) => format!("{url} (over the unix socket {})", p.display()),
+            None => url.to_string(),
+        }
     }
 
     /// `GET path?query`, decoded as JSON.
@@ -62,7 +113,7 @@ impl ApiClient {
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        Self::decode(&url, req.call())
+        self.decode(&url, req.call())
     }
 
     /// `POST path?query` with an optional JSON body, decoded as JSON.
@@ -84,7 +135,7 @@ impl ApiClient {
             Some(b) => req.send_json(b),
             None => req.send_empty(),
         };
-        Self::decode(&url, result)
+        self.decode(&url, result)
     }
 
     /// Opens a server-sent-events stream and calls `on_event(kind, data)` for each event (`kind`
@@ -103,7 +154,7 @@ impl ApiClient {
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        let mut resp = req.call().map_err(|e| unreachable(&url, e))?;
+        let mut resp = req.call().map_err(|e| unreachable(&self.shown(&url), e))?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body = resp.body_mut().read_to_string().unwrap_or_default();
@@ -140,9 +191,11 @@ impl ApiClient {
     }
 
     fn decode(
+        &self,
         url: &str,
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Value, ClientError> {
+        let url = &self.shown(url);
         let mut resp = result.map_err(|e| unreachable(url, e))?;
         let status = resp.status().as_u16();
         let body = resp
