@@ -30,6 +30,7 @@ use crate::config::{
 };
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
+use crate::notify::{self, Notifier};
 use crate::plan::Action;
 use crate::reconcile::{self, Reconciler};
 use crate::store::{DesiredStore, StoreError};
@@ -317,7 +318,10 @@ impl Opened {
 /// and the watcher. Fails on an invalid main config, a refused listen address or a store that
 /// cannot be opened (e.g. another daemon holds it).
 pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
-    let base_env: BTreeMap<String, String> = std::env::vars().collect();
+    // The service manager's variables are for the daemon alone (docs/systemd.md).
+    let base_env: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| !crate::supervisor::DAEMON_ONLY_ENV.contains(&k.as_str()))
+        .collect();
     let loaded = config::load(opts.config.as_deref(), &base_env).map_err(DaemonError::Config)?;
     // Watch before the load that goes into the store, so no change slips in between the two.
     let rescan = Arc::new(Notify::new());
@@ -518,13 +522,25 @@ pub async fn run(
         }
     });
 
+    let notifier = Notifier::from_env();
     let (stop_reloader, reloader_stopped) = tokio::sync::oneshot::channel::<()>();
     let reloader = tokio::spawn(reload_worker(
         daemon.clone(),
         opened.rescan.clone(),
         hup,
         reloader_stopped,
+        notifier,
     ));
+    // Ready for systemd once every listener is bound and the first pass ran (docs/systemd.md).
+    let mut passes = daemon.reconciler.passes();
+    let _ = passes.wait_for(|n| *n >= 1).await;
+    notifier.ready(&notify::status_line(&daemon.reconciler));
+    let status_updates = tokio::spawn(notify::status_worker(
+        notifier,
+        daemon.reconciler.clone(),
+        daemon.events.subscribe(),
+    ));
+    let watchdog = tokio::spawn(notify::watchdog_worker(notifier, daemon.reconciler.clone()));
 
     tokio::pin!(shutdown);
     tokio::select! {
@@ -532,6 +548,9 @@ pub async fn run(
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
         () = &mut shutdown => tracing::info!("shutdown requested: stopping"),
     }
+    notifier.stopping();
+    watchdog.abort();
+    status_updates.abort();
     let _ = stop_tx.send(true);
     // No reload may start children while they are being stopped: the watcher and the reloader
     // end first (a reload in progress finishes).
@@ -645,21 +664,32 @@ async fn reload_worker(
     rescan: Arc<Notify>,
     mut hup: tokio::signal::unix::Signal,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    notifier: Notifier,
 ) {
     let start = tokio::time::Instant::now() + CONFIG_RESYNC_INTERVAL;
     let mut resync = tokio::time::interval_at(start, CONFIG_RESYNC_INTERVAL);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut by_hup = false;
         tokio::select! {
             biased;
             _ = &mut stop => return,
             () = rescan.notified() => {
                 tracing::debug!("the configuration changed on disk; rescanning");
             }
-            Some(()) = hup.recv() => tracing::info!("SIGHUP: rescanning the programs directory"),
+            Some(()) = hup.recv() => {
+                tracing::info!("SIGHUP: rescanning the programs directory");
+                by_hup = true;
+            }
             _ = resync.tick() => tracing::debug!("periodic configuration resync"),
         }
+        if by_hup {
+            notifier.reloading();
+        }
         daemon.reload(false).await;
+        if by_hup {
+            notifier.ready(&notify::status_line(&daemon.reconciler));
+        }
         // The periodic rescan counts from the last rescan, whatever caused it.
         resync.reset();
     }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod desired;
 pub mod logs;
 pub mod metrics;
+pub mod notify;
 pub mod plan;
 pub mod reconcile;
 pub mod store;

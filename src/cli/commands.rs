@@ -138,18 +138,26 @@ fn print_statuses(value: &Value, format: Format) -> i32 {
             v => vec![v],
         };
         let mut t = Table::new(&[
-            "NAME", "STATE", "PID", "RESTARTS", "DESIRED", "PRIORITY", "MESSAGE",
+            "NAME", "STATE", "PID", "UPTIME", "RESTARTS", "DESIRED", "PRIORITY", "MESSAGE",
         ]);
+        let now = std::time::SystemTime::now();
         for s in list {
             let field = |k: &str| match s.get(k) {
                 Some(Value::String(v)) => v.clone(),
                 Some(Value::Null) | None => "-".to_string(),
                 Some(v) => v.to_string(),
             };
+            let up = s["started_at"]
+                .as_str()
+                .filter(|_| !s["pid"].is_null())
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .and_then(|started| now.duration_since(started).ok())
+                .map_or_else(|| "-".to_string(), uptime);
             t.row(vec![
                 field("name"),
                 field("state"),
                 field("pid"),
+                up,
                 field("restarts"),
                 field("desired"),
                 field("priority"),
@@ -159,6 +167,17 @@ fn print_statuses(value: &Value, format: Format) -> i32 {
         t.render()
     });
     exit::OK
+}
+
+/// An uptime the way `supervisorctl status` writes it: `0:01:23`, `2 days, 3:04:05`.
+fn uptime(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    let (days, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match days {
+        0 => format!("{h}:{m:02}:{sec:02}"),
+        1 => format!("1 day, {h}:{m:02}:{sec:02}"),
+        n => format!("{n} days, {h}:{m:02}:{sec:02}"),
+    }
 }
 
 pub fn start(g: &GlobalArgs, a: &StartArgs, format: Format) -> i32 {
@@ -451,7 +470,22 @@ pub fn events(g: &GlobalArgs, format: Format) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::api_url_of;
+    use super::{api_url_of, uptime};
+    use std::time::Duration;
+
+    #[test]
+    fn uptimes_read_like_supervisorctl() {
+        assert_eq!(uptime(Duration::from_secs(83)), "0:01:23");
+        assert_eq!(
+            uptime(Duration::from_secs(3 * 3600 + 4 * 60 + 5)),
+            "3:04:05"
+        );
+        assert_eq!(uptime(Duration::from_secs(86_400 + 7)), "1 day, 0:00:07");
+        assert_eq!(
+            uptime(Duration::from_secs(2 * 86_400 + 3 * 3600 + 4 * 60 + 5)),
+            "2 days, 3:04:05"
+        );
+    }
 
     #[test]
     fn api_urls_from_listen_addresses() {

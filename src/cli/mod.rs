@@ -4,6 +4,7 @@
 //! cannot be reached.
 
 mod commands;
+mod docs;
 mod output;
 mod plan_view;
 mod serve;
@@ -14,6 +15,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub use output::{Format, Table};
+
+/// The exit codes, as `--help` and the man page state them.
+pub const EXIT_CODES_HELP: &str = "Exit codes: 0 success; 1 a failed operation; 2 bad usage or an invalid configuration; 3 the daemon cannot be reached. `diff`: 0 no change, 1 changes, 2 an error.";
 
 /// Exit codes shared by every command.
 pub mod exit {
@@ -28,7 +32,8 @@ pub mod exit {
     name = "provisr",
     version,
     about = "A declarative process supervisor",
-    propagate_version = true
+    propagate_version = true,
+    after_help = EXIT_CODES_HELP
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -87,6 +92,24 @@ pub enum Command {
     Unregister(NameArgs),
     /// Print every state transition as it happens (server-sent events).
     Events,
+    /// Print a shell completion script (e.g. `provisr completions bash > /etc/bash_completion.d/provisr`).
+    Completions(CompletionsArgs),
+    /// Write the man pages: provisr(1) to stdout, or every page into --dir.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write provisr.1 and one page per command (provisr-start.1, …) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -142,8 +165,10 @@ pub struct AdhocArgs {
 
 #[derive(Debug, Args)]
 pub struct StopArgs {
+    /// Main config file: stop every program in it; `--config ""` means none.
     #[arg(long, value_parser = any_path)]
     pub config: Option<PathBuf>,
+    /// A program, an instance, or a `name-*` pattern.
     #[arg(long)]
     pub name: Option<String>,
     /// How long to wait for the programs to stop, e.g. 10s.
@@ -153,28 +178,36 @@ pub struct StopArgs {
 
 #[derive(Debug, Args)]
 pub struct NameArgs {
+    /// A program, an instance, or a `name-*` pattern.
     #[arg(long)]
     pub name: String,
+    /// Main config file, to find the daemon's URL and token; `--config ""` means none.
     #[arg(long, value_parser = any_path)]
     pub config: Option<PathBuf>,
+    /// How long to wait for the programs to settle, e.g. 10s.
     #[arg(long)]
     pub wait: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// A program, an instance, or a `name-*` pattern; one object for a single instance.
     #[arg(long)]
     pub name: Option<String>,
+    /// Main config file: the status of its programs, from the daemon its [server] names.
     #[arg(long, value_parser = any_path)]
     pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct GroupArgs {
+    /// The group's name, from [[groups]] of the daemon's config.
     #[arg(long)]
     pub group: String,
+    /// Main config file, to find the daemon's URL and token.
     #[arg(long, value_parser = any_path)]
     pub config: Option<PathBuf>,
+    /// How long to wait for the members to settle, e.g. 10s.
     #[arg(long)]
     pub wait: Option<String>,
 }
@@ -192,31 +225,47 @@ pub struct LogsArgs {
     /// Show stderr instead of stdout.
     #[arg(long)]
     pub stderr: bool,
+    /// Main config file, to find the daemon's URL and token.
     #[arg(long, value_parser = any_path)]
     pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    /// Main config file whose programs are compared with the daemon's.
     #[arg(long)]
     pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
+    /// The new program's name.
     #[arg(long)]
     pub name: String,
+    /// The command it runs (through /bin/sh -c only when it uses shell syntax).
     #[arg(long)]
     pub cmd: String,
     #[command(flatten)]
     pub adhoc: AdhocArgs,
+    /// Main config file, to find the daemon's URL and token; `--config ""` means none.
     #[arg(long, value_parser = any_path)]
     pub config: Option<PathBuf>,
 }
 
+/// The whole command line definition: the derive's, with the exit codes under every command's
+/// `--help` (and so in every man page).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommands(|sub| sub.after_help(EXIT_CODES_HELP))
+}
+
 /// Parses the command line, runs the command and returns the exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    use clap::FromArgMatches;
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -244,6 +293,8 @@ pub fn main() -> i32 {
         Command::Register(a) => commands::register(g, a, format),
         Command::Unregister(a) => commands::unregister(g, a, format),
         Command::Events => commands::events(g, format),
+        Command::Completions(a) => docs::completions(a.shell),
+        Command::Man(a) => docs::man(a.dir.as_deref()),
     }
 }
 

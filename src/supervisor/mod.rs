@@ -32,7 +32,7 @@ pub use argv::argv;
 pub use health::probe_detectors;
 pub use output::OutputSink;
 pub use process::{parse_signal, proc_start_time, raise_fd_limit, ExitInfo, FdLimit, FdLimitError};
-pub use spawn::SpawnError;
+pub use spawn::{SpawnError, DAEMON_ONLY_ENV};
 pub use state::InstanceState;
 
 /// What every instance actor shares with the rest of the daemon, plus its output sink.

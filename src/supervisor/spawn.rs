@@ -137,12 +137,26 @@ pub(crate) fn spawn_instance(spec: &ProgramSpec, id: &InstanceId) -> Result<Spaw
     })
 }
 
+/// Variables of the daemon's own environment its children never inherit: the service manager's
+/// protocols are the daemon's (a child holding `NOTIFY_SOCKET` could speak for it; docs/systemd.md).
+pub const DAEMON_ONLY_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
 /// Applies `work_dir`, the environment of SPEC §5 and the open-file limit the daemon started with
 /// to `cmd` (for instances and for detector commands alike, so a detector sees what the program
 /// sees).
 pub(crate) fn configure(cmd: &mut Command, spec: &ProgramSpec, id: &InstanceId) {
     if let Some(dir) = &spec.work_dir {
         cmd.current_dir(dir);
+    }
+    for var in DAEMON_ONLY_ENV {
+        cmd.env_remove(var);
     }
     if !spec.use_os_env {
         cmd.env_clear();

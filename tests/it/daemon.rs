@@ -33,7 +33,19 @@ impl TestDaemon {
         state_dir: &Path,
         listen: &str,
     ) -> TestDaemon {
+        Self::start_with_env(cwd, config, state_dir, listen, &[])
+    }
+
+    /// As [`TestDaemon::start_on`], with extra environment variables for the daemon.
+    pub fn start_with_env(
+        cwd: &Path,
+        config: Option<&Path>,
+        state_dir: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> TestDaemon {
         let mut cmd = Command::new(BIN);
+        cmd.envs(env.iter().copied());
         cmd.current_dir(cwd)
             .arg("serve")
             .args(["--api-listen", listen])

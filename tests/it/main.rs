@@ -8,6 +8,7 @@
 mod api;
 mod config;
 mod daemon;
+mod host;
 mod hotreload;
 mod logs;
 mod metrics;
@@ -15,5 +16,6 @@ mod observe;
 mod security;
 mod store;
 mod supervisor;
+mod systemd;
 mod util;
 mod watch;
