@@ -1,22 +1,16 @@
 //! The composition root: `provisr serve`.
 //!
-//! Opens the store, loads the config into it, starts the reconcile loop, the API server and the
-//! config reloader, and owns the shutdown order: stop accepting requests, stop watching, stop
+//! Opens the store, loads the config into it, and wires the parts together: the reconcile loop,
+//! the config [`Reloader`] with its watcher, the API (over [`AppState`]), systemd notifications.
+//! It owns the listeners and the shutdown order: stop accepting requests, stop watching, stop
 //! every child in reverse priority, flush the store, exit. Only failing to load the main config,
 //! open the store or bind the listener stops the daemon; everything else is logged and reported
-//! in status.
-//!
-//! Hot reload (issue 5, `docs/hot-reload.md`): one reloader task rescans the configuration when
-//! the programs-directory watcher ([`crate::watch`]) reports a change, on SIGHUP and on a slow
-//! periodic resync; `POST /reload` calls [`Daemon::reload`] directly. Every path is the same
-//! [`Daemon::reload`]: full rescan, validate, write only what changed, keep a broken file's last
-//! good spec.
+//! in status. Nothing imports this module but `cli::serve`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -24,22 +18,17 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::api::peer::Caller;
 use crate::api::security::{check_listen, parse_listen, Access, AccessPolicy, Guard, ListenError};
+use crate::api::AppState;
 use crate::api::MetricsOn;
-use crate::config::{
-    self, ConfigError, GroupSpec, LoadedConfig, ServerSettings, Settings, SocketSetting,
-};
+use crate::config::{self, ConfigError, ServerSettings, Settings, SocketSetting};
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
-use crate::plan::Action;
 use crate::reconcile::{self, Reconciler};
+use crate::reload::{self, ConfigSource, Reloader, SettingsHook};
 use crate::store::{DesiredStore, StoreError};
 use crate::supervisor::Event;
-use crate::watch::{self, Debounce, WatchHandle, WatchTargets};
-
-/// How often the configuration is rescanned with nothing else asking: the backstop for changes
-/// no file event reports (network file systems, symlink targets, lost events).
-pub const CONFIG_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+use crate::watch::WatchTargets;
 
 /// What `provisr serve` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -90,182 +79,6 @@ impl DaemonError {
     }
 }
 
-/// Everything the API handlers need: desired state, the loop, events, the loaded config.
-pub struct Daemon {
-    pub desired: Arc<DesiredState>,
-    pub metrics: Arc<Metrics>,
-    pub reconciler: Reconciler,
-    pub events: broadcast::Sender<Event>,
-    config_file: Option<PathBuf>,
-    base_env: BTreeMap<String, String>,
-    // A std lock: replaced whole on reload, read by cloning; never held across an `.await`.
-    loaded: RwLock<Arc<Loaded>>,
-    // Serializes reloads (watcher, SIGHUP and API may ask at once).
-    reload_lock: tokio::sync::Mutex<()>,
-    // The programs-directory watcher, moved to new targets after a reload changes them; taken
-    // out and stopped at shutdown. A std lock: only held to call the synchronous `set_targets`.
-    watcher: Mutex<Option<WatchHandle>>,
-    // Who may use the API; replaced by every successful reload.
-    access: Access,
-}
-
-/// What the last successful load of the config said besides programs.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub settings: Option<Settings>,
-    pub groups: Vec<GroupSpec>,
-    /// Errors of the last load or reload (file, line, key, hint), shown until fixed.
-    pub errors: Vec<ConfigError>,
-}
-
-/// What a reload did (or, with `dry_run`, would do).
-#[derive(Debug, serde::Serialize)]
-pub struct ReloadReport {
-    pub dry_run: bool,
-    /// How many writes changed the store (specs, errors, deletions).
-    pub changed: usize,
-    /// Every configuration error (file, line, key, message, hint). A broken program file keeps
-    /// its program's last good spec; a broken main config or env file changes nothing at all.
-    pub errors: Vec<ConfigError>,
-    /// Why nothing could be written, when the store refused the writes.
-    pub failed: Option<String>,
-    /// What the reconcile loop does (or, with `dry_run`, would do) about it, per instance.
-    pub steps: Vec<crate::plan::Step>,
-}
-
-impl Daemon {
-    /// The groups of the loaded config.
-    pub fn groups(&self) -> Vec<GroupSpec> {
-        self.loaded().groups.clone()
-    }
-
-    pub fn loaded(&self) -> Arc<Loaded> {
-        match self.loaded.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    pub fn base_env(&self) -> &BTreeMap<String, String> {
-        &self.base_env
-    }
-
-    /// Re-reads the config and programs directory and writes what changed into the store; with
-    /// `dry_run`, only reports what it would do. A broken file keeps its program's last good
-    /// spec and the error is recorded on the program (status, `/programs`) and logged, on every
-    /// reload, until the file is fixed.
-    pub async fn reload(&self, dry_run: bool) -> ReloadReport {
-        let _one_at_a_time = self.reload_lock.lock().await;
-        let report = |errors, failed, steps| ReloadReport {
-            dry_run,
-            changed: 0,
-            errors,
-            failed,
-            steps,
-        };
-        let loaded = match config::load(self.config_file.as_deref(), &self.base_env) {
-            Ok(l) => l,
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("config: {e} (nothing reloaded)");
-                }
-                if !dry_run {
-                    self.metrics.observe_reload(false, errors.len());
-                }
-                return report(errors, None, Vec::new());
-            }
-        };
-        for e in &loaded.errors {
-            tracing::error!("config: {e} (the program keeps its last good spec)");
-        }
-        let current = self.desired.snapshot();
-        let writes =
-            desired::sync_writes(&current, &loaded.programs, &loaded.files, &loaded.errors);
-        let preview = desired::simulate(&current, &writes);
-        let steps =
-            crate::api::plan_against_live(&preview, &current, &self.reconciler.live()).steps;
-        if dry_run {
-            return report(loaded.errors, None, steps);
-        }
-        let changed = match self.desired.apply(writes).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::error!("reload: {e}");
-                return report(loaded.errors, Some(e.to_string()), steps);
-            }
-        };
-        self.metrics
-            .observe_reload(loaded.errors.is_empty(), loaded.errors.len());
-        self.follow_targets(&loaded.settings);
-        if changed > 0 {
-            tracing::info!(changed, "reloaded the configuration");
-            for s in steps.iter().filter(|s| s.action != Action::Unchanged) {
-                tracing::info!(instance = %s.instance, action = ?s.action, reason = %s.reason, "reload");
-            }
-        }
-        let errors = loaded.errors.clone();
-        self.follow_access(&loaded.settings);
-        self.set_loaded(loaded);
-        ReloadReport {
-            dry_run,
-            changed,
-            errors,
-            failed: None,
-            steps,
-        }
-    }
-
-    /// Moves the watches when a reload changed the programs directory or the env files
-    /// (a no-op otherwise).
-    fn follow_targets(&self, settings: &Settings) {
-        let guard = match self.watcher.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(w) = guard.as_ref() {
-            if let Err(e) = w.set_targets(WatchTargets::from_settings(settings)) {
-                tracing::warn!(
-                    "{e}; that directory's changes are picked up by the periodic rescan"
-                );
-            }
-        }
-    }
-
-    /// Puts the reloaded `[server]` access rules in force. A token file that cannot be read
-    /// keeps the token in force, so a botched edit never opens the API.
-    fn follow_access(&self, settings: &Settings) {
-        let token = match read_token(&settings.server) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!("{e}; the previous token stays in force");
-                self.access.current().token.clone()
-            }
-        };
-        self.access
-            .replace(access_policy(&settings.server, token, &self.config_file));
-    }
-
-    /// Takes the watcher out, for shutdown.
-    fn take_watcher(&self) -> Option<WatchHandle> {
-        match self.watcher.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
-        }
-    }
-
-    fn set_loaded(&self, loaded: LoadedConfig) {
-        let next = Arc::new(Loaded {
-            groups: loaded.groups,
-            errors: loaded.errors,
-            settings: Some(loaded.settings),
-        });
-        match self.loaded.write() {
-            Ok(mut g) => *g = next,
-            Err(p) => *p.into_inner() = next,
-        }
-    }
-}
-
 /// The address the API actually listens on, reported once bound (port 0 picks a free port).
 pub type Bound = tokio::sync::oneshot::Sender<SocketAddr>;
 
@@ -273,7 +86,7 @@ pub type Bound = tokio::sync::oneshot::Sender<SocketAddr>;
 /// listening: [`run`] adds the listeners and signals; tests can drive [`Opened::router`] without
 /// a socket.
 pub struct Opened {
-    pub daemon: Arc<Daemon>,
+    pub state: Arc<AppState>,
     guard: Guard,
     addr: SocketAddr,
     base_path: String,
@@ -296,7 +109,7 @@ impl Opened {
     /// The whole API, as served on the listener.
     pub fn router(&self) -> axum::Router {
         crate::api::router(
-            self.daemon.clone(),
+            self.state.clone(),
             self.guard.clone(),
             &self.base_path,
             self.metrics_on,
@@ -305,11 +118,11 @@ impl Opened {
 
     /// Stops every child in reverse priority order and flushes the store.
     pub async fn shutdown(&self) -> Result<(), DaemonError> {
-        if let Some(w) = self.daemon.take_watcher() {
+        if let Some(w) = self.state.reloader.take_watcher() {
             w.stop().await;
         }
-        self.daemon.reconciler.shutdown().await;
-        self.daemon.desired.store().flush()?;
+        self.state.reconciler.shutdown().await;
+        self.state.desired.store().flush()?;
         Ok(())
     }
 }
@@ -325,7 +138,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
     let loaded = config::load(opts.config.as_deref(), &base_env).map_err(DaemonError::Config)?;
     // Watch before the load that goes into the store, so no change slips in between the two.
     let rescan = Arc::new(Notify::new());
-    let watcher = start_watcher(&loaded.settings, rescan.clone());
+    let watcher = reload::start_watcher(&loaded.settings, rescan.clone());
     let loaded = match &watcher {
         Some(w) => {
             let again =
@@ -403,21 +216,42 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         access: access.clone(),
         allowed_hosts,
     };
-    let daemon = Arc::new(Daemon {
-        desired,
-        metrics,
-        reconciler,
-        events,
-        config_file: opts.config.clone(),
-        base_env,
-        loaded: RwLock::new(Arc::default()),
-        reload_lock: tokio::sync::Mutex::new(()),
-        watcher: Mutex::new(watcher),
-        access,
+    let policy_access = access.clone();
+    let config_file = opts.config.clone();
+    let follow_access: SettingsHook = Box::new(move |settings: &Settings| {
+        // A token file that cannot be read keeps the token in force, so a botched edit never
+        // opens the API.
+        let token = match read_token(&settings.server) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!("{e}; the previous token stays in force");
+                policy_access.current().token.clone()
+            }
+        };
+        policy_access.replace(access_policy(&settings.server, token, &config_file));
     });
-    daemon.set_loaded(loaded);
+    let source = ConfigSource {
+        file: opts.config.clone(),
+        base_env,
+    };
+    let reloader = Arc::new(Reloader::new(
+        source,
+        desired.clone(),
+        reconciler.clone(),
+        metrics.clone(),
+        watcher,
+        loaded,
+        vec![follow_access],
+    ));
+    let state = Arc::new(AppState {
+        desired,
+        reconciler,
+        reloader,
+        events,
+        metrics,
+    });
     Ok(Opened {
-        daemon,
+        state,
         guard,
         addr,
         base_path,
@@ -447,7 +281,7 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|source| DaemonError::Bind { addr, source })?;
-    let daemon = opened.daemon.clone();
+    let state = opened.state.clone();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut servers = tokio::task::JoinSet::new();
     let graceful = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -461,7 +295,7 @@ pub async fn run(
                 source,
             })?;
         let mapp =
-            crate::api::metrics_router(daemon.clone()).layer(axum::middleware::from_fn_with_state(
+            crate::api::metrics_router(state.clone()).layer(axum::middleware::from_fn_with_state(
                 Arc::new(opened.guard.clone()),
                 crate::api::security::guard,
             ));
@@ -524,23 +358,33 @@ pub async fn run(
 
     let notifier = Notifier::from_env();
     let (stop_reloader, reloader_stopped) = tokio::sync::oneshot::channel::<()>();
-    let reloader = tokio::spawn(reload_worker(
-        daemon.clone(),
+    let reconciler = state.reconciler.clone();
+    let reload_task = tokio::spawn(reload::reload_worker(
+        state.reloader.clone(),
         opened.rescan.clone(),
         hup,
         reloader_stopped,
-        notifier,
+        move |trigger, done| {
+            // systemd hears about the reloads it asked for (SIGHUP, `systemctl reload`).
+            if trigger == reload::Trigger::Hangup {
+                if done {
+                    notifier.ready(&notify::status_line(&reconciler));
+                } else {
+                    notifier.reloading();
+                }
+            }
+        },
     ));
     // Ready for systemd once every listener is bound and the first pass ran (docs/systemd.md).
-    let mut passes = daemon.reconciler.passes();
+    let mut passes = state.reconciler.passes();
     let _ = passes.wait_for(|n| *n >= 1).await;
-    notifier.ready(&notify::status_line(&daemon.reconciler));
+    notifier.ready(&notify::status_line(&state.reconciler));
     let status_updates = tokio::spawn(notify::status_worker(
         notifier,
-        daemon.reconciler.clone(),
-        daemon.events.subscribe(),
+        state.reconciler.clone(),
+        state.events.subscribe(),
     ));
-    let watchdog = tokio::spawn(notify::watchdog_worker(notifier, daemon.reconciler.clone()));
+    let watchdog = tokio::spawn(notify::watchdog_worker(notifier, state.reconciler.clone()));
 
     tokio::pin!(shutdown);
     tokio::select! {
@@ -554,22 +398,22 @@ pub async fn run(
     let _ = stop_tx.send(true);
     // No reload may start children while they are being stopped: the watcher and the reloader
     // end first (a reload in progress finishes).
-    if let Some(w) = daemon.take_watcher() {
+    if let Some(w) = state.reloader.take_watcher() {
         w.stop().await;
     }
     let _ = stop_reloader.send(());
-    let _ = reloader.await;
+    let _ = reload_task.await;
     // A second signal skips waiting for the children's stop timeouts.
     tokio::select! {
-        () = daemon.reconciler.shutdown() => {}
-        _ = term.recv() => force_kill(&daemon.reconciler),
-        _ = int.recv() => force_kill(&daemon.reconciler),
+        () = state.reconciler.shutdown() => {}
+        _ = term.recv() => force_kill(&state.reconciler),
+        _ = int.recv() => force_kill(&state.reconciler),
     }
     while servers.join_next().await.is_some() {}
     if let Some(path) = &socket_path {
         let _ = std::fs::remove_file(path);
     }
-    daemon.desired.store().flush()?;
+    state.desired.store().flush()?;
     tracing::info!("provisr stopped");
     Ok(())
 }
@@ -635,64 +479,6 @@ fn access_policy(
         server.allow_groups.clone(),
         config_file.clone(),
     )
-}
-
-/// Starts the programs-directory watcher; each burst of changes pokes `rescan`. Without a watcher
-/// (inotify unavailable, a directory that cannot be watched) the daemon still reloads on SIGHUP,
-/// `POST /reload` and the periodic resync, and says so.
-fn start_watcher(settings: &Settings, rescan: Arc<Notify>) -> Option<WatchHandle> {
-    let targets = WatchTargets::from_settings(settings);
-    let on_change = move || {
-        // A poke, not a call: the reloader coalesces pokes that arrive during a reload into
-        // one more reload, and the watcher goes straight back to listening.
-        rescan.notify_one();
-        std::future::ready(())
-    };
-    match watch::spawn(targets, Debounce::default(), on_change) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!("{e}; configuration changes are picked up by SIGHUP, POST /reload and the periodic rescan only");
-            None
-        }
-    }
-}
-
-/// The one task that reloads on a watcher poke, on SIGHUP and every
-/// [`CONFIG_RESYNC_INTERVAL`] without either, until `stop`.
-async fn reload_worker(
-    daemon: Arc<Daemon>,
-    rescan: Arc<Notify>,
-    mut hup: tokio::signal::unix::Signal,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-    notifier: Notifier,
-) {
-    let start = tokio::time::Instant::now() + CONFIG_RESYNC_INTERVAL;
-    let mut resync = tokio::time::interval_at(start, CONFIG_RESYNC_INTERVAL);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut by_hup = false;
-        tokio::select! {
-            biased;
-            _ = &mut stop => return,
-            () = rescan.notified() => {
-                tracing::debug!("the configuration changed on disk; rescanning");
-            }
-            Some(()) = hup.recv() => {
-                tracing::info!("SIGHUP: rescanning the programs directory");
-                by_hup = true;
-            }
-            _ = resync.tick() => tracing::debug!("periodic configuration resync"),
-        }
-        if by_hup {
-            notifier.reloading();
-        }
-        daemon.reload(false).await;
-        if by_hup {
-            notifier.ready(&notify::status_line(&daemon.reconciler));
-        }
-        // The periodic rescan counts from the last rescan, whatever caused it.
-        resync.reset();
-    }
 }
 
 /// Feeds every transition to the metrics; ends with the daemon.

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod notify;
 pub mod plan;
 pub mod reconcile;
+pub mod reload;
 pub mod store;
 pub mod supervisor;
 pub mod watch;

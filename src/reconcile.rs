@@ -590,6 +590,32 @@ impl Entry {
     }
 }
 
+/// The plan that would make the running instances match `preview`: what dry runs show.
+/// `current` is the desired state the instances were reconciled against, so requests only in
+/// `preview` (a `start` of an exited program) show as steps.
+pub fn plan_against_live(
+    preview: &crate::desired::Programs,
+    current: &crate::desired::Programs,
+    live: &LiveTable,
+) -> Plan {
+    let desired: Vec<Desired<'_>> = preview.values().map(|r| Desired::from(&**r)).collect();
+    let states: Vec<_> = live.values().map(|l| l.status.borrow().state).collect();
+    let observed: Vec<Observed<'_>> = live
+        .values()
+        .zip(states)
+        .map(|(l, state)| Observed {
+            id: &l.id,
+            state,
+            spec: &l.spec,
+            seq: current
+                .get(&l.id.program)
+                .map(|r| r.instance_desired(&l.id.name).seq)
+                .unwrap_or_default(),
+        })
+        .collect();
+    plan::plan(&desired, &observed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,14 +16,14 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::status::{check_selector_name, statuses, Picked, Selector};
+use super::AppState;
 use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source};
-use crate::daemon::Daemon;
 use crate::desired;
 use crate::logs::Stream;
 use crate::store::{RunRequest, StoreWrite};
 use crate::supervisor::InstanceState;
 
-type Shared = State<Arc<Daemon>>;
+type Shared = State<Arc<AppState>>;
 type ApiResult = Result<Response, ApiError>;
 
 /// How long `/start`, `/stop` and `/restart` wait for convergence unless told otherwise.
@@ -98,7 +98,7 @@ pub async fn not_found() -> ApiError {
 pub async fn status(State(d): Shared, q: Result<Query<Selector>, QueryRejection>) -> ApiResult {
     let sel = query(q)?;
     let programs = d.desired.snapshot();
-    let picked = sel.pick(&programs, &d.groups())?;
+    let picked = sel.pick(&programs, &d.reloader.groups())?;
     let list = statuses(&programs, &d.reconciler.live(), &picked);
     Ok(one_or_many(&sel, list))
 }
@@ -179,14 +179,14 @@ pub async fn restart(State(d): Shared, q: Result<Query<ActionQuery>, QueryReject
 /// Writes a start, stop or restart request for the selected instances, waits for them to
 /// settle (or `wait` to pass) and answers their statuses.
 async fn act(
-    d: &Daemon,
+    d: &AppState,
     sel: &Selector,
     request: RunRequest,
     pre: Vec<StoreWrite>,
     wait: Duration,
 ) -> ApiResult {
     let programs = desired::simulate(&d.desired.snapshot(), &pre);
-    let picked = sel.pick(&programs, &d.groups())?;
+    let picked = sel.pick(&programs, &d.reloader.groups())?;
     let mut writes = pre;
     let mut whole_programs: Vec<&str> = picked
         .iter()
@@ -239,7 +239,7 @@ async fn act(
 /// Waits until every picked instance reached the state the request asked for, after a change
 /// that happened since `t0` where one was needed, or until `wait` passes.
 async fn wait_settled(
-    d: &Daemon,
+    d: &AppState,
     picked: &[Picked],
     needs_change: &BTreeMap<String, bool>,
     request: RunRequest,
@@ -284,13 +284,13 @@ async fn wait_settled(
     }
 }
 
-fn spec_from_body(d: &Daemon, body: &Value) -> Result<ProgramSpec, ApiError> {
-    let loaded = d.loaded();
+fn spec_from_body(d: &AppState, body: &Value) -> Result<ProgramSpec, ApiError> {
+    let loaded = d.reloader.loaded();
     let settings = loaded
         .settings
         .as_ref()
         .ok_or_else(|| ApiError::internal("the daemon has no loaded settings"))?;
-    config::program_from_json(body, settings, d.base_env()).map_err(|errors| {
+    config::program_from_json(body, settings, d.reloader.base_env()).map_err(|errors| {
         ApiError::bad_request(
             errors
                 .iter()
@@ -302,7 +302,7 @@ fn spec_from_body(d: &Daemon, body: &Value) -> Result<ProgramSpec, ApiError> {
 }
 
 /// Only API-registered programs may be changed through the API: files own theirs.
-fn ensure_api_owned(d: &Daemon, name: &str, may_be_new: bool) -> Result<(), ApiError> {
+fn ensure_api_owned(d: &AppState, name: &str, may_be_new: bool) -> Result<(), ApiError> {
     match d.desired.get(name) {
         Some(r) if r.source != Source::Api => Err(ApiError::conflict(format!(
             "{name:?} is defined by {}; edit that instead of changing it through the API",
@@ -345,7 +345,7 @@ pub async fn update(State(d): Shared, body: Body) -> ApiResult {
     write_spec(&d, spec, StatusCode::OK).await
 }
 
-async fn write_spec(d: &Daemon, spec: ProgramSpec, code: StatusCode) -> ApiResult {
+async fn write_spec(d: &AppState, spec: ProgramSpec, code: StatusCode) -> ApiResult {
     let name = spec.name.clone();
     d.desired
         .apply(vec![StoreWrite::PutProgram {
@@ -466,7 +466,7 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
         }));
     }
     let preview = desired::simulate(&current, &writes);
-    let plan = super::plan_against_live(&preview, &current, &d.reconciler.live());
+    let plan = crate::reconcile::plan_against_live(&preview, &current, &d.reconciler.live());
     Ok(Json(json!({ "against": "daemon", "steps": plan.steps })).into_response())
 }
 
@@ -478,7 +478,7 @@ pub struct ReloadQuery {
 
 pub async fn reload(State(d): Shared, q: Result<Query<ReloadQuery>, QueryRejection>) -> ApiResult {
     let q = query(q)?;
-    Ok(Json(d.reload(q.dry_run).await).into_response())
+    Ok(Json(d.reloader.reload(q.dry_run).await).into_response())
 }
 
 pub async fn debug_reconcile(State(d): Shared) -> ApiResult {
@@ -491,7 +491,7 @@ pub async fn debug_reconcile(State(d): Shared) -> ApiResult {
 }
 
 pub async fn groups(State(d): Shared) -> Json<Vec<GroupSpec>> {
-    Json(d.groups())
+    Json(d.reloader.groups())
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,7 +518,7 @@ pub async fn group_status(
 ) -> ApiResult {
     let sel = group_selector(&query(q)?)?;
     let programs = d.desired.snapshot();
-    let picked = sel.pick(&programs, &d.groups())?;
+    let picked = sel.pick(&programs, &d.reloader.groups())?;
     Ok(Json(statuses(&programs, &d.reconciler.live(), &picked)).into_response())
 }
 

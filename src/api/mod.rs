@@ -1,4 +1,4 @@
-//! The HTTP API (SPEC §9): an axum router over the daemon, testable without a socket.
+//! The HTTP API (`docs/api.md`): an axum router over [`AppState`], testable without a socket.
 //!
 //! Handlers only validate input, write desired state and read observed state; the reconcile
 //! loop does the rest. Every error is an [`ApiError`]: a status code and one sentence.
@@ -15,10 +15,13 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 
-use crate::daemon::Daemon;
-use crate::desired::Programs;
-use crate::plan::{self, Desired, Observed, Plan};
-use crate::reconcile::LiveTable;
+use tokio::sync::broadcast;
+
+use crate::desired::DesiredState;
+use crate::metrics::Metrics;
+use crate::reconcile::Reconciler;
+use crate::reload::Reloader;
+use crate::supervisor::Event;
 
 pub use error::ApiError;
 pub use security::Guard;
@@ -37,8 +40,17 @@ pub enum MetricsOn {
     OwnListener,
 }
 
+/// What the handlers work on: handles to the parts of the daemon, never the daemon itself.
+pub struct AppState {
+    pub desired: Arc<DesiredState>,
+    pub reconciler: Reconciler,
+    pub reloader: Arc<Reloader>,
+    pub events: broadcast::Sender<Event>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// The whole API under `base` (e.g. `/api`), behind the security guard and the body limit.
-pub fn router(daemon: Arc<Daemon>, guard: Guard, base: &str, metrics: MetricsOn) -> Router {
+pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn) -> Router {
     let api = Router::new()
         .route("/health", get(handlers::health))
         .route("/status", get(handlers::status))
@@ -59,14 +71,14 @@ pub fn router(daemon: Arc<Daemon>, guard: Guard, base: &str, metrics: MetricsOn)
         .route("/logs", get(handlers::logs))
         .route("/events", get(handlers::events))
         .fallback(handlers::not_found)
-        .with_state(daemon.clone());
+        .with_state(state.clone());
     let mut app = if base.is_empty() {
         api
     } else {
         Router::new().nest(base, api).fallback(handlers::not_found)
     };
     if metrics == MetricsOn::Api {
-        app = app.merge(metrics_router(daemon));
+        app = app.merge(metrics_router(state));
     }
     // Handlers read bodies themselves with the limit (`handlers::json_body`), so that an
     // oversized body gets its 413 as JSON even while the client is still sending.
@@ -77,30 +89,8 @@ pub fn router(daemon: Arc<Daemon>, guard: Guard, base: &str, metrics: MetricsOn)
 }
 
 /// `GET /metrics` alone, for the API server or a listener of its own.
-pub fn metrics_router(daemon: Arc<Daemon>) -> Router {
+pub fn metrics_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(handlers::metrics))
-        .with_state(daemon)
-}
-
-/// The plan that would make the running instances match `preview`: what dry runs show.
-/// `current` is the desired state the instances were reconciled against, so requests only in
-/// `preview` (a `start` of an exited program) show as steps.
-pub fn plan_against_live(preview: &Programs, current: &Programs, live: &LiveTable) -> Plan {
-    let desired: Vec<Desired<'_>> = preview.values().map(|r| Desired::from(&**r)).collect();
-    let states: Vec<_> = live.values().map(|l| l.status.borrow().state).collect();
-    let observed: Vec<Observed<'_>> = live
-        .values()
-        .zip(states)
-        .map(|(l, state)| Observed {
-            id: &l.id,
-            state,
-            spec: &l.spec,
-            seq: current
-                .get(&l.id.program)
-                .map(|r| r.instance_desired(&l.id.name).seq)
-                .unwrap_or_default(),
-        })
-        .collect();
-    plan::plan(&desired, &observed)
+        .with_state(state)
 }
