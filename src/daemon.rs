@@ -17,9 +17,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, Notify};
 
 use crate::api::peer::Caller;
-use crate::api::security::{check_listen, parse_listen, Access, AccessPolicy, Guard, ListenError};
+use crate::api::security::{
+    check_listen, parse_listen, Access, AccessPolicy, Guard, ListenError, ListenGuards, Token,
+};
+use crate::api::tls::{self, ReloadingCert, TlsError};
 use crate::api::AppState;
 use crate::api::MetricsOn;
+use crate::config::TokenScope;
 use crate::config::{self, ConfigError, ServerSettings, Settings, SocketSetting};
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
@@ -50,6 +54,10 @@ pub enum DaemonError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("the token file {path} is empty; put the token in it, or remove it from the config")]
+    EmptyTokenFile { path: PathBuf },
     #[error("cannot read the token file {path}: {source}")]
     TokenFile {
         path: PathBuf,
@@ -92,6 +100,7 @@ pub struct Opened {
     base_path: String,
     metrics_on: MetricsOn,
     metrics_listen: Option<SocketAddr>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     socket: SocketPlan,
     rescan: Arc<Notify>,
 }
@@ -156,13 +165,24 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         tracing::error!("config: {e}");
     }
     let server = &loaded.settings.server;
-    let token = read_token(server)?;
+    let tokens = read_tokens(server)?;
+    let tls = match &server.tls {
+        Some(t) => Some(tls::acceptor(Arc::new(ReloadingCert::open(
+            &t.cert, &t.key,
+        )?))?),
+        None => None,
+    };
+    let guards = ListenGuards {
+        has_token: !tokens.is_empty(),
+        tls: tls.is_some(),
+        allow_plaintext: server.allow_plaintext,
+    };
     let listen = opts
         .api_listen
         .clone()
         .unwrap_or_else(|| server.listen.clone());
     let addr = parse_listen(&listen)?;
-    check_listen(addr, token.is_some())?;
+    check_listen(addr, guards)?;
     let base_path = normalize_base(&server.base_path);
     let metrics = &loaded.settings.metrics;
     let (metrics_on, metrics_listen) = match (metrics.enabled, &metrics.listen) {
@@ -170,7 +190,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         (true, None) => (MetricsOn::Api, None),
         (true, Some(l)) => {
             let maddr = parse_listen(l)?;
-            check_listen(maddr, token.is_some())?;
+            check_listen(maddr, guards)?;
             (MetricsOn::OwnListener, Some(maddr))
         }
     };
@@ -211,24 +231,25 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         ip if ip.is_unspecified() => Vec::new(),
         ip => vec![ip.to_string()],
     };
-    let access = Access::new(access_policy(&loaded.settings.server, token, &opts.config));
+    let access = Access::new(access_policy(&loaded.settings.server, tokens, &opts.config));
     let guard = Guard {
+        base: base_path.clone(),
         access: access.clone(),
         allowed_hosts,
     };
     let policy_access = access.clone();
     let config_file = opts.config.clone();
     let follow_access: SettingsHook = Box::new(move |settings: &Settings| {
-        // A token file that cannot be read keeps the token in force, so a botched edit never
+        // A token file that cannot be read keeps the tokens in force, so a botched edit never
         // opens the API.
-        let token = match read_token(&settings.server) {
+        let tokens = match read_tokens(&settings.server) {
             Ok(t) => t,
             Err(e) => {
-                tracing::error!("{e}; the previous token stays in force");
-                policy_access.current().token.clone()
+                tracing::error!("{e}; the previous tokens stay in force");
+                policy_access.current().tokens.clone()
             }
         };
-        policy_access.replace(access_policy(&settings.server, token, &config_file));
+        policy_access.replace(access_policy(&settings.server, tokens, &config_file));
     });
     let source = ConfigSource {
         file: opts.config.clone(),
@@ -257,6 +278,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         base_path,
         metrics_on,
         metrics_listen,
+        tls,
         socket,
         rescan,
     })
@@ -299,17 +321,20 @@ pub async fn run(
                 Arc::new(opened.guard.clone()),
                 crate::api::security::guard,
             ));
-        tracing::info!("metrics on http://{maddr}/metrics");
+        let scheme = if opened.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!("metrics on {scheme}://{maddr}/metrics");
         let stop = graceful(stop_rx.clone());
-        servers.spawn(async move {
-            let mapp = mapp.into_make_service_with_connect_info::<Caller>();
-            if let Err(e) = axum::serve(mlistener, mapp)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!("metrics server: {e}");
-            }
-        });
+        servers.spawn(serve_tcp(
+            mlistener,
+            mapp,
+            opened.tls.clone(),
+            stop,
+            "metrics",
+        ));
     }
     let socket = match &opened.socket {
         SocketPlan::Required(Some(path)) => Some((path, bind_socket(path)?)),
@@ -336,25 +361,26 @@ pub async fn run(
         });
     }
     // Said once every listener is bound: whoever waits for this line can use any of them.
+    let scheme = if opened.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     tracing::info!(
-        "provisr API listening on http://{local}{}",
+        "provisr API listening on {scheme}://{local}{}",
         opened.base_path
     );
     if let Some(tx) = bound {
         let _ = tx.send(local);
     }
-    let app = opened
-        .router()
-        .into_make_service_with_connect_info::<Caller>();
     let stop = graceful(stop_rx.clone());
-    servers.spawn(async move {
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!("API server: {e}");
-        }
-    });
+    servers.spawn(serve_tcp(
+        listener,
+        opened.router(),
+        opened.tls.clone(),
+        stop,
+        "API",
+    ));
 
     let notifier = Notifier::from_env();
     let (stop_reloader, reloader_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -418,6 +444,34 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves `app` on a TCP listener, behind TLS when `tls` is set, each connection attributed to
+/// its caller ([`Caller`]), until `stop`.
+async fn serve_tcp(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    what: &'static str,
+) {
+    let result = match tls {
+        None => {
+            let app = app.into_make_service_with_connect_info::<Caller>();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        Some(acceptor) => {
+            let app = app.into_make_service_with_connect_info::<Caller>();
+            axum::serve(tls::listen(listener, acceptor), app)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!("{what} server: {e}");
+    }
+}
+
 /// Listens on a unix socket with mode 0660 from the moment it can be reached: it is bound inside
 /// a fresh directory only this user can enter, given its mode there, then renamed into place
 /// (`docs/security.md`). A stale socket file from a daemon that died is replaced; the state-dir
@@ -450,31 +504,60 @@ fn bind_socket(path: &std::path::Path) -> Result<tokio::net::UnixListener, Daemo
     bound.map_err(bind_err)
 }
 
-/// The token of `[server] token` or `token_file`, if any.
-fn read_token(server: &ServerSettings) -> Result<Option<String>, DaemonError> {
-    Ok(match (&server.token, &server.token_file) {
+/// The tokens of `[server]`: `token` or `token_file` (the admin scope, named `token`) and
+/// every `[[server.tokens]]` entry's file.
+fn read_tokens(server: &ServerSettings) -> Result<Vec<Token>, DaemonError> {
+    let read = |path: &std::path::Path| -> Result<String, DaemonError> {
+        use std::os::unix::fs::PermissionsExt;
+        let text = std::fs::read_to_string(path).map_err(|source| DaemonError::TokenFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            tracing::warn!(
+                "the token file {} can be read by other users; chmod 600 it",
+                path.display()
+            );
+        }
+        let token = text.trim().to_string();
+        if token.is_empty() {
+            return Err(DaemonError::EmptyTokenFile {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(token)
+    };
+    let mut tokens = Vec::new();
+    let legacy = match (&server.token, &server.token_file) {
         (Some(t), _) => Some(t.clone()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| DaemonError::TokenFile {
-                    path: path.clone(),
-                    source,
-                })?
-                .trim()
-                .to_string(),
-        ),
+        (None, Some(path)) => Some(read(path)?),
         (None, None) => None,
-    })
+    };
+    if let Some(secret) = legacy {
+        tokens.push(Token {
+            name: "token".into(),
+            secret,
+            scope: TokenScope::Admin,
+        });
+    }
+    for t in &server.tokens {
+        tokens.push(Token {
+            name: t.name.clone(),
+            secret: read(&t.file)?,
+            scope: t.scope,
+        });
+    }
+    Ok(tokens)
 }
 
 /// The access policy `[server]` describes.
 fn access_policy(
     server: &ServerSettings,
-    token: Option<String>,
+    tokens: Vec<Token>,
     config_file: &Option<PathBuf>,
 ) -> AccessPolicy {
     AccessPolicy::new(
-        token,
+        tokens,
         server.allow_users.clone(),
         server.allow_groups.clone(),
         config_file.clone(),

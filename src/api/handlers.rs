@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,9 +15,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::security::Granted;
 use super::status::{check_selector_name, statuses, Picked, Selector};
 use super::AppState;
-use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source};
+use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source, TokenScope};
 use crate::desired;
 use crate::logs::Stream;
 use crate::store::{RunRequest, StoreWrite};
@@ -128,6 +129,7 @@ pub struct ActionQuery {
 
 pub async fn start(
     State(d): Shared,
+    granted: Option<Extension<Granted>>,
     q: Result<Query<ActionQuery>, QueryRejection>,
     body: Body,
 ) -> ApiResult {
@@ -135,6 +137,15 @@ pub async fn start(
     let wait = parse_wait(q.wait.as_deref())?;
     let mut pre = Vec::new();
     if let Some(body) = json_body(body).await? {
+        // Starting is `operate`; registering the program the body describes is `admin`.
+        match granted {
+            Some(Extension(g)) => g.require(TokenScope::Admin, "registering a program")?,
+            None => {
+                return Err(ApiError::internal(
+                    "the request was not checked by the guard",
+                ))
+            }
+        }
         let spec = spec_from_body(&d, &body)?;
         ensure_api_owned(&d, &spec.name, true)?;
         q.sel = Selector {

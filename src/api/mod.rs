@@ -9,6 +9,7 @@ pub mod peer;
 pub mod security;
 pub mod status;
 mod stream;
+pub mod tls;
 
 use std::sync::Arc;
 

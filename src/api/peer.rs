@@ -4,7 +4,8 @@
 //! socket from `SO_PEERCRED`; on TCP from a loopback peer by asking the kernel's socket table
 //! (`sock_diag`) which user owns the client's end of exactly this connection (its 4-tuple). A
 //! peer that cannot be attributed (a remote address, a lookup that found nothing) is
-//! [`Caller::Unattributed`] and can only use the API with a token.
+//! [`Caller::Unattributed`] and can only use the API with a token. TLS changes nothing here:
+//! the attribution is made on the TCP connection under it.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,6 +17,8 @@ use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, Stat
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket};
 use tokio::net::{TcpListener, UnixListener};
+
+use super::tls::TlsTcpListener;
 
 /// The identity of one API connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +65,19 @@ impl Connected<IncomingStream<'_, TcpListener>> for Caller {
     fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
         let peer = *stream.remote_addr();
         match stream.io().local_addr() {
+            Ok(local) => attribute_tcp(local, peer),
+            Err(e) => Caller::Unattributed {
+                peer: peer.to_string(),
+                why: format!("the connection's local address is unknown: {e}"),
+            },
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, TlsTcpListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, TlsTcpListener>) -> Self {
+        let peer = *stream.remote_addr();
+        match stream.io().get_ref().0.local_addr() {
             Ok(local) => attribute_tcp(local, peer),
             Err(e) => Caller::Unattributed {
                 peer: peer.to_string(),

@@ -60,7 +60,13 @@ fn client(g: &GlobalArgs, config: Option<&Path>) -> Result<ApiClient, i32> {
             return Ok(ApiClient::over_socket(&socket, base_path, token));
         }
     }
-    Ok(ApiClient::new(&url, token))
+    match &g.cacert {
+        None => Ok(ApiClient::new(&url, token)),
+        Some(ca) => ApiClient::trusting(&url, token, ca).map_err(|e| {
+            eprintln!("provisr: {e}");
+            exit::USAGE
+        }),
+    }
 }
 
 /// Whether a socket found by convention (not named by the user) may be used: it answers, and it

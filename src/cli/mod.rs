@@ -53,6 +53,10 @@ pub struct GlobalArgs {
     /// directory (./.provisr/provisr.sock without --config) when no API URL is given.
     #[arg(long, global = true, env = "PROVISR_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Trust only this CA (a PEM file) for an https API URL, e.g. the daemon's own self-signed
+    /// certificate; without it, the public roots.
+    #[arg(long, global = true, env = "PROVISR_CACERT", value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
     /// Bearer token for the API.
     #[arg(long, global = true, env = "PROVISR_TOKEN", hide_env_values = true)]
     pub token: Option<String>,

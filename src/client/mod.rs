@@ -36,11 +36,47 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// `base` is the API base URL, e.g. `http://127.0.0.1:8080/api`.
+    /// `base` is the API base URL, e.g. `http://127.0.0.1:8080/api`; an `https` URL is checked
+    /// against the public (Mozilla) roots.
     pub fn new(base: &str, token: Option<String>) -> ApiClient {
+        Self::with_roots(base, token, ureq::tls::RootCerts::WebPki)
+    }
+
+    /// As [`ApiClient::new`], trusting only the certificates of the PEM file `ca` for `https`
+    /// (a private CA, or a daemon's self-signed certificate).
+    pub fn trusting(
+        base: &str,
+        token: Option<String>,
+        ca: &std::path::Path,
+    ) -> Result<ApiClient, ClientError> {
+        let unusable = |reason: String| ClientError::Protocol {
+            url: base.to_string(),
+            reason: format!("cannot use the CA file {}: {reason}", ca.display()),
+        };
+        let pem = std::fs::read(ca).map_err(|e| unusable(e.to_string()))?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| unusable(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(unusable("it holds no CERTIFICATE".into()));
+        }
+        Ok(Self::with_roots(
+            base,
+            token,
+            ureq::tls::RootCerts::new_with_certs(&certs),
+        ))
+    }
+
+    fn with_roots(base: &str, token: Option<String>, roots: ureq::tls::RootCerts) -> ApiClient {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(2)))
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             .build();
         ApiClient {
             base: base.trim_end_matches('/').to_string(),

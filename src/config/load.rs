@@ -49,6 +49,51 @@ pub struct ServerSettings {
     pub allow_users: Vec<u32>,
     /// Local groups whose members may use the API, as gids.
     pub allow_groups: Vec<u32>,
+    /// `[server.tls]`: serve the API over TLS.
+    pub tls: Option<TlsSettings>,
+    /// Listen on a non-loopback address without TLS anyway (a trusted proxy or network
+    /// encrypts the traffic).
+    pub allow_plaintext: bool,
+    /// `[[server.tokens]]`: named bearer tokens, each limited to a scope.
+    pub tokens: Vec<TokenSpec>,
+}
+
+/// `[server.tls]`: PEM files, absolute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a token lets its bearer do; each scope includes the ones before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenScope {
+    /// Status, logs, events, plans.
+    Read,
+    /// Also start, stop, restart and reload.
+    Operate,
+    /// Also register, update and unregister programs.
+    Admin,
+}
+
+impl std::fmt::Display for TokenScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TokenScope::Read => "read",
+            TokenScope::Operate => "operate",
+            TokenScope::Admin => "admin",
+        })
+    }
+}
+
+/// One `[[server.tokens]]` entry; the token itself is read from `file` when the daemon
+/// starts and on every reload, never kept in the settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TokenSpec {
+    pub name: String,
+    pub file: PathBuf,
+    pub scope: TokenScope,
 }
 
 /// `[server] socket`: where the API's unix socket is, if anywhere.
@@ -88,6 +133,9 @@ impl Default for ServerSettings {
             socket: SocketSetting::InStateDir,
             allow_users: Vec::new(),
             allow_groups: Vec::new(),
+            tls: None,
+            allow_plaintext: false,
+            tokens: Vec::new(),
         }
     }
 }
@@ -974,6 +1022,63 @@ fn read_main(path: &Path, cwd: &Path) -> Result<(Settings, Vec<ConfigError>), Ve
                 Err(why) => errors.push(ctx.err(&at, format!("`{at}`: {why}")).with_hint(
                     "name an existing user (or a numeric uid); `getent passwd` lists them",
                 )),
+            }
+        }
+        settings.server.allow_plaintext = server.allow_plaintext.unwrap_or(false);
+        if let Some(tls) = &server.tls {
+            let at = k("server").key("tls");
+            match (&tls.cert, &tls.key) {
+                (Some(cert), Some(key)) => {
+                    let cert = resolve(cert, &at.key("cert"), &mut errors);
+                    let key = resolve(key, &at.key("key"), &mut errors);
+                    if let (Some(cert), Some(key)) = (cert, key) {
+                        settings.server.tls = Some(TlsSettings { cert, key });
+                    }
+                }
+                _ => errors.push(
+                    ctx.err(&at, "`server.tls` needs both `cert` and `key`")
+                        .with_hint("cert = \"/etc/provisr/cert.pem\", key = \"/etc/provisr/key.pem\" (PEM files)"),
+                ),
+            }
+        }
+        let mut token_names = BTreeSet::new();
+        for (i, t) in server.tokens.iter().flatten().enumerate() {
+            let at = k("server").key("tokens").index(i);
+            let (Some(name), Some(file)) = (&t.name, &t.file) else {
+                errors.push(
+                    ctx.err(&at, format!("`{at}` needs `name` and `file`"))
+                        .with_hint("{ name = \"ci\", file = \"ci.token\", scope = \"read\" }"),
+                );
+                continue;
+            };
+            if !token_names.insert(name.clone()) {
+                errors.push(ctx.err(
+                    &at.key("name"),
+                    format!("the token name {name:?} is used twice"),
+                ));
+            }
+            let scope = match t.scope.as_deref() {
+                Some("read") => TokenScope::Read,
+                Some("operate") => TokenScope::Operate,
+                Some("admin") => TokenScope::Admin,
+                other => {
+                    let why = match other {
+                        Some(s) => format!("`{at}.scope` {s:?} is not a scope"),
+                        None => format!("`{at}.scope` is required"),
+                    };
+                    errors.push(
+                        ctx.err(&at.key("scope"), why)
+                            .with_hint("scope = \"read\", \"operate\" or \"admin\""),
+                    );
+                    continue;
+                }
+            };
+            if let Some(file) = resolve(file, &at.key("file"), &mut errors) {
+                settings.server.tokens.push(TokenSpec {
+                    name: name.clone(),
+                    file,
+                    scope,
+                });
             }
         }
         for (i, group) in server.allow_groups.iter().flatten().enumerate() {

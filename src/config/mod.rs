@@ -20,6 +20,6 @@ pub use error::{render_errors, ConfigError};
 pub use load::{
     is_program_file_name, load, program_from_json, scan_programs, DaemonSettings, FileOutcome,
     LoadedConfig, MetricsSettings, ProgramsScan, ServerSettings, Settings, SocketSetting,
-    DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
+    TlsSettings, TokenScope, TokenSpec, DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
 };
 pub use spec::*;

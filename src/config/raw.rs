@@ -102,6 +102,19 @@ pub const MAIN_SHAPE: Shape = Shape::Map(&[
             ("socket", Shape::Any),
             ("allow_users", Shape::Any),
             ("allow_groups", Shape::Any),
+            ("allow_plaintext", Shape::Any),
+            (
+                "tls",
+                Shape::Map(&[("cert", Shape::Any), ("key", Shape::Any)]),
+            ),
+            (
+                "tokens",
+                Shape::ListOf(&Shape::Map(&[
+                    ("name", Shape::Any),
+                    ("file", Shape::Any),
+                    ("scope", Shape::Any),
+                ])),
+            ),
         ]),
     ),
     (
@@ -369,6 +382,24 @@ pub struct RawServer {
     pub socket: Option<String>,
     pub allow_users: Option<Vec<String>>,
     pub allow_groups: Option<Vec<String>>,
+    pub allow_plaintext: Option<bool>,
+    pub tls: Option<RawTls>,
+    pub tokens: Option<Vec<RawToken>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: Option<String>,
+    pub file: Option<String>,
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -65,7 +65,7 @@ impl TestDaemon {
         let log2 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
+                if let Some(at) = line.find("listening on http") {
                     let url = line[at + "listening on ".len()..].trim().to_string();
                     let _ = tx.send(url);
                 }

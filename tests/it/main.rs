@@ -17,5 +17,6 @@ mod security;
 mod store;
 mod supervisor;
 mod systemd;
+mod tls;
 mod util;
 mod watch;

@@ -63,6 +63,9 @@ token_file = "secret"
 socket = "run/provisr.sock"
 allow_users = ["nobody", "4242"]
 allow_groups = ["nogroup"]
+allow_plaintext = true
+tls = { cert = "tls/cert.pem", key = "tls/key.pem" }
+tokens = [{ name = "ci", file = "ci.token", scope = "read" }]
 
 [metrics]
 enabled = true
@@ -100,6 +103,16 @@ priority = -1
             socket: SocketSetting::At(d.join("run/provisr.sock")),
             allow_users: vec![65534, 4242],
             allow_groups: vec![65534],
+            tls: Some(TlsSettings {
+                cert: d.join("tls/cert.pem"),
+                key: d.join("tls/key.pem"),
+            }),
+            allow_plaintext: true,
+            tokens: vec![TokenSpec {
+                name: "ci".into(),
+                file: d.join("ci.token"),
+                scope: TokenScope::Read,
+            }],
         }
     );
     assert_eq!(
