@@ -78,7 +78,7 @@ impl Action {
     }
 }
 
-/// What a changed field does to running instances (SPEC §3.4).
+/// What a changed field does to running instances (`docs/configuration.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
@@ -222,158 +222,194 @@ fn is_coming_up(state: InstanceState) -> bool {
 }
 
 /// Computes the plan. `desired` holds every program the store knows; `observed` every instance
-/// the runtime has. O(n log n) in the number of instances.
+/// the runtime has. Four named steps: one step per wanted instance, removals of the instances
+/// nothing wants, the priority-level gates, the order. O(n log n) in the number of instances.
 pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
     let observed_by_name: BTreeMap<&str, &Observed<'_>> =
         observed.iter().map(|o| (o.id.name.as_str(), o)).collect();
-    let mut steps = Vec::new();
-    let mut wanted: BTreeSet<String> = BTreeSet::new();
-    // Levels whose instances are still coming up; later levels wait for them.
-    let mut busy_levels: BTreeSet<i32> = BTreeSet::new();
-    // Levels with instances still stopping; earlier levels wait for them.
-    let mut stopping_levels: BTreeSet<i32> = BTreeSet::new();
-
+    // How many instances each program runs now (the largest count its instances were started
+    // with), to tell a scale from a first start.
+    let mut running_count: BTreeMap<&str, u32> = BTreeMap::new();
+    for o in observed {
+        let n = running_count.entry(o.id.program.as_str()).or_default();
+        *n = (*n).max(o.spec.instances);
+    }
+    let mut gates = LevelGates::default();
+    let mut steps = Vec::with_capacity(observed.len().max(desired.len()));
     for d in desired {
-        let spec = d.spec;
-        let ids = spec.instances();
-        let old_count = observed
-            .iter()
-            .filter(|o| o.id.program == spec.name)
-            .map(|o| o.spec.instances)
-            .max();
-        for id in ids {
-            let step = |action, reason: String, changes| Step {
-                instance: id.name.clone(),
-                program: spec.name.clone(),
-                priority: spec.priority,
-                action,
-                deferred: false,
-                reason,
-                changes,
-            };
+        for id in d.spec.instances() {
             let obs = observed_by_name.get(id.name.as_str()).copied();
             let want = d.for_instance(&id.name);
-            let s = match (want.run, obs) {
-                (DesiredRun::Running, None) => match old_count {
-                    Some(old) if old != spec.instances => step(
-                        Action::Start,
-                        format!("scale {old} → {} instances", spec.instances),
-                        vec![scale_change(old, spec.instances)],
-                    ),
-                    _ => step(Action::Start, "not running".to_string(), Vec::new()),
-                },
-                (DesiredRun::Stopped, None) => step(Action::Unchanged, "stopped".into(), vec![]),
-                (DesiredRun::Running, Some(o)) => {
-                    let changes: Vec<FieldChange> = spec_changes(o.spec, spec)
-                        .into_iter()
-                        .filter(|c| c.effect != Effect::Scale)
-                        .collect();
-                    let restart = changes.iter().any(|c| c.effect == Effect::Restart);
-                    if is_active(o.state) && restart {
-                        let fields: Vec<&str> = changes
-                            .iter()
-                            .filter(|c| c.effect == Effect::Restart)
-                            .map(|c| c.field.as_str())
-                            .collect();
-                        step(
-                            Action::Restart,
-                            format!("changed {}", fields.join(", ")),
-                            changes,
-                        )
-                    } else if is_active(o.state) && o.seq.restart < want.seq.restart {
-                        step(Action::Restart, "restart requested".into(), changes)
-                    } else if !is_active(o.state)
-                        && (o.state == InstanceState::Stopped
-                            || o.seq.start < want.seq.start
-                            || o.seq.restart < want.seq.restart)
-                    {
-                        step(
-                            Action::Start,
-                            format!("{:?} → running", o.state).to_lowercase(),
-                            changes,
-                        )
-                    } else if !changes.is_empty() {
-                        step(Action::Update, "changed in place".into(), changes)
-                    } else {
-                        step(
-                            Action::Unchanged,
-                            format!("{:?}", o.state).to_lowercase(),
-                            changes,
-                        )
-                    }
-                }
-                (DesiredRun::Stopped, Some(o)) => {
-                    let changes = spec_changes(o.spec, spec);
-                    if is_active(o.state) && o.state != InstanceState::Stopping {
-                        step(Action::Stop, "desired stopped".into(), changes)
-                    } else if !changes.is_empty() {
-                        step(Action::Update, "changed in place".into(), changes)
-                    } else {
-                        step(
-                            Action::Unchanged,
-                            format!("{:?}", o.state).to_lowercase(),
-                            changes,
-                        )
-                    }
-                }
-            };
-            // A running-wanted instance that is stopping is being restarted: it holds back the
-            // next level like a start does, so restarts too go level by level.
-            if want.run == DesiredRun::Running
-                && (s.action.starts()
-                    || obs.is_some_and(|o| {
-                        is_coming_up(o.state) || o.state == InstanceState::Stopping
-                    }))
-            {
-                busy_levels.insert(spec.priority);
-            }
-            if s.action.stops() || obs.is_some_and(|o| o.state == InstanceState::Stopping) {
-                stopping_levels.insert(spec.priority);
-            }
-            wanted.insert(id.name.clone());
+            let running = running_count.get(d.spec.name.as_str()).copied();
+            let s = instance_step(d.spec, &id, want, obs, running);
+            gates.note(&s, want.run, obs);
             steps.push(s);
         }
     }
+    let removed = removals(desired, observed, &steps);
+    for s in &removed {
+        gates.note_removal(s);
+    }
+    steps.extend(removed);
+    gates.defer(&mut steps);
+    order(&mut steps);
+    Plan { steps }
+}
 
-    let desired_names: BTreeMap<&str, &Desired<'_>> =
-        desired.iter().map(|d| (d.spec.name.as_str(), d)).collect();
-    for o in observed {
-        if wanted.contains(o.id.name.as_str()) {
-            continue;
-        }
-        let (reason, changes) = match desired_names.get(o.id.program.as_str()) {
-            Some(d) => (
-                format!(
-                    "scale {} → {} instances",
-                    o.spec.instances, d.spec.instances
-                ),
-                vec![scale_change(o.spec.instances, d.spec.instances)],
-            ),
-            None => ("program removed".to_string(), Vec::new()),
-        };
-        stopping_levels.insert(o.spec.priority);
-        steps.push(Step {
-            instance: o.id.name.clone(),
-            program: o.id.program.clone(),
-            priority: o.spec.priority,
-            action: Action::Remove,
-            deferred: false,
-            reason,
+/// The step for one instance of a desired program, given what runs now.
+fn instance_step(
+    spec: &ProgramSpec,
+    id: &InstanceId,
+    want: InstanceDesired,
+    obs: Option<&Observed<'_>>,
+    running_count: Option<u32>,
+) -> Step {
+    let step = |action, reason: String, changes| Step {
+        instance: id.name.clone(),
+        program: spec.name.clone(),
+        priority: spec.priority,
+        action,
+        deferred: false,
+        reason,
+        changes,
+    };
+    let unchanged = |o: &Observed<'_>, changes| {
+        step(
+            Action::Unchanged,
+            format!("{:?}", o.state).to_lowercase(),
             changes,
-        });
+        )
+    };
+    match (want.run, obs) {
+        (DesiredRun::Running, None) => match running_count {
+            Some(old) if old != spec.instances => step(
+                Action::Start,
+                format!("scale {old} → {} instances", spec.instances),
+                vec![scale_change(old, spec.instances)],
+            ),
+            _ => step(Action::Start, "not running".to_string(), Vec::new()),
+        },
+        (DesiredRun::Stopped, None) => step(Action::Unchanged, "stopped".into(), vec![]),
+        (DesiredRun::Running, Some(o)) => {
+            let changes: Vec<FieldChange> = spec_changes(o.spec, spec)
+                .into_iter()
+                .filter(|c| c.effect != Effect::Scale)
+                .collect();
+            let restart_fields: Vec<&str> = changes
+                .iter()
+                .filter(|c| c.effect == Effect::Restart)
+                .map(|c| c.field.as_str())
+                .collect();
+            if is_active(o.state) && !restart_fields.is_empty() {
+                let reason = format!("changed {}", restart_fields.join(", "));
+                step(Action::Restart, reason, changes)
+            } else if is_active(o.state) && o.seq.restart < want.seq.restart {
+                step(Action::Restart, "restart requested".into(), changes)
+            } else if !is_active(o.state)
+                && (o.state == InstanceState::Stopped
+                    || o.seq.start < want.seq.start
+                    || o.seq.restart < want.seq.restart)
+            {
+                let reason = format!("{:?} → running", o.state).to_lowercase();
+                step(Action::Start, reason, changes)
+            } else if !changes.is_empty() {
+                step(Action::Update, "changed in place".into(), changes)
+            } else {
+                unchanged(o, changes)
+            }
+        }
+        (DesiredRun::Stopped, Some(o)) => {
+            let changes = spec_changes(o.spec, spec);
+            if is_active(o.state) && o.state != InstanceState::Stopping {
+                step(Action::Stop, "desired stopped".into(), changes)
+            } else if !changes.is_empty() {
+                step(Action::Update, "changed in place".into(), changes)
+            } else {
+                unchanged(o, changes)
+            }
+        }
+    }
+}
+
+/// A removal for every observed instance no desired program wants: its program is gone, or
+/// was scaled below it.
+fn removals(desired: &[Desired<'_>], observed: &[Observed<'_>], wanted: &[Step]) -> Vec<Step> {
+    let wanted: BTreeSet<&str> = wanted.iter().map(|s| s.instance.as_str()).collect();
+    let desired_by_name: BTreeMap<&str, &Desired<'_>> =
+        desired.iter().map(|d| (d.spec.name.as_str(), d)).collect();
+    observed
+        .iter()
+        .filter(|o| !wanted.contains(o.id.name.as_str()))
+        .map(|o| {
+            let (reason, changes) = match desired_by_name.get(o.id.program.as_str()) {
+                Some(d) => (
+                    format!(
+                        "scale {} → {} instances",
+                        o.spec.instances, d.spec.instances
+                    ),
+                    vec![scale_change(o.spec.instances, d.spec.instances)],
+                ),
+                None => ("program removed".to_string(), Vec::new()),
+            };
+            Step {
+                instance: o.id.name.clone(),
+                program: o.id.program.clone(),
+                priority: o.spec.priority,
+                action: Action::Remove,
+                deferred: false,
+                reason,
+                changes,
+            }
+        })
+        .collect()
+}
+
+/// Which priority levels hold back others: a level still coming up holds back every later
+/// level's starts; a level still going down holds back every earlier level's stops.
+#[derive(Debug, Default)]
+struct LevelGates {
+    coming_up: BTreeSet<i32>,
+    going_down: BTreeSet<i32>,
+}
+
+impl LevelGates {
+    fn note(&mut self, s: &Step, want: DesiredRun, obs: Option<&Observed<'_>>) {
+        // A running-wanted instance that is stopping is being restarted: it holds back the
+        // next level like a start does, so restarts too go level by level.
+        let stopping = obs.is_some_and(|o| o.state == InstanceState::Stopping);
+        if want == DesiredRun::Running
+            && (s.action.starts() || stopping || obs.is_some_and(|o| is_coming_up(o.state)))
+        {
+            self.coming_up.insert(s.priority);
+        }
+        if s.action.stops() || stopping {
+            self.going_down.insert(s.priority);
+        }
     }
 
-    let first_busy = busy_levels.first().copied();
-    let last_stopping = stopping_levels.last().copied();
-    for s in &mut steps {
-        s.deferred = if s.action.starts() {
-            first_busy.is_some_and(|l| s.priority > l)
-        } else if s.action.stops() {
-            last_stopping.is_some_and(|l| s.priority < l)
-        } else {
-            false
-        };
+    fn note_removal(&mut self, s: &Step) {
+        self.going_down.insert(s.priority);
     }
+
+    /// Marks the steps that must wait for another level.
+    fn defer(&self, steps: &mut [Step]) {
+        let first_up = self.coming_up.first().copied();
+        let last_down = self.going_down.last().copied();
+        for s in steps {
+            s.deferred = if s.action.starts() {
+                first_up.is_some_and(|l| s.priority > l)
+            } else if s.action.stops() {
+                last_down.is_some_and(|l| s.priority < l)
+            } else {
+                false
+            };
+        }
+    }
+}
+
+/// Stops first, in descending priority; then everything else in ascending priority; ties by
+/// instance name (`web-2` before `web-10` among starts).
+fn order(steps: &mut [Step]) {
     steps.sort_by(|a, b| {
         let class = |s: &Step| u8::from(!s.action.stops());
         class(a).cmp(&class(b)).then_with(|| {
@@ -388,23 +424,34 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
             }
         })
     });
-    Plan { steps }
 }
 
-/// Orders `web-2` before `web-10`.
+/// Orders `web-2` before `web-10`; allocates nothing, since a sort calls it n log n times.
 fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    let split = |s: &str| {
-        let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-        let (head, tail) = s.split_at(s.len() - digits);
-        (head.to_string(), tail.parse::<u64>().unwrap_or(0))
-    };
-    split(a).cmp(&split(b)).then_with(|| a.cmp(b))
+    fn split(s: &str) -> (&str, u64) {
+        let head = s.trim_end_matches(|c: char| c.is_ascii_digit());
+        (head, s[head.len()..].parse::<u64>().unwrap_or(0))
+    }
+    let (ha, na) = split(a);
+    let (hb, nb) = split(b);
+    ha.cmp(hb).then(na.cmp(&nb)).then_with(|| a.cmp(b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{Dur, Exec};
+
+    #[test]
+    fn instance_names_sort_by_number() {
+        use std::cmp::Ordering::{Equal, Greater, Less};
+        assert_eq!(natural_cmp("web-2", "web-10"), Less);
+        assert_eq!(natural_cmp("web-10", "web-9"), Greater);
+        assert_eq!(natural_cmp("web", "web-1"), Less);
+        assert_eq!(natural_cmp("a1", "b0"), Less);
+        assert_eq!(natural_cmp("web-01", "web-1"), Less);
+        assert_eq!(natural_cmp("x", "x"), Equal);
+    }
 
     fn spec(name: &str, priority: i32) -> ProgramSpec {
         let mut s = ProgramSpec::new(name, Exec::Command("sleep 300".into()));
