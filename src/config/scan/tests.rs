@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::config::{Dur, Exec};
+use crate::config::{Dur, Exec, LogSpec, MetricsSettings, ServerSettings, SocketSetting};
 
 fn env_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -278,10 +278,10 @@ fn syntax_errors_name_the_line_in_every_format() {
         ("x.json", "{\n  \"command\": \"a\",\n  \"priority\": ,\n}\n"),
     ];
     for (file, text) in cases {
-        let e = parse_tree(
-            text,
-            Format::from_extension(&file[2..]).unwrap(),
-            Path::new(file),
+        let e = Document::parse(
+            file.into(),
+            text.into(),
+            Format::of(Path::new(file)).unwrap(),
         )
         .unwrap_err();
         let line = e.line.unwrap_or_else(|| panic!("{file}: no line in {e}"));
