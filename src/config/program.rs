@@ -18,7 +18,7 @@ use super::{check_name, DetectorKind, DetectorSpec, Dur, Exec, LogSpec, ProgramS
 /// A program: the flat form, or the `spec` table of the wrapped form. Counts are `i64` so that
 /// `instances = 0` or `-1` reach validation and get a clear message.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 pub struct RawProgram {
     #[serde(rename = "type")]
     kind: Val<String>,
@@ -45,7 +45,7 @@ pub struct RawProgram {
 
 /// The top level of the wrapped form.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 struct RawWrapped {
     #[serde(rename = "type")]
     kind: Val<String>,
@@ -54,7 +54,7 @@ struct RawWrapped {
 
 /// One entry of `detectors`.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 struct RawDetector {
     #[serde(rename = "type")]
     kind: Val<String>,

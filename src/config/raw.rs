@@ -90,7 +90,7 @@ impl RawEnv {
 
 /// `log` of a program, or the main config's `[log]` defaults.
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 pub struct RawLog {
     pub stdout: Val<String>,
     pub stderr: Val<String>,

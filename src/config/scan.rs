@@ -105,6 +105,25 @@ struct Scanned {
 }
 
 impl Scanned {
+    fn new(
+        doc: Arc<Document>,
+        at: &KeyPath,
+        label: String,
+        file: Option<PathBuf>,
+        o: ProgramOutcome,
+    ) -> Scanned {
+        let name_at = at.join(&o.name_path);
+        let (name, result) = (o.name, o.result);
+        Scanned {
+            doc,
+            name_at,
+            label,
+            file,
+            name,
+            result,
+        }
+    }
+
     /// Marks the program invalid with an error about its name.
     fn fail(&mut self, message: String, hint: &str) {
         let e = self.doc.error(&self.name_at, message).with_hint(hint);
@@ -133,16 +152,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
     for (i, tree) in settings.processes.iter().enumerate() {
         let at = k("processes").index(i);
         let o = program::validate(&main, tree, at.clone(), &inline);
-        let (doc, name_at, label) = (main.clone(), at.join(&o.name_path), at.to_string());
-        let (file, name, result) = (None, o.name, o.result);
-        scanned.push(Scanned {
-            doc,
-            name_at,
-            label,
-            file,
-            name,
-            result,
-        });
+        scanned.push(Scanned::new(main.clone(), &at, at.to_string(), None, o));
     }
     let paths = program_files(&settings.programs_directory).unwrap_or_else(|e| {
         c.errors.push(e);
@@ -176,16 +186,14 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
                 )
             }
         };
-        let (doc, name_at, label) = (Arc::new(doc), o.name_path, path.display().to_string());
-        let (file, name, result) = (Some(path), o.name, o.result);
-        scanned.push(Scanned {
-            doc,
-            name_at,
+        let label = path.display().to_string();
+        scanned.push(Scanned::new(
+            Arc::new(doc),
+            &KeyPath::default(),
             label,
-            file,
-            name,
-            result,
-        });
+            Some(path),
+            o,
+        ));
     }
     check_unique_names(&mut scanned);
 
@@ -198,10 +206,8 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
                 Err(list)
             }
             (Ok(spec), None) => {
-                programs.push(Program {
-                    spec,
-                    source: Source::Config,
-                });
+                let source = Source::Config;
+                programs.push(Program { spec, source });
                 continue;
             }
             // Its env cannot be computed: it keeps its last good spec, like any broken file.
@@ -216,11 +222,8 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
             }
         };
         if let Some(path) = s.file {
-            files.push(FileOutcome {
-                path,
-                name: s.name,
-                result,
-            });
+            let name = s.name;
+            files.push(FileOutcome { path, name, result });
         }
     }
     programs.sort_by(|a, b| (a.spec.priority, &a.spec.name).cmp(&(b.spec.priority, &b.spec.name)));

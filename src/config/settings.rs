@@ -174,7 +174,7 @@ impl Settings {
 
 /// The main config file.
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 struct RawMain {
     programs_directory: Val<String>,
     env: Val<RawEnv>,
@@ -190,14 +190,14 @@ struct RawMain {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 struct RawGroup {
     name: Val<String>,
     members: Val<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 struct RawServer {
     listen: Val<String>,
     base_path: Val<String>,
@@ -209,14 +209,14 @@ struct RawServer {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 struct RawMetrics {
     enabled: Val<bool>,
     listen: Val<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(default)]
+#[serde(default, expecting = "a table of keys")]
 struct RawDaemon {
     state_dir: Val<String>,
 }
@@ -260,8 +260,13 @@ pub fn read_main(
     s.env = match c.get(&raw.env, "env") {
         Some(RawEnv::List(list)) => list.clone(),
         Some(table) => (table.entries(&k("env")).into_iter())
-            .filter_map(|(at, entry)| entry.map_err(|why| c.err(&at, why).hint = None).ok())
-            .map(|(key, value)| format!("{key}={value}"))
+            .filter_map(|(at, entry)| match entry {
+                Ok((key, value)) => Some(format!("{key}={value}")),
+                Err(why) => {
+                    c.err(&at, why);
+                    None
+                }
+            })
             .collect(),
         None => Vec::new(),
     };

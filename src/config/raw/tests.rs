@@ -97,10 +97,12 @@ fn env_accepts_lists_and_tables_in_order() {
     let list: RawEnv = serde_json::from_value(json!(["B=1", "A=2"])).unwrap();
     let entries = |env: &RawEnv| env.entries(&k("env"));
     let ok = |at: &str, key: &str, v: &str| {
-        let at = at.split(['.', '[']).fold(KeyPath::default(), |p, s| match s.strip_suffix(']') {
-            Some(i) => p.index(i.parse().unwrap()),
-            None => p.key(s),
-        });
+        let at = at
+            .split(['.', '['])
+            .fold(KeyPath::default(), |p, s| match s.strip_suffix(']') {
+                Some(i) => p.index(i.parse().unwrap()),
+                None => p.key(s),
+            });
         (at, Ok((key.to_string(), v.to_string())))
     };
     assert_eq!(
