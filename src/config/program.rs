@@ -152,8 +152,9 @@ fn wrapped_form(
         return None;
     };
     if !raw.kind.is_absent() {
-        let e = c.bad("type", "is not a key of `spec`");
-        e.help("`type` belongs next to `spec`, at the top of the file");
+        let message = format!("unknown key `{}`", c.at.key("type"));
+        c.err("type", message)
+            .help("`type` belongs next to `spec`, at the top of the file");
     }
     build(c, raw, pc)
 }

@@ -236,6 +236,19 @@ const CASES: &[Case] = &[
         "command = \"x\"\nwork_dir = \"\"\n",
         &[(Some("work_dir"), Some(2), "`work_dir` is empty", "")],
     ),
+    (
+        "type inside spec",
+        "type = \"process\"\n[spec]\ncommand = \"x\"\ntype = \"process\"\n",
+        &[(Some("spec.type"), Some(4), "unknown key `spec.type`", "next to `spec`")],
+    ),
+    (
+        "a table or list of the wrong type is one error",
+        "command = \"x\"\nlog = 5\ndetectors = [1]\n",
+        &[
+            (Some("log"), Some(2), "`log` has the wrong type", ""),
+            (Some("detectors"), Some(3), "`detectors` has the wrong type", ""),
+        ],
+    ),
 ];
 
 #[test]
@@ -505,4 +518,32 @@ fn type_errors_keep_going_after_the_first() {
         .map(|e| e.key.clone().unwrap())
         .collect();
     assert_eq!(keys, ["priority", "instances", "detectors[0].interval"]);
+}
+
+#[test]
+fn every_format_gives_the_same_keys_and_lines() {
+    let f = Fixture::new();
+    let texts = [
+        (
+            "web.toml",
+            "command = \"x\"\ninstances = 0\n[log]\ndirr = \"d\"\n",
+        ),
+        ("web.yaml", "command: x\ninstances: 0\nlog:\n  dirr: d\n"),
+        ("web.yml", "command: x\ninstances: 0\nlog: {\n  dirr: d}\n"),
+        (
+            "web.json",
+            "{\"command\": \"x\",\n\"instances\": 0,\n\"log\": {\n\"dirr\": \"d\"}}\n",
+        ),
+    ];
+    for (file, text) in texts {
+        let errors = f.check(file, text).unwrap_err();
+        let got: Vec<_> = errors.iter().map(|e| (e.key.as_deref(), e.line)).collect();
+        let want = [(Some("log.dirr"), Some(4)), (Some("instances"), Some(2))];
+        assert_eq!(
+            got,
+            want,
+            "{file}: {}",
+            crate::config::render_errors(&errors)
+        );
+    }
 }
