@@ -93,7 +93,6 @@ impl fmt::Display for KeyPath {
 }
 
 /// A file (or an API request body): its name for errors, its tree, and the text lines come from.
-#[derive(Debug)]
 pub struct Document {
     pub file: PathBuf,
     pub tree: Value,
@@ -177,6 +176,15 @@ impl Document {
                 Some(e.line()).filter(|&l| l > 0)
             }
         }
+    }
+}
+
+impl fmt::Debug for Document {
+    /// The file only: the text may hold a secret (`[server] token`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Document")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
     }
 }
 

@@ -627,3 +627,13 @@ fn the_token_is_never_serialized() {
     let json = serde_json::to_string(&settings).unwrap();
     assert!(!json.contains("secret-token"), "{json}");
 }
+
+#[test]
+fn a_parsed_config_keeps_its_text_out_of_debug_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "c.toml", "[server]\ntoken = \"secret-token\"\n");
+    let loaded = load(Some(&config), &daemon_env()).unwrap();
+    let shown = format!("{:?}", loaded.settings.document);
+    assert!(shown.contains("c.toml"), "{shown}");
+    assert!(!shown.contains("secret-token"), "{shown}");
+}
