@@ -7,7 +7,6 @@
 //! file, line and key.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 /// `PATH` of the minimal base environment (`use_os_env = false`).
 pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -38,26 +37,17 @@ pub fn is_var_name(name: &str) -> bool {
 }
 
 /// Why a value could not be expanded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ExpandError {
     /// `${NAME}` names nothing set earlier.
+    #[error("unknown variable `${{{0}}}`")]
     Unknown(String),
     /// `${` without a closing `}`.
+    #[error("`${{` is not closed by `}}`")]
     Unclosed,
     /// `${…}` holds something that is not a variable name.
+    #[error("`${{{0}}}` does not hold a variable name")]
     BadName(String),
-}
-
-impl fmt::Display for ExpandError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpandError::Unknown(name) => write!(f, "unknown variable `${{{name}}}`"),
-            ExpandError::Unclosed => f.write_str("`${` is not closed by `}`"),
-            ExpandError::BadName(name) => {
-                write!(f, "`${{{name}}}` does not hold a variable name")
-            }
-        }
-    }
 }
 
 impl ExpandError {

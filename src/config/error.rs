@@ -51,9 +51,9 @@ impl ConfigError {
         self
     }
 
-    pub fn with_hint_opt(mut self, hint: Option<String>) -> ConfigError {
-        self.hint = hint;
-        self
+    /// Sets the hint of an error already recorded.
+    pub fn help(&mut self, hint: impl Into<String>) {
+        self.hint = Some(hint.into());
     }
 
     /// True when this error is about `path`.

@@ -5,21 +5,30 @@
 //! directory for the hot-reload watcher, [`program_from_json`] validates an API request body.
 //! Every entry point reports all errors at once, each naming file, line and key
 //! ([`ConfigError`]). `docs/configuration.md` is the user-facing reference.
+//!
+//! The path of a file: `document` parses it into a generic tree with the format's own parser;
+//! `raw` deserializes the tree into serde structs that keep every key's type error and find
+//! every unknown key; `settings` (the main config) and `program` (a program) apply the rules;
+//! `scan` runs them over the programs and checks across programs. Lines come from the parsers.
 
+mod document;
 pub mod duration;
 pub mod env;
 pub mod error;
-pub mod load;
-pub mod locate;
+mod program;
 mod raw;
+mod scan;
+mod settings;
 pub mod spec;
-mod validate;
 
 pub use duration::Dur;
 pub use error::{render_errors, ConfigError};
-pub use load::{
-    is_program_file_name, load, program_from_json, scan_programs, DaemonSettings, FileOutcome,
-    LoadedConfig, MetricsSettings, ProgramsScan, ServerSettings, Settings, SocketSetting,
-    TlsSettings, TokenScope, TokenSpec, DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
+pub use scan::{
+    is_program_file_name, load, program_from_json, scan_programs, FileOutcome, LoadedConfig,
+    ProgramsScan,
+};
+pub use settings::{
+    DaemonSettings, MetricsSettings, ServerSettings, Settings, SocketSetting, TlsSettings,
+    TokenScope, TokenSpec, DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
 };
 pub use spec::*;

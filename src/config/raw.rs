@@ -1,516 +1,368 @@
-//! The raw shapes of the files: what a user may write, before any validation.
+//! What a user may write, before validation, and [`Check`], which validates it.
 //!
-//! Every field is optional here; defaults and rules live in `validate`. Unknown keys are found
-//! by walking the generic tree against [`Shape`]s (so every unknown key of a file is reported,
-//! not only the first), then stripped; the typed structs keep `deny_unknown_fields` as a guard
-//! that the shapes and the structs agree.
+//! The raw shapes are serde structs whose fields are all [`Val`]: a key of the wrong type is
+//! kept as an error and the other keys are still read, so one pass finds every error.
+//! [`Check::read`] deserializes a tree into such a struct and reports every key the struct does
+//! not know (`serde_ignored`), suggesting the closest key the struct knows at that place.
+//! Adding a key is adding a field to a struct and its rule where the struct is validated; its
+//! unknown-key errors, suggestions, type errors and lines follow.
 
-use std::fmt;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::de::value::{Error as ProbeError, MapDeserializer, SeqDeserializer};
+use serde::de::{self, Deserialize, Deserializer, IntoDeserializer, Visitor};
 use serde_json::Value;
 
-use super::locate::KeyPath;
+use super::document::{did_you_mean, Document, KeyPath, Seg};
+use super::env::{is_var_name, parse_entry, EnvLayers};
+use super::error::ConfigError;
+use super::{Dur, LogSpec};
 
-/// The keys a map may hold and the shape of each value.
-#[derive(Debug)]
-pub enum Shape {
-    /// A map with exactly these keys.
-    Map(&'static [(&'static str, Shape)]),
-    /// A list whose elements have this shape.
-    ListOf(&'static Shape),
-    /// Anything: checked by the typed structs or by `validate`.
-    Any,
+/// One key as written: absent (or null), a value of the right type, or why it is not.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Val<T> {
+    #[default]
+    Absent,
+    Ok(T),
+    Bad(String),
 }
 
-impl Shape {
-    /// The key names of a map shape.
-    pub fn keys(&self) -> Vec<&'static str> {
+impl<T> Val<T> {
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Val::Absent)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Val<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Trees are deserialized from an in-memory value, so a failed key leaves nothing half
+        // read: the other keys go on.
+        Ok(match Option::<T>::deserialize(d) {
+            Ok(None) => Val::Absent,
+            Ok(Some(v)) => Val::Ok(v),
+            Err(e) => Val::Bad(e.to_string()),
+        })
+    }
+}
+
+/// `env`: a list of `"KEY=VALUE"` strings, or a table `{ KEY = "VALUE" }` in written order.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a list of \"KEY=VALUE\" strings or a table of KEY = \"VALUE\""
+)]
+pub enum RawEnv {
+    List(Vec<String>),
+    Table(serde_json::Map<String, Value>),
+}
+
+/// One env entry: where it is written, and its key and value or why it has none.
+pub type EnvEntry = (KeyPath, Result<(String, String), String>);
+
+impl RawEnv {
+    /// The entries in written order; table values may be numbers and booleans, taken as their
+    /// text (`PORT = 8080`).
+    pub fn entries(&self, at: &KeyPath) -> Vec<EnvEntry> {
+        let table_entry = |k: &String, v: &Value| {
+            match v {
+            _ if !is_var_name(k) => Err(format!(
+                "env key {k:?} is not a variable name (letters, digits, `_`, not starting with a digit)"
+            )),
+            Value::String(s) => Ok((k.clone(), s.clone())),
+            Value::Number(_) | Value::Bool(_) => Ok((k.clone(), v.to_string())),
+            _ => Err(format!("env value of {k} must be a string, number or boolean")),
+        }
+        };
         match self {
-            Shape::Map(fields) => fields.iter().map(|(k, _)| *k).collect(),
-            _ => Vec::new(),
+            RawEnv::List(list) => list
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (at.index(i), parse_entry(s)))
+                .collect(),
+            RawEnv::Table(table) => table
+                .iter()
+                .map(|(k, v)| (at.key(k), table_entry(k, v)))
+                .collect(),
         }
-    }
-}
-
-pub const LOG_SHAPE: Shape = Shape::Map(&[
-    ("stdout", Shape::Any),
-    ("stderr", Shape::Any),
-    ("dir", Shape::Any),
-    ("max_size_mb", Shape::Any),
-    ("max_backups", Shape::Any),
-    ("max_age_days", Shape::Any),
-    ("compress", Shape::Any),
-]);
-
-pub const DETECTOR_SHAPE: Shape = Shape::Map(&[
-    ("type", Shape::Any),
-    ("path", Shape::Any),
-    ("command", Shape::Any),
-    ("timeout", Shape::Any),
-    ("interval", Shape::Any),
-    ("failure_threshold", Shape::Any),
-]);
-
-/// A program: the flat form, or the `spec` table of the wrapped form.
-pub const PROGRAM_SHAPE: Shape = Shape::Map(&[
-    ("name", Shape::Any),
-    ("command", Shape::Any),
-    ("args", Shape::Any),
-    ("work_dir", Shape::Any),
-    ("env", Shape::Any),
-    ("priority", Shape::Any),
-    ("autostart", Shape::Any),
-    ("instances", Shape::Any),
-    ("start_duration", Shape::Any),
-    ("retry_count", Shape::Any),
-    ("retry_interval", Shape::Any),
-    ("auto_restart", Shape::Any),
-    ("autorestart", Shape::Any),
-    ("restart_interval", Shape::Any),
-    ("restart_max_interval", Shape::Any),
-    ("stop_signal", Shape::Any),
-    ("stop_timeout", Shape::Any),
-    ("log", LOG_SHAPE),
-    ("detectors", Shape::ListOf(&DETECTOR_SHAPE)),
-]);
-
-/// The top level of the wrapped form.
-pub const WRAPPED_KEYS: &[&str] = &["type", "spec"];
-
-pub const MAIN_SHAPE: Shape = Shape::Map(&[
-    ("programs_directory", Shape::Any),
-    ("env", Shape::Any),
-    ("env_files", Shape::Any),
-    ("use_os_env", Shape::Any),
-    ("log", LOG_SHAPE),
-    (
-        "groups",
-        Shape::ListOf(&Shape::Map(&[
-            ("name", Shape::Any),
-            ("members", Shape::Any),
-        ])),
-    ),
-    (
-        "server",
-        Shape::Map(&[
-            ("listen", Shape::Any),
-            ("base_path", Shape::Any),
-            ("token", Shape::Any),
-            ("token_file", Shape::Any),
-            ("socket", Shape::Any),
-            ("allow_users", Shape::Any),
-            ("allow_groups", Shape::Any),
-            ("allow_plaintext", Shape::Any),
-            (
-                "tls",
-                Shape::Map(&[("cert", Shape::Any), ("key", Shape::Any)]),
-            ),
-            (
-                "tokens",
-                Shape::ListOf(&Shape::Map(&[
-                    ("name", Shape::Any),
-                    ("file", Shape::Any),
-                    ("scope", Shape::Any),
-                ])),
-            ),
-        ]),
-    ),
-    (
-        "metrics",
-        Shape::Map(&[("enabled", Shape::Any), ("listen", Shape::Any)]),
-    ),
-    ("daemon", Shape::Map(&[("state_dir", Shape::Any)])),
-    // Checked as programs, one by one.
-    ("processes", Shape::Any),
-]);
-
-/// An unknown key found by [`strip_unknown_keys`], with the keys that were allowed there.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownKey {
-    pub path: KeyPath,
-    pub key: String,
-    pub known: Vec<&'static str>,
-}
-
-/// Removes every key `shape` does not allow from `value`, returning each one found, in file order.
-pub fn strip_unknown_keys(value: &mut Value, shape: &Shape, at: &KeyPath) -> Vec<UnknownKey> {
-    let mut found = Vec::new();
-    walk(value, shape, at, &mut found);
-    found
-}
-
-fn walk(value: &mut Value, shape: &Shape, at: &KeyPath, found: &mut Vec<UnknownKey>) {
-    match (shape, value) {
-        (Shape::Map(fields), Value::Object(map)) => {
-            let unknown: Vec<String> = map
-                .keys()
-                .filter(|k| !fields.iter().any(|(name, _)| name == k))
-                .cloned()
-                .collect();
-            for key in unknown {
-                map.shift_remove(&key);
-                found.push(UnknownKey {
-                    path: at.key(&key),
-                    key,
-                    known: shape.keys(),
-                });
-            }
-            for (name, sub) in fields.iter() {
-                if let Some(v) = map.get_mut(*name) {
-                    walk(v, sub, &at.key(name), found);
-                }
-            }
-        }
-        (Shape::ListOf(item), Value::Array(items)) => {
-            for (i, v) in items.iter_mut().enumerate() {
-                walk(v, item, &at.index(i), found);
-            }
-        }
-        // A value of the wrong kind is left for the typed structs to report.
-        _ => {}
-    }
-}
-
-/// A duration as written; parsed in `validate` so every bad duration of a file is reported.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawDur(pub String);
-
-impl<'de> Deserialize<'de> for RawDur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = RawDur;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration string with a unit, e.g. \"1.5s\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDur, E> {
-                Ok(RawDur(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// `stop_signal` as written: a name (`"TERM"`, `"SIGTERM"`, `"term"`) or a number (`15`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawSignal {
-    Name(String),
-    Number(i64),
-}
-
-impl<'de> Deserialize<'de> for RawSignal {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = RawSignal;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a signal name like \"TERM\" or a signal number")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawSignal, E> {
-                Ok(RawSignal::Name(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawSignal, E> {
-                Ok(RawSignal::Number(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawSignal, E> {
-                Ok(RawSignal::Number(i64::try_from(v).unwrap_or(i64::MAX)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// One environment entry as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RawEnvEntry {
-    /// `"KEY=VALUE"` in a list.
-    Entry(String),
-    /// `KEY = "VALUE"` in a table.
-    Pair(String, String),
-}
-
-/// `env`: a list of `"KEY=VALUE"` strings, or a table `{ KEY = "VALUE" }` (in written order).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RawEnv(pub Vec<RawEnvEntry>);
-
-impl<'de> Deserialize<'de> for RawEnv {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawEnv;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of \"KEY=VALUE\" strings or a table of KEY = \"VALUE\"")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawEnv, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = seq.next_element::<EnvString>()? {
-                    out.push(RawEnvEntry::Entry(entry.0));
-                }
-                Ok(RawEnv(out))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEnv, A::Error> {
-                let mut out = Vec::new();
-                while let Some((k, v)) = map.next_entry::<String, EnvScalar>()? {
-                    out.push(RawEnvEntry::Pair(k, v.0));
-                }
-                Ok(RawEnv(out))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A list entry of `env`: a string only, so a stray number is reported rather than guessed at.
-struct EnvString(String);
-
-impl<'de> Deserialize<'de> for EnvString {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = EnvString;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a \"KEY=VALUE\" string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvString, E> {
-                Ok(EnvString(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A table value of `env`: strings, and numbers and booleans as they read (`PORT = 8080`).
-struct EnvScalar(String);
-
-impl<'de> Deserialize<'de> for EnvScalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = EnvScalar;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string, number or boolean value")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvScalar, E> {
-                Ok(EnvScalar(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvScalar, E> {
-                Ok(EnvScalar(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvScalar, E> {
-                Ok(EnvScalar(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvScalar, E> {
-                Ok(EnvScalar(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvScalar, E> {
-                Ok(EnvScalar(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
     }
 }
 
 /// `log` of a program, or the main config's `[log]` defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(default, expecting = "a table of keys")]
 pub struct RawLog {
-    pub stdout: Option<String>,
-    pub stderr: Option<String>,
-    pub dir: Option<String>,
-    pub max_size_mb: Option<i64>,
-    pub max_backups: Option<i64>,
-    pub max_age_days: Option<i64>,
-    pub compress: Option<bool>,
+    pub stdout: Val<String>,
+    pub stderr: Val<String>,
+    pub dir: Val<String>,
+    pub max_size_mb: Val<i64>,
+    pub max_backups: Val<i64>,
+    pub max_age_days: Val<i64>,
+    pub compress: Val<bool>,
 }
 
-/// One entry of `detectors`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDetector {
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub path: Option<String>,
-    pub command: Option<String>,
-    pub timeout: Option<RawDur>,
-    pub interval: Option<RawDur>,
-    pub failure_threshold: Option<i64>,
+/// Validates one tree (a file, a request body, an inline process) into errors that name the
+/// document, the key (`at` joined with the key's own path) and its line.
+pub struct Check<'d> {
+    pub doc: &'d Document,
+    /// Where the tree being checked sits in the document, e.g. `processes[2].spec`.
+    pub at: KeyPath,
+    pub errors: Vec<ConfigError>,
 }
 
-/// A program (flat form, or the `spec` of the wrapped form).
-///
-/// Counts are `i64` so that `instances = 0` or `-1` reach validation and get a clear message.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProgram {
-    pub name: Option<String>,
-    pub command: Option<String>,
-    pub args: Option<Vec<String>>,
-    pub work_dir: Option<String>,
-    pub env: Option<RawEnv>,
-    pub priority: Option<i64>,
-    pub autostart: Option<bool>,
-    pub instances: Option<i64>,
-    pub start_duration: Option<RawDur>,
-    pub retry_count: Option<i64>,
-    pub retry_interval: Option<RawDur>,
-    pub auto_restart: Option<bool>,
-    pub autorestart: Option<bool>,
-    pub restart_interval: Option<RawDur>,
-    pub restart_max_interval: Option<RawDur>,
-    pub stop_signal: Option<RawSignal>,
-    pub stop_timeout: Option<RawDur>,
-    pub log: Option<RawLog>,
-    pub detectors: Option<Vec<RawDetector>>,
+/// For each key, when the rule `$c.$rule` passes the key's value in `$raw`, sets the field of
+/// the same name in `$out`: `set!(c.dur(raw => spec): stop_timeout)`.
+macro_rules! set {
+    ($c:ident.$rule:ident($raw:ident => $out:ident): $($key:ident),+) => {
+        $(if let Some(v) = $c.$rule(&$raw.$key, stringify!($key)) {
+            $out.$key = v.into();
+        })+
+    };
 }
+pub(crate) use set;
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawGroup {
-    pub name: Option<String>,
-    pub members: Option<Vec<String>>,
-}
+impl<'d> Check<'d> {
+    pub fn new(doc: &'d Document, at: KeyPath) -> Check<'d> {
+        let errors = Vec::new();
+        Check { doc, at, errors }
+    }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub listen: Option<String>,
-    pub base_path: Option<String>,
-    pub token: Option<String>,
-    pub token_file: Option<String>,
-    pub socket: Option<String>,
-    pub allow_users: Option<Vec<String>>,
-    pub allow_groups: Option<Vec<String>>,
-    pub allow_plaintext: Option<bool>,
-    pub tls: Option<RawTls>,
-    pub tokens: Option<Vec<RawToken>>,
-}
+    /// Runs `f` with `at` moved to `rel`, e.g. into one entry of a list.
+    pub fn within<R>(&mut self, rel: &KeyPath, f: impl FnOnce(&mut Self) -> R) -> R {
+        let inner = self.at.join(rel);
+        let outer = std::mem::replace(&mut self.at, inner);
+        let r = f(self);
+        self.at = outer;
+        r
+    }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawTls {
-    pub cert: Option<String>,
-    pub key: Option<String>,
-}
+    /// Records an error about the key at `rel`; the caller may add a hint.
+    pub fn err(&mut self, rel: impl Into<KeyPath>, message: impl Into<String>) -> &mut ConfigError {
+        let e = self.doc.error(&self.at.join(&rel.into()), message);
+        self.errors.push(e);
+        self.errors.last_mut().expect("just pushed")
+    }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawToken {
-    pub name: Option<String>,
-    pub file: Option<String>,
-    pub scope: Option<String>,
-}
+    /// An error whose message starts with the key's whole path: "`log.dir` is empty".
+    pub fn bad(&mut self, rel: impl Into<KeyPath>, what: impl Display) -> &mut ConfigError {
+        let rel = rel.into();
+        let shown = self.at.join(&rel);
+        self.err(&rel, format!("`{shown}` {what}"))
+    }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMetrics {
-    pub enabled: Option<bool>,
-    pub listen: Option<String>,
-}
+    /// Deserializes `tree` into `T`, reporting every key `T` does not know; `hint` may know a
+    /// better hint for one than the closest known key.
+    pub fn read<'de, T>(&mut self, tree: &'de Value, hint: impl Fn(&KeyPath) -> Option<String>) -> T
+    where
+        T: Deserialize<'de> + Default,
+    {
+        let mut unknown = Vec::new();
+        let raw = serde_ignored::deserialize(tree, |p| unknown.push(key_path(&p)));
+        for path in unknown {
+            let Some((Seg::Key(key), parent)) = path.0.split_last() else {
+                continue;
+            };
+            let hint = hint(&path).or_else(|| did_you_mean(key, known_keys::<T>(parent)));
+            let shown = self.at.join(&path);
+            self.err(&path, format!("unknown key `{shown}`")).hint = hint;
+        }
+        raw.unwrap_or_default()
+    }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawDaemon {
-    pub state_dir: Option<String>,
-}
+    /// The value of a key, reporting a value of the wrong type.
+    pub fn get<'v, T>(&mut self, v: &'v Val<T>, rel: impl Into<KeyPath>) -> Option<&'v T> {
+        let why = match v {
+            Val::Absent => return None,
+            Val::Ok(v) => return Some(v),
+            Val::Bad(why) => why,
+        };
+        let e = self.bad(rel, format_args!("has the wrong type: {why}"));
+        if why.contains("expected i64") {
+            e.help("write a whole number");
+        } else if why.contains("expected a boolean") {
+            e.help("write true or false");
+        }
+        None
+    }
 
-/// The main config file.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMain {
-    pub programs_directory: Option<String>,
-    pub env: Option<RawEnv>,
-    pub env_files: Option<Vec<String>>,
-    pub use_os_env: Option<bool>,
-    pub log: Option<RawLog>,
-    pub groups: Option<Vec<RawGroup>>,
-    pub server: Option<RawServer>,
-    pub metrics: Option<RawMetrics>,
-    pub daemon: Option<RawDaemon>,
-    /// Program trees, validated one by one like program files.
-    pub processes: Option<Vec<Value>>,
-}
+    /// [`Check::get`], by value.
+    pub fn value<T: Clone>(&mut self, v: &Val<T>, rel: &str) -> Option<T> {
+        self.get(v, rel).cloned()
+    }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
+    /// A duration (`"1.5s"`).
+    pub fn dur(&mut self, v: &Val<String>, rel: &str) -> Option<Dur> {
+        if let Val::Bad(_) = v {
+            self.get(v, rel);
+            let e = self.errors.last_mut()?;
+            e.help("write a number and a unit in quotes, e.g. \"1.5s\"");
+            return None;
+        }
+        let e = match self.get(v, rel)?.parse::<Dur>() {
+            Ok(d) => return Some(d),
+            Err(e) => e,
+        };
+        let message = format!(
+            "`{}`: invalid duration {:?}: {}",
+            self.at.key(rel),
+            e.input,
+            e.why
+        );
+        let example = "write a number and a unit, e.g. \"500ms\", \"1.5s\", \"2m\", \"1h\"";
+        self.err(rel, message).help(example);
+        None
+    }
 
-    /// A tree with every key of `shape` (recursively), to prove the typed struct knows them all.
-    fn full(shape: &Shape) -> Value {
-        match shape {
-            Shape::Map(fields) => Value::Object(
-                fields
-                    .iter()
-                    .map(|(k, s)| (k.to_string(), full(s)))
-                    .collect(),
-            ),
-            Shape::ListOf(item) => Value::Array(vec![full(item)]),
-            Shape::Any => Value::Null,
+    /// A whole number, never negative.
+    pub fn count(&mut self, v: &Val<i64>, rel: &str) -> Option<u32> {
+        self.at_least(v, rel, 0)
+    }
+
+    /// A whole number of at least 1.
+    pub fn positive(&mut self, v: &Val<i64>, rel: &str) -> Option<u32> {
+        self.at_least(v, rel, 1)
+    }
+
+    fn at_least(&mut self, v: &Val<i64>, rel: &str, min: u32) -> Option<u32> {
+        let &n = self.get(v, rel)?;
+        let count = u32::try_from(n).ok().filter(|&n| n >= min);
+        if count.is_none() {
+            let what = format!("must be a whole number of at least {min}, got {n}");
+            self.bad(rel, what);
+        }
+        count
+    }
+
+    /// A path key: absolute as written, or relative to `base`; without a base (an API request)
+    /// a relative path is an error.
+    pub fn path(&mut self, v: &Val<String>, rel: &str, base: Option<&Path>) -> Option<PathBuf> {
+        let s = self.get(v, rel)?;
+        self.path_of(s, &rel.into(), base)
+    }
+
+    /// A path written as `s` at `rel`, as [`Check::path`].
+    pub fn path_of(&mut self, s: &str, rel: &KeyPath, base: Option<&Path>) -> Option<PathBuf> {
+        let why = match base {
+            _ if s.trim().is_empty() => "is empty".to_string(),
+            _ if Path::new(s).is_absolute() => return Some(s.into()),
+            Some(base) => return Some(base.join(s)),
+            None => format!("is the relative path {s:?}"),
+        };
+        let e = self.bad(rel, why);
+        if base.is_none() {
+            e.help("give an absolute path: a request has no directory to resolve it against");
+        }
+        None
+    }
+
+    /// Applies `env` entries onto `layers` in order, reporting each bad or unexpandable entry.
+    pub fn env(&mut self, layers: &mut EnvLayers, env: &RawEnv, rel: &KeyPath) {
+        let shown = self.at.join(rel);
+        for (at, entry) in env.entries(rel) {
+            match entry.map(|(key, value)| (layers.set(&key, &value, false), key)) {
+                Err(message) => {
+                    let e = self.err(&at, message);
+                    if let Some(Seg::Index(_)) = at.0.last() {
+                        e.help("write \"KEY=VALUE\"");
+                    }
+                }
+                Ok((Err(e), key)) => {
+                    let message = format!("{e} in `{shown}` entry {key}");
+                    self.err(&at, message).help(e.hint());
+                }
+                Ok((Ok(()), _)) => {}
+            }
         }
     }
 
-    #[test]
-    fn shapes_and_structs_agree() {
-        serde_json::from_value::<RawProgram>(full(&PROGRAM_SHAPE)).unwrap();
-        serde_json::from_value::<RawMain>(full(&MAIN_SHAPE)).unwrap();
-        // And the structs reject what the shapes reject.
-        assert!(serde_json::from_value::<RawProgram>(json!({"comand": "x"})).is_err());
-    }
-
-    #[test]
-    fn strips_every_unknown_key_in_order() {
-        let mut v = json!({
-            "comand": "x",
-            "name": "a",
-            "log": {"dirr": "d", "dir": "e"},
-            "detectors": [{"type": "command"}, {"type": "pidfile", "pth": "/p"}],
-            "colour": 1,
+    /// `log` of a program (or the main config's `[log]`) over `log`, the defaults.
+    pub fn log(&mut self, raw: &Val<RawLog>, mut log: LogSpec, base: Option<&Path>) -> LogSpec {
+        let Some(raw) = self.get(raw, "log") else {
+            return log;
+        };
+        self.within(&"log".into(), |c| {
+            for (v, key, file) in [
+                (&raw.stdout, "stdout", &mut log.stdout),
+                (&raw.stderr, "stderr", &mut log.stderr),
+                (&raw.dir, "dir", &mut log.dir),
+            ] {
+                *file = c.path(v, key, base).or(file.take());
+            }
+            set!(c.positive(raw => log): max_size_mb);
+            set!(c.count(raw => log): max_backups, max_age_days);
+            set!(c.value(raw => log): compress);
         });
-        let found = strip_unknown_keys(&mut v, &PROGRAM_SHAPE, &KeyPath::root());
-        let paths: Vec<String> = found.iter().map(|u| u.path.to_string()).collect();
-        assert_eq!(paths, ["comand", "colour", "log.dirr", "detectors[1].pth"]);
-        assert_eq!(
-            v,
-            json!({"name": "a", "log": {"dir": "e"}, "detectors": [{"type": "command"}, {"type": "pidfile"}]})
-        );
-    }
-
-    #[test]
-    fn env_accepts_lists_and_tables_in_order() {
-        let list: RawEnv = serde_json::from_value(json!(["B=1", "A=2"])).unwrap();
-        assert_eq!(
-            list.0,
-            [
-                RawEnvEntry::Entry("B=1".into()),
-                RawEnvEntry::Entry("A=2".into())
-            ]
-        );
-        let table: RawEnv =
-            serde_json::from_value(json!({"Z": "1", "A": 8080, "B": true})).unwrap();
-        assert_eq!(
-            table.0,
-            [
-                RawEnvEntry::Pair("Z".into(), "1".into()),
-                RawEnvEntry::Pair("A".into(), "8080".into()),
-                RawEnvEntry::Pair("B".into(), "true".into()),
-            ]
-        );
-        assert!(serde_json::from_value::<RawEnv>(json!([1])).is_err());
-        assert!(serde_json::from_value::<RawEnv>(json!("A=1")).is_err());
-    }
-
-    #[test]
-    fn signals_are_names_or_numbers() {
-        assert_eq!(
-            serde_json::from_value::<RawSignal>(json!("TERM")).unwrap(),
-            RawSignal::Name("TERM".into())
-        );
-        assert_eq!(
-            serde_json::from_value::<RawSignal>(json!(9)).unwrap(),
-            RawSignal::Number(9)
-        );
-        assert!(serde_json::from_value::<RawSignal>(json!(true)).is_err());
+        log
     }
 }
+
+fn key_path(p: &serde_ignored::Path) -> KeyPath {
+    use serde_ignored::Path as P;
+    match p {
+        P::Root => KeyPath::default(),
+        P::Seq { parent, index } => key_path(parent).index(*index),
+        P::Map { parent, key } => key_path(parent).key(key),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            key_path(parent)
+        }
+    }
+}
+
+/// The keys of the struct at `path` inside `T`, as `T`'s own `Deserialize` impl declares them:
+/// a probe deserializer feeds it one key per level down the path and records the field list of
+/// the struct it ends in.
+pub fn known_keys<'de, T: Deserialize<'de>>(path: &[Seg]) -> &'static [&'static str] {
+    let found = std::cell::Cell::new(&[][..]);
+    let _ = T::deserialize(Probe(path, &found));
+    found.get()
+}
+
+struct Probe<'a>(&'a [Seg], &'a std::cell::Cell<&'static [&'static str]>);
+
+impl<'de> IntoDeserializer<'de, ProbeError> for Probe<'_> {
+    type Deserializer = Self;
+    fn into_deserializer(self) -> Self {
+        self
+    }
+}
+
+impl<'de> Deserializer<'de> for Probe<'_> {
+    type Error = ProbeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, ProbeError> {
+        Err(de::Error::custom("not a struct"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ProbeError> {
+        let Some((Seg::Key(key), rest)) = self.0.split_first() else {
+            self.1.set(fields);
+            return Err(de::Error::custom("found"));
+        };
+        let entry = (key.as_str(), Probe(rest, self.1));
+        visitor.visit_map(MapDeserializer::new(std::iter::once(entry)))
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+        let Some((Seg::Index(_), rest)) = self.0.split_first() else {
+            return Err(de::Error::custom("not a list"));
+        };
+        visitor.visit_seq(SeqDeserializer::new(std::iter::once(Probe(rest, self.1))))
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ProbeError> {
+        visitor.visit_some(self)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct newtype_struct tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests;

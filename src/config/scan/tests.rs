@@ -6,7 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::config::{Dur, Exec};
+use crate::config::{Dur, Exec, LogSpec, MetricsSettings, ServerSettings, SocketSetting};
+use crate::config::{TlsSettings, TokenScope, TokenSpec};
 
 fn env_of(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -291,10 +292,10 @@ fn syntax_errors_name_the_line_in_every_format() {
         ("x.json", "{\n  \"command\": \"a\",\n  \"priority\": ,\n}\n"),
     ];
     for (file, text) in cases {
-        let e = parse_tree(
-            text,
-            Format::from_extension(&file[2..]).unwrap(),
-            Path::new(file),
+        let e = Document::parse(
+            file.into(),
+            text.into(),
+            Format::of(Path::new(file)).unwrap(),
         )
         .unwrap_err();
         let line = e.line.unwrap_or_else(|| panic!("{file}: no line in {e}"));
@@ -639,4 +640,14 @@ fn the_token_is_never_serialized() {
     settings.server.token = Some("secret-token".into());
     let json = serde_json::to_string(&settings).unwrap();
     assert!(!json.contains("secret-token"), "{json}");
+}
+
+#[test]
+fn a_parsed_config_keeps_its_text_out_of_debug_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "c.toml", "[server]\ntoken = \"secret-token\"\n");
+    let loaded = load(Some(&config), &daemon_env()).unwrap();
+    let shown = format!("{:?}", loaded.settings.document);
+    assert!(shown.contains("c.toml"), "{shown}");
+    assert!(!shown.contains("secret-token"), "{shown}");
 }

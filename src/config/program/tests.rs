@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
-use crate::config::load::parse_tree;
+use crate::config::document::Format;
+use crate::config::LogSpec;
 
 struct Fixture {
     log: LogSpec,
@@ -27,12 +28,8 @@ impl Fixture {
     /// Validates `text` as the file `/etc/provisr/programs/<file>`.
     fn check(&self, file: &str, text: &str) -> Result<ProgramSpec, Vec<ConfigError>> {
         let path = Path::new("/etc/provisr/programs").join(file);
-        let format = Format::from_extension(path.extension().unwrap().to_str().unwrap()).unwrap();
-        let tree = parse_tree(text, format, &path).map_err(|e| vec![e])?;
-        let ctx = Ctx::new(Arc::new(SourceInfo {
-            file: path.clone(),
-            lines: Some(Arc::new(LineTable::scan(text, format))),
-        }));
+        let doc = Document::parse(path.clone(), text.to_string(), Format::of(&path).unwrap())
+            .map_err(|e| vec![e])?;
         let pc = ProgramContext {
             log_defaults: &self.log,
             use_os_env: true,
@@ -40,7 +37,7 @@ impl Fixture {
             base_dir: path.parent(),
             fallback_name: path.file_stem().map(|s| s.to_string_lossy().into_owned()),
         };
-        validate_program_tree(tree, &ctx, &pc).result
+        validate(&doc, &doc.tree, KeyPath::default(), &pc).result
     }
 
     fn ok(&self, text: &str) -> ProgramSpec {
@@ -50,8 +47,6 @@ impl Fixture {
         }
     }
 }
-
-use super::super::locate::Format;
 
 /// (what, file text, every expected error as (key, line, words in the message, words in the hint)).
 type Case = (
@@ -240,6 +235,19 @@ const CASES: &[Case] = &[
         "empty path",
         "command = \"x\"\nwork_dir = \"\"\n",
         &[(Some("work_dir"), Some(2), "`work_dir` is empty", "")],
+    ),
+    (
+        "type inside spec",
+        "type = \"process\"\n[spec]\ncommand = \"x\"\ntype = \"process\"\n",
+        &[(Some("spec.type"), Some(4), "unknown key `spec.type`", "next to `spec`")],
+    ),
+    (
+        "a table or list of the wrong type is one error",
+        "command = \"x\"\nlog = 5\ndetectors = [1]\n",
+        &[
+            (Some("log"), Some(2), "`log` has the wrong type", ""),
+            (Some("detectors"), Some(3), "`detectors` has the wrong type", ""),
+        ],
     ),
 ];
 
@@ -467,10 +475,7 @@ fn env_table_form_keeps_written_order() {
 #[test]
 fn relative_paths_in_requests_are_errors() {
     let f = Fixture::new();
-    let ctx = Ctx::new(Arc::new(SourceInfo {
-        file: "<request>".into(),
-        lines: None,
-    }));
+    let doc = |tree| Document::without_text("<request>", tree);
     let pc = ProgramContext {
         log_defaults: &f.log,
         use_os_env: false,
@@ -479,7 +484,10 @@ fn relative_paths_in_requests_are_errors() {
         fallback_name: None,
     };
     let tree = serde_json::json!({"command": "x", "work_dir": "rel", "log": {"dir": "/abs"}});
-    let errors = validate_program_tree(tree, &ctx, &pc).result.unwrap_err();
+    let request = doc(tree);
+    let errors = validate(&request, &request.tree, KeyPath::default(), &pc)
+        .result
+        .unwrap_err();
     let keys: Vec<_> = errors
         .iter()
         .map(|e| e.key.clone().unwrap_or_default())
@@ -487,20 +495,55 @@ fn relative_paths_in_requests_are_errors() {
     assert_eq!(keys, ["name", "work_dir"]);
     assert!(errors[1].hint.as_deref().unwrap().contains("absolute"));
     let tree = serde_json::json!({"name": "n", "command": "x", "work_dir": "/abs"});
-    let spec = validate_program_tree(tree, &ctx, &pc).result.unwrap();
+    let request = doc(tree);
+    let spec = validate(&request, &request.tree, KeyPath::default(), &pc)
+        .result
+        .unwrap();
     assert!(!spec.use_os_env);
     assert_eq!(spec.work_dir.as_deref(), Some(Path::new("/abs")));
 }
 
 #[test]
 fn type_errors_keep_going_after_the_first() {
-    let ctx = Ctx::new(Arc::new(SourceInfo {
-        file: "x.json".into(),
-        lines: None,
-    }));
-    let tree =
-        serde_json::json!({"priority": "a", "instances": "b", "detectors": [{"interval": 5}]});
-    let (_, errors) = deserialize_collect::<RawProgram>(tree, &ctx);
-    let keys: Vec<_> = errors.iter().map(|e| e.key.clone().unwrap()).collect();
+    let f = Fixture::new();
+    let errors = f
+        .check(
+            "web.json",
+            r#"{"priority": "a", "instances": "b", "detectors": [{"interval": 5}]}"#,
+        )
+        .unwrap_err();
+    let keys: Vec<_> = errors
+        .iter()
+        .filter(|e| e.message.contains("has the wrong type"))
+        .map(|e| e.key.clone().unwrap())
+        .collect();
     assert_eq!(keys, ["priority", "instances", "detectors[0].interval"]);
+}
+
+#[test]
+fn every_format_gives_the_same_keys_and_lines() {
+    let f = Fixture::new();
+    let texts = [
+        (
+            "web.toml",
+            "command = \"x\"\ninstances = 0\n[log]\ndirr = \"d\"\n",
+        ),
+        ("web.yaml", "command: x\ninstances: 0\nlog:\n  dirr: d\n"),
+        ("web.yml", "command: x\ninstances: 0\nlog: {\n  dirr: d}\n"),
+        (
+            "web.json",
+            "{\"command\": \"x\",\n\"instances\": 0,\n\"log\": {\n\"dirr\": \"d\"}}\n",
+        ),
+    ];
+    for (file, text) in texts {
+        let errors = f.check(file, text).unwrap_err();
+        let got: Vec<_> = errors.iter().map(|e| (e.key.as_deref(), e.line)).collect();
+        let want = [(Some("log.dirr"), Some(4)), (Some("instances"), Some(2))];
+        assert_eq!(
+            got,
+            want,
+            "{file}: {}",
+            crate::config::render_errors(&errors)
+        );
+    }
 }

@@ -1,0 +1,439 @@
+//! Loading: the main config, then every program (inline `[[processes]]` and the programs
+//! directory) against it, and the checks across programs (unique names, groups' members).
+//!
+//! [`load`] reads the main config and scans; [`scan_programs`] rescans with settings already
+//! loaded (the hot-reload watcher); [`program_from_json`] validates one API request body by the
+//! same rules.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::document::{did_you_mean, k, Document, Format, KeyPath};
+use super::env::{base_environment, parse_dotenv, EnvLayers};
+use super::error::ConfigError;
+use super::program::{self, ProgramContext, ProgramOutcome};
+use super::raw::{Check, RawEnv};
+use super::settings::{read_main, Settings};
+use super::{GroupSpec, Program, ProgramSpec, Source};
+
+/// The file name shown for errors in an API request body.
+pub const REQUEST_FILE: &str = "<request>";
+
+/// One program file's result, so a hot reload can keep a broken file's last good spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FileOutcome {
+    pub path: PathBuf,
+    /// The program name the file claims (its `name`, else its stem), even when it is invalid.
+    pub name: Option<String>,
+    pub result: Result<ProgramSpec, Vec<ConfigError>>,
+}
+
+/// What a scan of the programs found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProgramsScan {
+    /// Every valid program, inline `[[processes]]` and files, sorted by (priority, name).
+    pub programs: Vec<Program>,
+    /// One entry per program file, sorted by path.
+    pub files: Vec<FileOutcome>,
+    /// Groups with their members that exist (unknown members are errors).
+    pub groups: Vec<GroupSpec>,
+    /// Every error: main config and env files first, then program files by path and line.
+    pub errors: Vec<ConfigError>,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadedConfig {
+    pub settings: Settings,
+    /// Valid programs, sorted by (priority, name).
+    pub programs: Vec<Program>,
+    pub groups: Vec<GroupSpec>,
+    /// All errors of all program files (the main config had none, or `load` returned `Err`).
+    pub errors: Vec<ConfigError>,
+    pub files: Vec<FileOutcome>,
+}
+
+/// Loads the main config (or the embedded default when `None`) and the programs.
+///
+/// `base_env` is the daemon's environment (`std::env::vars()`), the base layer of the child
+/// environment (`docs/configuration.md`). `Err` only when the main config, its env files or its
+/// inline processes are invalid; it then carries every error found, program files' included.
+/// Errors of program files alone go in [`LoadedConfig::errors`] and [`LoadedConfig::files`].
+pub fn load(
+    config_file: Option<&Path>,
+    base_env: &BTreeMap<String, String>,
+) -> Result<LoadedConfig, Vec<ConfigError>> {
+    let cwd = std::env::current_dir().map_err(|e| {
+        vec![ConfigError::new(
+            ".",
+            format!("cannot read the current directory: {e}"),
+        )]
+    })?;
+    let (settings, mut errors) = match config_file {
+        None => (Settings::embedded_default(&cwd), Vec::new()),
+        Some(path) => read_main(path, &cwd)?,
+    };
+    let scan = scan_programs(&settings, base_env);
+    if !errors.is_empty() || scan.errors.iter().any(|e| settings.is_main_error(e)) {
+        errors.extend(scan.errors);
+        sort_errors(&mut errors, &settings);
+        return Err(errors);
+    }
+    Ok(LoadedConfig {
+        settings,
+        programs: scan.programs,
+        groups: scan.groups,
+        errors: scan.errors,
+        files: scan.files,
+    })
+}
+
+/// One program of a scan, valid or not, and where its name is written.
+struct Scanned {
+    doc: Arc<Document>,
+    name_at: KeyPath,
+    /// How errors about another program refer to this one: its file, or `processes[2]`.
+    label: String,
+    /// `None` for an inline process.
+    file: Option<PathBuf>,
+    name: Option<String>,
+    result: Result<ProgramSpec, Vec<ConfigError>>,
+}
+
+impl Scanned {
+    fn new(
+        doc: Arc<Document>,
+        at: &KeyPath,
+        label: String,
+        file: Option<PathBuf>,
+        o: ProgramOutcome,
+    ) -> Scanned {
+        let name_at = at.join(&o.name_path);
+        let (name, result) = (o.name, o.result);
+        Scanned {
+            doc,
+            name_at,
+            label,
+            file,
+            name,
+            result,
+        }
+    }
+
+    /// Marks the program invalid with an error about its name.
+    fn fail(&mut self, message: String, hint: &str) {
+        let e = self.doc.error(&self.name_at, message).with_hint(hint);
+        match &mut self.result {
+            Ok(_) => self.result = Err(vec![e]),
+            Err(list) => list.push(e),
+        }
+    }
+}
+
+/// Rescans the programs directory (and env files and inline processes) with loaded settings.
+pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -> ProgramsScan {
+    let main = settings.document();
+    let mut c = Check::new(&main, KeyPath::default());
+    let env = shared_env(&mut c, settings, base_env);
+    let env_errors = c.errors.clone();
+    let base_dir = settings.base_dir();
+    let inline = ProgramContext {
+        log_defaults: &settings.log,
+        use_os_env: settings.use_os_env,
+        env: &env,
+        base_dir: Some(&base_dir),
+        fallback_name: None,
+    };
+    let mut scanned = Vec::new();
+    for (i, tree) in settings.processes.iter().enumerate() {
+        let at = k("processes").index(i);
+        let o = program::validate(&main, tree, at.clone(), &inline);
+        scanned.push(Scanned::new(main.clone(), &at, at.to_string(), None, o));
+    }
+    let paths = program_files(&settings.programs_directory).unwrap_or_else(|e| {
+        c.errors.push(e);
+        Vec::new()
+    });
+    for path in paths {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string);
+        let (doc, o) = match read_program_file(&path) {
+            Ok(doc) => {
+                let pc = ProgramContext {
+                    base_dir: path.parent(),
+                    fallback_name: stem,
+                    ..inline
+                };
+                let o = program::validate(&doc, &doc.tree, KeyPath::default(), &pc);
+                (doc, o)
+            }
+            Err(e) => {
+                let (name_path, result) = (KeyPath::default(), Err(vec![e]));
+                let doc = Document::without_text(&path, Value::Null);
+                (
+                    doc,
+                    ProgramOutcome {
+                        name: stem,
+                        name_path,
+                        result,
+                    },
+                )
+            }
+        };
+        let label = path.display().to_string();
+        scanned.push(Scanned::new(
+            Arc::new(doc),
+            &KeyPath::default(),
+            label,
+            Some(path),
+            o,
+        ));
+    }
+    check_unique_names(&mut scanned);
+
+    let (mut programs, mut files, mut claimed) = (Vec::new(), Vec::new(), Vec::new());
+    for s in scanned {
+        claimed.extend(s.name.clone());
+        let result = match (s.result, s.file.clone()) {
+            (Err(list), _) => {
+                c.errors.extend(list.iter().cloned());
+                Err(list)
+            }
+            (Ok(spec), None) => {
+                let source = Source::Config;
+                programs.push(Program { spec, source });
+                continue;
+            }
+            // Its env cannot be computed: it keeps its last good spec, like any broken file.
+            (Ok(_), Some(_)) if !env_errors.is_empty() => Err(env_errors.clone()),
+            (Ok(spec), Some(path)) => {
+                let source = Source::File(path);
+                programs.push(Program {
+                    spec: spec.clone(),
+                    source,
+                });
+                Ok(spec)
+            }
+        };
+        if let Some(path) = s.file {
+            let name = s.name;
+            files.push(FileOutcome { path, name, result });
+        }
+    }
+    programs.sort_by(|a, b| (a.spec.priority, &a.spec.name).cmp(&(b.spec.priority, &b.spec.name)));
+    let groups = check_groups(&mut c, &settings.groups, &claimed);
+    let mut errors = c.errors;
+    sort_errors(&mut errors, settings);
+    ProgramsScan {
+        programs,
+        files,
+        groups,
+        errors,
+    }
+}
+
+fn read_program_file(path: &Path) -> Result<Document, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, format!("cannot read the program file: {e}")))?;
+    let format = Format::of(path).unwrap_or(Format::Toml);
+    Document::parse(path.to_path_buf(), text, format)
+}
+
+/// Program names must be unique, and so must instance names: `web` with two instances runs
+/// `web-1` and `web-2`, which a program named `web-2` would also claim. Each claimant fails.
+fn check_unique_names(scanned: &mut [Scanned]) {
+    let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, s) in scanned.iter().enumerate() {
+        if let Some(name) = &s.name {
+            by_name.entry(name.clone()).or_default().push(i);
+        }
+    }
+    for (name, claimants) in by_name.iter().filter(|(_, c)| c.len() > 1) {
+        for &i in claimants {
+            let others = claimants
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| scanned[j].label.as_str());
+            let others = others.collect::<Vec<_>>().join(", ");
+            let stem = if scanned[i].name_at.0.is_empty() {
+                " (from the file name)"
+            } else {
+                ""
+            };
+            let message = format!("program name `{name}`{stem} is also used by {others}");
+            scanned[i].fail(message, "program names must be unique: rename one of them");
+        }
+    }
+    let mut by_instance: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, s) in scanned.iter().enumerate() {
+        for id in s.result.iter().flat_map(ProgramSpec::instances) {
+            by_instance.entry(id.name).or_default().push(i);
+        }
+    }
+    let hint = "rename one of the programs: `name` with instances = N runs name-1 … name-N";
+    for (instance, owners) in by_instance.iter().filter(|(_, o)| o.len() > 1) {
+        let names: Vec<String> = owners
+            .iter()
+            .map(|&i| scanned[i].name.clone().unwrap_or_default())
+            .collect();
+        for (n, &i) in owners.iter().enumerate() {
+            let others = names
+                .iter()
+                .enumerate()
+                .filter(|&(m, _)| m != n)
+                .map(|(_, o)| format!("`{o}`"));
+            let others = others.collect::<Vec<_>>().join(", ");
+            let this = &names[n];
+            let message = format!(
+                "instance name `{instance}` of program `{this}` is also an instance of {others}"
+            );
+            scanned[i].fail(message, hint);
+        }
+    }
+}
+
+/// Validates one program given as JSON (API `register`/`start` bodies): same rules as a file,
+/// errors name `<request>`, `name` is required and paths must be absolute.
+pub fn program_from_json(
+    value: &Value,
+    settings: &Settings,
+    base_env: &BTreeMap<String, String>,
+) -> Result<ProgramSpec, Vec<ConfigError>> {
+    let main = settings.document();
+    let mut c = Check::new(&main, KeyPath::default());
+    let env = shared_env(&mut c, settings, base_env);
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    let doc = Document::without_text(REQUEST_FILE, value.clone());
+    let pc = ProgramContext {
+        log_defaults: &settings.log,
+        use_os_env: settings.use_os_env,
+        env: &env,
+        base_dir: None,
+        fallback_name: None,
+    };
+    program::validate(&doc, &doc.tree, KeyPath::default(), &pc).result
+}
+
+/// Main config and env-file errors first (in line order), then program files by path and line.
+fn sort_errors(errors: &mut [ConfigError], settings: &Settings) {
+    let config = settings.config_display();
+    errors.sort_by_cached_key(|e| {
+        let env_file = settings.env_files.iter().position(|f| f == &e.file);
+        let rank = if e.file == config {
+            0
+        } else if env_file.is_some() {
+            1
+        } else {
+            2
+        };
+        (rank, env_file, e.file.clone(), e.line.unwrap_or(usize::MAX))
+    });
+}
+
+/// The environment after `env_files` and the global `env`, shared by every program.
+fn shared_env(
+    c: &mut Check,
+    settings: &Settings,
+    base_env: &BTreeMap<String, String>,
+) -> EnvLayers {
+    let mut layers = EnvLayers::new(base_environment(settings.use_os_env, base_env));
+    for (i, file) in settings.env_files.iter().enumerate() {
+        let text = match std::fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) => {
+                let message = format!("cannot read env file {}: {e}", file.display());
+                c.err(k("env_files").index(i), message);
+                continue;
+            }
+        };
+        let (entries, bad) = parse_dotenv(&text);
+        for (line, message) in bad {
+            let e = ConfigError::new(file, message).at_line(Some(line));
+            c.errors
+                .push(e.with_hint("write KEY=VALUE, optionally quoted; # starts a comment"));
+        }
+        for entry in entries {
+            if let Err(e) = layers.set(&entry.key, &entry.value, entry.literal) {
+                let message = format!("{e} in the value of {}", entry.key);
+                let error = ConfigError::new(file, message).at_line(Some(entry.line));
+                c.errors
+                    .push(error.with_key(&entry.key).with_hint(e.hint()));
+            }
+        }
+    }
+    c.env(&mut layers, &RawEnv::List(settings.env.clone()), &k("env"));
+    layers
+}
+
+/// Drops members that name no program (each an error) and returns the groups.
+fn check_groups(c: &mut Check, groups: &[GroupSpec], programs: &[String]) -> Vec<GroupSpec> {
+    let candidates: Vec<&str> = programs.iter().map(String::as_str).collect();
+    let mut checked = Vec::new();
+    for (i, g) in groups.iter().enumerate() {
+        let mut members = g.members.clone();
+        members.retain(|m| programs.contains(m));
+        for (j, m) in g
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| !programs.contains(m))
+        {
+            let at = k("groups").index(i).key("members").index(j);
+            let message = format!("group `{}`: member `{m}` is not a program", g.name);
+            let hint = did_you_mean(m, &candidates);
+            let hint = hint.unwrap_or_else(|| {
+                format!("add a program named `{m}` or remove it from the group")
+            });
+            c.err(&at, message).help(hint);
+        }
+        checked.push(GroupSpec {
+            name: g.name.clone(),
+            members,
+        });
+    }
+    checked
+}
+
+/// The program files of `dir`, sorted; a missing directory has none.
+fn program_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            let message = format!("cannot read the programs directory: {e}");
+            return Err(ConfigError::new(dir, message));
+        }
+    };
+    let paths = entries.filter_map(Result::ok).map(|entry| entry.path());
+    let mut files: Vec<PathBuf> = paths
+        .filter(|p| is_program_file_name(p) && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Program files by name: a known extension, and not hidden or an editor's temporary file.
+pub fn is_program_file_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let temp = name.starts_with('.')
+        || name.ends_with('~')
+        || name == "4913"
+        || (name.starts_with('#') && name.ends_with('#'))
+        || [".swp", ".swo", ".swx", ".tmp", ".bak"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
+    !temp && Format::of(path).is_some()
+}
+
+#[cfg(test)]
+mod tests;
