@@ -15,6 +15,7 @@ pub mod notify;
 pub mod plan;
 pub mod reconcile;
 pub mod reload;
+pub mod spec;
 pub mod store;
 pub mod supervisor;
 pub mod watch;

@@ -12,16 +12,13 @@
 //! `scan` runs them over the programs and checks across programs. Lines come from the parsers.
 
 mod document;
-pub mod duration;
 pub mod env;
 pub mod error;
 mod program;
 mod raw;
 mod scan;
 mod settings;
-pub mod spec;
 
-pub use duration::Dur;
 pub use error::{render_errors, ConfigError};
 pub use scan::{
     is_program_file_name, load, program_from_json, scan_programs, FileOutcome, LoadedConfig,
@@ -31,4 +28,5 @@ pub use settings::{
     DaemonSettings, MetricsSettings, ServerSettings, Settings, SocketSetting, TlsSettings,
     TokenScope, TokenSpec, DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
 };
-pub use spec::*;
+// The validated types are the rest of provisr's vocabulary; they live in `crate::spec`.
+pub use crate::spec::*;

@@ -1,14 +1,17 @@
-//! The validated types the rest of provisr works on.
+//! The validated program spec the rest of provisr works on: `config` builds it from files and
+//! request bodies, the store keeps it, the plan compares it, the supervisor runs it.
 //!
 //! A value of these types has passed validation: names match the name rule, `command`/`args` are
 //! exclusive, durations parsed, `${VAR}` expanded. They serialize to JSON for the store and the API.
+
+pub mod duration;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::Dur;
+pub use duration::Dur;
 
 /// Longest program or group name (SPEC §1.2: `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`).
 pub const MAX_NAME_LEN: usize = 64;
