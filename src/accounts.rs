@@ -32,6 +32,21 @@ pub fn gid_of(group: &str) -> Result<u32, String> {
     }
 }
 
+/// A user's uid and primary gid; a number without a passwd entry has no primary group.
+pub fn user_of(user: &str) -> Result<(u32, Option<u32>), String> {
+    let user = user.trim();
+    let found = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(user),
+    };
+    match (found, user.parse::<u32>()) {
+        (Ok(Some(u)), _) => Ok((u.uid.as_raw(), Some(u.gid.as_raw()))),
+        (Ok(None), Ok(uid)) => Ok((uid, None)),
+        (Ok(None), Err(_)) => Err(format!("there is no user named {user:?}")),
+        (Err(e), _) => Err(format!("cannot look up the user {user:?}: {e}")),
+    }
+}
+
 /// `name (uid N)` when the uid has a name, else `uid N`: how messages name a caller.
 pub fn describe_uid(uid: u32) -> String {
     match User::from_uid(Uid::from_raw(uid)) {

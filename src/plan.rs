@@ -136,6 +136,14 @@ fn effect_of(field: &str) -> Effect {
     let top = field.split('.').next().unwrap_or(field);
     match top {
         "command" | "args" | "work_dir" | "env" | "use_os_env" => Effect::Restart,
+        // What a process runs as and within is fixed when it starts.
+        "user"
+        | "group"
+        | "supplementary_groups"
+        | "umask"
+        | "nice"
+        | "oom_score_adj"
+        | "limits" => Effect::Restart,
         "instances" => Effect::Scale,
         _ => Effect::InPlace,
     }

@@ -14,6 +14,7 @@
 mod document;
 pub mod env;
 pub mod error;
+mod identity;
 mod program;
 mod raw;
 mod scan;

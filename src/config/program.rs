@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::document::{did_you_mean, k, Document, KeyPath, Seg};
 use super::env::EnvLayers;
 use super::error::ConfigError;
+use super::identity::{self, RawAccount, RawLimits};
 use super::raw::{known_keys, set, Check, RawEnv, RawLog, Val};
 use super::{check_name, DetectorKind, DetectorSpec, Dur, Exec, LogSpec, ProgramSpec};
 
@@ -41,6 +42,13 @@ pub struct RawProgram {
     stop_timeout: Val<String>,
     log: Val<RawLog>,
     detectors: Val<Vec<RawDetector>>,
+    pub(super) user: Val<RawAccount>,
+    pub(super) group: Val<RawAccount>,
+    pub(super) supplementary_groups: Val<Vec<RawAccount>>,
+    pub(super) umask: Val<String>,
+    pub(super) nice: Val<i64>,
+    pub(super) oom_score_adj: Val<i64>,
+    pub(super) limits: Val<RawLimits>,
 }
 
 /// The top level of the wrapped form.
@@ -258,6 +266,7 @@ fn build(c: &mut Check, raw: &RawProgram, pc: &ProgramContext) -> Option<Program
         None => {}
     }
     spec.log = c.log(&raw.log, pc.log_defaults.clone(), pc.base_dir);
+    identity::apply(c, raw, &mut spec);
     for (i, d) in c
         .get(&raw.detectors, "detectors")
         .into_iter()

@@ -183,6 +183,89 @@ pub struct ProgramSpec {
     pub stop_timeout: Dur,
     pub log: LogSpec,
     pub detectors: Vec<DetectorSpec>,
+    /// The user the process runs as, by name or uid as written; resolved at each spawn.
+    /// `None`: the daemon's own (`docs/configuration.md`, "Privileges and limits").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The primary group, by name or gid; `None`: the user's primary group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// `None`: the user's groups from the group database, as `initgroups` gives them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplementary_groups: Option<Vec<String>>,
+    /// Four octal digits, e.g. `0077`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umask: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
+}
+
+/// `[limits]`: resource limits of the process, each setting the soft and the hard limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nofile: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nproc: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memlock: Option<Limit>,
+    #[serde(default, rename = "as", skip_serializing_if = "Option::is_none")]
+    pub address_space: Option<Limit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Limit>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    /// Each limit that is set, by its key (`nofile`, `as`, …).
+    pub fn set(&self) -> impl Iterator<Item = (&'static str, Limit)> + '_ {
+        [
+            ("nofile", self.nofile),
+            ("nproc", self.nproc),
+            ("core", self.core),
+            ("memlock", self.memlock),
+            ("as", self.address_space),
+            ("cpu", self.cpu),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+    }
+}
+
+/// One resource limit: a number (files, processes, bytes or CPU seconds) or `"unlimited"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a whole number or \"unlimited\"")]
+pub enum Limit {
+    Value(u64),
+    #[serde(with = "unlimited")]
+    Unlimited,
+}
+
+/// `Limit::Unlimited` as the word `"unlimited"`.
+mod unlimited {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("unlimited")
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "unlimited" => Ok(()),
+            other => Err(de::Error::custom(format!(
+                "{other:?} is not a limit; write a number or \"unlimited\""
+            ))),
+        }
+    }
 }
 
 impl ProgramSpec {
@@ -207,6 +290,13 @@ impl ProgramSpec {
             stop_timeout: Dur::from_secs(10),
             log: LogSpec::default(),
             detectors: Vec::new(),
+            user: None,
+            group: None,
+            supplementary_groups: None,
+            umask: None,
+            nice: None,
+            oom_score_adj: None,
+            limits: Limits::default(),
         }
     }
 

@@ -97,7 +97,7 @@ async fn run_command(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    configure(&mut cmd, spec, id);
+    configure(&mut cmd, spec, id)?;
     cmd.env(DETECTOR_COMMAND_ENV, command);
     let child = cmd
         .spawn()

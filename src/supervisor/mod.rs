@@ -14,6 +14,7 @@
 mod actor;
 pub mod argv;
 pub mod health;
+mod identity;
 pub mod output;
 mod process;
 pub mod spawn;

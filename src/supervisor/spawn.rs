@@ -47,12 +47,16 @@ pub enum SpawnError {
     WorkDirNotADirectory { program: String, path: PathBuf },
     #[error("program {program}: cannot create the output pipes: {source}")]
     Pipes { program: String, source: io::Error },
-    #[error("program {program}: cannot execute {argv0:?}: {source}")]
+    #[error("program {program}: cannot execute {argv0:?}{applying}: {source}")]
     Exec {
         program: String,
         argv0: String,
+        /// What else the child did before exec, when it did more than the usual.
+        applying: &'static str,
         source: io::Error,
     },
+    #[error("program {program}: {why}")]
+    Identity { program: String, why: String },
     #[error("program {program}: cannot watch pid {pid} for its exit (pidfd_open): {source}")]
     Watch {
         program: String,
@@ -97,7 +101,10 @@ pub(crate) fn spawn_instance(spec: &ProgramSpec, id: &InstanceId) -> Result<Spaw
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .process_group(0);
-    configure(&mut cmd, spec, id);
+    configure(&mut cmd, spec, id).map_err(|why| SpawnError::Identity {
+        program: program(),
+        why,
+    })?;
     keep_output_read_ends(&mut cmd, out_r.as_raw_fd(), err_r.as_raw_fd());
 
     let spawned = cmd.spawn();
@@ -107,6 +114,11 @@ pub(crate) fn spawn_instance(spec: &ProgramSpec, id: &InstanceId) -> Result<Spaw
     let child = spawned.map_err(|source| SpawnError::Exec {
         program: program(),
         argv0: argv0.clone(),
+        applying: if super::identity::has_identity(spec) {
+            " (or apply its user, groups, umask, nice, oom_score_adj or limits)"
+        } else {
+            ""
+        },
         source,
     })?;
     let pid = child.id() as i32;
@@ -148,10 +160,15 @@ pub const DAEMON_ONLY_ENV: &[&str] = &[
     "LISTEN_FDNAMES",
 ];
 
-/// Applies `work_dir`, the environment of SPEC §5 and the open-file limit the daemon started with
-/// to `cmd` (for instances and for detector commands alike, so a detector sees what the program
-/// sees).
-pub(crate) fn configure(cmd: &mut Command, spec: &ProgramSpec, id: &InstanceId) {
+/// Applies `work_dir`, the environment (`docs/configuration.md`), the open-file limit the daemon
+/// started with, and the user, groups and limits of the spec to `cmd` (for instances and for
+/// detector commands alike, so a detector sees what the program sees). `Err` when the spec's
+/// user or groups no longer resolve.
+pub(crate) fn configure(
+    cmd: &mut Command,
+    spec: &ProgramSpec,
+    id: &InstanceId,
+) -> Result<(), String> {
     if let Some(dir) = &spec.work_dir {
         cmd.current_dir(dir);
     }
@@ -171,6 +188,8 @@ pub(crate) fn configure(cmd: &mut Command, spec: &ProgramSpec, id: &InstanceId) 
     if let Some((soft, hard)) = child_fd_limit() {
         restore_fd_limit(cmd, soft, hard);
     }
+    // After the daemon's own limit is restored, so `[limits] nofile` wins.
+    super::identity::set_identity(cmd, spec)
 }
 
 /// Gives the child the open-file soft limit the daemon started with (see `raise_fd_limit`).
