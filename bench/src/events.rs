@@ -50,14 +50,6 @@ impl Events {
         })
     }
 
-    /// The next item, or an error once `deadline` passes.
-    pub fn next(&self, deadline: Instant, what: &str) -> Result<Incoming> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        self.rx
-            .recv_timeout(left)
-            .map_err(|_| anyhow!("timed out waiting on /events for {what}"))
-    }
-
     /// The next item; `None` when `timeout` passes first.
     pub fn next_within(&self, timeout: Duration) -> Result<Option<Incoming>> {
         match self.rx.recv_timeout(timeout) {

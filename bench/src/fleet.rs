@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 
 use crate::cleanup::Scratch;
-use crate::daemon::{project, Api, DaemonProc};
+use crate::daemon::{project, DaemonProc};
 use crate::events::Incoming;
 use crate::opts::Ctx;
 use crate::PATIENCE;
@@ -22,6 +22,8 @@ pub struct Fleet {
     pub boot: Duration,
     /// Events `/events` dropped for this subscriber during the boot.
     pub lagged: u64,
+    /// How many times the boot asked `GET /status` (see [`boot_fleet`]).
+    pub status_checks: usize,
     _scratch: Scratch,
 }
 
@@ -43,9 +45,21 @@ pub fn write_programs(programs: &Path, prefix: &str, n: usize, body: &str) -> Re
         .collect()
 }
 
+/// How long `/events` must be quiet, with programs still not seen running, before the boot asks
+/// `GET /status` which of them run.
+const QUIET: Duration = Duration::from_millis(100);
+
 /// Starts a daemon on `n` programs of `sleep 3600` and times it until every one is `running`,
-/// from `/events` (subscribed as soon as the API listens; `GET /status` covers what became
-/// running before the subscription).
+/// from `/events`, subscribed as soon as the API listens.
+///
+/// Programs can run before the subscription: the daemon starts them while it binds its
+/// listeners. `GET /status` shows the instances as of the last finished reconcile pass, so while
+/// the first pass is still spawning it may show none of them. And a subscriber that falls behind
+/// is told how many events it lost (`lagged`), not which. So whenever the stream is quiet for
+/// [`QUIET`] with programs still waiting, the boot asks `GET /status` (rarely, as it costs the
+/// daemon). The end is the last `running` transition read; when `GET /status` confirmed some
+/// programs, the stream is read until quiet again, since their transitions may still be on the
+/// way.
 pub fn boot_fleet(ctx: &Ctx, n: usize, label: &str) -> Result<Fleet> {
     let scratch = Scratch::new(label)?;
     let (config, programs) = project(&scratch, false)?;
@@ -54,57 +68,54 @@ pub fn boot_fleet(ctx: &Ctx, n: usize, label: &str) -> Result<Fleet> {
     let daemon = DaemonProc::start(&ctx.bin, &scratch.path, &config)?;
     let events = daemon.events()?;
     let mut waiting: HashSet<&str> = names.iter().map(String::as_str).collect();
+    // Programs GET /status showed running before their transition was read.
+    let mut by_status: HashSet<String> = HashSet::new();
     let api = daemon.api();
-    let remove_running = |waiting: &mut HashSet<&str>, api: &Api| -> Result<()> {
+    let mut status_checks = 0;
+    let mut check_status = |waiting: &mut HashSet<&str>, by_status: &mut HashSet<String>| {
+        status_checks += 1;
         let all = api.get("/status", &[])?;
         for s in all.as_array().into_iter().flatten() {
             if s["state"] == "running" {
                 if let Some(name) = s["name"].as_str() {
-                    waiting.remove(name);
+                    if waiting.remove(name) {
+                        by_status.insert(name.to_string());
+                    }
                 }
             }
         }
-        Ok(())
+        anyhow::Ok(())
     };
-    remove_running(&mut waiting, &api)?;
+    check_status(&mut waiting, &mut by_status)?;
     let mut end = Instant::now();
     let deadline = Instant::now() + PATIENCE;
     let mut lagged = 0;
-    while !waiting.is_empty() && lagged == 0 {
-        match events.next(deadline, "every program to run")? {
-            Incoming::Transition(t) => {
-                if t.to == "running" && waiting.remove(t.name.as_str()) {
+    // Until every program was seen running, then (if GET /status confirmed some) until quiet.
+    while !waiting.is_empty() || !by_status.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "{} of {n} programs never ran",
+            waiting.len()
+        );
+        match events.next_within(QUIET)? {
+            Some(Incoming::Transition(t)) => {
+                let name = t.name.as_str();
+                if t.to == "running" && (waiting.remove(name) || by_status.remove(name)) {
                     end = t.at;
                 }
             }
-            Incoming::Lagged(n) => lagged = n,
-            Incoming::Ended(why) => bail!("/events ended during the boot: {why}"),
-        }
-    }
-    if lagged > 0 {
-        // The daemon dropped the oldest events for this subscriber, so which instances ran is
-        // unknown. The newest events are kept: keep reading, and each time the stream is quiet
-        // for 50 ms ask GET /status (rarely, as it costs the daemon); once everything runs,
-        // the last `running` read is the end.
-        eprintln!("  /events lagged by {lagged} during the boot of {n}; confirming by GET /status");
-        loop {
-            match events.next_within(Duration::from_millis(50))? {
-                Some(Incoming::Transition(t)) => {
-                    if t.to == "running" {
-                        waiting.remove(t.name.as_str());
-                        end = t.at;
-                    }
+            Some(Incoming::Lagged(dropped)) => {
+                if lagged == 0 {
+                    eprintln!(
+                        "  /events lagged by {dropped} during the boot of {n}; confirming by \
+                         GET /status"
+                    );
                 }
-                Some(Incoming::Lagged(_)) => {}
-                Some(Incoming::Ended(why)) => bail!("/events ended during the boot: {why}"),
-                None => {
-                    remove_running(&mut waiting, &api)?;
-                    if waiting.is_empty() {
-                        break;
-                    }
-                    ensure!(Instant::now() < deadline, "{} never ran", waiting.len());
-                }
+                lagged += dropped;
             }
+            Some(Incoming::Ended(why)) => bail!("/events ended during the boot: {why}"),
+            None if waiting.is_empty() => break,
+            None => check_status(&mut waiting, &mut by_status)?,
         }
     }
     // Closed here: the figures measured on a fleet start with no connection open.
@@ -113,6 +124,7 @@ pub fn boot_fleet(ctx: &Ctx, n: usize, label: &str) -> Result<Fleet> {
     Ok(Fleet {
         boot: end - t0,
         lagged,
+        status_checks,
         daemon,
         names,
         _scratch: scratch,

@@ -102,11 +102,12 @@ fn two_hundred(ctx: &Ctx, res: &mut Results) -> Result<()> {
 
         let fleet = boot_fleet(ctx, n, "spawn200")?;
         boots.push(fleet.boot);
+        let checks = fleet.status_checks;
         let took = stop::stop_fleet(&fleet)?;
         stops.push(took);
         fleet.terminate()?;
         eprintln!(
-            "  run {run}: boot {} (direct {}), stop {} (direct {})",
+            "  run {run}: boot {} ({checks} × GET /status; direct {}), stop {} (direct {})",
             secs(*boots.last().unwrap_or(&Duration::ZERO)),
             secs(*directs.last().unwrap_or(&Duration::ZERO)),
             secs(took),
@@ -154,9 +155,10 @@ fn thousand(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let f = boot_fleet(ctx, n, "fleet1000")?;
         boots.push(f.boot);
         eprintln!(
-            "  run {run}: boot {} (listening after {}), direct {}",
+            "  run {run}: boot {} (listening after {}, {} × GET /status), direct {}",
             secs(f.boot),
             secs(f.daemon.to_listen),
+            f.status_checks,
             secs(direct)
         );
         if f.lagged > 0 {
