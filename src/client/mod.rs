@@ -1,12 +1,17 @@
-//! The HTTP client the CLI uses to talk to the daemon's API.
+//! The HTTP client of the daemon's API, used by the CLI and by `provisr-bench`.
 //!
 //! Blocking on purpose: a CLI command makes one or two requests and exits, so it needs no runtime.
 //! It talks TCP to a URL, or HTTP over the daemon's unix socket ([`ApiClient::over_socket`]).
+//! Over TCP, requests of one client (and its clones) reuse a kept-alive connection; server-sent
+//! events come as an [`EventStream`] (`sse.rs`).
 
+mod sse;
 mod unix;
 
-use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use sse::{EventStream, SseEvent, StreamCloser};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -30,9 +35,38 @@ pub enum ClientError {
 pub struct ApiClient {
     base: String,
     // The unix socket requests go over, when not TCP.
-    socket: Option<std::path::PathBuf>,
+    socket: Option<PathBuf>,
     token: Option<String>,
     agent: ureq::Agent,
+    // What an https daemon's certificate is checked against (streams open agents of their own).
+    roots: ureq::tls::RootCerts,
+}
+
+/// An agent for TCP (and https, checked against `roots`). Its pool keeps connections alive
+/// between requests.
+fn tcp_agent(roots: ureq::tls::RootCerts) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .into()
+}
+
+/// An agent for the unix socket at `path`. It keeps no idle connection: see `unix.rs`.
+fn unix_agent(path: &Path) -> ureq::Agent {
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections(0)
+        .build();
+    let connector = unix::UnixConnector {
+        path: path.to_path_buf(),
+    };
+    ureq::Agent::with_parts(
+        config,
+        connector,
+        ureq::unversioned::resolver::DefaultResolver::default(),
+    )
 }
 
 impl ApiClient {
@@ -73,38 +107,19 @@ impl ApiClient {
     }
 
     fn with_roots(base: &str, token: Option<String>, roots: ureq::tls::RootCerts) -> ApiClient {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(2)))
-            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
-            .build();
         ApiClient {
             base: base.trim_end_matches('/').to_string(),
             socket: None,
             token,
-            agent: config.into(),
+            agent: tcp_agent(roots.clone()),
+            roots,
         }
     }
 
     /// A client for the daemon's unix socket at `socket`, whose API lives under `base_path`
     /// (e.g. `/api`).
-    pub fn over_socket(
-        socket: &std::path::Path,
-        base_path: &str,
-        token: Option<String>,
-    ) -> ApiClient {
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .build();
-        let connector = unix::UnixConnector {
-            path: socket.to_path_buf(),
-        };
-        let agent = ureq::Agent::with_parts(
-            config,
-            connector,
-            ureq::unversioned::resolver::DefaultResolver::default(),
-        );
+    pub fn over_socket(socket: &Path, base_path: &str, token: Option<String>) -> ApiClient {
+        let agent = unix_agent(socket);
         let base_path = base_path.trim().trim_matches('/');
         let base = if base_path.is_empty() {
             "http://localhost".to_string()
@@ -116,6 +131,7 @@ impl ApiClient {
             socket: Some(socket.to_path_buf()),
             token,
             agent,
+            roots: ureq::tls::RootCerts::WebPki,
         }
     }
 
@@ -142,14 +158,25 @@ impl ApiClient {
     /// `GET path?query`, decoded as JSON.
     pub fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
         let url = self.url(path);
-        let mut req = self.agent.get(&url);
+        let body = self.get_body(&url, query)?;
+        self.json(&url, &body)
+    }
+
+    /// `GET path?query`, the body as text: a page that is not JSON (`/metrics`), or JSON the
+    /// caller does not need decoded.
+    pub fn get_text(&self, path: &str, query: &[(&str, String)]) -> Result<String, ClientError> {
+        self.get_body(&self.url(path), query)
+    }
+
+    fn get_body(&self, url: &str, query: &[(&str, String)]) -> Result<String, ClientError> {
+        let mut req = self.agent.get(url);
         for (k, v) in query {
             req = req.query(k, v);
         }
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        self.decode(&url, req.call())
+        self.body(url, req.call())
     }
 
     /// `POST path?query` with an optional JSON body, decoded as JSON.
@@ -171,7 +198,8 @@ impl ApiClient {
             Some(b) => req.send_json(b),
             None => req.send_empty(),
         };
-        self.decode(&url, result)
+        let body = self.body(&url, result)?;
+        self.json(&url, &body)
     }
 
     /// Opens a server-sent-events stream and calls `on_event(kind, data)` for each event (`kind`
@@ -182,8 +210,32 @@ impl ApiClient {
         query: &[(&str, String)],
         mut on_event: impl FnMut(&str, &str) -> bool,
     ) -> Result<(), ClientError> {
+        for event in self.open_stream(path, query)? {
+            let event = event?;
+            if !on_event(&event.kind, &event.data) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a server-sent-events stream. It returns once the response head has arrived (the
+    /// daemon's streams are subscribed by then), and the stream yields the events from there.
+    /// The stream has a connection of its own, which [`EventStream::closer`] can close from
+    /// another thread.
+    pub fn open_stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<EventStream, ClientError> {
         let url = self.url(path);
-        let mut req = self.agent.get(&url).header("Accept", "text/event-stream");
+        // An agent of its own: closing the stream shuts down its agent, and with it only this
+        // connection.
+        let agent = match &self.socket {
+            Some(p) => unix_agent(p),
+            None => tcp_agent(self.roots.clone()),
+        };
+        let mut req = agent.get(&url).header("Accept", "text/event-stream");
         for (k, v) in query {
             req = req.query(k, v);
         }
@@ -196,41 +248,15 @@ impl ApiClient {
             let body = resp.body_mut().read_to_string().unwrap_or_default();
             return Err(api_error(status, &body));
         }
-        let reader = BufReader::new(resp.into_body().into_reader());
-        let mut data = String::new();
-        let mut kind = String::new();
-        let mut has_data = false;
-        for line in reader.lines() {
-            let line = line.map_err(|e| ClientError::Protocol {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
-            if line.is_empty() {
-                let k = if kind.is_empty() { "message" } else { &kind };
-                if has_data && !on_event(k, &data) {
-                    return Ok(());
-                }
-                data.clear();
-                kind.clear();
-                has_data = false;
-            } else if let Some(d) = line.strip_prefix("data:") {
-                if has_data {
-                    data.push('\n');
-                }
-                data.push_str(d.strip_prefix(' ').unwrap_or(d));
-                has_data = true;
-            } else if let Some(k) = line.strip_prefix("event:") {
-                kind = k.trim().to_string();
-            }
-        }
-        Ok(())
+        Ok(EventStream::new(self.shown(&url), agent, resp.into_body()))
     }
 
-    fn decode(
+    /// A response's body as text when its status is 2xx, else the daemon's error.
+    fn body(
         &self,
         url: &str,
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<String, ClientError> {
         let url = &self.shown(url);
         let mut resp = result.map_err(|e| unreachable(url, e))?;
         let status = resp.status().as_u16();
@@ -246,8 +272,12 @@ impl ApiClient {
         if !(200..300).contains(&status) {
             return Err(api_error(status, &body));
         }
-        serde_json::from_str(&body).map_err(|e| ClientError::Protocol {
-            url: url.to_string(),
+        Ok(body)
+    }
+
+    fn json(&self, url: &str, body: &str) -> Result<Value, ClientError> {
+        serde_json::from_str(body).map_err(|e| ClientError::Protocol {
+            url: self.shown(url),
             reason: format!("the body is not JSON ({e})"),
         })
     }
@@ -268,3 +298,6 @@ fn api_error(status: u16, body: &str) -> ClientError {
         .unwrap_or_else(|| format!("the daemon answered {status}: {}", body.trim()));
     ClientError::Api { status, message }
 }
+
+#[cfg(test)]
+mod tests;

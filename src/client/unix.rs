@@ -4,11 +4,13 @@
 //! is only the `Host` header (`localhost`); the socket path says where to connect.
 
 use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::{Arc, Weak};
 
 use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, Transport,
+    Buffers, ConnectionDetails, Connector, LazyBuffers, NextTimeout, ShutdownHandle, Transport,
 };
 use ureq::Error;
 
@@ -26,7 +28,9 @@ impl<In: Transport> Connector<In> for UnixConnector {
         details: &ConnectionDetails,
         _chained: Option<In>,
     ) -> Result<Option<Self::Out>, Error> {
-        let stream = UnixStream::connect(&self.path)?;
+        let stream = Arc::new(Socket(UnixStream::connect(&self.path)?));
+        // So that `Agent::shutdown` (a closed event stream) interrupts a read blocked on it.
+        (details.register_shutdown)(Arc::downgrade(&stream) as Weak<dyn ShutdownHandle>)?;
         let config = details.config;
         Ok(Some(UnixTransport {
             stream,
@@ -35,10 +39,21 @@ impl<In: Transport> Connector<In> for UnixConnector {
     }
 }
 
+/// The connected socket, shared with the agent's shutdown handle.
+#[derive(Debug)]
+struct Socket(UnixStream);
+
+impl ShutdownHandle for Socket {
+    fn shutdown(&self) {
+        // An error means it is closed already.
+        let _ = self.0.shutdown(Shutdown::Both);
+    }
+}
+
 /// One connection to the socket.
 #[derive(Debug)]
 pub struct UnixTransport {
-    stream: UnixStream,
+    stream: Arc<Socket>,
     buffers: LazyBuffers,
 }
 
@@ -53,19 +68,19 @@ impl Transport for UnixTransport {
     }
 
     fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), Error> {
-        self.stream
-            .set_write_timeout(socket_timeout(&timeout.for_write()))?;
+        let mut stream = &self.stream.0;
+        stream.set_write_timeout(socket_timeout(&timeout.for_write()))?;
         let output = &self.buffers.output()[..amount];
-        self.stream.write_all(output)?;
+        stream.write_all(output)?;
         Ok(())
     }
 
     fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, Error> {
-        self.stream
-            .set_read_timeout(socket_timeout(&timeout.for_read()))?;
+        let mut stream = &self.stream.0;
+        stream.set_read_timeout(socket_timeout(&timeout.for_read()))?;
         let input = self.buffers.input_append_buf();
         let amount = loop {
-            match self.stream.read(input) {
+            match stream.read(input) {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 other => break other?,
             }
