@@ -47,6 +47,9 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     pub events: broadcast::Sender<Event>,
     pub metrics: Arc<Metrics>,
+    /// Set to `true` when the daemon begins to stop: the endless streams (`/events`,
+    /// `/logs?follow`) end then, so the listeners' graceful shutdown does not wait on them.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// The whole API under `base` (e.g. `/api`), behind the security guard and the body limit.
