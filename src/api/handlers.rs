@@ -587,6 +587,11 @@ pub async fn events(State(d): Shared) -> Response {
     super::stream::events(d.events.subscribe(), d.closing.subscribe())
 }
 
+/// The daemon's own figures as JSON (`docs/api.md`): what the dashboard's header shows.
+pub async fn stats(State(d): Shared) -> Json<crate::metrics::Summary> {
+    Json(d.metrics.summary(SystemTime::now()))
+}
+
 /// Prometheus/OpenMetrics exposition of every instance and of the daemon itself.
 pub async fn metrics(State(d): Shared) -> Response {
     let live = d.reconciler.live();

@@ -73,6 +73,7 @@ pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn
         .route("/group/stop", post(handlers::group_stop))
         .route("/logs", get(handlers::logs))
         .route("/events", get(handlers::events))
+        .route("/stats", get(handlers::stats))
         .fallback(handlers::not_found)
         .with_state(state.clone());
     let mut app = if base.is_empty() {
