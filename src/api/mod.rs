@@ -9,6 +9,7 @@ pub mod peer;
 pub mod security;
 pub mod status;
 mod stream;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -52,7 +53,8 @@ pub struct AppState {
     pub closing: tokio::sync::watch::Sender<bool>,
 }
 
-/// The whole API under `base` (e.g. `/api`), behind the security guard and the body limit.
+/// The whole API under `base` (e.g. `/api`) and the dashboard at `/ui`, behind the security
+/// guard and the body limit.
 pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn) -> Router {
     let api = Router::new()
         .route("/health", get(handlers::health))
@@ -84,6 +86,8 @@ pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn
     if metrics == MetricsOn::Api {
         app = app.merge(metrics_router(state));
     }
+    // The dashboard sits outside the base path: its assets are no part of the API.
+    app = app.merge(ui::router(base));
     // Handlers read bodies themselves with the limit (`handlers::json_body`), so that an
     // oversized body gets its 413 as JSON even while the client is still sending.
     app.layer(middleware::from_fn_with_state(

@@ -232,7 +232,7 @@ impl Guard {
                 ));
             }
         }
-        if path.ends_with("/health") {
+        if path.ends_with("/health") || is_ui_asset(path) {
             return Ok(());
         }
         let policy = self.access.current();
@@ -285,6 +285,13 @@ impl Guard {
             }
         }
     }
+}
+
+/// The dashboard's static assets, exactly (`docs/security.md`): they carry no data, and a
+/// browser's navigation to the page cannot send a bearer header. Everything the page shows
+/// comes from API requests, which are checked as any other.
+fn is_ui_asset(path: &str) -> bool {
+    super::ui::PATHS.contains(&path)
 }
 
 /// axum middleware applying [`Guard::check`] to every request, with the identity its
@@ -436,6 +443,36 @@ mod tests {
         assert!(by_group
             .check("/api/status", &h, Some(&local(4242)))
             .is_err());
+    }
+
+    #[test]
+    fn only_the_exact_dashboard_assets_are_open() {
+        let g = guard(Some("s3cret"), vec![], vec![]);
+        let h = headers(&[("host", "127.0.0.1:8080")]);
+        for caller in [remote(), local(NOBODY)] {
+            for path in ["/ui", "/ui/", "/ui/app.js", "/ui/app.css", "/ui/icon.svg"] {
+                assert!(g.check(path, &h, Some(&caller)).is_ok(), "{path}");
+            }
+            for path in [
+                "/ui/app.js/x",
+                "/ui/../api/status",
+                "/uix",
+                "/ui/index.html",
+                "/api/ui",
+                "/api/ui/app.js",
+                "/ui//app.js",
+                "/UI",
+                "/api/stats",
+            ] {
+                assert!(g.check(path, &h, Some(&caller)).is_err(), "{path}");
+            }
+        }
+        // Host and Origin are still checked on the assets.
+        let rebound = headers(&[("host", "evil.example:8080")]);
+        let e = g.check("/ui", &rebound, Some(&local(0))).unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        let framed = headers(&[("host", "127.0.0.1"), ("origin", "http://evil.example")]);
+        assert!(g.check("/ui/app.js", &framed, Some(&remote())).is_err());
     }
 
     #[test]
