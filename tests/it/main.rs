@@ -6,6 +6,7 @@
 // Test helpers outside #[test] functions unwrap too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used)]
 mod api;
+mod browser;
 mod config;
 mod daemon;
 mod host;
@@ -17,5 +18,6 @@ mod security;
 mod store;
 mod supervisor;
 mod systemd;
+mod ui;
 mod util;
 mod watch;
