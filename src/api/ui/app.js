@@ -25,9 +25,12 @@ let token = null;
 let tokenWaiters = [];
 
 class HttpError extends Error {
-  constructor(status, message) {
+  constructor(status, message, sentWith) {
     super(message);
     this.status = status;
+    // The token the refused request carried: a refusal of an older token says nothing about
+    // the one in use now.
+    this.sentWith = sentWith;
   }
 }
 
@@ -38,16 +41,17 @@ function headers(json) {
   return h;
 }
 
-async function errorOf(res) {
+async function errorOf(res, sentWith) {
   let message = `${res.status} ${res.statusText}`;
   try {
     const body = await res.json();
     if (body && body.error) message = body.error;
   } catch { /* not JSON: keep the status line */ }
-  return new HttpError(res.status, message);
+  return new HttpError(res.status, message, sentWith);
 }
 
 async function request(path, { method = 'GET', body, signal } = {}) {
+  const sentWith = token;
   const res = await fetch(API + path, {
     method,
     headers: headers(body !== undefined),
@@ -56,7 +60,7 @@ async function request(path, { method = 'GET', body, signal } = {}) {
     cache: 'no-store',
     credentials: 'omit',
   });
-  if (!res.ok) throw await errorOf(res);
+  if (!res.ok) throw await errorOf(res, sentWith);
   return res.json();
 }
 
@@ -90,6 +94,7 @@ function follow(path, { onOpen, onEvent, onDrop, onRefused, onFatal }) {
     let attempt = 0;
     while (!stop.signal.aborted) {
       try {
+        const sentWith = token;
         const res = await fetch(API + path, {
           headers: headers(false),
           signal: stop.signal,
@@ -97,8 +102,10 @@ function follow(path, { onOpen, onEvent, onDrop, onRefused, onFatal }) {
           credentials: 'omit',
         });
         if (!res.ok) {
-          const err = await errorOf(res);
+          const err = await errorOf(res, sentWith);
           if (isAuth(err)) {
+            // Refused with a token since replaced: try the new one at once.
+            if (sentWith !== token) continue;
             onRefused(err);
             await Promise.race([tokenChanged(), sleep(1e9, stop.signal)]);
             continue;
@@ -544,7 +551,7 @@ async function readAll() {
 }
 
 function reportReadError(e) {
-  if (isAuth(e)) askToken(e.message);
+  if (isAuth(e)) askTokenAfter(e);
   else banner(`Cannot read the daemon's state: ${e.message}`);
 }
 
@@ -554,7 +561,7 @@ async function act(path, busyRows) {
   try {
     await request(path, { method: 'POST' });
   } catch (e) {
-    if (e instanceof HttpError && e.status === 401) askToken(e.message);
+    if (e instanceof HttpError && e.status === 401) askTokenAfter(e);
     else banner(e.message);
   } finally {
     for (const r of busyRows) { r.busy = false; touch(r); }
@@ -644,6 +651,9 @@ $('states').addEventListener('click', (ev) => {
 });
 
 const restartsAt = new Map(); // daemon epoch second -> restarts
+// Times (daemon ms) of the restarts seen live in the last minute: a /stats answer taken before
+// some of them arrived must not lose them.
+let liveRestarts = [];
 let clockSkew = 0; // daemon clock minus ours, ms
 const sparkBars = Array.from({ length: 60 }, () => el('i'));
 $('spark').replaceChildren(...sparkBars);
@@ -673,6 +683,7 @@ function renderRestarts() {
     last.push(n);
   }
   for (const s of restartsAt.keys()) if (s < now - 59) restartsAt.delete(s);
+  liveRestarts = liveRestarts.filter((t) => t >= (now - 59) * 1000);
   $('rpm').textContent = total;
   last.forEach((n, i) => { sparkBars[i].style.height = `${(100 * n) / max}%`; });
 }
@@ -686,8 +697,12 @@ async function readStats() {
   const s = await request('/stats');
   clockSkew = Date.parse(s.time) - Date.now();
   const end = Math.floor(Date.parse(s.time) / 1000);
+  const taken = Date.parse(s.time);
   restartsAt.clear();
   s.restarts.per_second.forEach((n, i) => { if (n) restartsAt.set(end - 59 + i, n); });
+  for (const t of liveRestarts) {
+    if (t > taken) restartsAt.set(Math.floor(t / 1000), (restartsAt.get(Math.floor(t / 1000)) || 0) + 1);
+  }
   daemon = s.daemon;
   daemon.started = Date.parse(s.daemon.started_at);
   renderDaemon();
@@ -743,6 +758,7 @@ function onTransition(ev) {
   if (ev.restart) {
     const s = Math.floor(Date.parse(ev.time) / 1000);
     restartsAt.set(s, (restartsAt.get(s) || 0) + 1);
+    liveRestarts.push(Date.parse(ev.time));
   }
   // Events carry no pid, uptime or retry time: read the instance once things settle.
   needStatus(ev.name);
@@ -982,7 +998,7 @@ async function checkPlan() {
     renderPlan(await request('/reload?dry_run=true', { method: 'POST' }), false);
   } catch (e) {
     $('plan-status').textContent = e.message;
-    if (e instanceof HttpError && e.status === 401) askToken(e.message);
+    if (e instanceof HttpError && e.status === 401) askTokenAfter(e);
   }
 }
 
@@ -994,7 +1010,7 @@ $('plan-apply').addEventListener('click', async () => {
     renderPlan(await request('/reload', { method: 'POST' }), true);
   } catch (e) {
     $('plan-status').textContent = e.message;
-    if (e instanceof HttpError && e.status === 401) askToken(e.message);
+    if (e instanceof HttpError && e.status === 401) askTokenAfter(e);
     else banner(e.message);
   }
 });
@@ -1003,6 +1019,11 @@ $('plan-apply').addEventListener('click', async () => {
 // The token dialog.
 
 const dialog = $('token-dialog');
+
+/** Asks for a token after a refusal, unless the token it refused has been replaced since. */
+function askTokenAfter(e) {
+  if (e.sentWith === token) askToken(e.message);
+}
 
 function askToken(reason) {
   $('token-reason').textContent = reason || '';
