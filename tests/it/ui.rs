@@ -312,8 +312,9 @@ fn buttons_stop_and_start_and_the_output_pane_follows_new_lines() {
     if !browser::available("buttons_stop_and_start_and_the_output_pane_follows_new_lines") {
         return;
     }
-    // Prints a line each time it gets SIGUSR1, and nothing else after its greeting.
-    let echo = r#"args = ["sh", "-c", 'echo hello from echo; trap "echo usr1 received" USR1; while :; do sleep 3600 & s=$!; wait $s; kill $s 2>/dev/null; done']
+    // Prints a line each time it gets SIGUSR1, and nothing else after its greeting (which comes
+    // after the trap is set, so a signal sent once the greeting is seen is never fatal).
+    let echo = r#"args = ["sh", "-c", 'trap "echo usr1 received" USR1; echo hello from echo; while :; do sleep 3600 & s=$!; wait $s; kill $s 2>/dev/null; done']
 "#;
     let sleeper = "command = \"sleep 3600\"\n";
     let mut dash = Dashboard::start(
