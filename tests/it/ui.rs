@@ -96,6 +96,9 @@ impl Dashboard {
     }
 }
 
+/// The names of the rows the page shows (not hidden by a filter), in order.
+const SHOWN: &str = "[...document.querySelectorAll('#rows tr')].filter(r => getComputedStyle(r).display !== 'none').map(r => r.dataset.name).join()";
+
 /// A JavaScript string literal.
 fn js(s: &str) -> String {
     serde_json::to_string(s).unwrap()
@@ -425,6 +428,16 @@ fn buttons_stop_and_start_and_the_output_pane_follows_new_lines() {
     wait_row(&mut page, "a", "stopped", None);
     wait_row(&mut page, "b", "stopped", None);
     wait_row(&mut page, "echo", "running", Some(again));
+    // The state chips count and filter.
+    page.wait(
+        WAIT,
+        "two stopped",
+        "document.querySelector('.chip[data-state=stopped] b').textContent === '2'",
+    );
+    page.click(".chip[data-state=stopped]");
+    page.wait(WAIT, "only the stopped rows", &format!("{SHOWN} === 'a,b'"));
+    page.click(".chip[data-state=stopped]");
+    page.wait(WAIT, "every row again", &format!("{SHOWN} === 'a,b,echo'"));
     page.click(".group[data-group=\"pair\"] button[data-path^=\"/group/start\"]");
     for s in dash.wait_states(&["a", "b"], "running") {
         wait_row(
@@ -442,7 +455,11 @@ fn buttons_stop_and_start_and_the_output_pane_follows_new_lines() {
         "[...document.querySelectorAll('#rows tr')].map(r => r.dataset.name).join() === 'echo,b,a'",
     );
     page.type_into("#filter", "ech");
-    page.wait(WAIT, "the filter to leave one row", "[...document.querySelectorAll('#rows tr')].filter(r => !r.hidden).map(r => r.dataset.name).join() === 'echo'");
+    page.wait(
+        WAIT,
+        "the filter to leave one row",
+        &format!("{SHOWN} === 'echo'"),
+    );
     assert_eq!(
         page.eval("document.getElementById('count').textContent"),
         "1 of 3 instances"

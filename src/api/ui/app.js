@@ -309,7 +309,7 @@ class Row {
   uptimeSeconds() {
     const d = this.data;
     if (d.state !== 'running' || !d.started_at) return null;
-    return (Date.now() - Date.parse(d.started_at)) / 1000;
+    return (Date.now() + clockSkew - Date.parse(d.started_at)) / 1000;
   }
 
   setState(next) {
