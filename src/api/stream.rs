@@ -146,16 +146,21 @@ mod tests {
         assert!(text.contains("\"to\":\"running\""), "{text}");
     }
 
-    #[tokio::test]
-    async fn following_an_empty_log_opens_with_a_comment() {
-        let log = InstanceLog::with_rotation(
+    /// A log with no files and nothing written yet.
+    fn quiet_log() -> InstanceLog {
+        InstanceLog::with_rotation(
             "quiet",
             LogPaths {
                 stdout: None,
                 stderr: None,
             },
             Rotation::default(),
-        );
+        )
+    }
+
+    #[tokio::test]
+    async fn following_an_empty_log_opens_with_a_comment() {
+        let log = quiet_log();
         let (_closing, closed) = watch::channel(false);
         let mut body = follow_log(&log, LogStream::Stdout, 10, closed).into_body();
         assert_eq!(next_text(&mut body).await, ": subscribed\n\n");
@@ -167,14 +172,7 @@ mod tests {
         let (closing, closed) = watch::channel(false);
         let mut events_body = events(rx, closed.clone()).into_body();
         assert_eq!(next_text(&mut events_body).await, ": subscribed\n\n");
-        let log = InstanceLog::with_rotation(
-            "quiet",
-            LogPaths {
-                stdout: None,
-                stderr: None,
-            },
-            Rotation::default(),
-        );
+        let log = quiet_log();
         let mut log_body = follow_log(&log, LogStream::Stdout, 10, closed).into_body();
         assert_eq!(next_text(&mut log_body).await, ": subscribed\n\n");
         closing.send_replace(true);
