@@ -270,6 +270,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         reloader,
         events,
         metrics,
+        closing: tokio::sync::watch::channel(false).0,
     });
     Ok(Opened {
         state,
@@ -435,6 +436,9 @@ pub async fn run(
         _ = term.recv() => force_kill(&state.reconciler),
         _ = int.recv() => force_kill(&state.reconciler),
     }
+    // The endless streams (`/events`, `/logs?follow`) have shown the children stop; they end
+    // now, or the listeners' graceful shutdown would wait for them forever.
+    state.closing.send_replace(true);
     while servers.join_next().await.is_some() {}
     if let Some(path) = &socket_path {
         let _ = std::fs::remove_file(path);

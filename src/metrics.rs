@@ -18,7 +18,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -167,6 +167,10 @@ pub struct Metrics {
     store_writes: Counter,
     /// Event counters by instance name.
     instances: RwLock<HashMap<String, InstanceCounters>>,
+    /// Automatic restarts of the last minute, per second (`GET /stats`).
+    recent_restarts: Mutex<RecentRestarts>,
+    /// When this daemon process started counting.
+    started: SystemTime,
 }
 
 impl Default for Metrics {
@@ -227,6 +231,8 @@ impl Metrics {
             config_errors,
             store_writes,
             instances: RwLock::new(HashMap::new()),
+            recent_restarts: Mutex::new(RecentRestarts::default()),
+            started: SystemTime::now(),
         }
     }
 
@@ -237,6 +243,12 @@ impl Metrics {
         let counted = Counted::of(e);
         if counted.is_empty() {
             return;
+        }
+        if counted.restart {
+            self.recent_restarts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add(e.time);
         }
         {
             let map = self
@@ -283,6 +295,42 @@ impl Metrics {
     /// `n` writes to the desired-state store.
     pub fn observe_store_writes(&self, n: u64) {
         self.store_writes.inc_by(n);
+    }
+
+    /// The daemon's own figures as plain JSON-ready numbers (`GET /stats`, the dashboard's
+    /// header): the counters `render` encodes, the restarts of the last minute, and the daemon's
+    /// CPU time and memory read now.
+    pub fn summary(&self, now: SystemTime) -> Summary {
+        let since_start = self
+            .instances
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|c| c.restarts.load(Ordering::Relaxed))
+            .sum();
+        let per_second = self
+            .recent_restarts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_minute(now);
+        Summary {
+            time: humantime::format_rfc3339_millis(now).to_string(),
+            restarts: RestartSummary {
+                last_minute: per_second.iter().sum(),
+                per_second,
+                since_start,
+            },
+            daemon: DaemonSummary {
+                started_at: humantime::format_rfc3339_millis(self.started).to_string(),
+                uptime_seconds: now
+                    .duration_since(self.started)
+                    .unwrap_or_default()
+                    .as_secs_f64(),
+                cpu_seconds: self_cpu_seconds(),
+                resident_memory_bytes: self_rss_bytes(),
+                reconcile_passes: self.passes.get(),
+            },
+        }
     }
 
     /// The exposition text (OpenMetrics, see [`CONTENT_TYPE`]).
@@ -447,6 +495,92 @@ impl Metrics {
         }
         reg
     }
+}
+
+/// What [`Metrics::summary`] answers.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// When the figures were taken (RFC 3339); `per_second` ends with this second.
+    pub time: String,
+    pub restarts: RestartSummary,
+    pub daemon: DaemonSummary,
+}
+
+/// Automatic restarts, counted from the same events as `provisr_restarts_total`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RestartSummary {
+    /// Restarts during the 60 seconds that end with `time`.
+    pub last_minute: u64,
+    /// Those restarts per second, oldest first: 60 numbers, the last one for the second of `time`.
+    pub per_second: Vec<u64>,
+    /// Restarts since this daemon started (the sum of `provisr_restarts_total` over the instances
+    /// that still exist).
+    pub since_start: u64,
+}
+
+/// The daemon process itself.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DaemonSummary {
+    pub started_at: String,
+    pub uptime_seconds: f64,
+    /// `provisr_process_cpu_seconds_total`; `None` where `/proc/self` cannot be read.
+    pub cpu_seconds: Option<f64>,
+    /// `provisr_process_resident_memory_bytes`.
+    pub resident_memory_bytes: Option<u64>,
+    /// `provisr_reconcile_passes_total`.
+    pub reconcile_passes: u64,
+}
+
+/// Restarts per second over the last minute: one slot per second of the minute, each tagged
+/// with the second it counts, so a slot left from an earlier minute reads as zero. Fixed size,
+/// no timer: old seconds are overwritten as new ones arrive.
+#[derive(Debug)]
+struct RecentRestarts {
+    slots: [(u64, u64); 60],
+}
+
+impl Default for RecentRestarts {
+    fn default() -> Self {
+        RecentRestarts {
+            slots: [(0, 0); 60],
+        }
+    }
+}
+
+impl RecentRestarts {
+    fn add(&mut self, at: SystemTime) {
+        let sec = epoch_second(at);
+        let slot = &mut self.slots[(sec % 60) as usize];
+        if slot.0 > sec {
+            // A minute or more old, and its slot already counts a later second.
+            return;
+        }
+        if slot.0 != sec {
+            *slot = (sec, 0);
+        }
+        slot.1 += 1;
+    }
+
+    /// The counts of the 60 seconds that end with `now`'s, oldest first.
+    fn last_minute(&self, now: SystemTime) -> Vec<u64> {
+        let end = epoch_second(now);
+        (end.saturating_sub(59)..=end)
+            .map(|sec| {
+                let (tag, n) = self.slots[(sec % 60) as usize];
+                if tag == sec {
+                    n
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+}
+
+fn epoch_second(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// The `code` and `signal` label values of an exit.
@@ -899,6 +1033,57 @@ mod tests {
         assert_eq!(stat_cpu_ticks("garbage"), None);
         assert_eq!(statm_resident_pages("1000 250 100 10 0 300 0\n"), Some(250));
         assert_eq!(statm_resident_pages(""), None);
+    }
+
+    #[test]
+    fn the_summary_counts_restarts_of_the_last_minute_per_second() {
+        let m = Metrics::new();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let restart = |name: &str, time| {
+            let mut e = ev(name, "p", Backoff, Starting);
+            e.restart = true;
+            e.time = time;
+            e
+        };
+        for (name, secs) in [("a", 0), ("a", 0), ("b", 30), ("a", 59)] {
+            m.observe_event(&restart(name, at(secs)));
+        }
+        // Not restarts: a first start and a stop.
+        m.observe_event(&ev("c", "p", Stopped, Starting));
+        m.observe_event(&ev("c", "p", Running, Stopping));
+
+        let s = m.summary(at(59));
+        assert_eq!(s.restarts.per_second.len(), 60);
+        assert_eq!(s.restarts.per_second[0], 2, "second 0 is the oldest");
+        assert_eq!(s.restarts.per_second[30], 1);
+        assert_eq!(s.restarts.per_second[59], 1);
+        assert_eq!(s.restarts.last_minute, 4);
+        assert_eq!(s.restarts.since_start, 4);
+        // Second 90 reuses second 30's slot.
+        m.observe_event(&restart("b", at(90)));
+        assert_eq!(m.summary(at(90)).restarts.since_start, 5);
+        let later = m.summary(at(90));
+        assert_eq!(later.restarts.last_minute, 2, "{:?}", later.restarts);
+        assert_eq!(later.restarts.per_second[59], 1);
+        assert_eq!(m.summary(at(500)).restarts.last_minute, 0);
+        // An event from a minute before its slot's second is dropped, not counted as new.
+        m.observe_event(&restart("a", at(30)));
+        assert_eq!(m.summary(at(90)).restarts.last_minute, 2);
+        assert_eq!(s.time, "1970-01-12T13:47:39.000Z");
+    }
+
+    #[test]
+    fn the_summary_reads_the_daemon_process() {
+        let m = Metrics::new();
+        m.observe_pass(Duration::from_millis(1), 0);
+        let s = m.summary(SystemTime::now());
+        assert_eq!(s.daemon.reconcile_passes, 1);
+        assert!(s.daemon.resident_memory_bytes.is_some_and(|b| b > 0));
+        assert!(s.daemon.cpu_seconds.is_some());
+        assert!(s.daemon.uptime_seconds >= 0.0);
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json["daemon"]["started_at"].is_string(), "{json}");
     }
 
     #[test]

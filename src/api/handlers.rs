@@ -583,14 +583,24 @@ pub async fn logs(State(d): Shared, q: Result<Query<LogsQuery>, QueryRejection>)
     })?;
     let tail = q.tail.unwrap_or(100);
     if q.follow {
-        return Ok(super::stream::follow_log(&instance.log, stream, tail));
+        return Ok(super::stream::follow_log(
+            &instance.log,
+            stream,
+            tail,
+            d.closing.subscribe(),
+        ));
     }
     let lines = instance.log.tail(stream, tail);
     Ok(Json(json!({ "name": name, "stream": stream, "lines": lines })).into_response())
 }
 
 pub async fn events(State(d): Shared) -> Response {
-    super::stream::events(d.events.subscribe())
+    super::stream::events(d.events.subscribe(), d.closing.subscribe())
+}
+
+/// The daemon's own figures as JSON (`docs/api.md`): what the dashboard's header shows.
+pub async fn stats(State(d): Shared) -> Json<crate::metrics::Summary> {
+    Json(d.metrics.summary(SystemTime::now()))
 }
 
 /// Prometheus/OpenMetrics exposition of every instance and of the daemon itself.

@@ -10,6 +10,7 @@ pub mod security;
 pub mod status;
 mod stream;
 pub mod tls;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -48,9 +49,13 @@ pub struct AppState {
     pub reloader: Arc<Reloader>,
     pub events: broadcast::Sender<Event>,
     pub metrics: Arc<Metrics>,
+    /// Set to `true` when the daemon begins to stop: the endless streams (`/events`,
+    /// `/logs?follow`) end then, so the listeners' graceful shutdown does not wait on them.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
-/// The whole API under `base` (e.g. `/api`), behind the security guard and the body limit.
+/// The whole API under `base` (e.g. `/api`) and the dashboard at `/ui`, behind the security
+/// guard and the body limit.
 pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn) -> Router {
     let api = Router::new()
         .route("/health", get(handlers::health))
@@ -71,6 +76,7 @@ pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn
         .route("/group/stop", post(handlers::group_stop))
         .route("/logs", get(handlers::logs))
         .route("/events", get(handlers::events))
+        .route("/stats", get(handlers::stats))
         .fallback(handlers::not_found)
         .with_state(state.clone());
     let mut app = if base.is_empty() {
@@ -81,6 +87,8 @@ pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn
     if metrics == MetricsOn::Api {
         app = app.merge(metrics_router(state));
     }
+    // The dashboard sits outside the base path: its assets are no part of the API.
+    app = app.merge(ui::router(base));
     // Handlers read bodies themselves with the limit (`handlers::json_body`), so that an
     // oversized body gets its 413 as JSON even while the client is still sending.
     app.layer(middleware::from_fn_with_state(

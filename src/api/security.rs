@@ -313,7 +313,8 @@ impl Guard {
             }
         }
         let rel = path.strip_prefix(self.base.as_str()).unwrap_or(path);
-        if rel == "/health" {
+        let reading = method == Method::GET || method == Method::HEAD;
+        if rel == "/health" || (reading && is_ui_asset(path)) {
             return Ok(Granted {
                 scope: TokenScope::Read,
                 by: "anyone".into(),
@@ -382,6 +383,13 @@ impl Guard {
             }
         }
     }
+}
+
+/// The dashboard's static assets, exactly (`docs/security.md`): they carry no data, and a
+/// browser's navigation to the page cannot send a bearer header. Everything the page shows
+/// comes from API requests, which are checked as any other.
+fn is_ui_asset(path: &str) -> bool {
+    super::ui::PATHS.contains(&path)
 }
 
 /// axum middleware applying [`Guard::check`] to every request, with the identity its
@@ -577,6 +585,42 @@ mod tests {
             .get("/api/status", &h, Some(&local(NOBODY)))
             .is_ok());
         assert!(by_group.get("/api/status", &h, Some(&local(4242))).is_err());
+    }
+
+    #[test]
+    fn only_the_exact_dashboard_assets_are_open() {
+        let g = guard(
+            vec![token("token", "s3cret", TokenScope::Admin)],
+            vec![],
+            vec![],
+        );
+        let h = headers(&[("host", "127.0.0.1:8080")]);
+        for caller in [remote(), local(NOBODY)] {
+            for path in ["/ui", "/ui/", "/ui/app.js", "/ui/app.css", "/ui/icon.svg"] {
+                assert!(g.get(path, &h, Some(&caller)).is_ok(), "{path}");
+            }
+            for path in [
+                "/ui/app.js/x",
+                "/ui/../api/status",
+                "/uix",
+                "/ui/index.html",
+                "/api/ui",
+                "/api/ui/app.js",
+                "/ui//app.js",
+                "/UI",
+                "/api/stats",
+            ] {
+                assert!(g.get(path, &h, Some(&caller)).is_err(), "{path}");
+            }
+        }
+        // Only reading: a POST to an asset path is judged like any request.
+        assert!(g.post("/ui", &h, Some(&remote())).is_err());
+        // Host and Origin are still checked on the assets.
+        let rebound = headers(&[("host", "evil.example:8080")]);
+        let e = g.get("/ui", &rebound, Some(&local(0))).unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        let framed = headers(&[("host", "127.0.0.1"), ("origin", "http://evil.example")]);
+        assert!(g.get("/ui/app.js", &framed, Some(&remote())).is_err());
     }
 
     #[test]

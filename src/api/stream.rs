@@ -1,6 +1,8 @@
 //! The streaming endpoints (server-sent events): `GET /events` and `GET /logs?follow=true`.
 //!
-//! Both end when the client goes away: axum drops the stream, which drops the subscription.
+//! Both end when the client goes away (axum drops the stream, which drops the subscription),
+//! and when the daemon begins to stop: a dashboard or `provisr logs -f` left open must not hold
+//! up its shutdown.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -8,14 +10,14 @@ use std::time::Duration;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::logs::{FollowEvent, InstanceLog, Stream as LogStream};
 use crate::supervisor::Event;
 
 /// Every state transition as it happens, one JSON object per SSE event. A subscriber that falls
 /// more than the channel's capacity behind gets an `event: lagged` with the number it missed.
-pub fn events(rx: broadcast::Receiver<Event>) -> Response {
+pub fn events(rx: broadcast::Receiver<Event>, closing: watch::Receiver<bool>) -> Response {
     let s = stream::unfold(rx, |mut rx| async move {
         let ev = match rx.recv().await {
             Ok(e) => SseEvent::default()
@@ -29,7 +31,7 @@ pub fn events(rx: broadcast::Receiver<Event>) -> Response {
         };
         Some((Ok::<_, Infallible>(ev), rx))
     });
-    sse(subscribed().chain(s))
+    sse(subscribed().chain(s), closing)
 }
 
 /// An opening comment. hyper sends a streamed response's head together with its first body
@@ -44,7 +46,12 @@ fn subscribed() -> impl Stream<Item = Result<SseEvent, Infallible>> {
 
 /// The last `tail` lines of an instance's stream, then every new line as it is written, across
 /// restarts and rotations; `event: skipped` says how many bytes a slow client missed.
-pub fn follow_log(log: &InstanceLog, stream: LogStream, tail: usize) -> Response {
+pub fn follow_log(
+    log: &InstanceLog,
+    stream: LogStream,
+    tail: usize,
+    closing: watch::Receiver<bool>,
+) -> Response {
     let (backlog, follow) = log.follow(stream, tail);
     let first = if backlog.is_empty() {
         subscribed().left_stream()
@@ -62,7 +69,7 @@ pub fn follow_log(log: &InstanceLog, stream: LogStream, tail: usize) -> Response
         };
         Some((Ok::<_, Infallible>(event), follow))
     });
-    sse(first.chain(rest))
+    sse(first.chain(rest), closing)
 }
 
 /// Output lines as one SSE event, a `data:` field each. SSE cannot carry a carriage return, so a
@@ -80,10 +87,14 @@ fn lines_event(lines: &[String]) -> SseEvent {
     SseEvent::default().data(data)
 }
 
-fn sse<S>(s: S) -> Response
+fn sse<S>(s: S, mut closing: watch::Receiver<bool>) -> Response
 where
     S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static,
 {
+    // A dropped sender (a daemon torn down without saying so) ends the stream too.
+    let s = s.take_until(async move {
+        let _ = closing.wait_for(|c| *c).await;
+    });
     // A comment every 30 s notices clients that went away and keeps proxies from timing out.
     Sse::new(s)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(30)))
@@ -113,7 +124,8 @@ mod tests {
     #[tokio::test]
     async fn events_open_with_a_comment_then_carry_transitions() {
         let (tx, rx) = broadcast::channel(8);
-        let mut body = events(rx).into_body();
+        let (_closing, closed) = watch::channel(false);
+        let mut body = events(rx, closed).into_body();
         // Sent before any transition: the response head goes out with it.
         assert_eq!(next_text(&mut body).await, ": subscribed\n\n");
         tx.send(Event {
@@ -134,17 +146,41 @@ mod tests {
         assert!(text.contains("\"to\":\"running\""), "{text}");
     }
 
-    #[tokio::test]
-    async fn following_an_empty_log_opens_with_a_comment() {
-        let log = InstanceLog::with_rotation(
+    /// A log with no files and nothing written yet.
+    fn quiet_log() -> InstanceLog {
+        InstanceLog::with_rotation(
             "quiet",
             LogPaths {
                 stdout: None,
                 stderr: None,
             },
             Rotation::default(),
-        );
-        let mut body = follow_log(&log, LogStream::Stdout, 10).into_body();
+        )
+    }
+
+    #[tokio::test]
+    async fn following_an_empty_log_opens_with_a_comment() {
+        let log = quiet_log();
+        let (_closing, closed) = watch::channel(false);
+        let mut body = follow_log(&log, LogStream::Stdout, 10, closed).into_body();
         assert_eq!(next_text(&mut body).await, ": subscribed\n\n");
+    }
+
+    #[tokio::test]
+    async fn streams_end_when_the_daemon_begins_to_stop() {
+        let (_tx, rx) = broadcast::channel::<Event>(8);
+        let (closing, closed) = watch::channel(false);
+        let mut events_body = events(rx, closed.clone()).into_body();
+        assert_eq!(next_text(&mut events_body).await, ": subscribed\n\n");
+        let log = quiet_log();
+        let mut log_body = follow_log(&log, LogStream::Stdout, 10, closed).into_body();
+        assert_eq!(next_text(&mut log_body).await, ": subscribed\n\n");
+        closing.send_replace(true);
+        for body in [&mut events_body, &mut log_body] {
+            let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("the stream ends within 5 s");
+            assert!(end.is_none(), "the stream ended");
+        }
     }
 }

@@ -6,6 +6,7 @@
 // Test helpers outside #[test] functions unwrap too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used)]
 mod api;
+mod browser;
 mod config;
 mod daemon;
 mod host;
@@ -18,5 +19,6 @@ mod store;
 mod supervisor;
 mod systemd;
 mod tls;
+mod ui;
 mod util;
 mod watch;
