@@ -227,10 +227,11 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         metrics.clone(),
         orphans,
     );
-    let allowed_hosts = match addr.ip() {
-        ip if ip.is_unspecified() => Vec::new(),
-        ip => vec![ip.to_string()],
-    };
+    // Loopback names always pass; besides them, the listen address and `[server] allowed_hosts`.
+    let mut allowed_hosts = loaded.settings.server.allowed_hosts.clone();
+    if !addr.ip().is_unspecified() {
+        allowed_hosts.push(addr.ip().to_string());
+    }
     let access = Access::new(access_policy(&loaded.settings.server, tokens, &opts.config));
     let guard = Guard {
         base: base_path.clone(),

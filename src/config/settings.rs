@@ -47,6 +47,9 @@ pub struct ServerSettings {
     pub allow_plaintext: bool,
     /// `[server] tokens`: named bearer tokens, each limited to a scope.
     pub tokens: Vec<TokenSpec>,
+    /// Names a client may use in `Host` besides loopback ones and the listen address, e.g. the
+    /// host's DNS name for a remote browser.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// `[server.tls]`: PEM files, absolute.
@@ -100,6 +103,7 @@ impl Default for ServerSettings {
             tls: None,
             allow_plaintext: false,
             tokens: Vec::new(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -255,6 +259,7 @@ struct RawServer {
     allow_users: Val<Vec<String>>,
     allow_groups: Val<Vec<String>>,
     allow_plaintext: Val<bool>,
+    allowed_hosts: Val<Vec<String>>,
     tls: Val<RawTls>,
     tokens: Val<Vec<RawToken>>,
 }
@@ -440,6 +445,22 @@ fn read_server(c: &mut Check, raw: &RawServer, base: Option<&Path>, server: &mut
     let gid_of = crate::accounts::gid_of;
     server.allow_groups = accounts(c, &raw.allow_groups, "allow_groups", gid_of, group);
     set!(c.value(raw => server): allow_plaintext);
+    let hosts = c
+        .get(&raw.allowed_hosts, "allowed_hosts")
+        .into_iter()
+        .flatten();
+    for (i, host) in hosts.enumerate() {
+        let host = host.trim().to_ascii_lowercase();
+        if host.is_empty() || host.contains(['/', ' ', ':']) && !host.starts_with('[') {
+            let at = k("allowed_hosts").index(i);
+            c.bad(at, format_args!("{host:?} is not a host name"))
+                .help("a name or address without port or scheme, e.g. \"box.example.com\"");
+        } else {
+            server
+                .allowed_hosts
+                .push(host.trim_matches(['[', ']']).to_string());
+        }
+    }
     if let Some(tls) = c.get(&raw.tls, "tls") {
         let (cert, key) = c.within(&k("tls"), |c| {
             let pair = (

@@ -203,8 +203,20 @@ fn a_non_loopback_listen_needs_tls_or_allow_plaintext() {
         "{err}"
     );
 
-    config("allow_plaintext = true\n");
+    config("allow_plaintext = true\nallowed_hosts = [\"dash.example\"]\n");
     let daemon = TestDaemon::start_on(d, Some(&d.join("cfg.toml")), &d.join("state"), "0.0.0.0:0");
+    // A remote browser's Host is its name for the box: only configured names pass.
+    let host_status = |host: &str| {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("Host: {host}"))
+            .arg(format!("{}/status", daemon.url))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(host_status("dash.example:8080"), "200");
+    assert_eq!(host_status("evil.example"), "403");
     let warned = daemon
         .log
         .lock()
