@@ -114,6 +114,7 @@ priority = -1
                 file: d.join("ci.token"),
                 scope: TokenScope::Read,
             }],
+            allowed_hosts: Vec::new(),
         }
     );
     assert_eq!(
