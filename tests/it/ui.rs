@@ -642,6 +642,61 @@ fn check_rows_match(page: &mut Page, statuses: &[Value]) {
 /// A local user the daemon does not let in by uid types the token into the page: the assets load
 /// without it, the API asks for it (with the daemon's sentence), a wrong one is refused, the
 /// right one works, and it ends up nowhere but in the page's memory.
+/// A read-only token sees everything and can stop nothing: the button's refusal is shown as the
+/// daemon's sentence, and the program keeps running.
+#[test]
+fn a_read_only_token_sees_the_table_and_its_stop_is_refused_with_the_sentence() {
+    if !browser::available(
+        "a_read_only_token_sees_the_table_and_its_stop_is_refused_with_the_sentence",
+    ) {
+        return;
+    }
+    const TOKEN: &str = "read-only-t0ken";
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("viewer.token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let mut dash = Dashboard::start(
+        &[("svc.toml", "command = \"sleep 3600\"\n")],
+        &format!(
+            "[server]\ntokens = [{{ name = \"viewer\", file = \"{}\", scope = \"read\" }}]\n",
+            token_file.display()
+        ),
+    );
+    let pid = dash.wait_states(&["svc"], "running")[0]["pid"]
+        .as_i64()
+        .unwrap();
+
+    let browser = Chromium::launch(RunAs::Nobody);
+    let mut page = browser.new_page(1280, 800);
+    page.navigate(&dash.ui);
+    page.wait(
+        WAIT,
+        "the token dialog",
+        "document.getElementById('token-dialog').open",
+    );
+    page.type_into("#token-input", TOKEN);
+    page.click("#token-use");
+    page.wait(
+        WAIT,
+        "the connection to go live",
+        "document.getElementById('conn').dataset.state === 'live'",
+    );
+    wait_row(&mut page, "svc", "running", Some(pid));
+    page.click(&format!("{} button[data-act=stop]", row("svc")));
+    page.wait(
+        WAIT,
+        "the refusal in the banner",
+        "!document.getElementById('banner').hidden && document.getElementById('banner-text').textContent.includes('\"viewer\" has the read scope')",
+    );
+    let text = page.eval("document.getElementById('banner-text').textContent");
+    assert!(text.as_str().unwrap().contains("needs operate"), "{text}");
+    // Nothing was stopped.
+    assert_eq!(
+        dash.wait_states(&["svc"], "running")[0]["pid"].as_i64(),
+        Some(pid)
+    );
+}
+
 #[test]
 fn a_browser_of_another_user_is_asked_for_the_token_and_keeps_it_in_memory() {
     if !browser::available(
