@@ -45,13 +45,22 @@ fn man_renders_the_pages() {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("provisr.1");
     std::fs::write(&page, &out.stdout).unwrap();
-    let rendered = Command::new("man")
+    let rendered = match Command::new("man")
         .arg("-l")
         .arg(&page)
         .env("MANPAGER", "cat")
         .env("MANWIDTH", "100")
         .output()
-        .expect("man -l (man-db)");
+    {
+        Ok(out) => out,
+        // `.ci/run` installs man-db; a bare machine still checks the page was written.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("NOTICE: man (man-db) is not installed; the page was written but not rendered");
+            assert!(String::from_utf8_lossy(&out.stdout).contains(".TH provisr 1"));
+            return;
+        }
+        Err(e) => panic!("man -l: {e}"),
+    };
     assert!(rendered.status.success(), "{rendered:?}");
     let text = String::from_utf8_lossy(&rendered.stdout);
     // man justifies lines: compare word by word.
