@@ -46,6 +46,18 @@ impl Notifier {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
+    /// The first [`Notifier::ready`], which also says where the API listens
+    /// (`PROVISR_API_URL=`, a field systemd ignores): whoever started the daemon on port 0 —
+    /// a test, a wrapper — learns the port without reading the log.
+    pub fn ready_at(&self, api_url: &str, status: &str) {
+        let url = format!("PROVISR_API_URL={api_url}");
+        self.send(&[
+            NotifyState::Ready,
+            NotifyState::Status(status),
+            NotifyState::Custom(&url),
+        ]);
+    }
+
     /// A reload (SIGHUP) began; [`Notifier::ready`] says it ended.
     pub fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {

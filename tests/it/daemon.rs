@@ -14,10 +14,103 @@ use crate::util::{alive, wait_for, GroupGuard};
 const BIN: &str = env!("CARGO_BIN_EXE_provisr");
 
 /// A daemon process on a free loopback port; stopped (SIGTERM, then SIGKILL) when dropped.
+///
+/// It is ready when it says so on its notify socket (`READY=1`, as under systemd: every
+/// listener bound, the first reconcile pass done), which also carries the API's URL; the test
+/// owns that socket and keeps every message for tests of the protocol itself.
 pub struct TestDaemon {
     pub child: Child,
     pub url: String,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    notifications: Notifications,
+}
+
+/// The messages the daemon sent to its notify socket, in order.
+pub struct Notifications {
+    rx: mpsc::Receiver<String>,
+    // For the sentinel that says the daemon exited.
+    tx: mpsc::Sender<String>,
+    seen: Vec<String>,
+    // Messages before this one were already matched by a wait.
+    cursor: usize,
+    // The socket's directory; the reader thread ends when it is gone.
+    _dir: tempfile::TempDir,
+}
+
+/// Sent on the notification channel when the daemon's stderr closes: it exited.
+const EXITED: &str = "\u{0}exited";
+
+impl Notifications {
+    fn bind() -> (Notifications, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        // A read timeout lets the thread notice the test is over (the receiver dropped).
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let reader_tx = tx.clone();
+        std::thread::spawn(move || {
+            let tx = reader_tx;
+            let mut buf = vec![0u8; 8192];
+            loop {
+                match sock.recv(&mut buf) {
+                    Ok(n) => {
+                        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        if tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        // Still wanted? A send of nothing would fail once the receiver is gone.
+                        if tx.send(String::new()).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        let n = Notifications {
+            rx,
+            tx,
+            seen: Vec::new(),
+            cursor: 0,
+            _dir: dir,
+        };
+        (n, path)
+    }
+
+    /// Waits until a message not matched before holds the line `line` (e.g. `READY=1`);
+    /// every message up to it, the matching one last. `None` on timeout or when the daemon
+    /// exited.
+    pub fn until(&mut self, line: &str, timeout: Duration) -> Option<Vec<String>> {
+        let holds = |msg: &String| msg.lines().any(|l| l == line);
+        if let Some(i) = self.seen[self.cursor..].iter().position(holds) {
+            self.cursor += i + 1;
+            return Some(self.seen[..self.cursor].to_vec());
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let msg = self.rx.recv_timeout(left).ok()?;
+            if msg.is_empty() {
+                continue;
+            }
+            if msg == EXITED {
+                return None;
+            }
+            let found = holds(&msg);
+            self.seen.push(msg);
+            if found {
+                self.cursor = self.seen.len();
+                return Some(self.seen.clone());
+            }
+        }
+    }
 }
 
 impl TestDaemon {
@@ -44,6 +137,7 @@ impl TestDaemon {
         listen: &str,
         env: &[(&str, &str)],
     ) -> TestDaemon {
+        let (mut notifications, notify_path) = Notifications::bind();
         let mut cmd = Command::new(BIN);
         cmd.envs(env.iter().copied());
         cmd.current_dir(cwd)
@@ -52,6 +146,7 @@ impl TestDaemon {
             .arg("--state-dir")
             .arg(state_dir)
             .env("PROVISR_LOG", "info")
+            .env("NOTIFY_SOCKET", &notify_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -60,27 +155,43 @@ impl TestDaemon {
         }
         let mut child = cmd.spawn().expect("spawn provisr serve");
         let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log2 = log.clone();
+        let exited = notifications.tx.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http") {
-                    let url = line[at + "listening on ".len()..].trim().to_string();
-                    let _ = tx.send(url);
-                }
                 log2.lock().unwrap().push(line);
             }
+            // The daemon closed its stderr: it exited (or never started).
+            let _ = exited.send(EXITED.to_string());
         });
-        let url = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(url) => url,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("daemon did not start: {:?}", log.lock().unwrap());
-            }
+        let ready = notifications.until("READY=1", Duration::from_secs(30));
+        let url = ready.as_ref().and_then(|msgs| {
+            msgs.last()?
+                .lines()
+                .find_map(|l| l.strip_prefix("PROVISR_API_URL="))
+                .map(str::to_string)
+        });
+        let Some(url) = url else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("daemon did not start: {:?}", log.lock().unwrap());
         };
-        TestDaemon { child, url, log }
+        // Tests of the protocol see every message from the start.
+        notifications.cursor = 0;
+        TestDaemon {
+            child,
+            url,
+            log,
+            notifications,
+        }
+    }
+
+    /// What the daemon said on its notify socket: waits until a message holds `line`.
+    pub fn notified(&mut self, line: &str, timeout: Duration) -> Vec<String> {
+        self.notifications
+            .until(line, timeout)
+            .unwrap_or_else(|| panic!("no {line:?} in {:?}", self.notifications.seen))
     }
 
     pub fn pid(&self) -> i32 {

@@ -55,7 +55,9 @@ fn man_renders_the_pages() {
         Ok(out) => out,
         // `.ci/run` installs man-db; a bare machine still checks the page was written.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("NOTICE: man (man-db) is not installed; the page was written but not rendered");
+            eprintln!(
+                "NOTICE: man (man-db) is not installed; the page was written but not rendered"
+            );
             assert!(String::from_utf8_lossy(&out.stdout).contains(".TH provisr 1"));
             return;
         }
