@@ -7,6 +7,7 @@
 //! work until the next pass, it never leaves the system wrong.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,6 +149,21 @@ pub fn orphans(
         .collect()
 }
 
+/// The state directory as children are tagged with it: absolute, symlinks resolved, so every
+/// daemon on one directory writes the same tag however it was named on its command line.
+fn canonical_state_dir(dir: &Path) -> Arc<Path> {
+    match std::fs::canonicalize(dir) {
+        Ok(p) => p.into(),
+        Err(e) => {
+            // The store has just opened it, so this is unexpected; an absolute path still tags.
+            tracing::warn!(dir = %dir.display(), "cannot resolve the state directory: {e}");
+            std::path::absolute(dir)
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .into()
+        }
+    }
+}
+
 struct Entry {
     id: InstanceId,
     handle: InstanceHandle,
@@ -174,6 +190,8 @@ struct Loop {
     passes_tx: watch::Sender<u64>,
     /// Set when the instance set changed since the live table was last published.
     table_dirty: bool,
+    /// The canonical state directory every child is tagged with (`PROVISR_STATE_DIR`).
+    state_dir: Arc<Path>,
 }
 
 /// Starts the loop: adopts the instances the store remembers (by pid and start time) and the
@@ -188,6 +206,7 @@ pub fn start(
     let (requests, rx) = mpsc::channel(16);
     let (live_tx, live) = watch::channel(LiveTable::default());
     let (passes_tx, passes) = watch::channel(0);
+    let state_dir = canonical_state_dir(desired.store().state_dir());
     let mut lp = Loop {
         desired,
         events,
@@ -197,6 +216,7 @@ pub fn start(
         live_tx,
         passes_tx,
         table_dirty: true,
+        state_dir,
     };
     lp.adopt_remembered();
     lp.adopt_orphans(orphans);
@@ -309,6 +329,7 @@ impl Loop {
             events: self.events.clone(),
             changed: self.changed.clone(),
             output: Arc::new(log.clone()),
+            state_dir: Some(self.state_dir.clone()),
         };
         let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
         let status = handle.watch();

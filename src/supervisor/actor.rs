@@ -130,7 +130,9 @@ impl Actor {
                     };
                     self.apply(input);
                 }
-                () = sleep_until(probe_due) => self.health.start_due(&self.spec, &self.id),
+                () = sleep_until(probe_due) => {
+                    self.health.start_due(&self.spec, &self.id, self.ctx.state_dir.as_ref())
+                }
             }
         }
     }
@@ -214,13 +216,14 @@ impl Actor {
     /// Probes the detectors of the current spec, abandoning any probe still running.
     fn start_probe(&mut self) {
         let (spec, id) = (Arc::clone(&self.spec), self.id.clone());
-        self.probe = Some(tokio::spawn(
-            async move { probe_detectors(&spec, &id).await },
-        ));
+        let dir = self.ctx.state_dir.clone();
+        self.probe = Some(tokio::spawn(async move {
+            probe_detectors(&spec, &id, dir.as_deref()).await
+        }));
     }
 
     fn spawn(&mut self) -> Result<(), SpawnError> {
-        let spawned = spawn_instance(&self.spec, &self.id)?;
+        let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref())?;
         self.ctx.output.attach(spawned.stdout, spawned.stderr);
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;

@@ -19,6 +19,7 @@ mod process;
 pub mod spawn;
 pub mod state;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -32,7 +33,7 @@ pub use argv::argv;
 pub use health::probe_detectors;
 pub use output::OutputSink;
 pub use process::{parse_signal, proc_start_time, raise_fd_limit, ExitInfo, FdLimit, FdLimitError};
-pub use spawn::SpawnError;
+pub use spawn::{SpawnError, INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
 pub use state::InstanceState;
 
 /// What every instance actor shares with the rest of the daemon, plus its output sink.
@@ -44,6 +45,10 @@ pub struct RuntimeContext {
     pub changed: Arc<Notify>,
     /// Where this instance's output goes: give each instance its own sink.
     pub output: Arc<dyn OutputSink>,
+    /// The daemon's canonical state directory, which every process this actor spawns carries as
+    /// `PROVISR_STATE_DIR` so a later daemon can find it in `/proc` (`docs/runtime.md`). `None`
+    /// spawns untagged processes: a runtime used without a daemon.
+    pub state_dir: Option<Arc<Path>>,
 }
 
 /// How an actor begins.
