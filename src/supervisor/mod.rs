@@ -8,6 +8,9 @@
 //! wait for the exit through a pidfd and reap it (`process.rs`), probe detectors (`health.rs`).
 //! Output pipes are handed to an [`OutputSink`] (`output.rs`), implemented by the logs module.
 //!
+//! Every child carries a tag (`spawn.rs`) by which `tag.rs` finds the daemon's processes in
+//! `/proc`; `reaper.rs` makes the daemon their subreaper and reaps the orphans no actor owns.
+//!
 //! See `docs/runtime.md` for the design: why children keep fd 3/4, the state table, stop
 //! escalation and pidfd reaping.
 

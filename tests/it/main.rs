@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 mod api;
 mod config;
+mod crash;
 mod daemon;
 mod hotreload;
 mod logs;
