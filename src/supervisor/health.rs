@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DetectorKind, DetectorSpec, Dur, InstanceId, ProgramSpec};
 
-use super::process::{is_alive, kill_group, ProcessWatch};
+use super::process::{is_alive, kill_group, reap_owned, spawn_owned, ProcessWatch};
 use super::spawn::configure;
 
 /// The shortest probe interval honoured, so a `0s` interval cannot turn into a busy loop.
@@ -35,13 +35,19 @@ pub const DETECTOR_COMMAND_ENV: &str = "PROVISR_DETECTOR_COMMAND";
 pub(crate) type ProbeResult = Result<(), String>;
 
 /// Runs one detector once against `spec`'s instance `id`.
-pub(crate) async fn probe(kind: &DetectorKind, spec: &ProgramSpec, id: &InstanceId) -> ProbeResult {
+/// `state_dir` is the tag a `command` detector's shell carries, like the program's own process.
+pub(crate) async fn probe(
+    kind: &DetectorKind,
+    spec: &ProgramSpec,
+    id: &InstanceId,
+    state_dir: Option<&Path>,
+) -> ProbeResult {
     match kind {
         // The pidfd is this detector; asking it separately would mean polling.
         DetectorKind::ExecPid => Ok(()),
         DetectorKind::Pidfile { path } => check_pidfile(path).await,
         DetectorKind::Command { command, timeout } => {
-            run_command(command, timeout.get(), spec, id).await
+            run_command(command, timeout.get(), spec, id, state_dir).await
         }
     }
 }
@@ -49,13 +55,18 @@ pub(crate) async fn probe(kind: &DetectorKind, spec: &ProgramSpec, id: &Instance
 /// Probes every detector other than `exec:pid` once and returns the label of the first that passes.
 ///
 /// A daemon that knows no live pid for an instance uses this to decide the instance is "already
-/// running elsewhere" (SPEC §7) and must not be started twice.
-pub async fn probe_detectors(spec: &ProgramSpec, id: &InstanceId) -> Option<String> {
+/// running elsewhere" (SPEC §7) and must not be started twice. `state_dir` tags the probing
+/// shells as the daemon's children (`PROVISR_STATE_DIR`, see `docs/runtime.md`).
+pub async fn probe_detectors(
+    spec: &ProgramSpec,
+    id: &InstanceId,
+    state_dir: Option<&Path>,
+) -> Option<String> {
     for detector in &spec.detectors {
         if detector.kind == DetectorKind::ExecPid {
             continue;
         }
-        if probe(&detector.kind, spec, id).await.is_ok() {
+        if probe(&detector.kind, spec, id, state_dir).await.is_ok() {
             return Some(detector.label());
         }
     }
@@ -89,6 +100,7 @@ async fn run_command(
     timeout: Duration,
     spec: &ProgramSpec,
     id: &InstanceId,
+    state_dir: Option<&Path>,
 ) -> ProbeResult {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -97,18 +109,17 @@ async fn run_command(
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    configure(&mut cmd, spec, id)?;
+    configure(&mut cmd, spec, id, state_dir)?;
     cmd.env(DETECTOR_COMMAND_ENV, command);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run the detector command: {e}"))?;
+    let child =
+        spawn_owned(&mut cmd).map_err(|e| format!("cannot run the detector command: {e}"))?;
     let pid = child.id() as i32;
     drop(child);
     let watch = match ProcessWatch::open(pid) {
         Ok(w) => w,
         Err(e) => {
             kill_group(pid, Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            reap_owned(pid);
             return Err(format!("cannot watch the detector command: {e}"));
         }
     };
@@ -240,7 +251,12 @@ impl Health {
     }
 
     /// Starts the probe of the detector due first.
-    pub(crate) fn start_due(&mut self, spec: &Arc<ProgramSpec>, id: &InstanceId) {
+    pub(crate) fn start_due(
+        &mut self,
+        spec: &Arc<ProgramSpec>,
+        id: &InstanceId,
+        state_dir: Option<&Arc<Path>>,
+    ) {
         if self.in_flight.is_some() {
             return;
         }
@@ -255,8 +271,8 @@ impl Health {
         };
         check.due = None;
         let kind = check.spec.kind.clone();
-        let (spec, id) = (Arc::clone(spec), id.clone());
-        let task = tokio::spawn(async move { probe(&kind, &spec, &id).await });
+        let (spec, id, dir) = (Arc::clone(spec), id.clone(), state_dir.cloned());
+        let task = tokio::spawn(async move { probe(&kind, &spec, &id, dir.as_deref()).await });
         self.in_flight = Some(InFlight { index, task });
     }
 
@@ -431,27 +447,34 @@ mod tests {
         let spec = ProgramSpec::new("p", crate::config::Exec::Command("true".into()));
         let id = InstanceId::new("p", 1, 1);
         let t = Duration::from_secs(20);
-        assert_eq!(run_command("exit 0", t, &spec, &id).await, Ok(()));
+        assert_eq!(run_command("exit 0", t, &spec, &id, None).await, Ok(()));
         assert_eq!(
-            run_command("exit 3", t, &spec, &id).await,
+            run_command("exit 3", t, &spec, &id, None).await,
             Err("exited with code 3".to_string())
         );
         assert_eq!(
-            run_command("test \"$PROVISR_NAME\" = p", t, &spec, &id).await,
+            run_command("test \"$PROVISR_NAME\" = p", t, &spec, &id, None).await,
             Ok(())
         );
         // The probing shell's command line does not hold the command, so `pgrep -f PATTERN`
         // cannot find the probe itself: `/proc/$$/cmdline` is the shell's.
         assert_eq!(
-            run_command("! grep -q probe-marker /proc/$$/cmdline", t, &spec, &id).await,
+            run_command(
+                "! grep -q probe-marker /proc/$$/cmdline",
+                t,
+                &spec,
+                &id,
+                None
+            )
+            .await,
             Ok(())
         );
         assert_eq!(
-            run_command("x=1; test \"$x\" = 1 && exit 4", t, &spec, &id).await,
+            run_command("x=1; test \"$x\" = 1 && exit 4", t, &spec, &id, None).await,
             Err("exited with code 4".to_string()),
             "compound commands and exit codes as with sh -c"
         );
-        let e = run_command("sleep 30", Duration::from_millis(100), &spec, &id)
+        let e = run_command("sleep 30", Duration::from_millis(100), &spec, &id, None)
             .await
             .unwrap_err();
         assert_eq!(e, "timed out after 100ms");

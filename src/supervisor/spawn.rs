@@ -10,7 +10,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -18,7 +18,9 @@ use std::sync::OnceLock;
 use crate::config::{InstanceId, ProgramSpec};
 
 use super::argv::argv;
-use super::process::{child_fd_limit, kill_group, proc_start_time, ProcessWatch};
+use super::process::{
+    child_fd_limit, kill_group, proc_start_time, reap_owned, spawn_owned, ProcessWatch,
+};
 
 /// `PATH` of a child when `use_os_env = false` (SPEC §5).
 pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -26,6 +28,15 @@ pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The capacity asked for each output pipe: a child writing bursts keeps running while the log
 /// writer catches up, and a dead daemon leaves room for more buffered output.
 pub const PIPE_SIZE: usize = 1 << 20;
+
+/// The variable naming the daemon's state directory (canonical, absolute) in the environment of
+/// every child it spawns, beside `PROVISR_NAME` and `PROVISR_INSTANCE`: the tag by which a daemon
+/// finds its own processes in `/proc`, with or without a record of them (`docs/runtime.md`).
+pub const STATE_DIR_ENV: &str = "PROVISR_STATE_DIR";
+/// The instance name (`web`, `web-2`) in every child's environment.
+pub const NAME_ENV: &str = "PROVISR_NAME";
+/// The 1-based instance index in every child's environment.
+pub const INSTANCE_ENV: &str = "PROVISR_INSTANCE";
 
 /// The child's fd holding the read end of its own stdout pipe.
 pub const STDOUT_KEEPALIVE_FD: RawFd = 3;
@@ -78,8 +89,12 @@ pub(crate) struct Spawned {
 
 /// Spawns the process of instance `id` of `spec`: its own process group, stdin from `/dev/null`,
 /// stdout and stderr into fresh pipes whose read ends are returned (and also kept by the child at
-/// fd 3 and 4).
-pub(crate) fn spawn_instance(spec: &ProgramSpec, id: &InstanceId) -> Result<Spawned, SpawnError> {
+/// fd 3 and 4), tagged with `state_dir` (see [`configure`]).
+pub(crate) fn spawn_instance(
+    spec: &ProgramSpec,
+    id: &InstanceId,
+    state_dir: Option<&Path>,
+) -> Result<Spawned, SpawnError> {
     let program = || spec.name.clone();
     let argv = argv(&spec.exec);
     let Some((argv0, args)) = argv.split_first() else {
@@ -101,13 +116,13 @@ pub(crate) fn spawn_instance(spec: &ProgramSpec, id: &InstanceId) -> Result<Spaw
         .stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .process_group(0);
-    configure(&mut cmd, spec, id).map_err(|why| SpawnError::Identity {
+    configure(&mut cmd, spec, id, state_dir).map_err(|why| SpawnError::Identity {
         program: program(),
         why,
     })?;
     keep_output_read_ends(&mut cmd, out_r.as_raw_fd(), err_r.as_raw_fd());
 
-    let spawned = cmd.spawn();
+    let spawned = spawn_owned(&mut cmd);
     // The Command owns the parent's copies of the write ends: drop it now, or the sink would never
     // see end-of-file after the child exits.
     drop(cmd);
@@ -131,7 +146,7 @@ pub(crate) fn spawn_instance(spec: &ProgramSpec, id: &InstanceId) -> Result<Spaw
         Err(source) => {
             // Without an exit watch the child cannot be supervised: end it and reap it here.
             kill_group(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            reap_owned(pid);
             return Err(SpawnError::Watch {
                 program: program(),
                 pid,
@@ -164,10 +179,15 @@ pub const DAEMON_ONLY_ENV: &[&str] = &[
 /// started with, and the user, groups and limits of the spec to `cmd` (for instances and for
 /// detector commands alike, so a detector sees what the program sees). `Err` when the spec's
 /// user or groups no longer resolve.
+///
+/// The environment ends with the tag: `PROVISR_NAME`, `PROVISR_INSTANCE` and, when the daemon
+/// gives one, `PROVISR_STATE_DIR` (its canonical state directory). Set last, a program's own
+/// `env` cannot change them.
 pub(crate) fn configure(
     cmd: &mut Command,
     spec: &ProgramSpec,
     id: &InstanceId,
+    state_dir: Option<&Path>,
 ) -> Result<(), String> {
     if let Some(dir) = &spec.work_dir {
         cmd.current_dir(dir);
@@ -183,8 +203,11 @@ pub(crate) fn configure(
         }
     }
     cmd.envs(&spec.env);
-    cmd.env("PROVISR_NAME", &id.name);
-    cmd.env("PROVISR_INSTANCE", id.index.to_string());
+    cmd.env(NAME_ENV, &id.name);
+    cmd.env(INSTANCE_ENV, id.index.to_string());
+    if let Some(dir) = state_dir {
+        cmd.env(STATE_DIR_ENV, dir);
+    }
     if let Some((soft, hard)) = child_fd_limit() {
         restore_fd_limit(cmd, soft, hard);
     }
@@ -385,7 +408,7 @@ mod tests {
         }
         let spec = ProgramSpec::new("fds", Exec::Command("sleep 300".into()));
         let id = InstanceId::new("fds", 1, 1);
-        let child = spawn_instance(&spec, &id).unwrap();
+        let child = spawn_instance(&spec, &id, None).unwrap();
         let pid = child.pid;
         let fds_now = || {
             let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -412,7 +435,11 @@ mod tests {
     #[test]
     fn empty_commands_and_bad_work_dirs_are_typed_errors() {
         let id = InstanceId::new("x", 1, 1);
-        let err = |spec: &ProgramSpec| spawn_instance(spec, &id).err().expect("spawn must fail");
+        let err = |spec: &ProgramSpec| {
+            spawn_instance(spec, &id, None)
+                .err()
+                .expect("spawn must fail")
+        };
         let spec = ProgramSpec::new("x", Exec::Command("  ".into()));
         assert!(matches!(err(&spec), SpawnError::EmptyCommand { .. }));
         let spec = ProgramSpec::new("x", Exec::Args(vec![]));

@@ -699,3 +699,63 @@ fn a_second_daemon_on_the_same_state_dir_exits_at_once() {
     // The first one is unaffected.
     assert_eq!(first.cli(&["status"]).0, 0);
 }
+
+/// The initial environment of `pid` (`/proc/PID/environ`), as `NAME → value`.
+pub fn environ(pid: i32) -> std::collections::BTreeMap<String, String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    raw.split(|b| *b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_child_is_tagged_with_the_canonical_state_dir_its_name_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    // The tag names the directory itself, however the daemon was told about it.
+    std::fs::create_dir_all(dir.path().join("real-state")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("real-state"), dir.path().join("link")).unwrap();
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    let given = dir.path().join("sub/../link");
+    let canonical = std::fs::canonicalize(dir.path().join("real-state")).unwrap();
+    let probe_env = dir.path().join("probe.env");
+    write(
+        &dir.path().join("programs/web.toml"),
+        &format!(
+            "command = \"sleep 300\"\ninstances = 2\nenv = [\"PROVISR_STATE_DIR=/elsewhere\"]\n\
+             [[detectors]]\ntype = \"command\"\ncommand = \"env > {}; false\"\ninterval = \"100ms\"\n",
+            probe_env.display()
+        ),
+    );
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &given);
+    let mut guard = GroupGuard::default();
+    let all = wait_for(Duration::from_secs(20), "web running", || {
+        all_running(&d, &["web-1", "web-2"])
+    });
+    guard_pids(&mut guard, &all);
+    for s in &all {
+        let env = environ(s["pid"].as_i64().unwrap() as i32);
+        let name = s["name"].as_str().unwrap();
+        assert_eq!(
+            env.get("PROVISR_STATE_DIR").map(String::as_str),
+            canonical.to_str(),
+            "{name}: {env:?}"
+        );
+        assert_eq!(env.get("PROVISR_NAME").map(String::as_str), Some(name));
+        let index = s["instance"].to_string();
+        assert_eq!(env.get("PROVISR_INSTANCE"), Some(&index), "{name}");
+    }
+    // Detector commands are children too, and carry the same tag. (This one fails on purpose:
+    // passing before the first spawn would mean "already running elsewhere".)
+    let text = wait_for(Duration::from_secs(20), "a probe's environment", || {
+        std::fs::read_to_string(&probe_env)
+            .ok()
+            .filter(|t| t.contains("PROVISR_DETECTOR_COMMAND="))
+    });
+    let line = format!("PROVISR_STATE_DIR={}", canonical.display());
+    assert!(text.lines().any(|l| l == line), "{text}");
+}

@@ -8,6 +8,7 @@
 mod api;
 mod browser;
 mod config;
+mod crash;
 mod daemon;
 mod host;
 mod hotreload;

@@ -104,6 +104,7 @@ fn fixture() -> Fixture {
         events: tx,
         changed: Arc::new(Notify::new()),
         output: sink.clone(),
+        state_dir: None,
     };
     Fixture {
         dir,
@@ -843,7 +844,7 @@ async fn probe_detectors_names_the_first_detector_that_passes() {
     let pidfile = dir.path().join("x.pid");
     let mut s = spec("elsewhere", "sleep 300");
     let id = InstanceId::new("elsewhere", 1, 1);
-    assert_eq!(probe_detectors(&s, &id).await, None, "no detectors");
+    assert_eq!(probe_detectors(&s, &id, None).await, None, "no detectors");
     s.detectors = vec![
         DetectorSpec {
             kind: DetectorKind::ExecPid,
@@ -864,18 +865,18 @@ async fn probe_detectors_names_the_first_detector_that_passes() {
         ),
     ];
     assert_eq!(
-        probe_detectors(&s, &id).await.as_deref(),
+        probe_detectors(&s, &id, None).await.as_deref(),
         Some("command:test \"$PROVISR_NAME\" = elsewhere"),
         "exec:pid never counts; the missing pidfile fails; the command passes"
     );
     std::fs::write(&pidfile, std::process::id().to_string()).unwrap();
     assert_eq!(
-        probe_detectors(&s, &id).await,
+        probe_detectors(&s, &id, None).await,
         Some(format!("pidfile:{}", pidfile.display()))
     );
     s.detectors.truncate(2);
     std::fs::write(&pidfile, "0").unwrap();
-    assert_eq!(probe_detectors(&s, &id).await, None);
+    assert_eq!(probe_detectors(&s, &id, None).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
