@@ -251,59 +251,16 @@ pub fn sync_writes(
 pub fn simulate(current: &Programs, writes: &[StoreWrite]) -> Programs {
     let mut next = (**current).clone();
     for w in writes {
-        match w {
-            StoreWrite::PutProgram { spec, source } => {
-                // As the store does it: the generation counts spec changes.
-                let record = match next.get(&spec.name) {
-                    Some(old) => ProgramRecord {
-                        generation: if old.spec == *spec {
-                            old.generation
-                        } else {
-                            old.generation.saturating_add(1)
-                        },
-                        spec: spec.clone(),
-                        source: source.clone(),
-                        error: None,
-                        ..(**old).clone()
-                    },
-                    None => ProgramRecord::new(spec.clone(), source.clone()),
-                };
-                next.insert(spec.name.clone(), Arc::new(record));
-            }
-            StoreWrite::DeleteProgram { name } => {
-                next.remove(name);
-            }
-            StoreWrite::SetError { name, error } => {
-                if let Some(old) = next.get(name) {
-                    let record = ProgramRecord {
-                        error: error.clone(),
-                        ..(**old).clone()
-                    };
-                    next.insert(name.clone(), Arc::new(record));
-                }
-            }
-            StoreWrite::SetDesired { name, desired } => {
-                if let Some(old) = next.get(name) {
-                    let record = ProgramRecord {
-                        desired: *desired,
-                        ..(**old).clone()
-                    };
-                    next.insert(name.clone(), Arc::new(record));
-                }
-            }
-            StoreWrite::Request {
-                name,
-                instance,
-                request,
-            } => {
-                if let Some(old) = next.get(name) {
-                    let mut record = (**old).clone();
-                    record.request(instance.as_deref(), *request);
-                    next.insert(name.clone(), Arc::new(record));
-                }
-            }
-            _ => {}
+        let Some(name) = w.program() else { continue };
+        let mut record = next.get(name).map(|r| (**r).clone());
+        // The store's own rule; a write it would refuse previews as no change.
+        if w.apply_to_program(&mut record).is_err() {
+            continue;
         }
+        match record {
+            Some(r) => next.insert(name.to_string(), Arc::new(r)),
+            None => next.remove(name),
+        };
     }
     Arc::new(next)
 }

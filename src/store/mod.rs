@@ -579,89 +579,19 @@ impl Handle {
     }
 
     fn stage(&self, pending: &mut Pending, write: StoreWrite) -> Result<bool, StoreError> {
+        if let Some(name) = write.program() {
+            let slot = self.program_slot(pending, name)?;
+            let removed = match &write {
+                StoreWrite::DeleteProgram { .. } => slot.now.clone(),
+                _ => None,
+            };
+            let mut changed = write.apply_to_program(&mut slot.now)?;
+            if let StoreWrite::DeleteProgram { name } = &write {
+                changed |= self.retire_instances(pending, name, removed)?;
+            }
+            return Ok(changed);
+        }
         match write {
-            StoreWrite::PutProgram { spec, source } => {
-                let slot = self.program_slot(pending, &spec.name)?;
-                let next = match &slot.now {
-                    None => ProgramRecord::new(spec, source),
-                    Some(old) => ProgramRecord {
-                        generation: if old.spec == spec {
-                            old.generation
-                        } else {
-                            old.generation.saturating_add(1)
-                        },
-                        spec,
-                        source,
-                        error: None,
-                        ..old.clone()
-                    },
-                };
-                let changed = slot.now.as_ref() != Some(&next);
-                slot.now = Some(next);
-                Ok(changed)
-            }
-            StoreWrite::SetError { name, error } => {
-                let slot = self.program_slot(pending, &name)?;
-                let record = slot.now.as_mut().ok_or_else(|| not_found(&name))?;
-                let changed = record.error != error;
-                record.error = error;
-                Ok(changed)
-            }
-            StoreWrite::SetDesired { name, desired } => {
-                let slot = self.program_slot(pending, &name)?;
-                let record = slot.now.as_mut().ok_or_else(|| not_found(&name))?;
-                let changed = record.desired != desired;
-                record.desired = desired;
-                Ok(changed)
-            }
-            StoreWrite::Request {
-                name,
-                instance,
-                request,
-            } => {
-                let slot = self.program_slot(pending, &name)?;
-                let record = slot.now.as_mut().ok_or_else(|| not_found(&name))?;
-                Ok(record.request(instance.as_deref(), request))
-            }
-            StoreWrite::DeleteProgram { name } => {
-                let removed = self.program_slot(pending, &name)?.now.take();
-                let mut changed = removed.is_some();
-                self.load_all_instances(pending)?;
-                for slot in pending.instances.values_mut() {
-                    let Some(record) = slot.now.as_mut().filter(|r| r.program == name) else {
-                        continue;
-                    };
-                    if !record.may_run() {
-                        slot.now = None;
-                        changed = true;
-                    } else if record.spec.is_none() {
-                        // A tombstone: its process may still be stopping, or a crash may have
-                        // left it running. It keeps what a later daemon needs to stop it.
-                        record.spec = removed.as_ref().map(|p| p.spec.clone());
-                        changed |= record.spec.is_some();
-                    }
-                }
-                Ok(changed)
-            }
-            StoreWrite::Expect { name, owner } => {
-                let slot = self.program_slot(pending, &name)?;
-                let source = slot.now.as_ref().map(|r| &r.source);
-                match (owner, source) {
-                    (Owner::Nobody | Owner::NobodyOrApi, None) => Ok(false),
-                    (Owner::Api | Owner::NobodyOrApi, Some(Source::Api)) => Ok(false),
-                    (Owner::Api, None) => Err(not_found(&name)),
-                    (Owner::Nobody, Some(source)) => Err(StoreError::ProgramExists {
-                        name,
-                        owner: source.to_string(),
-                    }),
-                    (Owner::Api | Owner::NobodyOrApi, Some(source)) => {
-                        Err(StoreError::NotApiOwned {
-                            name,
-                            owner: source.to_string(),
-                        })
-                    }
-                }
-            }
             StoreWrite::PutInstance { name, record } => {
                 let slot = self.instance_slot(pending, &name)?;
                 let changed = slot.now.as_ref() != Some(&record);
@@ -671,7 +601,33 @@ impl Handle {
             StoreWrite::DeleteInstance { name } => {
                 Ok(self.instance_slot(pending, &name)?.now.take().is_some())
             }
+            _ => Ok(false),
         }
+    }
+
+    /// The instance records of a deleted program: those without a process go; those that may
+    /// still have one stay as tombstones, carrying the spec a later daemon needs to stop it.
+    fn retire_instances(
+        &self,
+        pending: &mut Pending,
+        program: &str,
+        removed: Option<ProgramRecord>,
+    ) -> Result<bool, StoreError> {
+        let mut changed = false;
+        self.load_all_instances(pending)?;
+        for slot in pending.instances.values_mut() {
+            let Some(record) = slot.now.as_mut().filter(|r| r.program == program) else {
+                continue;
+            };
+            if !record.may_run() {
+                slot.now = None;
+                changed = true;
+            } else if record.spec.is_none() {
+                record.spec = removed.as_ref().map(|p| p.spec.clone());
+                changed |= record.spec.is_some();
+            }
+        }
+        Ok(changed)
     }
 
     /// The program's slot, loaded from the store on first touch.
@@ -759,12 +715,6 @@ impl Handle {
             }
         }
         Ok(())
-    }
-}
-
-fn not_found(name: &str) -> StoreError {
-    StoreError::ProgramNotFound {
-        name: name.to_string(),
     }
 }
 

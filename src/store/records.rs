@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::StoreError;
 use crate::config::{ProgramSpec, Source};
 
 /// Whether a program should run (SPEC §4). Only an explicit start or stop changes it; file edits
@@ -291,4 +292,143 @@ pub enum StoreWrite {
         name: String,
         owner: Owner,
     },
+}
+
+impl StoreWrite {
+    /// The program a write changes or checks; `None` for an instance write.
+    pub fn program(&self) -> Option<&str> {
+        match self {
+            StoreWrite::PutProgram { spec, .. } => Some(&spec.name),
+            StoreWrite::SetError { name, .. }
+            | StoreWrite::SetDesired { name, .. }
+            | StoreWrite::Request { name, .. }
+            | StoreWrite::DeleteProgram { name }
+            | StoreWrite::Expect { name, .. } => Some(name),
+            StoreWrite::PutInstance { .. } | StoreWrite::DeleteInstance { .. } => None,
+        }
+    }
+
+    /// The one rule of a program write: what it makes of the program's record (`None`: there
+    /// is none), and whether that changed anything. The store commits by it and a dry run
+    /// previews by it (`docs/store.md`). Instance writes change no program: `Ok(false)`.
+    pub fn apply_to_program(&self, record: &mut Option<ProgramRecord>) -> Result<bool, StoreError> {
+        let missing = |name: &str| StoreError::ProgramNotFound {
+            name: name.to_string(),
+        };
+        match self {
+            StoreWrite::PutProgram { spec, source } => {
+                let next = match record.clone() {
+                    None => ProgramRecord::new(spec.clone(), source.clone()),
+                    // The generation counts spec changes; a good spec clears the error; the
+                    // desired state and requests stay (an explicit stop survives an edit).
+                    Some(old) => ProgramRecord {
+                        generation: if old.spec == *spec {
+                            old.generation
+                        } else {
+                            old.generation.saturating_add(1)
+                        },
+                        spec: spec.clone(),
+                        source: source.clone(),
+                        error: None,
+                        ..old
+                    },
+                };
+                let changed = record.as_ref() != Some(&next);
+                *record = Some(next);
+                Ok(changed)
+            }
+            StoreWrite::SetError { name, error } => {
+                let r = record.as_mut().ok_or_else(|| missing(name))?;
+                let changed = r.error != *error;
+                r.error = error.clone();
+                Ok(changed)
+            }
+            StoreWrite::SetDesired { name, desired } => {
+                let r = record.as_mut().ok_or_else(|| missing(name))?;
+                let changed = r.desired != *desired;
+                r.desired = *desired;
+                Ok(changed)
+            }
+            StoreWrite::Request {
+                name,
+                instance,
+                request,
+            } => {
+                let r = record.as_mut().ok_or_else(|| missing(name))?;
+                Ok(r.request(instance.as_deref(), *request))
+            }
+            StoreWrite::DeleteProgram { .. } => Ok(record.take().is_some()),
+            StoreWrite::Expect { name, owner } => {
+                let source = record.as_ref().map(|r| &r.source);
+                match (owner, source) {
+                    (Owner::Nobody | Owner::NobodyOrApi, None) => Ok(false),
+                    (Owner::Api | Owner::NobodyOrApi, Some(Source::Api)) => Ok(false),
+                    (Owner::Api, None) => Err(missing(name)),
+                    (Owner::Nobody, Some(source)) => Err(StoreError::ProgramExists {
+                        name: name.clone(),
+                        owner: source.to_string(),
+                    }),
+                    (Owner::Api | Owner::NobodyOrApi, Some(source)) => {
+                        Err(StoreError::NotApiOwned {
+                            name: name.clone(),
+                            owner: source.to_string(),
+                        })
+                    }
+                }
+            }
+            StoreWrite::PutInstance { .. } | StoreWrite::DeleteInstance { .. } => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Exec;
+
+    fn put(command: &str) -> StoreWrite {
+        StoreWrite::PutProgram {
+            spec: ProgramSpec::new("web", Exec::Command(command.into())),
+            source: Source::Api,
+        }
+    }
+
+    #[test]
+    fn the_write_rule_counts_spec_changes_and_keeps_an_explicit_stop() {
+        let mut r = None;
+        assert!(put("sleep 1").apply_to_program(&mut r).unwrap());
+        assert_eq!(r.as_ref().unwrap().generation, 1);
+        assert!(
+            !put("sleep 1").apply_to_program(&mut r).unwrap(),
+            "the same spec"
+        );
+        let stop = StoreWrite::SetDesired {
+            name: "web".into(),
+            desired: DesiredRun::Stopped,
+        };
+        assert!(stop.apply_to_program(&mut r).unwrap());
+        let error = StoreWrite::SetError {
+            name: "web".into(),
+            error: Some(vec!["broken".into()]),
+        };
+        assert!(error.apply_to_program(&mut r).unwrap());
+        assert!(put("sleep 2").apply_to_program(&mut r).unwrap());
+        let now = r.as_ref().unwrap();
+        assert_eq!(now.generation, 2);
+        assert_eq!(
+            now.desired,
+            DesiredRun::Stopped,
+            "an edit keeps an explicit stop"
+        );
+        assert_eq!(now.error, None, "a good spec clears the error");
+        let expect_new = StoreWrite::Expect {
+            name: "web".into(),
+            owner: Owner::Nobody,
+        };
+        assert!(expect_new.apply_to_program(&mut r).is_err());
+        let delete = StoreWrite::DeleteProgram { name: "web".into() };
+        assert!(delete.apply_to_program(&mut r).unwrap());
+        assert!(r.is_none());
+        assert!(stop.apply_to_program(&mut r).is_err(), "no program to stop");
+    }
 }
