@@ -28,7 +28,7 @@ use crate::config::{self, ConfigError, ServerSettings, Settings, SocketSetting};
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
-use crate::reconcile::{self, Reconciler};
+use crate::reconcile;
 use crate::reload::{self, ConfigSource, Reloader, SettingsHook};
 use crate::store::{DesiredStore, StoreError};
 use crate::supervisor::Event;
@@ -436,8 +436,8 @@ pub async fn run(
     // A second signal skips waiting for the children's stop timeouts.
     tokio::select! {
         () = state.reconciler.shutdown() => {}
-        _ = term.recv() => force_kill(&state.reconciler),
-        _ = int.recv() => force_kill(&state.reconciler),
+        _ = term.recv() => state.reconciler.kill_all(),
+        _ = int.recv() => state.reconciler.kill_all(),
     }
     // The endless streams (`/events`, `/logs?follow`) have shown the children stop; they end
     // now, or the listeners' graceful shutdown would wait for them forever.
@@ -580,21 +580,6 @@ async fn count_events(mut rx: broadcast::Receiver<Event>, metrics: Arc<Metrics>)
                 tracing::warn!("metrics missed {n} events under load");
             }
             Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-/// SIGKILL to every instance's process group: the second signal's "stop now". Each group only
-/// while its leader is still the process the instance runs (see `signal_group_of`).
-fn force_kill(reconciler: &Reconciler) {
-    tracing::warn!("second signal: killing every child now");
-    for live in reconciler.live().values() {
-        let (pid, start_time) = {
-            let s = live.status.borrow();
-            (s.pid, s.pid_start_time)
-        };
-        if let (Some(pid), Some(start_time)) = (pid, start_time) {
-            crate::supervisor::signal_group_of(pid, start_time, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

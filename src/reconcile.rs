@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::config::{InstanceId, ProgramSpec};
-use crate::desired::DesiredState;
+use crate::desired::{DesiredState, Programs};
 use crate::logs::InstanceLog;
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, Desired, Observed, Plan, RunSeq};
@@ -59,6 +59,8 @@ pub type LiveTable = Arc<BTreeMap<String, LiveInstance>>;
 enum Request {
     /// Run one pass now and return the plan it carried out.
     Pass(oneshot::Sender<Plan>),
+    /// The plan a pass would make for these programs, by the same rules, carrying out nothing.
+    Preview(Programs, oneshot::Sender<Plan>),
     /// Stop every instance in reverse priority order, then end the loop.
     Shutdown(oneshot::Sender<()>),
     /// End the loop leaving every child running (used when the daemon must exit without stopping
@@ -92,11 +94,43 @@ impl Reconciler {
         rx.await.ok()
     }
 
+    /// The whole plan a pass would make if desired state were `programs`, computed by the loop
+    /// from its own view of every instance (the actors' states, the requests each has carried
+    /// out, commands not yet taken in): what dry runs show is what a pass then does.
+    pub async fn preview(&self, programs: Programs) -> Option<Plan> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Preview(programs, tx))
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+
     /// Stops every instance in reverse priority order and ends the loop.
     pub async fn shutdown(&self) {
         let (tx, rx) = oneshot::channel();
         if self.requests.send(Request::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+
+    /// SIGKILL to every instance's process group now, without waiting for the loop: the
+    /// "stop now" of a second SIGTERM during shutdown. A group is signalled only while its
+    /// leader is still the process the instance started (pid and start time).
+    pub fn kill_all(&self) {
+        tracing::warn!("second signal: killing every child now");
+        for live in self.live().values() {
+            let (pid, start_time) = {
+                let s = live.status.borrow();
+                (s.pid, s.pid_start_time)
+            };
+            if let (Some(pid), Some(start_time)) = (pid, start_time) {
+                crate::supervisor::signal_group_of(
+                    pid,
+                    start_time,
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 
@@ -229,6 +263,10 @@ impl Loop {
                 () = sleep_until(retry_at) => None,
                 req = requests.recv() => match req {
                     Some(Request::Pass(reply)) => Some(reply),
+                    Some(Request::Preview(programs, reply)) => {
+                        let _ = reply.send(self.plan_for(&programs));
+                        continue;
+                    }
                     Some(Request::Shutdown(reply)) => {
                         self.stop_all().await;
                         let _ = reply.send(());
@@ -327,9 +365,9 @@ impl Loop {
         done
     }
 
-    /// One pass: plan, write the starts ahead, carry out what is ready, record what changed.
-    async fn pass_untimed(&mut self) -> Plan {
-        let programs = self.desired.snapshot();
+    /// The plan for `programs` against every instance as this loop sees it: the one builder of
+    /// observed state, for passes and previews alike.
+    fn plan_for(&mut self, programs: &Programs) -> Plan {
         let desired: Vec<Desired<'_>> = programs.values().map(|r| Desired::from(&**r)).collect();
         let states: Vec<InstanceState> = self
             .entries
@@ -347,7 +385,14 @@ impl Loop {
                 seq: e.seq,
             })
             .collect();
-        let full = plan::plan(&desired, &observed);
+        plan::plan(&desired, &observed)
+    }
+
+    /// One pass: plan, write the starts ahead, carry out what is ready, record what changed.
+    async fn pass_untimed(&mut self) -> Plan {
+        let programs = self.desired.snapshot();
+        let full = self.plan_for(&programs);
+        let desired: Vec<Desired<'_>> = programs.values().map(|r| Desired::from(&**r)).collect();
         let by_name: BTreeMap<&str, &Desired<'_>> =
             desired.iter().map(|d| (d.spec.name.as_str(), d)).collect();
         let ready: Vec<plan::Step> = full.ready().cloned().collect();
@@ -384,7 +429,6 @@ impl Loop {
             .filter(|s| s.action == Action::Remove)
             .map(|s| s.instance.clone())
             .collect();
-        drop(observed);
         for (name, e) in self.entries.iter_mut() {
             if e.removing && !removed.contains(name) {
                 e.removing = false;
@@ -757,32 +801,6 @@ impl Entry {
             finished: record::finished_of(&s),
         }
     }
-}
-
-/// The plan that would make the running instances match `preview`: what dry runs show.
-/// `current` is the desired state the instances were reconciled against, so requests only in
-/// `preview` (a `start` of an exited program) show as steps.
-pub fn plan_against_live(
-    preview: &crate::desired::Programs,
-    current: &crate::desired::Programs,
-    live: &LiveTable,
-) -> Plan {
-    let desired: Vec<Desired<'_>> = preview.values().map(|r| Desired::from(&**r)).collect();
-    let states: Vec<_> = live.values().map(|l| l.status.borrow().state).collect();
-    let observed: Vec<Observed<'_>> = live
-        .values()
-        .zip(states)
-        .map(|(l, state)| Observed {
-            id: &l.id,
-            state,
-            spec: &l.spec,
-            seq: current
-                .get(&l.id.program)
-                .map(|r| r.instance_desired(&l.id.name).seq)
-                .unwrap_or_default(),
-        })
-        .collect();
-    plan::plan(&desired, &observed)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::config::{self, ConfigError, GroupSpec, LoadedConfig, Settings};
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
 use crate::plan::{Action, Step};
-use crate::reconcile::{self, Reconciler};
+use crate::reconcile::Reconciler;
 use crate::watch::{self, Debounce, WatchHandle, WatchTargets};
 
 /// How often the configuration is rescanned with nothing else asking: the backstop for changes
@@ -148,7 +148,11 @@ impl Reloader {
         let writes =
             desired::sync_writes(&current, &loaded.programs, &loaded.files, &loaded.errors);
         let preview = desired::simulate(&current, &writes);
-        let steps = reconcile::plan_against_live(&preview, &current, &self.reconciler.live()).steps;
+        // The loop's own plan for the preview: what it shows is what the next passes do.
+        let steps = match self.reconciler.preview(preview).await {
+            Some(plan) => plan.steps,
+            None => Vec::new(),
+        };
         if dry_run {
             return report(loaded.errors, None, steps);
         }

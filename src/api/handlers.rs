@@ -517,7 +517,11 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
         }));
     }
     let preview = desired::simulate(&current, &writes);
-    let plan = crate::reconcile::plan_against_live(&preview, &current, &d.reconciler.live());
+    let plan = d
+        .reconciler
+        .preview(preview)
+        .await
+        .ok_or_else(|| ApiError::internal("the reconcile loop has stopped"))?;
     Ok(Json(json!({ "against": "daemon", "steps": plan.steps })).into_response())
 }
 
