@@ -91,9 +91,9 @@ impl DaemonError {
 pub type Bound = tokio::sync::oneshot::Sender<SocketAddr>;
 
 /// A daemon with its store open, its config loaded and its reconcile loop running, not yet
-/// listening: [`run`] adds the listeners and signals; tests can drive [`Opened::router`] without
+/// listening: [`run`] adds the listeners and signals; tests can drive [`Daemon::router`] without
 /// a socket.
-pub struct Opened {
+pub struct Daemon {
     pub state: Arc<AppState>,
     guard: Guard,
     addr: SocketAddr,
@@ -114,7 +114,7 @@ enum SocketPlan {
     Required(Option<PathBuf>),
 }
 
-impl Opened {
+impl Daemon {
     /// The whole API, as served on the listener.
     pub fn router(&self) -> axum::Router {
         crate::api::router(
@@ -139,7 +139,7 @@ impl Opened {
 /// Loads the config, opens the store, writes the config into it and starts the reconcile loop
 /// and the watcher. Fails on an invalid main config, a refused listen address or a store that
 /// cannot be opened (e.g. another daemon holds it).
-pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
+pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
     // The service manager's variables are for the daemon alone (docs/systemd.md).
     let base_env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| !crate::supervisor::DAEMON_ONLY_ENV.contains(&k.as_str()))
@@ -266,7 +266,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         metrics,
         closing: tokio::sync::watch::channel(false).0,
     });
-    Ok(Opened {
+    Ok(Daemon {
         state,
         guard,
         addr,

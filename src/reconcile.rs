@@ -146,7 +146,7 @@ impl Reconciler {
 /// The spec, request counters and generation a step brings its instance to.
 type Target = (Arc<ProgramSpec>, RunSeq, u64);
 
-struct Entry {
+struct Managed {
     id: InstanceId,
     handle: InstanceHandle,
     /// The actor's published status, read without cloning it.
@@ -171,12 +171,12 @@ struct Entry {
     removing: bool,
 }
 
-struct Loop {
+struct ReconcileLoop {
     desired: Arc<DesiredState>,
     events: broadcast::Sender<Event>,
     changed: Arc<Notify>,
     metrics: Arc<Metrics>,
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, Managed>,
     live_tx: watch::Sender<LiveTable>,
     passes_tx: watch::Sender<u64>,
     /// Set when the instance set changed since the live table was last published.
@@ -206,7 +206,7 @@ pub fn start(
     let (live_tx, live) = watch::channel(LiveTable::default());
     let (passes_tx, passes) = watch::channel(0);
     let state_dir = canonical_state_dir(desired.store().state_dir());
-    let mut lp = Loop {
+    let mut lp = ReconcileLoop {
         desired,
         events,
         changed: wake.clone(),
@@ -252,7 +252,7 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-impl Loop {
+impl ReconcileLoop {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>, wake: Arc<Notify>) {
         self.pass().await;
         loop {
@@ -340,7 +340,7 @@ impl Loop {
         self.forget.remove(&id.name);
         self.entries.insert(
             id.name.clone(),
-            Entry {
+            Managed {
                 id,
                 handle,
                 status,
@@ -372,7 +372,7 @@ impl Loop {
         let states: Vec<InstanceState> = self
             .entries
             .values_mut()
-            .map(Entry::observed_state)
+            .map(Managed::observed_state)
             .collect();
         let observed: Vec<Observed<'_>> = self
             .entries
@@ -522,7 +522,7 @@ impl Loop {
                     self.table_dirty |= e.apply_spec(spec, Some(generation));
                     e.seq = seq;
                     // The spec the actor will spawn with, as the very `Arc` it holds, so the
-                    // spawn is recognised (see `Entry::settle_launch`).
+                    // spawn is recognised (see `Managed::settle_launch`).
                     e.launch = Some((e.spec.clone(), e.generation));
                     let send = if step.action == Action::Start {
                         InstanceHandle::start
@@ -656,7 +656,7 @@ impl Loop {
     /// (instances being removed included, so none outlives the daemon), and what the store
     /// remembers of each updated: removed instances forgotten, finished jobs kept finished.
     async fn stop_all(&mut self) {
-        let mut levels: BTreeMap<i32, Vec<Entry>> = BTreeMap::new();
+        let mut levels: BTreeMap<i32, Vec<Managed>> = BTreeMap::new();
         for (_, e) in std::mem::take(&mut self.entries) {
             levels.entry(e.spec.priority).or_default().push(e);
         }
@@ -700,7 +700,7 @@ impl Loop {
     }
 }
 
-impl Entry {
+impl Managed {
     /// Hands a changed spec to the actor and the log sink; unchanged specs cost nothing.
     /// Returns whether the spec changed (the live table, which carries specs, is then stale).
     fn apply_spec(&mut self, spec: Arc<ProgramSpec>, generation: Option<u64>) -> bool {

@@ -205,7 +205,7 @@ where
     // the task once per line.
     let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         let relevant = match rules.read() {
-            Ok(r) => r.classify(&event) != Effect::Ignore,
+            Ok(r) => r.classify(&event) != Reaction::Ignore,
             Err(_) => true,
         };
         if relevant {
@@ -241,7 +241,7 @@ enum Signal {
 
 /// What an event asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Effect {
+enum Reaction {
     /// Cannot change what a rescan sees.
     Ignore,
     Rescan,
@@ -289,22 +289,22 @@ impl Resolved {
     }
 
     /// Decides what one event asks for. Pure, so the rules are table-tested.
-    fn classify(&self, event: &notify::Result<Event>) -> Effect {
+    fn classify(&self, event: &notify::Result<Event>) -> Reaction {
         let event = match event {
             Ok(event) => event,
             // Events may have been lost: only a full rescan is sure to be right.
-            Err(_) => return Effect::Rescan,
+            Err(_) => return Reaction::Rescan,
         };
         if event.need_rescan() {
-            return Effect::Rescan;
+            return Reaction::Rescan;
         }
         match event.kind {
             // A writer closing the file: the end of a save, worth waiting for.
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
             // Opens and reads, the rescan's own included, change nothing.
-            EventKind::Access(_) => return Effect::Ignore,
+            EventKind::Access(_) => return Reaction::Ignore,
             // A kind notify cannot name: be safe.
-            EventKind::Any | EventKind::Other if event.paths.is_empty() => return Effect::Rescan,
+            EventKind::Any | EventKind::Other if event.paths.is_empty() => return Reaction::Rescan,
             _ => {}
         }
         let moves_dir = matches!(
@@ -331,19 +331,19 @@ impl Resolved {
             .map(|path| {
                 if *path == self.programs_dir {
                     if moves_dir {
-                        Effect::RewatchDir
+                        Reaction::RewatchDir
                     } else {
                         // Permissions or times of the directory: may change what a scan can read.
-                        Effect::Rescan
+                        Reaction::Rescan
                     }
                 } else if self.files.contains(path) || is_program(path) {
-                    Effect::Rescan
+                    Reaction::Rescan
                 } else {
-                    Effect::Ignore
+                    Reaction::Ignore
                 }
             })
             .max()
-            .unwrap_or(Effect::Ignore)
+            .unwrap_or(Reaction::Ignore)
     }
 }
 
@@ -475,17 +475,17 @@ impl Watching {
         let effect = self.resolved.classify(&event);
         match (&event, effect) {
             (Err(e), _) => tracing::warn!(error = %e, "file watcher error; rescanning"),
-            (Ok(e), Effect::Rescan) if e.need_rescan() => {
+            (Ok(e), Reaction::Rescan) if e.need_rescan() => {
                 tracing::warn!("file watcher lost events (queue overflow); rescanning")
             }
-            (Ok(e), Effect::RewatchDir) => {
+            (Ok(e), Reaction::RewatchDir) => {
                 tracing::debug!(event = ?e, "programs directory entry changed");
                 self.rewatch_programs_dir();
             }
-            (Ok(e), Effect::Rescan) => tracing::trace!(event = ?e, "relevant change"),
-            (Ok(_), Effect::Ignore) => {}
+            (Ok(e), Reaction::Rescan) => tracing::trace!(event = ?e, "relevant change"),
+            (Ok(_), Reaction::Ignore) => {}
         }
-        effect != Effect::Ignore
+        effect != Reaction::Ignore
     }
 }
 

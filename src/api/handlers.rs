@@ -205,7 +205,7 @@ async fn act(
     let mut writes = pre;
     let mut whole_programs: Vec<&str> = picked
         .iter()
-        .filter(|p| !p.alone)
+        .filter(|p| !p.by_instance)
         .map(|p| p.id.program.as_str())
         .collect();
     whole_programs.dedup();
@@ -216,7 +216,7 @@ async fn act(
             request,
         });
     }
-    for p in picked.iter().filter(|p| p.alone) {
+    for p in picked.iter().filter(|p| p.by_instance) {
         writes.push(StoreWrite::Request {
             name: p.id.program.clone(),
             instance: Some(p.id.name.clone()),

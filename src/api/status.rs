@@ -111,7 +111,7 @@ pub struct Selector {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Picked {
     pub id: InstanceId,
-    pub alone: bool,
+    pub by_instance: bool,
 }
 
 impl Selector {
@@ -129,7 +129,10 @@ impl Selector {
         let all = || programs.values().flat_map(|r| r.spec.instances());
         let whole = |program: &ProgramRecord, out: &mut BTreeSet<Picked>| {
             for id in program.spec.instances() {
-                out.insert(Picked { id, alone: false });
+                out.insert(Picked {
+                    id,
+                    by_instance: false,
+                });
             }
         };
         if self.is_empty() {
@@ -147,7 +150,10 @@ impl Selector {
             if let Some(r) = programs.get(name) {
                 whole(r, &mut out);
             } else if let Some(id) = all().find(|i| i.name == name) {
-                out.insert(Picked { id, alone: true });
+                out.insert(Picked {
+                    id,
+                    by_instance: true,
+                });
             } else {
                 return Err(ApiError::not_found(format!(
                     "no program or instance is named {name:?}; `provisr status` lists them"
@@ -172,7 +178,10 @@ impl Selector {
                 } else {
                     for id in r.spec.instances() {
                         if glob(pattern, &id.name) {
-                            out.insert(Picked { id, alone: true });
+                            out.insert(Picked {
+                                id,
+                                by_instance: true,
+                            });
                         }
                     }
                 }

@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::plan_view;
 use super::{
-    config_path, exit, os_env, print_json_or_table, AdhocArgs, DiffArgs, Format, GlobalArgs,
-    GroupArgs, LogsArgs, NameArgs, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
+    config_path, exit, os_env, print_json_or_table, AdhocArgs, DiffArgs, GlobalArgs, GroupArgs,
+    LogsArgs, NameArgs, OutputFormat, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
 };
 use crate::client::{ApiClient, ClientError};
 use crate::config::{self, LoadedConfig};
@@ -137,7 +137,7 @@ fn program_names(loaded: &LoadedConfig) -> String {
 }
 
 /// Prints statuses (an array or one object) and returns 0, or 1 when any is `failed`.
-fn print_statuses(value: &Value, format: Format) -> i32 {
+fn print_statuses(value: &Value, format: OutputFormat) -> i32 {
     print_json_or_table(format, value, || {
         let list: Vec<&Value> = match value {
             Value::Array(a) => a.iter().collect(),
@@ -186,7 +186,7 @@ fn uptime(d: std::time::Duration) -> String {
     }
 }
 
-pub fn start(g: &GlobalArgs, a: &StartArgs, format: Format) -> i32 {
+pub fn start(g: &GlobalArgs, a: &StartArgs, format: OutputFormat) -> i32 {
     let cfg = config_path(&a.config);
     if a.dry_run {
         return start_dry_run(g, cfg, format);
@@ -242,7 +242,7 @@ fn adhoc_spec(name: &str, cmd: &str, a: &AdhocArgs) -> Value {
 
 /// `start --config F --dry-run`: the plan against the daemon when one answers, else against an
 /// empty state, said so either way.
-fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: Format) -> i32 {
+fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: OutputFormat) -> i32 {
     let loaded = match load_config(cfg) {
         Ok(l) => l,
         Err(code) => return code,
@@ -268,7 +268,7 @@ fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: Format) -> i32 {
     }
 }
 
-pub fn stop(g: &GlobalArgs, a: &StopArgs, format: Format) -> i32 {
+pub fn stop(g: &GlobalArgs, a: &StopArgs, format: OutputFormat) -> i32 {
     let cfg = config_path(&a.config);
     let api = match client(g, cfg) {
         Ok(c) => c,
@@ -292,7 +292,7 @@ pub fn stop(g: &GlobalArgs, a: &StopArgs, format: Format) -> i32 {
     }
 }
 
-pub fn restart(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
+pub fn restart(g: &GlobalArgs, a: &NameArgs, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -305,7 +305,7 @@ pub fn restart(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
     }
 }
 
-pub fn status(g: &GlobalArgs, a: &StatusArgs, format: Format) -> i32 {
+pub fn status(g: &GlobalArgs, a: &StatusArgs, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -317,7 +317,7 @@ pub fn status(g: &GlobalArgs, a: &StatusArgs, format: Format) -> i32 {
     }
 }
 
-pub fn group(g: &GlobalArgs, a: &GroupArgs, path: &str, format: Format) -> i32 {
+pub fn group(g: &GlobalArgs, a: &GroupArgs, path: &str, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -376,7 +376,7 @@ pub fn logs(g: &GlobalArgs, a: &LogsArgs) -> i32 {
 
 /// `diff --config F`: the plan of applying F against the daemon. Exit 0 no change, 1 changes,
 /// 2 an error (invalid config, a refused request), 3 no daemon (kubectl's convention, plus ours).
-pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
+pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: OutputFormat) -> i32 {
     let loaded = match load_config(Some(&a.config)) {
         Ok(l) => l,
         Err(code) => return code,
@@ -407,7 +407,7 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
     }
 }
 
-pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: Format) -> i32 {
+pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -428,7 +428,7 @@ pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: Format) -> i32 {
     }
 }
 
-pub fn unregister(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
+pub fn unregister(g: &GlobalArgs, a: &NameArgs, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -443,14 +443,14 @@ pub fn unregister(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
 }
 
 /// `provisr events`: every state transition as it happens, until interrupted.
-pub fn events(g: &GlobalArgs, format: Format) -> i32 {
+pub fn events(g: &GlobalArgs, format: OutputFormat) -> i32 {
     let api = match client(g, None) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let result = api.stream("/events", &[], |kind, data| {
         match (kind, format) {
-            ("transition", Format::Table) => match serde_json::from_str::<Value>(data) {
+            ("transition", OutputFormat::Table) => match serde_json::from_str::<Value>(data) {
                 Ok(e) => println!(
                     "{}  {}  {} → {}  {}",
                     e["time"].as_str().unwrap_or("-"),
@@ -461,7 +461,7 @@ pub fn events(g: &GlobalArgs, format: Format) -> i32 {
                 ),
                 Err(_) => println!("{data}"),
             },
-            ("transition", Format::Json) => println!("{data}"),
+            ("transition", OutputFormat::Json) => println!("{data}"),
             ("lagged", _) => eprintln!("provisr: missed {data} events (the client was too slow)"),
             _ => {}
         }

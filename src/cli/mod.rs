@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use output::{Format, Table};
+pub use output::{OutputFormat, Table};
 
 /// The exit codes, as `--help` and the man page state them.
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 success; 1 a failed operation; 2 bad usage or an invalid configuration; 3 the daemon cannot be reached. `diff`: 0 no change, 1 changes, 2 an error.";
@@ -62,7 +62,7 @@ pub struct GlobalArgs {
     pub token: Option<String>,
     /// Output format: a table on a terminal, JSON when piped.
     #[arg(short = 'o', long = "output", global = true, value_enum)]
-    pub output: Option<Format>,
+    pub output: Option<OutputFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,7 +281,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let format = Format::resolve(cli.global.output);
+    let format = OutputFormat::resolve(cli.global.output);
     let g = &cli.global;
     match &cli.command {
         Command::Serve(a) => serve::run(a),
@@ -319,12 +319,12 @@ fn config_path(config: &Option<PathBuf>) -> Option<&std::path::Path> {
 
 /// Prints `value` as JSON, or the table `render` builds.
 fn print_json_or_table<T: serde::Serialize>(
-    format: Format,
+    format: OutputFormat,
     value: &T,
     render: impl FnOnce() -> String,
 ) {
     match format {
-        Format::Json => output::print_json(value),
-        Format::Table => print!("{}", render()),
+        OutputFormat::Json => output::print_json(value),
+        OutputFormat::Table => print!("{}", render()),
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::document::{did_you_mean, k, Document, Format, KeyPath};
+use super::document::{did_you_mean, k, Document, FileFormat, KeyPath};
 use super::env::{base_environment, parse_dotenv, EnvLayers};
 use super::error::ConfigError;
 use super::program::{self, ProgramContext, ProgramOutcome};
@@ -241,7 +241,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
 fn read_program_file(path: &Path) -> Result<Document, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(path, format!("cannot read the program file: {e}")))?;
-    let format = Format::of(path).unwrap_or(Format::Toml);
+    let format = FileFormat::of(path).unwrap_or(FileFormat::Toml);
     Document::parse(path.to_path_buf(), text, format)
 }
 
@@ -432,7 +432,7 @@ pub fn is_program_file_name(path: &Path) -> bool {
         || [".swp", ".swo", ".swx", ".tmp", ".bak"]
             .iter()
             .any(|ext| name.ends_with(ext));
-    !temp && Format::of(path).is_some()
+    !temp && FileFormat::of(path).is_some()
 }
 
 #[cfg(test)]

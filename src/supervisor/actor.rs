@@ -26,7 +26,7 @@ use super::reaper::{kill_escapees, set_ended};
 use super::spawn::{
     spawn_instance, PipeReservation, SpawnError, STDERR_KEEPALIVE_FD, STDOUT_KEEPALIVE_FD,
 };
-use super::state::{self, Action, Input, InstanceState, Lifecycle, Origin, Policy};
+use super::state::{self, Input, InstanceState, Lifecycle, Origin, Policy, ProcessOp};
 use super::tag::signal_instance;
 use super::{Command, Event, Initial, InstanceStatus, RuntimeContext};
 
@@ -194,7 +194,7 @@ impl Actor {
                 // Only a running instance is probed, and only the first crossing of the threshold
                 // is an input: every `Unhealthy` the machine accepts is a change of health.
                 healthy: matches!(input, Input::Unhealthy { .. }).then_some(false),
-                spawn: decision.action == Action::Spawn,
+                spawn: decision.action == ProcessOp::Spawn,
             };
             self.life = decision.next;
             match (was_elsewhere, &self.life.origin) {
@@ -209,8 +209,8 @@ impl Actor {
                 self.probe = None;
             }
             match decision.action {
-                Action::Nothing => {}
-                Action::Spawn => {
+                ProcessOp::Nothing => {}
+                ProcessOp::Spawn => {
                     pending = Some(match self.spawn() {
                         Ok(()) => Input::Spawned,
                         Err(e) => Input::SpawnFailed {
@@ -218,9 +218,9 @@ impl Actor {
                         },
                     })
                 }
-                Action::SignalGroup => self.signal(self.stop_signal),
-                Action::KillGroup => self.signal(Signal::SIGKILL),
-                Action::Probe => self.start_probe(),
+                ProcessOp::SignalGroup => self.signal(self.stop_signal),
+                ProcessOp::KillGroup => self.signal(Signal::SIGKILL),
+                ProcessOp::Probe => self.start_probe(),
             }
             if let Some(reason) = decision.reason {
                 let to = self.life.state;

@@ -201,7 +201,7 @@ pub enum Input {
 
 /// What the actor must do to carry out a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum ProcessOp {
     Nothing,
     /// Spawn a new process; the result comes back as `Spawned` or `SpawnFailed`.
     Spawn,
@@ -300,7 +300,7 @@ impl Lifecycle {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub next: Lifecycle,
-    pub action: Action,
+    pub action: ProcessOp,
     /// Why, for the event and the status message; `None` when the input changed nothing.
     pub reason: Option<String>,
 }
@@ -309,7 +309,7 @@ impl Decision {
     /// True when this decision is a transition worth an event: the state changed, or a new process
     /// is spawned in the same state (an immediate retry).
     pub fn is_transition(&self, from: InstanceState) -> bool {
-        self.next.state != from || self.action == Action::Spawn
+        self.next.state != from || self.action == ProcessOp::Spawn
     }
 }
 
@@ -336,7 +336,7 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
         Origin::Probing => probing(life, input),
         Origin::Elsewhere(label) => elsewhere(life, label, input, policy, now),
     };
-    if d.action == Action::Spawn {
+    if d.action == ProcessOp::Spawn {
         // Whatever ran elsewhere is forgotten once we spawn our own; later starts never probe.
         d.next.origin = Origin::Own;
         d.next.probe_on_start = false;
@@ -347,12 +347,12 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
 fn ignore(life: &Lifecycle) -> Decision {
     Decision {
         next: life.clone(),
-        action: Action::Nothing,
+        action: ProcessOp::Nothing,
         reason: None,
     }
 }
 
-fn go(mut n: Lifecycle, state: InstanceState, action: Action, reason: String) -> Decision {
+fn go(mut n: Lifecycle, state: InstanceState, action: ProcessOp, reason: String) -> Decision {
     n.state = state;
     Decision {
         next: n,
@@ -373,20 +373,20 @@ fn probing(life: &Lifecycle, input: &Input) -> Decision {
             go(
                 n,
                 Running,
-                Action::Nothing,
+                ProcessOp::Nothing,
                 format!("already running elsewhere (detected by {label}); not started again"),
             )
         }
         Input::NotDetected => go(
             n,
             Starting,
-            Action::Spawn,
+            ProcessOp::Spawn,
             "not running elsewhere (no detector passed); spawning".to_string(),
         ),
         Input::StopRequested => {
             n.origin = Origin::Own;
             n.deadline = None;
-            go(n, Stopped, Action::Nothing, "stop requested".to_string())
+            go(n, Stopped, ProcessOp::Nothing, "stop requested".to_string())
         }
         // A start or restart is already under way and there is nothing to stop; the spawn that
         // may follow uses the spec of that moment. Timers, exits and health cannot happen here.
@@ -411,7 +411,7 @@ fn elsewhere(
             go(
                 n,
                 Stopped,
-                Action::Nothing,
+                ProcessOp::Nothing,
                 format!(
                     "stop requested; the process running elsewhere (detected by {label}) was not \
                      started by provisr and is left alone"
@@ -426,7 +426,7 @@ fn elsewhere(
             go(
                 n,
                 Starting,
-                Action::Probe,
+                ProcessOp::Probe,
                 format!(
                     "restart requested; the process running elsewhere (detected by {label}) is \
                      not provisr's to restart: probing the detectors again"
@@ -435,7 +435,7 @@ fn elsewhere(
         }
         Input::Unhealthy { detail } => Decision {
             next: n,
-            action: Action::Nothing,
+            action: ProcessOp::Nothing,
             reason: Some(format!(
                 "unhealthy: {detail} (running elsewhere: not restarted)"
             )),
@@ -462,7 +462,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
     let stop = |mut n: Lifecycle, after: AfterStop, reason: &str| {
         n.after_stop = after;
         n.deadline = Some(now + policy.stop_timeout);
-        go(n, Stopping, Action::SignalGroup, reason.to_string())
+        go(n, Stopping, ProcessOp::SignalGroup, reason.to_string())
     };
 
     match (life.state, input) {
@@ -481,11 +481,11 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
                 return go(
                     n,
                     Starting,
-                    Action::Probe,
+                    ProcessOp::Probe,
                     format!("{why}; probing the detectors first: is it already running elsewhere?"),
                 );
             }
-            go(n, Starting, Action::Spawn, why.to_string())
+            go(n, Starting, ProcessOp::Spawn, why.to_string())
         }
         (Starting | Running, Input::StartRequested) => ignore(life),
         (Starting | Running, Input::RestartRequested) => {
@@ -495,7 +495,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             n.after_stop = AfterStop::Start;
             Decision {
                 next: n,
-                action: Action::Nothing,
+                action: ProcessOp::Nothing,
                 reason: Some("start requested; starting again once stopped".to_string()),
             }
         }
@@ -509,25 +509,25 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             n.after_stop = AfterStop::Stay;
             Decision {
                 next: n,
-                action: Action::Nothing,
+                action: ProcessOp::Nothing,
                 reason: Some("stop requested".to_string()),
             }
         }
         (Backoff | Exited | Failed, Input::StopRequested) => {
             n.deadline = None;
-            go(n, Stopped, Action::Nothing, "stop requested".to_string())
+            go(n, Stopped, ProcessOp::Nothing, "stop requested".to_string())
         }
 
         (Starting, Input::Spawned) => {
             if policy.start_duration.is_zero() {
                 n.retries = 0;
                 n.deadline = None;
-                go(n, Running, Action::Nothing, "started".to_string())
+                go(n, Running, ProcessOp::Nothing, "started".to_string())
             } else {
                 n.deadline = Some(now + policy.start_duration);
                 Decision {
                     next: n,
-                    action: Action::Nothing,
+                    action: ProcessOp::Nothing,
                     reason: Some(format!(
                         "spawned; running once up for start_duration {}",
                         dur(policy.start_duration)
@@ -544,7 +544,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             go(
                 n,
                 Running,
-                Action::Nothing,
+                ProcessOp::Nothing,
                 format!("up for start_duration {}", dur(policy.start_duration)),
             )
         }
@@ -587,7 +587,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             } else {
                 Decision {
                     next: n,
-                    action: Action::Nothing,
+                    action: ProcessOp::Nothing,
                     reason: Some(format!("unhealthy: {detail}")),
                 }
             }
@@ -602,14 +602,14 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
                 }
                 BackoffFor::Retry => "retrying",
             };
-            go(n, Starting, Action::Spawn, why.to_string())
+            go(n, Starting, ProcessOp::Spawn, why.to_string())
         }
 
         (Stopping, Input::StopTimeout) => {
             n.deadline = None;
             Decision {
                 next: n,
-                action: Action::KillGroup,
+                action: ProcessOp::KillGroup,
                 reason: Some(format!(
                     "still running stop_timeout {} after the stop signal; sent SIGKILL to the group",
                     dur(policy.stop_timeout)
@@ -621,14 +621,14 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             let after = std::mem::replace(&mut n.after_stop, AfterStop::Stay);
             let exit = describe_exit(*code, *signal);
             match after {
-                AfterStop::Stay => go(n, Stopped, Action::Nothing, format!("stopped ({exit})")),
+                AfterStop::Stay => go(n, Stopped, ProcessOp::Nothing, format!("stopped ({exit})")),
                 AfterStop::Start => {
                     n.retries = 0;
                     n.restart_delay = policy.restart_interval;
                     go(
                         n,
                         Starting,
-                        Action::Spawn,
+                        ProcessOp::Spawn,
                         format!("stopped ({exit}); starting again"),
                     )
                 }
@@ -637,7 +637,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
                     go(
                         n,
                         Starting,
-                        Action::Spawn,
+                        ProcessOp::Spawn,
                         format!("stopped ({exit}); restarting"),
                     )
                 }
@@ -649,7 +649,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             go(
                 n,
                 Running,
-                Action::Nothing,
+                ProcessOp::Nothing,
                 format!("adopted pid {pid}, started by an earlier daemon"),
             )
         }
@@ -670,7 +670,7 @@ fn failed_start(mut n: Lifecycle, what: String, policy: &Policy, now: Instant) -
             n.state = InstanceState::Starting;
             return Decision {
                 next: n,
-                action: Action::Spawn,
+                action: ProcessOp::Spawn,
                 reason: Some(reason),
             };
         }
@@ -679,7 +679,7 @@ fn failed_start(mut n: Lifecycle, what: String, policy: &Policy, now: Instant) -
         n.state = InstanceState::Backoff;
         Decision {
             next: n,
-            action: Action::Nothing,
+            action: ProcessOp::Nothing,
             reason: Some(reason),
         }
     } else {
@@ -692,7 +692,7 @@ fn failed_start(mut n: Lifecycle, what: String, policy: &Policy, now: Instant) -
         };
         Decision {
             next: n,
-            action: Action::Nothing,
+            action: ProcessOp::Nothing,
             reason: Some(reason),
         }
     }
@@ -712,7 +712,7 @@ fn started_exit(
         n.state = InstanceState::Exited;
         return Decision {
             next: n,
-            action: Action::Nothing,
+            action: ProcessOp::Nothing,
             reason: Some(exit),
         };
     }
@@ -731,7 +731,7 @@ fn started_exit(
         n.state = InstanceState::Starting;
         return Decision {
             next: n,
-            action: Action::Spawn,
+            action: ProcessOp::Spawn,
             reason: Some(format!("{exit}; restarting")),
         };
     }
@@ -740,7 +740,7 @@ fn started_exit(
     n.state = InstanceState::Backoff;
     Decision {
         next: n,
-        action: Action::Nothing,
+        action: ProcessOp::Nothing,
         reason: Some(format!("{exit}; restarting in {}", dur(delay))),
     }
 }
@@ -856,8 +856,8 @@ mod tests {
 
     /// The whole table: (from, input) → (to, action), with retries left and `auto_restart` on.
     /// `None` means "ignored": same lifecycle, nothing to do, no reason.
-    fn expected(from: InstanceState, input: &str) -> Option<(InstanceState, Action)> {
-        use Action::*;
+    fn expected(from: InstanceState, input: &str) -> Option<(InstanceState, ProcessOp)> {
+        use ProcessOp::*;
         Some(match (from, input) {
             (Stopped | Exited | Failed | Backoff, "start" | "restart") => (Starting, Spawn),
             (Starting | Running, "restart") => (Stopping, SignalGroup),
@@ -884,8 +884,8 @@ mod tests {
     fn expected_without_process(
         origin: &Origin,
         input: &str,
-    ) -> Option<(InstanceState, Action, Origin)> {
-        use Action::*;
+    ) -> Option<(InstanceState, ProcessOp, Origin)> {
+        use ProcessOp::*;
         let own = Origin::Own;
         Some(match (origin, input) {
             (Origin::Probing, "detected") => (Running, Nothing, Origin::Elsewhere(LABEL.into())),
@@ -915,7 +915,7 @@ mod tests {
                     }
                     None => {
                         assert_eq!(d.next, life, "{what} is ignored");
-                        assert_eq!((d.action, d.reason), (Action::Nothing, None), "{what}");
+                        assert_eq!((d.action, d.reason), (ProcessOp::Nothing, None), "{what}");
                     }
                 }
                 assert!(
@@ -932,12 +932,12 @@ mod tests {
         let now = Instant::now();
         let p = probing_policy();
         let d = next(&at(Stopped), &Input::StartRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Probe));
         assert_eq!(d.next.origin, Origin::Probing);
         assert_eq!(d.next.deadline, None, "no timer while probing");
         assert!(d.is_transition(Stopped));
         let d = next(&d.next, &Input::NotDetected, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert!(
             d.is_transition(Starting),
             "the spawn is an event of its own"
@@ -953,12 +953,12 @@ mod tests {
         // Once spawned, neither an explicit restart nor a stop and start probes again.
         let d = next(&life, &Input::RestartRequested, &p, now);
         let d = next(&d.next, &exited(143, 100), &p, now);
-        assert_eq!(d.action, Action::Spawn);
+        assert_eq!(d.action, ProcessOp::Spawn);
         let d = next(&at_after(d.next, Running), &Input::StopRequested, &p, now);
         let d = next(&d.next, &exited(143, 100), &p, now);
         assert_eq!(d.next.state, Stopped);
         let d = next(&d.next, &Input::StartRequested, &p, now);
-        assert_eq!(d.action, Action::Spawn);
+        assert_eq!(d.action, ProcessOp::Spawn);
 
         // A spawn that failed still counts as one: its retries do not probe.
         let d = next(&at(Stopped), &Input::StartRequested, &p, now);
@@ -973,11 +973,11 @@ mod tests {
         );
         assert_eq!(d.next.state, Backoff);
         let d = next(&d.next, &Input::StartRequested, &p, now);
-        assert_eq!(d.action, Action::Spawn);
+        assert_eq!(d.action, ProcessOp::Spawn);
 
         // Nothing to probe, or a process adopted by pid: spawn at once.
         let d = next(&at(Stopped), &Input::StartRequested, &policy(), now);
-        assert_eq!(d.action, Action::Spawn);
+        assert_eq!(d.action, ProcessOp::Spawn);
         let d = next(&at(Stopped), &Input::Adopted { pid: 42 }, &p, now);
         assert!(!d.next.probe_on_start);
     }
@@ -1006,7 +1006,7 @@ mod tests {
             &p,
             now,
         );
-        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Running, ProcessOp::Nothing));
         assert_eq!(
             d.reason.as_deref(),
             Some("already running elsewhere (detected by command:pgrep -f 'sleep 300'); not started again")
@@ -1030,7 +1030,7 @@ mod tests {
             )
         );
         let d = next(&d.next, &Input::BackoffElapsed, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert_eq!(d.next.restarts, 1, "counted as an automatic restart");
         assert!(!d.next.probe_on_start);
 
@@ -1038,16 +1038,16 @@ mod tests {
         let mut zero = probing_policy();
         zero.restart_interval = Duration::ZERO;
         let d = next(&running, &gone(), &zero, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert_eq!((d.next.restarts, d.next.origin.clone()), (1, Origin::Own));
 
         // Without auto_restart: exited, and a later start probes again (nothing of ours ran).
         let mut manual = probing_policy();
         manual.auto_restart = false;
         let d = next(&running, &gone(), &manual, now);
-        assert_eq!((d.next.state, d.action), (Exited, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Exited, ProcessOp::Nothing));
         let d = next(&d.next, &Input::StartRequested, &manual, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Probe));
     }
 
     #[test]
@@ -1055,21 +1055,21 @@ mod tests {
         let now = Instant::now();
         let p = probing_policy();
         let d = next(&elsewhere_running(), &Input::StopRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Stopped, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Stopped, ProcessOp::Nothing));
         assert_eq!(d.next.deadline, None);
         assert!(d.reason.unwrap().ends_with("is left alone"));
         let d = next(&d.next, &Input::StartRequested, &p, now);
         assert_eq!(
             d.action,
-            Action::Probe,
+            ProcessOp::Probe,
             "a start after the stop probes again"
         );
 
         let d = next(&elsewhere_running(), &Input::RestartRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Probe));
         assert_eq!(d.next.restarts, 0, "an explicit restart is not counted");
         let d = next(&d.next, &Input::RestartRequested, &p, now);
-        assert_eq!(d.action, Action::Nothing, "already probing");
+        assert_eq!(d.action, ProcessOp::Nothing, "already probing");
 
         // Another detector failing makes it unhealthy but cannot restart what is not ours.
         let d = next(
@@ -1080,7 +1080,7 @@ mod tests {
             &p,
             now,
         );
-        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Running, ProcessOp::Nothing));
         assert_eq!(
             d.reason.as_deref(),
             Some(
@@ -1104,7 +1104,7 @@ mod tests {
                     }
                     None => {
                         assert_eq!(d.next, life, "{what} is ignored");
-                        assert_eq!(d.action, Action::Nothing, "{what}");
+                        assert_eq!(d.action, ProcessOp::Nothing, "{what}");
                         assert_eq!(d.reason, None, "{what}");
                     }
                 }
@@ -1161,7 +1161,7 @@ mod tests {
         let now = Instant::now();
         let p = policy();
         let d = next(&at(Stopped), &Input::StartRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         let d = next(&d.next, &Input::Spawned, &p, now);
         assert_eq!(d.next.state, Starting);
         assert_eq!(d.next.deadline, Some(now + Duration::from_secs(1)));
@@ -1196,7 +1196,7 @@ mod tests {
                 )
             );
             let d = next(&d.next, &Input::BackoffElapsed, &p, now);
-            assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+            assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
             assert_eq!(d.next.restarts, 0, "retries are not restarts");
             life = d.next;
         }
@@ -1228,7 +1228,7 @@ mod tests {
         let mut p = policy();
         p.retry_interval = Duration::ZERO;
         let d = next(&at(Starting), &exited(1, 1), &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert!(d.is_transition(Starting));
         p.retry_count = 0;
         let d = next(&at(Starting), &exited(1, 1), &p, now);
@@ -1297,7 +1297,7 @@ mod tests {
         life.state = Running;
         for i in 1..=3u64 {
             let d = next(&life, &exited(137, 1), &p, now);
-            assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+            assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
             assert_eq!(d.next.deadline, None);
             assert_eq!(d.next.restarts, i);
             life = next(&d.next, &Input::Spawned, &p, now).next;
@@ -1338,11 +1338,11 @@ mod tests {
         let now = Instant::now();
         let p = policy();
         let d = next(&at(Running), &Input::StopRequested, &p, now);
-        assert_eq!(d.action, Action::SignalGroup);
+        assert_eq!(d.action, ProcessOp::SignalGroup);
         assert_eq!(d.next.deadline, Some(now + p.stop_timeout));
         assert_eq!(d.next.timer_input(), Some(Input::StopTimeout));
         let d = next(&d.next, &Input::StopTimeout, &p, now);
-        assert_eq!((d.next.state, d.action), (Stopping, Action::KillGroup));
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::KillGroup));
         assert_eq!(d.next.deadline, None);
         assert!(!d.is_transition(Stopping));
         let d = next(
@@ -1364,9 +1364,9 @@ mod tests {
         let now = Instant::now();
         let p = policy();
         let d = next(&at(Running), &Input::RestartRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Stopping, Action::SignalGroup));
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::SignalGroup));
         let d = next(&d.next, &exited(143, 100), &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert_eq!(d.next.restarts, 0);
         assert_eq!(d.next.after_stop, AfterStop::Stay);
 
@@ -1378,7 +1378,7 @@ mod tests {
             now,
         );
         let d = next(&d.next, &exited(143, 100), &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert_eq!(d.next.restarts, 1);
     }
 
@@ -1395,7 +1395,7 @@ mod tests {
             &p,
             now,
         );
-        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Running, ProcessOp::Nothing));
         assert_eq!(
             d.reason.as_deref(),
             Some("unhealthy: pidfile:/x failed 3 times in a row")

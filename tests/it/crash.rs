@@ -231,6 +231,11 @@ fn a_restart_the_killed_daemon_had_not_recorded_is_adopted_and_counted() {
     let d = p.start();
     let mut guard = GroupGuard::default();
     let old = running(&d, &mut guard, "web");
+    // One more pass records web's process (a kill right after `running` could come before
+    // that, and then nothing says the old process was ever recorded: no restart to count).
+    provisr::client::ApiClient::new(&d.url, None)
+        .post::<Value>("/debug/reconcile", &[], None)
+        .unwrap();
     d.kill9();
     // The daemon had restarted web (a process tagged like its own) and died before recording it.
     let state = std::fs::canonicalize(&p.state).unwrap();

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
-use crate::config::document::Format;
+use crate::config::document::FileFormat;
 use crate::config::LogSpec;
 
 struct Fixture {
@@ -28,8 +28,12 @@ impl Fixture {
     /// Validates `text` as the file `/etc/provisr/programs/<file>`.
     fn check(&self, file: &str, text: &str) -> Result<ProgramSpec, Vec<ConfigError>> {
         let path = Path::new("/etc/provisr/programs").join(file);
-        let doc = Document::parse(path.clone(), text.to_string(), Format::of(&path).unwrap())
-            .map_err(|e| vec![e])?;
+        let doc = Document::parse(
+            path.clone(),
+            text.to_string(),
+            FileFormat::of(&path).unwrap(),
+        )
+        .map_err(|e| vec![e])?;
         let pc = ProgramContext {
             log_defaults: &self.log,
             use_os_env: true,

@@ -296,7 +296,7 @@ fn syntax_errors_name_the_line_in_every_format() {
         let e = Document::parse(
             file.into(),
             text.into(),
-            Format::of(Path::new(file)).unwrap(),
+            FileFormat::of(Path::new(file)).unwrap(),
         )
         .unwrap_err();
         let line = e.line.unwrap_or_else(|| panic!("{file}: no line in {e}"));
