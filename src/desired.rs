@@ -186,7 +186,7 @@ fn program_touched(w: &StoreWrite) -> Option<String> {
 /// The writes that make the store agree with a scan of the config and programs directory.
 ///
 /// Good files put their program (a no-op when unchanged, and clearing an earlier error); a
-/// broken file keeps its program's last good spec and records the error (SPEC §12); programs
+/// broken file keeps its program's last good spec and records the error (`docs/configuration.md`, "Errors and reloads"); programs
 /// whose file is gone are deleted, and inline programs gone from the config too. When the scan
 /// is incomplete — an error that belongs to no program file, such as an unreadable programs
 /// directory — a file-sourced program missing from it is not deleted but keeps its spec and

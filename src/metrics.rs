@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §9.3): the counters the daemon bumps as things happen, and the
+//! Prometheus metrics (`docs/metrics.md`): the counters the daemon bumps as things happen, and the
 //! exposition text built from them plus the current instance statuses at scrape time.
 //!
 //! Two kinds of numbers live here:

@@ -27,7 +27,7 @@
 //!
 //! Limit: the debounce cannot know that a writer is done. A writer that pauses longer than
 //! [`Debounce::quiet`] in the middle of a file gets that file scanned half-written. The loader then
-//! reports a parse error and the daemon keeps the file's last good spec (SPEC §12) until the next
+//! reports a parse error and the daemon keeps the file's last good spec (`docs/configuration.md`, "Errors and reloads") until the next
 //! write completes it and triggers the next rescan. `docs/hot-reload.md` has the user-facing version.
 
 use std::collections::BTreeSet;

@@ -31,7 +31,7 @@ pub use security::Guard;
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1 << 20;
 
-/// Where `/metrics` is served (SPEC §1.1 `[metrics]`).
+/// Where `/metrics` is served (`[metrics]`, `docs/configuration.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsOn {
     /// Not served.

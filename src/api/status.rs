@@ -1,4 +1,4 @@
-//! The status object of SPEC §9.2 and the selectors that pick instances (`name`, `base`,
+//! The status object (`docs/api.md`) and the selectors that pick instances (`name`, `base`,
 //! `wildcard`, `group`).
 
 use std::collections::BTreeSet;
@@ -208,7 +208,7 @@ impl Selector {
     }
 }
 
-/// Names in requests follow the name rule (SPEC §1.2), so none can reach a path it should not.
+/// Names in requests follow the name rule (`docs/configuration.md`), so none can reach a path it should not.
 pub fn check_selector_name(name: &str) -> Result<(), ApiError> {
     crate::config::check_name(name).map_err(ApiError::bad_request)
 }

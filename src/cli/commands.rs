@@ -12,7 +12,7 @@ use super::{
 use crate::client::{ApiClient, ClientError};
 use crate::config::{self, LoadedConfig};
 
-/// The default API URL when nothing else says (SPEC §8).
+/// The default API URL when nothing else says (`docs/cli.md`).
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080/api";
 
 /// `--socket`/`PROVISR_SOCKET` when given; else `--api-url`/`PROVISR_API_URL` (clap reads each

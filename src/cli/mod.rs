@@ -1,4 +1,4 @@
-//! The command line (SPEC §8): clap types, dispatch, and the exit-code policy.
+//! The command line (`docs/cli.md`): clap types, dispatch, and the exit-code policy.
 //!
 //! Exit codes: 0 success, 1 a failed operation, 2 bad usage or an invalid config, 3 the daemon
 //! cannot be reached.

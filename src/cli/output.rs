@@ -1,4 +1,4 @@
-//! How the CLI prints: a table on a terminal, JSON when piped or with `-o json` (SPEC §8).
+//! How the CLI prints: a table on a terminal, JSON when piped or with `-o json` (`docs/cli.md`).
 
 use std::io::IsTerminal;
 

@@ -1,4 +1,4 @@
-//! Output capture (SPEC §6): each instance's stdout and stderr, into files with size rotation,
+//! Output capture (`docs/logs.md`): each instance's stdout and stderr, into files with size rotation,
 //! into a bounded in-memory tail, and out to live followers.
 //!
 //! One [`InstanceLog`] exists per instance and outlives its restarts: the runtime hands it the

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 pub use duration::Dur;
 
-/// Longest program or group name (SPEC §1.2: `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`).
+/// Longest program or group name (`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`, `docs/configuration.md`).
 pub const MAX_NAME_LEN: usize = 64;
 
-/// Checks a program, instance or group name against SPEC §1.2.
+/// Checks a program, instance or group name against the name rule of `docs/configuration.md`.
 ///
 /// The rule keeps every name safe to use as a file name and a URL segment: no `/`, no leading `.`.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -76,7 +76,7 @@ impl Exec {
     }
 }
 
-/// Where a program's desired state came from (SPEC §4).
+/// Where a program's desired state came from (`docs/store.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "path")]
 pub enum Source {
@@ -98,7 +98,7 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// Log settings of one program after `[log]` defaults were applied (SPEC §6).
+/// Log settings of one program after `[log]` defaults were applied (`docs/logs.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogSpec {
     pub stdout: Option<PathBuf>,
@@ -124,7 +124,7 @@ impl Default for LogSpec {
     }
 }
 
-/// What a health detector checks (SPEC §7).
+/// What a health detector checks (`docs/configuration.md`, "Detectors").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum DetectorKind {
@@ -157,7 +157,7 @@ impl DetectorSpec {
     }
 }
 
-/// A validated program: every field of SPEC §2 with defaults applied and values expanded.
+/// A validated program: every field of `docs/configuration.md` with defaults applied and values expanded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramSpec {
     pub name: String,
@@ -269,7 +269,7 @@ mod unlimited {
 }
 
 impl ProgramSpec {
-    /// A spec with every default of SPEC §2, for `exec`.
+    /// A spec with every default of `docs/configuration.md`, for `exec`.
     pub fn new(name: impl Into<String>, exec: Exec) -> ProgramSpec {
         ProgramSpec {
             name: name.into(),
@@ -307,7 +307,7 @@ impl ProgramSpec {
             .collect()
     }
 
-    /// The stdout and stderr files of one instance (SPEC §6), or `None` for memory-only capture.
+    /// The stdout and stderr files of one instance (`docs/logs.md`), or `None` for memory-only capture.
     ///
     /// Explicit files get the instance number before the extension when there are several
     /// instances, so two instances never share a file.

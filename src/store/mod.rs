@@ -1,5 +1,5 @@
 //! The desired-state store: what should run, kept in an embedded sled database under
-//! `[daemon] state_dir` (SPEC §4, §11).
+//! `[daemon] state_dir` (`docs/store.md`).
 //!
 //! Config files and API calls only write here; the reconcile loop reads it and is woken by
 //! [`DesiredStore::subscribe`] after every committed write. Layout of `state_dir`:

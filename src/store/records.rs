@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use crate::config::{ProgramSpec, Source};
 
-/// Whether a program should run (SPEC §4). Only an explicit start or stop changes it; file edits
+/// Whether a program should run (`docs/store.md`). Only an explicit start or stop changes it; file edits
 /// and reloads keep it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,7 +42,7 @@ impl std::fmt::Display for DesiredRun {
 /// One program's desired state, stored under `p/<program name>`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramRecord {
-    /// The last good spec. A broken file keeps this and only sets `error` (SPEC §12).
+    /// The last good spec. A broken file keeps this and only sets `error` (`docs/configuration.md`, "Errors and reloads").
     pub spec: ProgramSpec,
     pub source: Source,
     pub desired: DesiredRun,
@@ -166,7 +166,7 @@ impl RunRequest {
     }
 }
 
-/// What the daemon needs to find an instance's process again after it restarts (SPEC §11),
+/// What the daemon needs to find an instance's process again after it restarts (`docs/reliability.md`),
 /// stored under `i/<instance name>` (`i/web`, `i/web-2`). `docs/store.md` describes how the
 /// reconcile loop keeps it: written ahead of a start, confirmed once the process runs, kept as a
 /// tombstone while the process of a removed program stops.
@@ -179,7 +179,7 @@ pub struct InstanceRecord {
     /// Field 22 of `/proc/<pid>/stat` (clock ticks after boot) when `pid` was recorded, so a
     /// reused pid is never mistaken for the instance's process.
     pub start_time: Option<u64>,
-    /// Automatic restarts so far; survives daemon restarts (SPEC §9.2).
+    /// Automatic restarts so far; survives daemon restarts (`docs/api.md`).
     pub restarts: u64,
     /// The boot this record was written in (`/proc/sys/kernel/random/boot_id`): a pid and start
     /// time from another boot name no process of ours, and a job that finished in another boot

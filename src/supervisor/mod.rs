@@ -137,10 +137,10 @@ impl InstanceStatus {
     }
 }
 
-/// One state transition of one instance (SPEC §9.3), or a change of its health (then `from` and
+/// One state transition of one instance (`docs/api.md`), or a change of its health (then `from` and
 /// `to` are both `running` and `healthy` says which way it went).
 ///
-/// Besides the SPEC's `{time, name, from, to, reason}` an event carries what consumers such as the
+/// Besides `{time, name, from, to, reason}` (`docs/api.md`) an event carries what consumers such as the
 /// metrics module would otherwise have to parse out of `reason`: the program, the exit behind it,
 /// whether it spawns a process, whether that is an automatic restart, the new health.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +164,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
     /// A new process is spawned with this event: a start, a retry of a failed start, a restart.
-    /// False when an instance enters `starting` only to probe its detectors first (SPEC §7); the
+    /// False when an instance enters `starting` only to probe its detectors first (`docs/configuration.md`, "Detectors"); the
     /// spawn that may follow is an event of its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spawn: bool,

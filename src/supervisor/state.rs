@@ -1,7 +1,7 @@
 //! The lifecycle of one instance as data: states, the allowed transitions, and a pure [`next`].
 //!
 //! Nothing here touches a process or a clock: [`next`] maps (lifecycle, input, policy, now) to a
-//! [`Decision`] — the new lifecycle, what the actor must do, and why — so every rule of SPEC §2/§3.1
+//! [`Decision`] — the new lifecycle, what the actor must do, and why — so every rule of `docs/configuration.md` and `docs/runtime.md`
 //! is a table row tested below. The actor (`actor.rs`) only feeds inputs and performs actions.
 //!
 //! The one timer an instance may have lives in [`Lifecycle::deadline`]; which input it produces
@@ -11,7 +11,7 @@
 //!
 //! [`Lifecycle::origin`] says whose process a `starting`/`running` instance has: ours, none yet
 //! (probing the detectors before a first spawn), or one running elsewhere that a detector found
-//! (SPEC §7). The rules for the last two are [`probing`] and [`elsewhere`].
+//! (`docs/configuration.md`, "Detectors"). The rules for the last two are [`probing`] and [`elsewhere`].
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Dur, ProgramSpec};
 
 /// How long a process must have run, beyond `start_duration`, for a crash to count as "after
-/// stable running", resetting the restart delay (SPEC §2 `restart_interval`).
+/// stable running", resetting the restart delay (`restart_interval`, `docs/configuration.md`).
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-/// Where an instance is in its lifecycle (SPEC §3.1).
+/// Where an instance is in its lifecycle (`docs/runtime.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
@@ -133,7 +133,7 @@ pub struct Policy {
     pub restart_max_interval: Duration,
     pub stop_timeout: Duration,
     /// The program has detectors besides `exec:pid`, so a start that knows no process of the
-    /// instance probes them first (SPEC §7 "already running elsewhere").
+    /// instance probes them first ("already running elsewhere", `docs/runtime.md`).
     pub probes: bool,
 }
 
@@ -251,7 +251,7 @@ pub enum BackoffFor {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lifecycle {
     pub state: InstanceState,
-    /// Automatic restarts so far (SPEC §9.2 `restarts`).
+    /// Automatic restarts so far (`restarts`, `docs/api.md`).
     pub restarts: u64,
     /// Retries of failed starts used since the last explicit start or successful start.
     pub retries: u32,

@@ -1,5 +1,5 @@
 //! The daemon end to end, as a user drives it: the real `provisr` binary serving on
-//! 127.0.0.1 port 0, the CLI as a separate process, real children, real files (issue 4).
+//! 127.0.0.1 port 0, the CLI as a separate process, real children, real files.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! Hot reload and dry-run diffs against a real daemon (issue 5): the `provisr` binary serving on
+//! Hot reload and dry-run diffs against a real daemon: the `provisr` binary serving on
 //! 127.0.0.1 port 0 with a watched programs directory, files saved the ways editors save them,
 //! and the CLI's `diff` and `start --dry-run` run as separate processes.
 //!

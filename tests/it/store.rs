@@ -442,7 +442,7 @@ async fn a_second_open_of_one_state_dir_is_refused_naming_the_holder() {
 
 #[test]
 fn children_do_not_inherit_the_lock() {
-    // After `kill -9` the daemon's children keep running (SPEC §11); if they had inherited the
+    // After `kill -9` the daemon's children keep running (`docs/reliability.md`); if they had inherited the
     // lock file (or sled's file) the next daemon could never open the state directory.
     let dir = tempfile::tempdir().unwrap();
     let store = DesiredStore::open(dir.path()).unwrap();

@@ -914,7 +914,7 @@ async fn stop_during_backoff_cancels_the_restart_and_spec_updates_apply_in_place
     assert_clean(&[pid, second]).await;
 }
 
-// ---- "already running elsewhere" (SPEC §7) ----------------------------------------------------
+// ---- "already running elsewhere" (`docs/runtime.md`) ----------------------------------------------------
 
 /// A process the test starts itself, standing for a program started outside provisr: it leads a
 /// process group of its own so the fixture's guard can kill it should the test fail.
