@@ -136,7 +136,8 @@ fn program_names(loaded: &LoadedConfig) -> String {
         .join(",")
 }
 
-/// Prints statuses (an array or one object) and returns 0, or 1 when any is `failed`.
+/// Prints statuses (an array or one object) and returns 0: a `failed` instance is a state to
+/// report, not a failure of the command.
 fn print_statuses(value: &Value, format: OutputFormat) -> i32 {
     print_json_or_table(format, value, || {
         let list: Vec<&Value> = match value {

@@ -1,8 +1,10 @@
 //! The desired-state store: what should run, kept in an embedded sled database under
 //! `[daemon] state_dir` (`docs/store.md`).
 //!
-//! Config files and API calls only write here; the reconcile loop reads it and is woken by
-//! [`DesiredStore::subscribe`] after every committed write. Layout of `state_dir`:
+//! Config files and API calls only write here, through `desired::DesiredState`, which refreshes
+//! its in-memory mirror after each write and then wakes the reconcile loop; the store itself only
+//! counts its commits ([`DesiredStore::subscribe`]), so a caller can tell a write that committed
+//! nothing. Layout of `state_dir`:
 //!
 //! - `daemon.lock` — `flock`ed for the store's lifetime: one daemon per state directory.
 //! - `db2/` — the sled 1.x database: one keyspace whose keys carry the record kind as a prefix,
@@ -540,8 +542,8 @@ impl Handle {
             .collect()
     }
 
-    /// Stages every write, commits the net result as one atomic sled batch, flushes, then wakes
-    /// subscribers. Returns, per write, whether it changed something. Runs on the writer thread
+    /// Stages every write, commits the net result as one atomic sled batch, flushes, then counts
+    /// the commit for subscribers. Returns, per write, whether it changed something. Runs on the writer thread
     /// only, so nothing else writes in between.
     fn write(
         &self,
@@ -571,8 +573,8 @@ impl Handle {
         self.db()
             .apply_batch(batch(raw))
             .map_err(|e| self.sled_error(format!("commit {records} records"), e))?;
-        // Committed means visible to readers: wake the reconcile loop even if the flush fails,
-        // so it looks at what it can already read.
+        // Committed means visible to readers: count it even if the flush fails, so a subscriber
+        // looks at what it can already read.
         let flushed = self.flush();
         commits.send_modify(|n| *n += 1);
         flushed.map(|()| changed)

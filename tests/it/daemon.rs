@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{alive, wait_for, GroupGuard};
+use crate::util::{alive, group_written_bytes, wait_for, GroupGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provisr");
 
@@ -522,9 +522,16 @@ fn kill_9_of_the_daemon_loses_and_duplicates_nothing() {
         let text = std::fs::read_to_string(&counter_log).unwrap_or_default();
         (text.lines().count() >= 10).then_some(())
     });
+    let counter = by_name(&before)["counter"]["pid"].as_i64().unwrap() as i32;
+    let written = group_written_bytes(counter);
     d.kill9();
-    // The children live on while no daemon runs; the counter blocks at worst, never dies.
-    std::thread::sleep(Duration::from_millis(300));
+    // The children live on while no daemon runs: the counter goes on writing into its pipe
+    // (it blocks at worst, never dies of SIGPIPE).
+    wait_for(
+        Duration::from_secs(10),
+        "the counter writing with no daemon",
+        || (group_written_bytes(counter) >= written + 20).then_some(()),
+    );
     for s in &before {
         let pid = s["pid"].as_i64().unwrap() as i32;
         assert!(alive(pid), "{} died with the daemon", s["name"]);

@@ -22,7 +22,7 @@ use provisr::supervisor::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, Notify};
 
-use crate::util::{alive, group_members, wait_for_async, zombies_of, GroupGuard};
+use crate::util::{alive, group_members, wait_for_async, written_bytes, zombies_of, GroupGuard};
 
 /// Generous: the machine is small and shared.
 const WAIT: Duration = Duration::from_secs(30);
@@ -572,8 +572,12 @@ async fn a_detached_child_keeps_printing_and_is_adopted_without_losing_a_line() 
     // The daemon "dies": the actor ends without stopping the child, the read ends are closed.
     h.detach();
     f.sink.close();
-    // Let the child write into the pipe with no reader but its own fd 3 (not an assertion).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The child goes on writing into the pipe with no reader but its own fd 3.
+    let written = written_bytes(pid).expect("/proc/PID/io");
+    wait_for_async(WAIT, "the child writing with no daemon", || {
+        (written_bytes(pid)? >= written + 20).then_some(())
+    })
+    .await;
     assert!(alive(pid), "no SIGPIPE without the daemon's read end");
 
     // A reused pid is never taken for ours.
