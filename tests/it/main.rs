@@ -14,5 +14,6 @@ mod metrics;
 mod observe;
 mod store;
 mod supervisor;
+mod torture;
 mod util;
 mod watch;
