@@ -6,6 +6,7 @@
 // Test helpers outside #[test] functions unwrap too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used)]
 mod api;
+mod badinput;
 mod config;
 mod daemon;
 mod hotreload;
