@@ -59,7 +59,6 @@ fn escapees_do_not_outlive_their_stop() {
 }
 
 #[test]
-#[ignore = "a half-written file that parses is applied: the watcher does not wait for the writer to close it"]
 fn editor_saves_run_the_final_content_and_never_a_partial_file() {
     torture(&["--only", "editor", "--saves", "25"]);
 }
