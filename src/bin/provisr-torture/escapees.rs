@@ -85,7 +85,7 @@ pub fn run(ctx: &Ctx, rounds: usize, stop_timeout: Duration) -> Result<Report> {
     let limit = stop_timeout + Duration::from_secs(1);
     let mut survivors_by_kind = vec![0usize; KINDS.len()];
     let mut stops = 0usize;
-    let mut slowest = Duration::ZERO;
+    let mut slowest: Vec<Option<Duration>> = vec![None; KINDS.len()];
     let mut daemon = Some(Daemon::start(&ctx.bin, &project)?);
     for round in 0..rounds {
         let by = [StopBy::Api, StopBy::Removal, StopBy::Shutdown][round % 3];
@@ -150,37 +150,39 @@ pub fn run(ctx: &Ctx, rounds: usize, stop_timeout: Duration) -> Result<Report> {
                 })),
             ),
         };
-        let gone = poll(limit, || {
+        // Each kind's time from the stop until nothing of it is alive, if within the limit.
+        let mut gone_after: Vec<Option<Duration>> = vec![None; KINDS.len()];
+        poll(limit, || {
             let procs = project.tagged();
-            KINDS
-                .iter()
-                .all(|k| procs.iter().all(|p| p.name != k.name))
-                .then_some(())
+            for (i, k) in KINDS.iter().enumerate() {
+                if gone_after[i].is_none() && procs.iter().all(|p| p.name != k.name) {
+                    gone_after[i] = Some(t0.elapsed());
+                }
+            }
+            gone_after.iter().all(Option::is_some).then_some(())
         });
         stops += KINDS.len();
-        match gone {
-            Some(()) => slowest = slowest.max(t0.elapsed()),
-            None => {
-                let procs = project.tagged();
-                for (i, kind) in KINDS.iter().enumerate() {
+        let procs = project.tagged();
+        for (i, kind) in KINDS.iter().enumerate() {
+            match gone_after[i] {
+                Some(t) => slowest[i] = Some(slowest[i].map_or(t, |s| s.max(t))),
+                None => {
                     let left: Vec<String> = procs
                         .iter()
                         .filter(|p| p.name == kind.name)
                         .map(|p| format!("pid {} `{}`", p.pid, p.cmdline.join(" ")))
                         .collect();
-                    if !left.is_empty() {
-                        survivors_by_kind[i] += left.len();
-                        report.violation(format!(
-                            "round {round} ({by:?}): {} left {} alive {limit:?} after the stop: {}",
-                            kind.name,
-                            left.len(),
-                            left.join(", ")
-                        ));
-                    }
+                    survivors_by_kind[i] += left.len();
+                    report.violation(format!(
+                        "round {round} ({by:?}): {} left {} alive {limit:?} after the stop: {}",
+                        kind.name,
+                        left.len(),
+                        left.join(", ")
+                    ));
                 }
-                project_kill_all(&project);
             }
         }
+        project_kill_all(&project);
         daemon = Some(match (kept, shutdown) {
             (_, Some(t)) => {
                 let status = t
@@ -229,10 +231,14 @@ pub fn run(ctx: &Ctx, rounds: usize, stop_timeout: Duration) -> Result<Report> {
     report.figure("rounds (stop by API, removal, shutdown in turn)", rounds);
     report.figure("programs stopped", stops);
     report.figure("stop_timeout", format!("{stop_timeout:?}"));
-    report.figure(
-        "slowest complete stop",
-        format!("{:.0} ms", slowest.as_secs_f64() * 1e3),
-    );
+    for (kind, slowest) in KINDS.iter().zip(&slowest) {
+        report.figure(
+            &format!("{}: slowest stop to nothing alive", kind.name),
+            slowest.map_or("never".into(), |s| {
+                format!("{:.0} ms", s.as_secs_f64() * 1e3)
+            }),
+        );
+    }
     for (kind, survivors) in KINDS.iter().zip(survivors_by_kind) {
         report.invariant(
             &format!("{}: processes alive after stop_timeout + 1 s", kind.name),
