@@ -12,7 +12,11 @@
 //! - the processes tagged with the state directory in `/proc` with desired state: each
 //!   instance of a program desired running exactly once (no duplicate), running the command
 //!   of its current spec, with the pid the daemon reports; nothing else (no leak);
-//! - no zombie children of the daemon once it has settled, and every restart opens the store.
+//! - no zombie children of the daemon once it has settled, and every restart opens the store;
+//! - a job (a program that runs once and exits) never runs again because the daemon restarted.
+//!
+//! One cycle in eight ends in an orderly shutdown (SIGTERM) right after the last write instead:
+//! then no process of the test may be left once the daemon has exited.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -34,6 +38,14 @@ const API_NAMES: [&str; 6] = ["a0", "a1", "a2", "a3", "a4", "a5"];
 const FILES: [&str; 8] = [
     "f0.toml", "f1.yaml", "f2.json", "f3.yml", "f4.toml", "f5.yaml", "f6.json", "f7.yml",
 ];
+/// The job's program name: a file program no write touches.
+const JOB: &str = "job";
+
+/// How many times the job ran.
+fn job_runs(log: &std::path::Path) -> usize {
+    fs::read_to_string(log).map_or(0, |t| t.lines().count())
+}
+
 /// The longest a cycle writes before the daemon is killed.
 const MAX_WRITE_MS: u64 = 60;
 /// How long a restarted daemon may take to settle before that counts as a violation.
@@ -367,6 +379,8 @@ struct Broken {
     zombies: usize,
     failed_reopens: usize,
     panics: usize,
+    outlived_shutdown: usize,
+    job_reruns: usize,
     checked_instances: usize,
 }
 
@@ -383,6 +397,8 @@ impl Broken {
             + self.zombies
             + self.failed_reopens
             + self.panics
+            + self.outlived_shutdown
+            + self.job_reruns
     }
 }
 
@@ -425,7 +441,7 @@ fn verify(
 
     let expected: BTreeMap<String, String> = observed
         .iter()
-        .filter(|(_, p)| p.running)
+        .filter(|(n, p)| p.running && *n != JOB)
         .flat_map(|(n, p)| {
             instance_names(n, p.instances)
                 .into_iter()
@@ -616,10 +632,30 @@ pub fn run(ctx: &Ctx, cycles: usize) -> Result<Report> {
     let mut model = Model::default();
     let mut version = 0u64;
     let mut boot_kills = 0usize;
+    let mut shutdowns = 0usize;
+    let mut job_seen = 1usize;
     let mut done = 0usize;
-    let (mut booting, mut checking) = (Duration::ZERO, Duration::ZERO);
+    let (mut booting, mut checking) = (Vec::new(), Vec::new());
 
+    // A job: it runs once, exits, and must never run again just because the daemon restarted.
+    let job_log = project.root.join("job.log");
+    let job_command = format!("echo ran >> {}", job_log.display());
+    fs::write(
+        project.programs.join(format!("{JOB}.toml")),
+        format!("command = {}\n", toml::Value::String(job_command.clone())),
+    )?;
+    model.progs.insert(
+        JOB.into(),
+        Alts::from([Some(Prog {
+            file: true,
+            command: job_command,
+            instances: 1,
+            running: true,
+        })]),
+    );
     let mut d = boot(ctx, &project, 0, &mut broken, &mut report)?;
+    poll(SETTLE, || job_runs(&job_log).eq(&1).then_some(()))
+        .ok_or_else(|| anyhow!("the job did not run at the first start"))?;
     verify(0, &d, &project, &mut model, &mut broken, &mut report)?;
     for cycle in 1..=cycles {
         let stop = Arc::new(AtomicBool::new(false));
@@ -648,14 +684,41 @@ pub fn run(ctx: &Ctx, cycles: usize) -> Result<Report> {
             ));
         }
         let pid = d.pid;
-        // The writer stops right after the kill: a write it starts later is refused at the
-        // connection and changes nothing, but would count as one whose answer was lost.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        stop.store(true, Ordering::Relaxed);
-        d.kill9();
+        // One cycle in eight ends in an orderly shutdown instead, right after the last write
+        // (a removal may be in flight): every child must be stopped, none left behind.
+        let graceful = rng.u32(0..8) == 0;
+        if graceful {
+            stop.store(true, Ordering::Relaxed);
+            shutdowns += 1;
+            match d.terminate(Duration::from_secs(60)) {
+                Ok(s) if s.success() => {}
+                Ok(s) => report.violation(format!(
+                    "cycle {cycle}: SIGTERM: the daemon exited with {s}"
+                )),
+                Err(e) => report.violation(format!("cycle {cycle}: SIGTERM: {e:#}")),
+            }
+            let left = project.tagged();
+            if !left.is_empty() {
+                broken.outlived_shutdown += left.len();
+                report.violation(format!(
+                    "cycle {cycle}: {} processes outlived an orderly shutdown: {}",
+                    left.len(),
+                    describe(&left)
+                ));
+                for p in &left {
+                    procs::kill(p.pid, p.start_time);
+                }
+            }
+        } else {
+            // The writer stops right after the kill: a write it starts later is refused at the
+            // connection and changes nothing, but would count as one whose answer was lost.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            stop.store(true, Ordering::Relaxed);
+            d.kill9();
+        }
         let writer = worker
             .join()
             .map_err(|_| anyhow!("the writer thread panicked"))??;
@@ -681,8 +744,16 @@ pub fn run(ctx: &Ctx, cycles: usize) -> Result<Report> {
         d = boot(ctx, &project, cycle, &mut broken, &mut report)?;
         let t1 = Instant::now();
         verify(cycle, &d, &project, &mut model, &mut broken, &mut report)?;
-        booting += t1 - t0;
-        checking += t1.elapsed();
+        let runs = job_runs(&job_log);
+        if runs > job_seen {
+            broken.job_reruns += runs - job_seen;
+            report.violation(format!(
+                "cycle {cycle}: the finished job ran again after a restart ({runs} runs in all)"
+            ));
+            job_seen = runs;
+        }
+        booting.push(t1 - t0);
+        checking.push(t1.elapsed());
         done = cycle;
         if broken.total() >= ctx.max_violations {
             report.violation(format!(
@@ -708,6 +779,7 @@ pub fn run(ctx: &Ctx, cycles: usize) -> Result<Report> {
     }
 
     report.figure("cycles (start, write, kill -9, restart, check)", done);
+    report.figure("orderly shutdowns (SIGTERM) instead of a kill", shutdowns);
     report.figure("kills while starting up", boot_kills);
     report.figure("API writes acknowledged", counts.acked);
     report.figure("API writes refused (4xx)", counts.refused);
@@ -715,9 +787,13 @@ pub fn run(ctx: &Ctx, cycles: usize) -> Result<Report> {
     report.figure("file writes (in place or renamed over)", counts.file_writes);
     report.figure("file deletes", counts.file_deletes);
     report.figure("instances checked in /proc", broken.checked_instances);
-    let per_cycle = |t: Duration| format!("{:.1} ms", t.as_secs_f64() * 1e3 / done.max(1) as f64);
-    report.figure("restart to listening, mean", per_cycle(booting));
-    report.figure("restart to checked, mean", per_cycle(checking));
+    let median_max = |mut v: Vec<Duration>| {
+        v.sort();
+        let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        format!("{:.0} / {:.0} ms", ms(v.get(v.len() / 2)), ms(v.last()))
+    };
+    report.figure("restart to listening, median / max", median_max(booting));
+    report.figure("listening to checked, median / max", median_max(checking));
     report.invariant("acknowledged writes lost or invented", broken.lost_writes);
     report.invariant("answers contradicting earlier acks", broken.surprises);
     report.invariant("restarts that did not settle", broken.unsettled);
@@ -729,6 +805,11 @@ pub fn run(ctx: &Ctx, cycles: usize) -> Result<Report> {
     report.invariant("zombie children", broken.zombies);
     report.invariant("failed reopens of the store", broken.failed_reopens);
     report.invariant("daemon panics", broken.panics);
+    report.invariant(
+        "processes outliving an orderly shutdown",
+        broken.outlived_shutdown,
+    );
+    report.invariant("runs of a finished job after a restart", broken.job_reruns);
     report.invariant("processes left after shutdown", left);
     Ok(report)
 }
