@@ -51,7 +51,7 @@ const MAX_WRITE_MS: u64 = 60;
 /// How long a restarted daemon may take to settle before that counts as a violation.
 const SETTLE: Duration = Duration::from_secs(10);
 /// Once the daemon reports it settled, how long `/proc` may take to agree (reaping).
-const PROC_GRACE: Duration = Duration::from_secs(1);
+const PROC_GRACE: Duration = Duration::from_secs(3);
 
 /// What the model says about a program.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -576,7 +576,7 @@ fn verify(
             ));
         }
     }
-    if poll(Duration::from_secs(1), || {
+    if poll(Duration::from_secs(2), || {
         procs::zombie_children(d.pid).is_empty().then_some(())
     })
     .is_none()
