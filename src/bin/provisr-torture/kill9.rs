@@ -813,3 +813,75 @@ pub fn run(ctx: &Ctx, cycles: usize) -> Result<Report> {
     report.invariant("processes left after shutdown", left);
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prog(file: bool, command: &str, instances: u32, running: bool) -> Option<Prog> {
+        Some(Prog {
+            file,
+            command: command.into(),
+            instances,
+            running,
+        })
+    }
+
+    #[test]
+    fn writes_apply_only_where_the_daemon_would_accept_them() {
+        let register = Op::Register("a0".into(), "sleep 1".into(), 2);
+        assert_eq!(
+            apply(&register, &None),
+            Some(prog(false, "sleep 1", 2, true))
+        );
+        assert_eq!(apply(&register, &prog(false, "sleep 9", 1, false)), None);
+
+        let update = Op::Update("a0".into(), "sleep 2".into(), 3);
+        // An update keeps the desired state and is refused for file programs and absent ones.
+        assert_eq!(
+            apply(&update, &prog(false, "sleep 1", 1, false)),
+            Some(prog(false, "sleep 2", 3, false))
+        );
+        assert_eq!(apply(&update, &prog(true, "sleep 1", 1, true)), None);
+        assert_eq!(apply(&update, &None), None);
+
+        let unregister = Op::Unregister("a0".into());
+        assert_eq!(
+            apply(&unregister, &prog(false, "sleep 1", 1, true)),
+            Some(None)
+        );
+        assert_eq!(apply(&unregister, &prog(true, "sleep 1", 1, true)), None);
+
+        let stop = Op::Run("f1".into(), false);
+        assert_eq!(
+            apply(&stop, &prog(true, "sleep 1", 2, true)),
+            Some(prog(true, "sleep 1", 2, false))
+        );
+        assert_eq!(apply(&stop, &None), None);
+    }
+
+    #[test]
+    fn program_files_say_the_same_in_every_format() {
+        for file in FILES {
+            let text = file_text(file, "sleep 7", 2);
+            let tree: Value = match file.rsplit('.').next() {
+                Some("toml") => {
+                    serde_json::to_value(toml::from_str::<toml::Value>(&text).unwrap()).unwrap()
+                }
+                Some("json") => serde_json::from_str(&text).unwrap(),
+                _ => serde_yaml::from_str(&text).unwrap(),
+            };
+            assert_eq!(
+                tree,
+                json!({"command": "sleep 7", "instances": 2}),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn instances_are_named_like_the_daemon_names_them() {
+        assert_eq!(instance_names("web", 1), ["web"]);
+        assert_eq!(instance_names("web", 3), ["web-1", "web-2", "web-3"]);
+    }
+}
