@@ -4,6 +4,11 @@
 //! through [`DesiredState::apply`]: the writes go to the sled store (flushed before it returns),
 //! then the touched programs are re-read into the mirror and the reconcile loop is woken.
 //! Reading the mirror costs an `Arc` clone, so a reconcile pass never parses the store.
+//!
+//! The mirror follows the store under every failure: a write runs to its end in a task of its
+//! own even when its caller goes away (an HTTP client that hangs up drops the handler's future),
+//! a write the store refused changes nothing in either, and a mirror that could not be re-read
+//! after a committed write is re-read whole before the next write.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -20,11 +25,17 @@ pub type Programs = Arc<BTreeMap<String, Arc<ProgramRecord>>>;
 
 /// Desired state: the store plus its mirror and the reconcile wakeup.
 pub struct DesiredState {
+    shared: Arc<Shared>,
+}
+
+/// What a write, running in a task of its own, needs.
+struct Shared {
     store: DesiredStore,
     // A std lock: held only to swap or clone an `Arc`, never across an `.await`.
     mirror: RwLock<Programs>,
-    // Serializes writers so a mirror refresh never interleaves with another write.
-    writer: tokio::sync::Mutex<()>,
+    // Serializes writers so a mirror refresh never interleaves with another write; holds
+    // whether the mirror must be re-read whole (a refresh after a committed write failed).
+    writer: tokio::sync::Mutex<bool>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
 }
@@ -42,24 +53,23 @@ impl DesiredState {
             .map(|r| (r.spec.name.clone(), Arc::new(r)))
             .collect();
         Ok(DesiredState {
-            store,
-            mirror: RwLock::new(Arc::new(programs)),
-            writer: tokio::sync::Mutex::new(()),
-            wake,
-            metrics,
+            shared: Arc::new(Shared {
+                store,
+                mirror: RwLock::new(Arc::new(programs)),
+                writer: tokio::sync::Mutex::new(false),
+                wake,
+                metrics,
+            }),
         })
     }
 
     pub fn store(&self) -> &DesiredStore {
-        &self.store
+        &self.shared.store
     }
 
     /// The programs as of the last committed write.
     pub fn snapshot(&self) -> Programs {
-        match self.mirror.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        self.shared.snapshot()
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<ProgramRecord>> {
@@ -68,40 +78,96 @@ impl DesiredState {
 
     /// Commits `writes` as one flushed batch, refreshes the mirror and wakes the reconcile loop.
     /// Returns how many writes changed something.
+    ///
+    /// The write and the refresh run in a task of their own: once handed to the store, a write
+    /// is carried through to the mirror even if this future is dropped.
     pub async fn apply(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
         if writes.is_empty() {
             return Ok(0);
         }
-        let _writer = self.writer.lock().await;
+        let shared = self.shared.clone();
+        match tokio::spawn(async move { shared.apply(writes).await }).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::WriterGone {
+                operation: "apply a batch of writes",
+            }),
+        }
+    }
+
+    /// Records what the runtime observed (instance pids, restarts): written and flushed like every
+    /// write, but it changes no desired state, so the mirror stays and nobody is woken.
+    pub async fn record(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
+        let changed = self.shared.store.apply(writes).await?;
+        self.shared.metrics.observe_store_writes(changed as u64);
+        Ok(changed)
+    }
+}
+
+impl Shared {
+    fn snapshot(&self) -> Programs {
+        match self.mirror.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_mirror(&self, next: Programs) {
+        match self.mirror.write() {
+            Ok(mut g) => *g = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+
+    async fn apply(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
+        let mut stale = self.writer.lock().await;
+        if *stale {
+            *stale = !self.reload_mirror();
+        }
         let touched: BTreeSet<String> = writes.iter().filter_map(program_touched).collect();
+        // A refused write committed nothing (the store checks and stages before it commits);
+        // one whose flush failed is not durable, and the store refuses everything after it, so
+        // the mirror keeps what the next daemon will read.
         let changed = self.store.apply(writes).await?;
         self.metrics.observe_store_writes(changed as u64);
         if changed > 0 {
             let mut next = (*self.snapshot()).clone();
             for name in touched {
-                match self.store.get_program(&name)? {
-                    Some(r) => next.insert(name, Arc::new(r)),
-                    None => next.remove(&name),
+                match self.store.get_program(&name) {
+                    Ok(Some(r)) => next.insert(name, Arc::new(r)),
+                    Ok(None) => next.remove(&name),
+                    Err(e) => {
+                        tracing::error!("cannot read back {name:?} after writing it: {e}");
+                        *stale = true;
+                        None
+                    }
                 };
             }
-            let next = Arc::new(next);
-            match self.mirror.write() {
-                Ok(mut g) => *g = next,
-                Err(poisoned) => *poisoned.into_inner() = next,
+            self.set_mirror(Arc::new(next));
+            if *stale {
+                *stale = !self.reload_mirror();
             }
             self.wake.notify_one();
         }
         Ok(changed)
     }
-}
 
-impl DesiredState {
-    /// Records what the runtime observed (instance pids, restarts): written and flushed like every
-    /// write, but it changes no desired state, so the mirror stays and nobody is woken.
-    pub async fn record(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
-        let changed = self.store.apply(writes).await?;
-        self.metrics.observe_store_writes(changed as u64);
-        Ok(changed)
+    /// Re-reads every program into the mirror; false if the store could not be read.
+    fn reload_mirror(&self) -> bool {
+        match self.store.list_programs() {
+            Ok(list) => {
+                let programs = list
+                    .into_iter()
+                    .map(|r| (r.spec.name.clone(), Arc::new(r)))
+                    .collect();
+                self.set_mirror(Arc::new(programs));
+                self.wake.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::error!("cannot re-read desired state from the store: {e}");
+                false
+            }
+        }
     }
 }
 

@@ -514,10 +514,10 @@ impl Loop {
             let p = &e.persisted;
             if (p.pid, p.start_time, p.restarts) != (pid, start_time, restarts) {
                 let record = InstanceRecord {
-                    program: e.id.program.clone(),
                     pid,
                     start_time,
                     restarts,
+                    ..InstanceRecord::new(&e.id.program)
                 };
                 e.persisted = record.clone();
                 writes.push(StoreWrite::PutInstance {
@@ -557,10 +557,8 @@ impl Loop {
                     writes.push(StoreWrite::PutInstance {
                         name: id.name,
                         record: InstanceRecord {
-                            program: id.program,
-                            pid: None,
-                            start_time: None,
                             restarts: s.restarts,
+                            ..InstanceRecord::new(&id.program)
                         },
                     });
                 }
@@ -635,10 +633,10 @@ mod tests {
 
     fn remembered(name: &str, program: &str, pid: Option<i32>) -> (String, InstanceRecord) {
         let record = InstanceRecord {
-            program: program.into(),
             pid,
             start_time: pid.map(|_| 7),
             restarts: 2,
+            ..InstanceRecord::new(program)
         };
         (name.into(), record)
     }

@@ -20,7 +20,7 @@ use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source};
 use crate::daemon::Daemon;
 use crate::desired;
 use crate::logs::Stream;
-use crate::store::{RunRequest, StoreWrite};
+use crate::store::{Owner, RunRequest, StoreError, StoreWrite};
 use crate::supervisor::InstanceState;
 
 type Shared = State<Arc<Daemon>>;
@@ -141,6 +141,10 @@ pub async fn start(
             name: Some(spec.name.clone()),
             ..Selector::default()
         };
+        pre.push(StoreWrite::Expect {
+            name: spec.name.clone(),
+            owner: Owner::NobodyOrApi,
+        });
         pre.push(StoreWrite::PutProgram {
             spec,
             source: Source::Api,
@@ -230,7 +234,7 @@ async fn act(
     d.desired
         .apply(writes)
         .await
-        .map_err(|e| ApiError::internal(format!("cannot record the request: {e}")))?;
+        .map_err(|e| write_error(e, "cannot record the request"))?;
     wait_settled(d, &picked, &needs_change, request, t0, wait).await;
     let programs = d.desired.snapshot();
     Ok(Json(statuses(&programs, &d.reconciler.live(), &picked)).into_response())
@@ -301,7 +305,31 @@ fn spec_from_body(d: &Daemon, body: &Value) -> Result<ProgramSpec, ApiError> {
     })
 }
 
-/// Only API-registered programs may be changed through the API: files own theirs.
+/// A refused write as the API answers it: an ownership the store found different from what
+/// the request expected is a conflict (409) or an unknown name (404), as the early checks say
+/// it; anything else is the daemon's failure (500).
+fn write_error(e: StoreError, doing: &str) -> ApiError {
+    match e {
+        StoreError::ProgramExists { name, owner } if owner == Source::Api.to_string() => {
+            ApiError::conflict(format!(
+                "{name:?} is already registered; use /update to change it"
+            ))
+        }
+        StoreError::ProgramExists { name, owner } | StoreError::NotApiOwned { name, owner } => {
+            ApiError::conflict(format!(
+                "{name:?} is defined by {owner}; edit that instead of changing it through the API"
+            ))
+        }
+        StoreError::ProgramNotFound { name } => {
+            ApiError::not_found(format!("no program is named {name:?}; register it first"))
+        }
+        e => ApiError::internal(format!("{doing}: {e}")),
+    }
+}
+
+/// Only API-registered programs may be changed through the API: files own theirs. Checked here
+/// for a quick answer, and again by the store in the same batch as the write (`Owner`), so a
+/// writer racing this one cannot slip in between.
 fn ensure_api_owned(d: &Daemon, name: &str, may_be_new: bool) -> Result<(), ApiError> {
     match d.desired.get(name) {
         Some(r) if r.source != Source::Api => Err(ApiError::conflict(format!(
@@ -333,7 +361,7 @@ pub async fn register(State(d): Shared, body: Body) -> ApiResult {
             )
         }));
     }
-    write_spec(&d, spec, StatusCode::CREATED).await
+    write_spec(&d, spec, Owner::Nobody, StatusCode::CREATED).await
 }
 
 pub async fn update(State(d): Shared, body: Body) -> ApiResult {
@@ -342,18 +370,24 @@ pub async fn update(State(d): Shared, body: Body) -> ApiResult {
         .ok_or_else(|| ApiError::bad_request("send the program spec as a JSON body"))?;
     let spec = spec_from_body(&d, &body)?;
     ensure_api_owned(&d, &spec.name, false)?;
-    write_spec(&d, spec, StatusCode::OK).await
+    write_spec(&d, spec, Owner::Api, StatusCode::OK).await
 }
 
-async fn write_spec(d: &Daemon, spec: ProgramSpec, code: StatusCode) -> ApiResult {
+async fn write_spec(d: &Daemon, spec: ProgramSpec, owner: Owner, code: StatusCode) -> ApiResult {
     let name = spec.name.clone();
     d.desired
-        .apply(vec![StoreWrite::PutProgram {
-            spec,
-            source: Source::Api,
-        }])
+        .apply(vec![
+            StoreWrite::Expect {
+                name: name.clone(),
+                owner,
+            },
+            StoreWrite::PutProgram {
+                spec,
+                source: Source::Api,
+            },
+        ])
         .await
-        .map_err(|e| ApiError::internal(format!("cannot record the program: {e}")))?;
+        .map_err(|e| write_error(e, "cannot record the program"))?;
     let record = d
         .desired
         .get(&name)
@@ -376,9 +410,15 @@ pub async fn unregister(
     check_selector_name(&name)?;
     ensure_api_owned(&d, &name, false)?;
     d.desired
-        .apply(vec![StoreWrite::DeleteProgram { name: name.clone() }])
+        .apply(vec![
+            StoreWrite::Expect {
+                name: name.clone(),
+                owner: Owner::Api,
+            },
+            StoreWrite::DeleteProgram { name: name.clone() },
+        ])
         .await
-        .map_err(|e| ApiError::internal(format!("cannot remove the program: {e}")))?;
+        .map_err(|e| write_error(e, "cannot remove the program"))?;
     Ok(Json(json!({ "unregistered": name })).into_response())
 }
 

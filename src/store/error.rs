@@ -99,6 +99,33 @@ pub enum StoreError {
     #[error("no program named {name:?}")]
     ProgramNotFound { name: String },
 
+    /// A write expected no program of this name (registering a new one), and there is one.
+    #[error("a program named {name:?} already exists, defined by {owner}")]
+    ProgramExists {
+        name: String,
+        /// Where it comes from: `api`, `config` or `file:<path>`.
+        owner: String,
+    },
+
+    /// A write expected a program registered through the API, and this one comes from a file or
+    /// the main config.
+    #[error("{name:?} is defined by {owner}; edit that instead of changing it through the API")]
+    NotApiOwned { name: String, owner: String },
+
+    /// The state directory's file system cannot take a write now; nothing was written. Writing
+    /// anyway would fail halfway through sled's flush, which leaves the database unusable until
+    /// it is reopened, so the store refuses before it starts.
+    #[error("cannot write to the store in {}: {why}; nothing was written", path.display())]
+    NoRoom { path: PathBuf, why: String },
+
+    /// An earlier flush failed: sled then refuses every read and write of this database until
+    /// it is opened again, so the store refuses at once instead of hanging or half-working.
+    #[error(
+        "the store in {} could not write to disk ({cause}); nothing more can be recorded until provisr is restarted",
+        path.display()
+    )]
+    Failed { path: PathBuf, cause: String },
+
     /// The writer thread is gone (the store is being dropped, or the thread panicked); the write
     /// was not acknowledged and may or may not have been committed.
     #[error("the store's writer has stopped; cannot {operation}")]

@@ -23,7 +23,10 @@ use serde_json::{Map, Value};
 use super::{lock, open_sled, StoreError, DB_DIR, INSTANCES, PROGRAMS, SCHEMA_KEY};
 
 /// The schema version this provisr writes.
-pub const CURRENT_SCHEMA: u32 = 2;
+pub const CURRENT_SCHEMA: u32 = 3;
+
+/// The first schema version kept in a sled 1.x database (`db2/`).
+pub const FIRST_SLED1_SCHEMA: u32 = 2;
 
 /// The sled 0.34 database's directory (schema versions 0 and 1).
 pub const LEGACY_DB_DIR: &str = "db";
@@ -73,6 +76,12 @@ pub const STEPS: &[Step] = &[
         describes: "move the records from sled 0.34 to sled 1.x (records unchanged)",
         run: v1_to_v2,
     },
+    Step {
+        from: 2,
+        to: 3,
+        describes: "give each instance record a boot id, the spec its process runs, a write-ahead start, the requests it carried out and how it finished",
+        run: v2_to_v3,
+    },
 ];
 
 /// What [`open_current`] found.
@@ -119,15 +128,19 @@ pub fn open_current(state_dir: &Path) -> Result<(sled::Db, SchemaOutcome), Store
                 supported: CURRENT_SCHEMA,
             })
         }
-        Some(found) if found < CURRENT_SCHEMA => {
+        Some(found) if found < FIRST_SLED1_SCHEMA => {
             return Err(StoreError::Migration {
                 path: db_path,
                 from: found,
                 to: CURRENT_SCHEMA,
                 reason: format!(
-                    "a sled 1.x store starts at version 2 and cannot be at version {found}"
+                    "a sled 1.x store starts at version {FIRST_SLED1_SCHEMA} and cannot be at version {found}"
                 ),
             })
+        }
+        Some(found) if found < CURRENT_SCHEMA => {
+            upgrade_in_place(&db, &db_path, found)?;
+            SchemaOutcome::Upgraded { from: found }
         }
         Some(_) => match upgraded {
             Some(from) => SchemaOutcome::Upgraded { from },
@@ -214,33 +227,7 @@ fn upgrade_legacy(state_dir: &Path) -> Result<u32, StoreError> {
             supported: CURRENT_SCHEMA,
         });
     }
-    let mut version = from;
-    while version < CURRENT_SCHEMA {
-        let step =
-            STEPS
-                .iter()
-                .find(|s| s.from == version)
-                .ok_or_else(|| StoreError::Migration {
-                    path: legacy.clone(),
-                    from: version,
-                    to: CURRENT_SCHEMA,
-                    reason: format!("no migration step starts at version {version}"),
-                })?;
-        tracing::info!(
-            store = %legacy.display(),
-            from = step.from,
-            to = step.to,
-            "upgrading the store: {}",
-            step.describes
-        );
-        (step.run)(&mut records).map_err(|reason| StoreError::Migration {
-            path: legacy.clone(),
-            from: step.from,
-            to: step.to,
-            reason,
-        })?;
-        version = step.to;
-    }
+    run_steps(&legacy, from, &mut records)?;
     // A leftover of an upgrade a crash interrupted: incomplete by construction.
     if upgrading.exists() {
         std::fs::remove_dir_all(&upgrading).map_err(|source| StoreError::Io {
@@ -257,6 +244,85 @@ fn upgrade_legacy(state_dir: &Path) -> Result<u32, StoreError> {
     )?;
     sync_dir(state_dir)?;
     Ok(from)
+}
+
+/// Runs every step from `from` up to [`CURRENT_SCHEMA`] on `records`, in memory.
+fn run_steps(store: &Path, from: u32, records: &mut Records) -> Result<(), StoreError> {
+    let mut version = from;
+    while version < CURRENT_SCHEMA {
+        let step =
+            STEPS
+                .iter()
+                .find(|s| s.from == version)
+                .ok_or_else(|| StoreError::Migration {
+                    path: store.to_path_buf(),
+                    from: version,
+                    to: CURRENT_SCHEMA,
+                    reason: format!("no migration step starts at version {version}"),
+                })?;
+        tracing::info!(
+            store = %store.display(),
+            from = step.from,
+            to = step.to,
+            "upgrading the store: {}",
+            step.describes
+        );
+        (step.run)(records).map_err(|reason| StoreError::Migration {
+            path: store.to_path_buf(),
+            from: step.from,
+            to: step.to,
+            reason,
+        })?;
+        version = step.to;
+    }
+    Ok(())
+}
+
+/// Upgrades a sled 1.x store at version `from` in place: reads every record, runs the steps up
+/// to [`CURRENT_SCHEMA`] in memory, and writes the records that changed together with the new
+/// version as one atomic batch, flushed. A crash before the flush leaves the store at `from`,
+/// and the next open upgrades it again.
+fn upgrade_in_place(db: &sled::Db, db_path: &Path, from: u32) -> Result<(), StoreError> {
+    let sled_err = |operation: &str| {
+        let operation = operation.to_string();
+        move |source| StoreError::Sled {
+            operation,
+            path: db_path.to_path_buf(),
+            source,
+        }
+    };
+    let mut records = Records::default();
+    for (kind, into) in [
+        (PROGRAMS, &mut records.programs),
+        (INSTANCES, &mut records.instances),
+    ] {
+        for entry in db.scan_prefix(kind.prefix) {
+            let (key, value) = entry.map_err(sled_err("read the records to upgrade"))?;
+            let name = String::from_utf8_lossy(&key[kind.prefix.len()..]).into_owned();
+            into.insert(name, value.to_vec());
+        }
+    }
+    let before = records.clone();
+    run_steps(db_path, from, &mut records)?;
+    let mut batch = sled::Batch::default();
+    for (kind, old, new) in [
+        (PROGRAMS, &before.programs, &records.programs),
+        (INSTANCES, &before.instances, &records.instances),
+    ] {
+        for (name, value) in new {
+            if old.get(name) != Some(value) {
+                batch.insert(kind.key(name).as_bytes(), value.as_slice());
+            }
+        }
+        for name in old.keys().filter(|name| !new.contains_key(*name)) {
+            batch.remove(kind.key(name).as_bytes());
+        }
+    }
+    batch.insert(SCHEMA_KEY, CURRENT_SCHEMA.to_string().as_bytes());
+    db.apply_batch(batch)
+        .map_err(sled_err("write the upgraded records"))?;
+    db.flush().map_err(sled_err("flush the upgraded records"))?;
+    Ok(())
 }
 
 /// Every record of the sled 0.34 store at `legacy`, with its version (0 for an empty store).
@@ -404,6 +470,34 @@ fn v1_to_v2(_records: &mut Records) -> Result<(), String> {
     Ok(())
 }
 
+/// 2 → 3. Every instance record gains `boot_id`, `generation`, `spec`, `starting`, `seq` and
+/// `finished`, all `null`: nothing is known about them for records written before. A `null`
+/// boot id makes adoption rely on pid and start time alone, as before; a `null` spec makes the
+/// adopting daemon take the process as running the desired spec, as before; a `null` `seq`
+/// counts the program's requests as carried out. A record that is not an object stops the
+/// upgrade with its key.
+fn v2_to_v3(records: &mut Records) -> Result<(), String> {
+    for (name, bytes) in &mut records.instances {
+        let bad = |why: String| format!("instance record {name:?}: {why}");
+        let mut value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        let record: &mut Map<String, Value> = value
+            .as_object_mut()
+            .ok_or_else(|| bad("it is not a JSON object".to_string()))?;
+        for field in [
+            "boot_id",
+            "generation",
+            "spec",
+            "starting",
+            "seq",
+            "finished",
+        ] {
+            record.entry(field).or_insert(Value::Null);
+        }
+        *bytes = serde_json::to_vec(&value).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -462,6 +556,40 @@ mod tests {
         let mut records = programs(serde_json::json!([1]));
         let err = v0_to_v1(&mut records).unwrap_err();
         assert!(err.contains("not a JSON object"), "{err}");
+    }
+
+    #[test]
+    fn v2_instance_records_gain_the_v3_fields_as_null_and_keep_everything_else() {
+        let mut records = Records {
+            programs: BTreeMap::new(),
+            instances: [(
+                "web-2".to_string(),
+                serde_json::to_vec(&serde_json::json!({
+                    "program": "web", "pid": 42, "start_time": 7, "restarts": 3,
+                }))
+                .unwrap(),
+            )]
+            .into(),
+        };
+        v2_to_v3(&mut records).unwrap();
+        let upgraded: Value = serde_json::from_slice(&records.instances["web-2"]).unwrap();
+        assert_eq!(
+            upgraded,
+            serde_json::json!({
+                "program": "web", "pid": 42, "start_time": 7, "restarts": 3,
+                "boot_id": null, "generation": null, "spec": null, "starting": null,
+                "seq": null, "finished": null,
+            })
+        );
+        let record: crate::store::InstanceRecord = serde_json::from_value(upgraded).unwrap();
+        assert_eq!(record.pid, Some(42));
+
+        records.instances.insert("bad".into(), b"[1]".to_vec());
+        let err = v2_to_v3(&mut records).unwrap_err();
+        assert!(
+            err.contains("\"bad\"") && err.contains("not a JSON object"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ mod records;
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -37,8 +37,8 @@ pub use error::StoreError;
 pub use lock::LOCK_FILE;
 pub use migrations::{SchemaOutcome, CURRENT_SCHEMA};
 pub use records::{
-    resolve_instance, DesiredRun, InstanceDesired, InstanceRecord, ProgramRecord, RunRequest,
-    RunSeq, StoreWrite,
+    resolve_instance, DesiredRun, Finished, InstanceDesired, InstanceRecord, Launch, Owner,
+    ProgramRecord, RunRequest, RunSeq, StoreWrite,
 };
 
 /// The sled 1.x database's directory inside the state directory (schema version 2 on).
@@ -61,6 +61,10 @@ pub(crate) const INSTANCES: Kind = Kind {
 };
 /// The key holding the schema version (a JSON number).
 pub(crate) const SCHEMA_KEY: &str = "m/schema_version";
+
+/// Free space the store keeps on its file system, beyond twice the bytes a batch writes: a
+/// write that would leave less is refused before sled starts it (see [`StoreError::NoRoom`]).
+pub const RESERVE_BYTES: u64 = 2 << 20;
 
 impl Kind {
     fn key(self, name: &str) -> String {
@@ -115,10 +119,27 @@ struct Core {
     commits: watch::Sender<u64>,
 }
 
+/// Set once a flush has failed, with the error: sled then fails every later operation and its
+/// next flush (including the one in its `Drop`) waits forever for the failed one, so from then
+/// on the store answers [`StoreError::Failed`] itself and never flushes again.
+type Latch = Arc<OnceLock<String>>;
+
 /// One handle on the database, with the path errors name.
 struct Handle {
     db_path: PathBuf,
-    db: sled::Db,
+    /// Always `Some` until the handle is dropped.
+    db: Option<sled::Db>,
+    failed: Latch,
+}
+
+impl Drop for Handle {
+    /// Closes the database, unless a flush failed: then sled's flush on drop would never return,
+    /// and the handle is leaked instead (nothing unflushed could be saved anyway).
+    fn drop(&mut self) {
+        if self.failed.get().is_some() {
+            std::mem::forget(self.db.take());
+        }
+    }
 }
 
 impl Core {
@@ -186,13 +207,19 @@ impl DesiredStore {
             ),
             SchemaOutcome::Created | SchemaOutcome::Current => {}
         }
+        let failed = Latch::default();
         let writer_handle = Handle {
             db_path: db_path.clone(),
-            db: db.clone(),
+            db: Some(db.clone()),
+            failed: failed.clone(),
         };
         let core = Arc::new(Core {
             state_dir: state_dir.to_path_buf(),
-            reader: Mutex::new(Handle { db_path, db }),
+            reader: Mutex::new(Handle {
+                db_path,
+                db: Some(db),
+                failed,
+            }),
             commits: watch::channel(0).0,
         });
         let (jobs, queue) = mpsc::channel::<WriteJob>();
@@ -399,6 +426,13 @@ struct Pending {
 }
 
 impl Handle {
+    fn db(&self) -> &sled::Db {
+        match &self.db {
+            Some(db) => db,
+            None => unreachable!("the database is only taken out when the handle is dropped"),
+        }
+    }
+
     fn sled_error(&self, operation: String, source: std::io::Error) -> StoreError {
         StoreError::Sled {
             operation,
@@ -407,11 +441,51 @@ impl Handle {
         }
     }
 
+    /// [`StoreError::Failed`] once a flush has failed.
+    fn check_latch(&self) -> Result<(), StoreError> {
+        match self.failed.get() {
+            Some(cause) => Err(StoreError::Failed {
+                path: self.db_path.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Flushes; a failure latches the store (see [`Latch`]).
     fn flush(&self) -> Result<(), StoreError> {
-        self.db
-            .flush()
-            .map(drop)
-            .map_err(|e| self.sled_error("flush".to_string(), e))
+        self.check_latch()?;
+        self.db().flush().map(drop).map_err(|e| {
+            let _ = self.failed.set(e.to_string());
+            self.sled_error("flush".to_string(), e)
+        })
+    }
+
+    /// Refuses a write of `bytes` the file system cannot take: read-only, or fewer than
+    /// [`RESERVE_BYTES`] + 2 × `bytes` free. A file system that cannot tell lets sled try.
+    fn check_room(&self, bytes: usize) -> Result<(), StoreError> {
+        use nix::sys::statvfs::{statvfs, FsFlags};
+        let Ok(fs) = statvfs(&self.db_path) else {
+            return Ok(());
+        };
+        let no_room = |why: String| StoreError::NoRoom {
+            path: self.db_path.clone(),
+            why,
+        };
+        if fs.flags().contains(FsFlags::ST_RDONLY) {
+            return Err(no_room("its file system is mounted read-only".to_string()));
+        }
+        let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+        let need = RESERVE_BYTES.saturating_add(2 * bytes as u64);
+        if free < need {
+            return Err(no_room(format!(
+                "its file system has {} KiB free, and the store keeps {} KiB free so a flush never \
+                 fails halfway; free some space",
+                free / 1024,
+                need / 1024
+            )));
+        }
+        Ok(())
     }
 
     fn decode<T: DeserializeOwned>(
@@ -429,7 +503,7 @@ impl Handle {
     }
 
     fn get_raw(&self, kind: Kind, name: &str) -> Result<Option<InlineArray>, StoreError> {
-        self.db
+        self.db()
             .get(kind.key(name))
             .map_err(|e| self.sled_error(format!("read {}/{name}", kind.name), e))
     }
@@ -446,7 +520,7 @@ impl Handle {
         &self,
         kind: Kind,
     ) -> impl Iterator<Item = Result<(String, InlineArray), StoreError>> + '_ {
-        self.db.scan_prefix(kind.prefix).map(move |entry| {
+        self.db().scan_prefix(kind.prefix).map(move |entry| {
             let (key, value) =
                 entry.map_err(|e| self.sled_error(format!("list {}", kind.name), e))?;
             let name = String::from_utf8_lossy(&key[kind.prefix.len()..]).into_owned();
@@ -472,6 +546,9 @@ impl Handle {
         writes: Vec<StoreWrite>,
         commits: &watch::Sender<u64>,
     ) -> Result<Vec<bool>, StoreError> {
+        // After a failed flush nothing is acknowledged, a no-op included: what it would confirm
+        // may be exactly what was not flushed.
+        self.check_latch()?;
         let mut pending = Pending::default();
         let changed = writes
             .into_iter()
@@ -483,8 +560,13 @@ impl Handle {
         if raw.is_empty() {
             return Ok(changed);
         }
+        let bytes = raw
+            .iter()
+            .map(|w| w.key.len() + w.value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.check_room(bytes)?;
         let records = raw.len();
-        self.db
+        self.db()
             .apply_batch(batch(raw))
             .map_err(|e| self.sled_error(format!("commit {records} records"), e))?;
         // Committed means visible to readers: wake the reconcile loop even if the flush fails,
@@ -540,15 +622,43 @@ impl Handle {
                 Ok(record.request(instance.as_deref(), request))
             }
             StoreWrite::DeleteProgram { name } => {
-                let mut changed = self.program_slot(pending, &name)?.now.take().is_some();
+                let removed = self.program_slot(pending, &name)?.now.take();
+                let mut changed = removed.is_some();
                 self.load_all_instances(pending)?;
                 for slot in pending.instances.values_mut() {
-                    if slot.now.as_ref().is_some_and(|r| r.program == name) {
+                    let Some(record) = slot.now.as_mut().filter(|r| r.program == name) else {
+                        continue;
+                    };
+                    if !record.may_run() {
                         slot.now = None;
                         changed = true;
+                    } else if record.spec.is_none() {
+                        // A tombstone: its process may still be stopping, or a crash may have
+                        // left it running. It keeps what a later daemon needs to stop it.
+                        record.spec = removed.as_ref().map(|p| p.spec.clone());
+                        changed |= record.spec.is_some();
                     }
                 }
                 Ok(changed)
+            }
+            StoreWrite::Expect { name, owner } => {
+                let slot = self.program_slot(pending, &name)?;
+                let source = slot.now.as_ref().map(|r| &r.source);
+                match (owner, source) {
+                    (Owner::Nobody | Owner::NobodyOrApi, None) => Ok(false),
+                    (Owner::Api | Owner::NobodyOrApi, Some(Source::Api)) => Ok(false),
+                    (Owner::Api, None) => Err(not_found(&name)),
+                    (Owner::Nobody, Some(source)) => Err(StoreError::ProgramExists {
+                        name,
+                        owner: source.to_string(),
+                    }),
+                    (Owner::Api | Owner::NobodyOrApi, Some(source)) => {
+                        Err(StoreError::NotApiOwned {
+                            name,
+                            owner: source.to_string(),
+                        })
+                    }
+                }
             }
             StoreWrite::PutInstance { name, record } => {
                 let slot = self.instance_slot(pending, &name)?;

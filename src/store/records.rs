@@ -166,7 +166,9 @@ impl RunRequest {
 }
 
 /// What the daemon needs to find an instance's process again after it restarts (SPEC §11),
-/// stored under `i/<instance name>` (`i/web`, `i/web-2`).
+/// stored under `i/<instance name>` (`i/web`, `i/web-2`). `docs/store.md` describes how the
+/// reconcile loop keeps it: written ahead of a start, confirmed once the process runs, kept as a
+/// tombstone while the process of a removed program stops.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceRecord {
     /// The program the instance belongs to.
@@ -178,6 +180,71 @@ pub struct InstanceRecord {
     pub start_time: Option<u64>,
     /// Automatic restarts so far; survives daemon restarts (SPEC §9.2).
     pub restarts: u64,
+    /// The boot this record was written in (`/proc/sys/kernel/random/boot_id`): a pid and start
+    /// time from another boot name no process of ours, and a job that finished in another boot
+    /// runs again. `None` in records written before schema 3.
+    pub boot_id: Option<String>,
+    /// The program's generation when `spec` was its spec.
+    pub generation: Option<u64>,
+    /// The spec the process `pid` runs with: as it was started, or as changed in place since.
+    /// A daemon that adopts the process compares it with the desired spec, so an edit made while
+    /// no daemon ran is applied. `None` without a process, and in records from before schema 3.
+    pub spec: Option<ProgramSpec>,
+    /// Written ahead of a start that the reconcile loop orders, before the process is spawned:
+    /// a process of this instance found in `/proc` by its tag that this record does not name yet
+    /// runs this spec.
+    pub starting: Option<Launch>,
+    /// The start and restart requests this instance has carried out, so a request is carried out
+    /// once across daemon restarts. `None` in records from before schema 3.
+    pub seq: Option<RunSeq>,
+    /// How its last process ended when no restart followed (`exited` or `failed`): a finished job
+    /// is not run again by the next daemon of the same boot.
+    pub finished: Option<Finished>,
+}
+
+impl InstanceRecord {
+    /// The record of a new instance of `program`, with nothing to find yet.
+    pub fn new(program: &str) -> InstanceRecord {
+        InstanceRecord {
+            program: program.to_string(),
+            ..InstanceRecord::default()
+        }
+    }
+
+    /// Whether the instance may have a process: one is recorded, or a start was under way.
+    pub fn may_run(&self) -> bool {
+        self.pid.is_some() || self.starting.is_some()
+    }
+}
+
+/// A start written ahead: the spec and generation the next process of an instance runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    pub generation: u64,
+    pub spec: ProgramSpec,
+}
+
+/// How an instance that will not be restarted ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    /// `true` for `failed` (retries used up), `false` for `exited`.
+    pub failed: bool,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The status message it ended with.
+    pub message: Option<String>,
+}
+
+/// Who a writer expects to own a program before it writes: the store checks it in the same
+/// batch as the write, so two writers can never both pass a check and then overwrite each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// No program of that name exists (registering a new one).
+    Nobody,
+    /// It exists and was registered through the API (update, unregister).
+    Api,
+    /// Either of the two (`start` with a spec: register or replace one's own).
+    NobodyOrApi,
 }
 
 /// One write of a batch applied by [`super::DesiredStore::apply`].
@@ -207,7 +274,8 @@ pub enum StoreWrite {
         instance: Option<String>,
         request: RunRequest,
     },
-    /// Remove a program and its instance records.
+    /// Remove a program and the instance records that have no process; those that may still
+    /// have one stay, as tombstones carrying the spec to stop it with, until it has stopped.
     DeleteProgram {
         name: String,
     },
@@ -217,5 +285,10 @@ pub enum StoreWrite {
     },
     DeleteInstance {
         name: String,
+    },
+    /// Fails the whole batch unless program `name` is owned as `owner` says; writes nothing.
+    Expect {
+        name: String,
+        owner: Owner,
     },
 }

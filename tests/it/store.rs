@@ -17,8 +17,8 @@ use provisr::store::migrations::{
     legacy_version, stored_version, LEGACY_BACKUP_DIR, LEGACY_DB_DIR, UPGRADING_DIR,
 };
 use provisr::store::{
-    DesiredRun, DesiredStore, InstanceRecord, ProgramRecord, RunSeq, StoreError, StoreWrite,
-    CURRENT_SCHEMA, DB_DIR,
+    DesiredRun, DesiredStore, InstanceRecord, Launch, ProgramRecord, RunSeq, StoreError,
+    StoreWrite, CURRENT_SCHEMA, DB_DIR,
 };
 
 fn spec(name: &str, command: &str) -> ProgramSpec {
@@ -31,10 +31,10 @@ fn file_source(name: &str) -> Source {
 
 fn instance(program: &str, pid: i32) -> InstanceRecord {
     InstanceRecord {
-        program: program.to_string(),
         pid: Some(pid),
         start_time: Some(123_456),
         restarts: 2,
+        ..InstanceRecord::new(program)
     }
 }
 
@@ -193,13 +193,16 @@ async fn a_source_error_keeps_the_last_good_spec_until_the_next_good_one() {
     ));
 }
 
+/// Instance records round-trip; deleting their program deletes those without a process and
+/// keeps the others as tombstones that carry the program's spec, until the reconcile loop has
+/// stopped their processes and deletes them.
 #[tokio::test]
-async fn instances_round_trip_and_leave_with_their_program() {
+async fn instances_round_trip_and_leave_with_their_program_once_they_have_no_process() {
     let dir = tempfile::tempdir().unwrap();
     let store = DesiredStore::open(dir.path()).unwrap();
     let mut web = spec("web", "sleep 1");
-    web.instances = 2;
-    store.put_program(web, Source::Api).await.unwrap();
+    web.instances = 3;
+    store.put_program(web.clone(), Source::Api).await.unwrap();
     store
         .put_program(spec("api", "sleep 1"), Source::Api)
         .await
@@ -248,8 +251,26 @@ async fn instances_round_trip_and_leave_with_their_program() {
     assert!(store.put_instance("api", restarted.clone()).await.unwrap());
     assert_eq!(store.get_instance("api").unwrap(), Some(restarted));
 
+    let idle = InstanceRecord {
+        pid: None,
+        start_time: None,
+        ..instance("web", 0)
+    };
+    assert!(store.put_instance("web-3", idle).await.unwrap());
     assert!(store.delete_program("web").await.unwrap());
-    assert!(store.instances_of("web").unwrap().is_empty());
+    let tombstone = |pid| InstanceRecord {
+        spec: Some(web.clone()),
+        ..instance("web", pid)
+    };
+    assert_eq!(
+        store.instances_of("web").unwrap(),
+        [
+            ("web-1".to_string(), tombstone(100)),
+            ("web-2".to_string(), tombstone(200))
+        ]
+    );
+    assert!(store.delete_instance("web-1").await.unwrap());
+    assert!(store.delete_instance("web-2").await.unwrap());
     assert_eq!(store.list_instances().unwrap().len(), 1);
 
     assert!(store.delete_instance("api").await.unwrap());
@@ -689,9 +710,10 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
     (programs, Vec::new())
 }
 
-/// What the version-1 and version-2 fixtures hold, written through the store itself (so at the
+/// What the version-1, -2 and -3 fixtures hold, written through the store itself (so at the
 /// current version): a spec change (generation 2), an error, an explicit start and instance
-/// records. The version-1 fixture was written so while version 1 was current.
+/// records. Each fixture was written so while its version was current; from version 3 on,
+/// `worker-2` also has what version 3 added to instance records.
 async fn write_current(state_dir: &Path) {
     let (web, worker) = fixture_specs();
     let store = DesiredStore::open(state_dir).unwrap();
@@ -719,10 +741,35 @@ async fn write_current(state_dir: &Path) {
         .put_instance("worker-1", instance("worker", 1002))
         .await
         .unwrap();
-    store
-        .put_instance("worker-2", instance("worker", 1003))
-        .await
-        .unwrap();
+    store.put_instance("worker-2", v3_instance()).await.unwrap();
+}
+
+/// `worker-2` of the version-3 fixture: every field version 3 added, set.
+fn v3_instance() -> InstanceRecord {
+    let (_, worker) = fixture_specs();
+    let mut next = worker.clone();
+    next.env.insert("QUEUE".to_string(), "jobs".to_string());
+    InstanceRecord {
+        boot_id: Some("6f1c2a9e-3b1d-4c55-9f0e-2d7a8b9c0d1e".into()),
+        generation: Some(1),
+        spec: Some(worker),
+        starting: Some(Launch {
+            generation: 2,
+            spec: next,
+        }),
+        seq: Some(RunSeq {
+            start: 1,
+            restart: 0,
+        }),
+        finished: None,
+        ..instance("worker", 1003)
+    }
+}
+
+fn expected_from_v3() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
+    let (programs, mut instances) = expected_from_v1();
+    instances[2].1 = v3_instance();
+    (programs, instances)
 }
 
 fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
@@ -787,10 +834,11 @@ fn version_in(state_dir: &Path) -> Option<u32> {
 #[tokio::test]
 async fn fixtures_of_every_version_open_at_the_current_version() {
     type Expected = fn() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>);
-    let fixtures: [(u32, Expected); 3] = [
+    let fixtures: [(u32, Expected); 4] = [
         (0, expected_from_v0),
         (1, expected_from_v1),
         (2, expected_from_v1),
+        (3, expected_from_v3),
     ];
     // Every version up to the current one has a fixture.
     assert_eq!(fixtures.len() as u32, CURRENT_SCHEMA + 1);
