@@ -355,21 +355,14 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let desired = Arc::new(DesiredState::new(store, wake.clone(), metrics.clone())?);
     let before = desired.snapshot();
-    let remembered = desired.store().list_instances()?;
     let writes = desired::sync_writes(&before, &loaded.programs, &loaded.files, &loaded.errors);
+    // Programs whose file went away while no daemon ran are deleted here; their instance
+    // records stay as tombstones, so the loop stops what still runs of them.
     desired.apply(writes).await?;
-    // Processes of programs whose file went away (or instances scaled away) while no daemon ran.
-    let orphans = reconcile::orphans(&before, &desired.snapshot(), remembered);
 
     let (events, _) = broadcast::channel(1024);
     tokio::spawn(count_events(events.subscribe(), metrics.clone()));
-    let reconciler = reconcile::start(
-        desired.clone(),
-        events.clone(),
-        wake,
-        metrics.clone(),
-        orphans,
-    );
+    let reconciler = reconcile::start(desired.clone(), events.clone(), wake, metrics.clone());
     let allowed_hosts = match addr.ip() {
         ip if ip.is_unspecified() => Vec::new(),
         ip => vec![ip.to_string()],
@@ -413,6 +406,14 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    // Before anything is spawned: what our children leave behind is re-parented to us, not to
+    // init, and reaped here (`docs/runtime.md`, subreaper). Only `run` does this: it is for the
+    // whole process, which is the daemon's alone here, not a test's that opens one inside it.
+    let sigchld = signal(SignalKind::child()).map_err(DaemonError::Signals)?;
+    if let Err(e) = crate::supervisor::reaper::become_subreaper() {
+        tracing::warn!("cannot become the child subreaper: {e}; orphans of children go to init");
+    }
+    tokio::spawn(crate::supervisor::reaper::reap_orphans_forever(sigchld));
     let opened = open(&opts).await?;
     let addr = opened.addr;
     let listener = TcpListener::bind(addr)
@@ -596,15 +597,17 @@ async fn count_events(mut rx: broadcast::Receiver<Event>, metrics: Arc<Metrics>)
     }
 }
 
-/// SIGKILL to every instance's process group: the second signal's "stop now".
+/// SIGKILL to every instance's process group: the second signal's "stop now". Each group only
+/// while its leader is still the process the instance runs (see `signal_group_of`).
 fn force_kill(reconciler: &Reconciler) {
     tracing::warn!("second signal: killing every child now");
     for live in reconciler.live().values() {
-        if let Some(pid) = live.status.borrow().pid {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        let (pid, start_time) = {
+            let s = live.status.borrow();
+            (s.pid, s.pid_start_time)
+        };
+        if let (Some(pid), Some(start_time)) = (pid, start_time) {
+            crate::supervisor::signal_group_of(pid, start_time, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -5,11 +5,20 @@
 //! [`plan`](crate::plan::plan) from the desired-state mirror and the actors' published states and
 //! carries out the steps that are ready. Level-triggered: a lost or merged wakeup only delays
 //! work until the next pass, it never leaves the system wrong.
+//!
+//! The loop is also the only writer of instance records (`docs/store.md`): at start it takes over
+//! what the records and `/proc` say runs (`adopt.rs`); before it orders starts it writes them
+//! ahead, one flushed batch per pass; after each pass it records what changed (pids, the spec
+//! each process runs, restarts, finished jobs), again as one batch, retried until it is durable;
+//! and it forgets an instance only once its process has stopped (`docs/reliability.md`).
 
-use std::collections::BTreeMap;
+mod adopt;
+mod record;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
@@ -18,13 +27,21 @@ use crate::desired::DesiredState;
 use crate::logs::InstanceLog;
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, Desired, Observed, Plan, RunSeq};
-use crate::store::{InstanceRecord, StoreWrite};
+use crate::store::StoreWrite;
+use crate::supervisor::tag::{self, signal_tagged};
 use crate::supervisor::{
     Event, Initial, InstanceHandle, InstanceState, InstanceStatus, RuntimeContext,
 };
 
+use record::Facts;
+
 /// How often a pass runs with nothing else waking it: the backstop of level-triggering.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The first wait before instance records that could not be written are tried again; it
+/// doubles on every failure up to [`RECORD_RETRY_MAX`].
+const RECORD_RETRY_FIRST: Duration = Duration::from_secs(1);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// An instance as the API sees it: its identity, spec, live status and output.
 #[derive(Clone)]
@@ -92,61 +109,90 @@ impl Reconciler {
     }
 }
 
-/// The spec and request counters a step brings its instance to.
-type Target = (Arc<ProgramSpec>, RunSeq);
+/// The spec, request counters and generation a step brings its instance to.
+type Target = (Arc<ProgramSpec>, RunSeq, u64);
 
-/// A process an earlier daemon started whose program (or instance) is gone from desired state:
-/// the program file was deleted or `instances` lowered while no daemon ran. It is adopted like
-/// any remembered instance, with the spec it last had, so the first pass stops and removes it
-/// instead of leaving it running unmanaged.
-#[derive(Clone, Debug)]
-pub struct Orphan {
-    pub id: InstanceId,
-    pub spec: ProgramSpec,
-    pub record: InstanceRecord,
+struct Entry {
+    id: InstanceId,
+    handle: InstanceHandle,
+    /// The actor's published status, read without cloning it.
+    status: watch::Receiver<InstanceStatus>,
+    spec: Arc<ProgramSpec>,
+    /// The program's generation when `spec` was its spec, when known.
+    generation: Option<u64>,
+    seq: RunSeq,
+    log: InstanceLog,
+    /// Set when a start or restart was sent and the actor has not published since: until it
+    /// does, the instance counts as `starting`, so a pass that runs before the actor has taken
+    /// the command in neither sends it again nor lets the next priority level go ahead.
+    awaiting: Option<watch::Receiver<InstanceStatus>>,
+    /// A start or restart this loop ordered whose process has not been seen yet: the spec (the
+    /// very `Arc` the actor spawns with) and its generation. Recorded as the record's `starting`.
+    launch: Option<(Arc<ProgramSpec>, Option<u64>)>,
+    /// What the store holds for this instance, as facts; `None` when unknown (the first write
+    /// then goes through and the store drops it if nothing changed).
+    recorded: Option<Facts>,
+    /// Its program or instance is gone from desired state and it has been told to stop; it stays
+    /// in the table, and its record in the store, until its process has stopped.
+    removing: bool,
 }
 
-/// The remembered processes (`remembered`, as the store listed them before `after` was
-/// written) that no program of `after` claims any more. `before` supplies the spec each last
-/// ran with, so it is stopped with its own stop signal and timeout.
-pub fn orphans(
-    before: &crate::desired::Programs,
-    after: &crate::desired::Programs,
-    remembered: Vec<(String, InstanceRecord)>,
-) -> Vec<Orphan> {
-    let claimed = |name: &str, program: &str| {
-        after
-            .get(program)
-            .is_some_and(|r| r.spec.instances().iter().any(|i| i.name == name))
+struct Loop {
+    desired: Arc<DesiredState>,
+    events: broadcast::Sender<Event>,
+    changed: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    entries: BTreeMap<String, Entry>,
+    live_tx: watch::Sender<LiveTable>,
+    passes_tx: watch::Sender<u64>,
+    /// Set when the instance set changed since the live table was last published.
+    table_dirty: bool,
+    /// The canonical state directory every child is tagged with (`PROVISR_STATE_DIR`).
+    state_dir: Arc<Path>,
+    /// This boot's id, written into every record.
+    boot: Option<Arc<str>>,
+    /// Records of instances that are gone (process stopped, or never there): deleted with the
+    /// next batch of instance records.
+    forget: BTreeSet<String>,
+    /// When instance records that could not be written are tried again, and the wait after that.
+    retry: Option<(Instant, Duration)>,
+}
+
+/// Starts the loop: takes over what the store's instance records and `/proc` say an earlier
+/// daemon left running (by pid and start time, or by the tag every child carries), then
+/// reconciles until shut down. Processes no program claims any more are adopted too, and the
+/// first pass stops them and forgets them.
+pub fn start(
+    desired: Arc<DesiredState>,
+    events: broadcast::Sender<Event>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+) -> Reconciler {
+    let (requests, rx) = mpsc::channel(16);
+    let (live_tx, live) = watch::channel(LiveTable::default());
+    let (passes_tx, passes) = watch::channel(0);
+    let state_dir = canonical_state_dir(desired.store().state_dir());
+    let mut lp = Loop {
+        desired,
+        events,
+        changed: wake.clone(),
+        metrics,
+        entries: BTreeMap::new(),
+        live_tx,
+        passes_tx,
+        table_dirty: true,
+        state_dir,
+        boot: crate::supervisor::boot_id().map(Arc::from),
+        forget: BTreeSet::new(),
+        retry: None,
     };
-    remembered
-        .into_iter()
-        .filter(|(name, r)| r.pid.is_some() && !claimed(name, &r.program))
-        .filter_map(|(name, record)| {
-            let spec = match before.get(&record.program) {
-                Some(r) => r.spec.clone(),
-                None => ProgramSpec::new(
-                    record.program.clone(),
-                    crate::config::Exec::Args(Vec::new()),
-                ),
-            };
-            let index = if name == record.program {
-                1
-            } else {
-                name.strip_prefix(&format!("{}-", record.program))?
-                    .parse::<u32>()
-                    .ok()?
-            };
-            // `of` only decides the naming: more than one means `program-N`.
-            let of = if name == record.program {
-                1
-            } else {
-                index.max(2)
-            };
-            let id = InstanceId::new(&record.program, index, of);
-            (id.name == name).then_some(Orphan { id, spec, record })
-        })
-        .collect()
+    lp.take_over();
+    tokio::spawn(lp.run(rx, wake));
+    Reconciler {
+        requests,
+        live,
+        passes,
+    }
 }
 
 /// The state directory as children are tagged with it: absolute, symlinks resolved, so every
@@ -164,67 +210,11 @@ fn canonical_state_dir(dir: &Path) -> Arc<Path> {
     }
 }
 
-struct Entry {
-    id: InstanceId,
-    handle: InstanceHandle,
-    /// The actor's published status, read without cloning it.
-    status: watch::Receiver<InstanceStatus>,
-    spec: Arc<ProgramSpec>,
-    seq: RunSeq,
-    log: InstanceLog,
-    /// What the store holds for this instance, to write only changes.
-    persisted: InstanceRecord,
-    /// Set when a start or restart was sent and the actor has not published since: until it
-    /// does, the instance counts as `starting`, so a pass that runs before the actor has taken
-    /// the command in neither sends it again nor lets the next priority level go ahead.
-    awaiting: Option<watch::Receiver<InstanceStatus>>,
-}
-
-struct Loop {
-    desired: Arc<DesiredState>,
-    events: broadcast::Sender<Event>,
-    changed: Arc<Notify>,
-    metrics: Arc<Metrics>,
-    entries: BTreeMap<String, Entry>,
-    live_tx: watch::Sender<LiveTable>,
-    passes_tx: watch::Sender<u64>,
-    /// Set when the instance set changed since the live table was last published.
-    table_dirty: bool,
-    /// The canonical state directory every child is tagged with (`PROVISR_STATE_DIR`).
-    state_dir: Arc<Path>,
-}
-
-/// Starts the loop: adopts the instances the store remembers (by pid and start time) and the
-/// `orphans` (which the first pass stops and removes), then reconciles until shut down.
-pub fn start(
-    desired: Arc<DesiredState>,
-    events: broadcast::Sender<Event>,
-    wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
-    orphans: Vec<Orphan>,
-) -> Reconciler {
-    let (requests, rx) = mpsc::channel(16);
-    let (live_tx, live) = watch::channel(LiveTable::default());
-    let (passes_tx, passes) = watch::channel(0);
-    let state_dir = canonical_state_dir(desired.store().state_dir());
-    let mut lp = Loop {
-        desired,
-        events,
-        changed: wake.clone(),
-        metrics,
-        entries: BTreeMap::new(),
-        live_tx,
-        passes_tx,
-        table_dirty: true,
-        state_dir,
-    };
-    lp.adopt_remembered();
-    lp.adopt_orphans(orphans);
-    tokio::spawn(lp.run(rx, wake));
-    Reconciler {
-        requests,
-        live,
-        passes,
+/// Sleeps until `at`, or forever without it.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -232,9 +222,11 @@ impl Loop {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>, wake: Arc<Notify>) {
         self.pass().await;
         loop {
+            let retry_at = self.retry.map(|(at, _)| at);
             let reply = tokio::select! {
                 () = wake.notified() => None,
                 () = tokio::time::sleep(RESYNC_INTERVAL) => None,
+                () = sleep_until(retry_at) => None,
                 req = requests.recv() => match req {
                     Some(Request::Pass(reply)) => Some(reply),
                     Some(Request::Shutdown(reply)) => {
@@ -259,60 +251,33 @@ impl Loop {
         }
     }
 
-    /// Creates an actor for every instance record with a remembered process; the actor checks
-    /// pid and start time and takes the process over only if both match.
-    fn adopt_remembered(&mut self) {
+    /// Creates an actor for every instance the records and `/proc` know of, and kills the
+    /// leftovers nothing will adopt (see [`adopt::takeover`]).
+    fn take_over(&mut self) {
         let programs = self.desired.snapshot();
         let records = match self.desired.store().list_instances() {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!("cannot read instance records, starting without adoption: {e}");
-                return;
+                tracing::error!("cannot read the instance records, adopting by tag only: {e}");
+                Vec::new()
             }
         };
-        for (name, record) in records {
-            let Some(program) = programs.get(&record.program) else {
-                continue;
-            };
-            let Some(id) = program
-                .spec
-                .instances()
-                .into_iter()
-                .find(|i| i.name == name)
-            else {
-                continue;
-            };
-            let initial = match (record.pid, record.start_time) {
-                (Some(pid), Some(start_time)) => Initial::Adopt {
-                    pid,
-                    start_time,
-                    restarts: record.restarts,
-                },
-                _ => Initial::Fresh {
-                    restarts: record.restarts,
-                },
-            };
-            let spec = Arc::new(program.spec.clone());
-            let seq = program.instance_desired(&name).seq;
-            self.insert_entry(id, spec, initial, seq, record);
-        }
-    }
-
-    fn adopt_orphans(&mut self, orphans: Vec<Orphan>) {
-        for o in orphans {
-            if self.entries.contains_key(&o.id.name) {
-                continue;
+        let tagged = tag::scan(&self.state_dir);
+        // A zombie has ended: whoever reaps it knows how, we never will.
+        let alive = crate::supervisor::proc_alive_since;
+        let takeover = adopt::takeover(&programs, records, &tagged, self.boot.as_deref(), alive);
+        for t in &takeover.leftovers {
+            if signal_tagged(t, nix::sys::signal::Signal::SIGKILL) {
+                tracing::info!(instance = %t.name, pid = t.pid, detector = t.detector, "killed a process an earlier daemon left behind");
             }
-            let initial = match (o.record.pid, o.record.start_time) {
-                (Some(pid), Some(start_time)) => Initial::Adopt {
-                    pid,
-                    start_time,
-                    restarts: o.record.restarts,
-                },
-                _ => continue,
-            };
-            tracing::info!(instance = %o.id.name, "its program or instance is gone from the configuration; stopping it");
-            self.insert_entry(o.id, Arc::new(o.spec), initial, RunSeq::default(), o.record);
+        }
+        self.forget.extend(takeover.forget);
+        for a in takeover.adopted {
+            if let (Initial::Adopt { pid, .. }, Some(by)) = (&a.initial, a.found_by) {
+                tracing::info!(instance = %a.id.name, pid, found_by = by, orphan = a.orphan, "taking over a process an earlier daemon started");
+            }
+            let recorded = a.record.as_ref().map(Facts::from_record);
+            self.insert_entry(a.id, a.spec, a.generation, a.initial, a.seq, recorded);
         }
     }
 
@@ -320,9 +285,10 @@ impl Loop {
         &mut self,
         id: InstanceId,
         spec: Arc<ProgramSpec>,
+        generation: Option<u64>,
         initial: Initial,
         seq: RunSeq,
-        persisted: InstanceRecord,
+        recorded: Option<Facts>,
     ) {
         let log = InstanceLog::new(&id.name, spec.log_paths(&id), &spec.log);
         let ctx = RuntimeContext {
@@ -333,6 +299,7 @@ impl Loop {
         };
         let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
         let status = handle.watch();
+        self.forget.remove(&id.name);
         self.entries.insert(
             id.name.clone(),
             Entry {
@@ -340,10 +307,13 @@ impl Loop {
                 handle,
                 status,
                 spec,
+                generation,
                 seq,
                 log,
-                persisted,
                 awaiting: None,
+                launch: None,
+                recorded,
+                removing: false,
             },
         );
         self.table_dirty = true;
@@ -357,7 +327,7 @@ impl Loop {
         done
     }
 
-    /// One pass: plan, carry out what is ready, record what changed.
+    /// One pass: plan, write the starts ahead, carry out what is ready, record what changed.
     async fn pass_untimed(&mut self) -> Plan {
         let programs = self.desired.snapshot();
         let desired: Vec<Desired<'_>> = programs.values().map(|r| Desired::from(&**r)).collect();
@@ -383,35 +353,55 @@ impl Loop {
         let ready: Vec<plan::Step> = full.ready().cloned().collect();
         let mut actions: Vec<(plan::Step, Option<Target>)> = Vec::new();
         for step in ready {
-            let target = by_name
-                .get(step.program.as_str())
-                .map(|d| (Arc::new(d.spec.clone()), d.for_instance(&step.instance).seq));
+            let target = by_name.get(step.program.as_str()).map(|d| {
+                let generation = programs.get(&step.program).map_or(0, |r| r.generation);
+                (
+                    Arc::new(d.spec.clone()),
+                    d.for_instance(&step.instance).seq,
+                    generation,
+                )
+            });
             actions.push((step, target));
         }
         // Unchanged instances whose spec differs only in `instances` (a scale of their
         // program) take the new spec quietly, so what they report matches desired state.
-        let quiet: Vec<(String, Arc<ProgramSpec>)> = full
+        let quiet: Vec<(String, Arc<ProgramSpec>, u64)> = full
             .steps
             .iter()
             .filter(|s| s.action == Action::Unchanged)
             .filter_map(|s| {
                 let d = by_name.get(s.program.as_str())?;
                 let e = self.entries.get(&s.instance)?;
-                (*e.spec != *d.spec).then(|| (s.instance.clone(), Arc::new(d.spec.clone())))
+                let generation = programs.get(&s.program).map_or(0, |r| r.generation);
+                (*e.spec != *d.spec)
+                    .then(|| (s.instance.clone(), Arc::new(d.spec.clone()), generation))
             })
             .collect();
+        // An instance the plan no longer removes (its program came back) is no longer removing.
+        let removed: BTreeSet<String> = full
+            .steps
+            .iter()
+            .filter(|s| s.action == Action::Remove)
+            .map(|s| s.instance.clone())
+            .collect();
         drop(observed);
-        for (name, spec) in quiet {
-            if let Some(e) = self.entries.get_mut(&name) {
-                self.table_dirty |= e.apply_spec(spec);
+        for (name, e) in self.entries.iter_mut() {
+            if e.removing && !removed.contains(name) {
+                e.removing = false;
             }
         }
+        for (name, spec, generation) in quiet {
+            if let Some(e) = self.entries.get_mut(&name) {
+                self.table_dirty |= e.apply_spec(spec, Some(generation));
+            }
+        }
+        self.write_ahead(&actions).await;
         let mut done = Vec::with_capacity(actions.len());
         for (step, target) in actions {
             self.execute(&step, target);
             done.push(step);
         }
-        self.persist().await;
+        self.persist(None).await;
         if self.table_dirty {
             self.table_dirty = false;
             let table: BTreeMap<String, LiveInstance> = self
@@ -435,49 +425,72 @@ impl Loop {
         Plan { steps: done }
     }
 
+    /// Makes the starts and restarts of this pass durable before any of them is sent: each
+    /// instance's record gets the spec its next process runs (`starting`) and the request it
+    /// carries out, all in one flushed batch. A crash after the spawn and before the pid is
+    /// recorded then leaves a record that says what the process found by its tag runs, and a
+    /// request carried out once is not carried out again by the next daemon.
+    async fn write_ahead(&mut self, actions: &[(plan::Step, Option<Target>)]) {
+        let mut names = Vec::new();
+        for (step, target) in actions {
+            let (Action::Start | Action::Restart, Some((spec, seq, generation))) =
+                (step.action, target)
+            else {
+                continue;
+            };
+            if !self.entries.contains_key(&step.instance) {
+                let Some(id) = spec
+                    .instances()
+                    .into_iter()
+                    .find(|i| i.name == step.instance)
+                else {
+                    continue;
+                };
+                // A record left by an earlier run of this instance carries its restarts over.
+                let record = self.desired.store().get_instance(&id.name).ok().flatten();
+                let restarts = record.as_ref().map_or(0, |r| r.restarts);
+                let recorded = record.as_ref().map(Facts::from_record);
+                self.insert_entry(
+                    id,
+                    spec.clone(),
+                    Some(*generation),
+                    Initial::Fresh { restarts },
+                    *seq,
+                    recorded,
+                );
+            }
+            if let Some(e) = self.entries.get_mut(&step.instance) {
+                e.launch = Some((spec.clone(), Some(*generation)));
+                e.seq = *seq;
+                names.push(step.instance.clone());
+            }
+        }
+        if !names.is_empty() {
+            self.persist(Some(&names)).await;
+        }
+    }
+
     fn execute(&mut self, step: &plan::Step, target: Option<Target>) {
         tracing::debug!(instance = %step.instance, action = ?step.action, reason = %step.reason, "reconcile step");
         match (step.action, target) {
-            (Action::Start, Some((spec, seq))) => {
-                if !self.entries.contains_key(&step.instance) {
-                    let Some(id) = spec
-                        .instances()
-                        .into_iter()
-                        .find(|i| i.name == step.instance)
-                    else {
-                        return;
-                    };
-                    let persisted = self
-                        .desired
-                        .store()
-                        .get_instance(&id.name)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_else(|| InstanceRecord {
-                            program: id.program.clone(),
-                            ..InstanceRecord::default()
-                        });
-                    let initial = Initial::Fresh {
-                        restarts: persisted.restarts,
-                    };
-                    self.insert_entry(id, spec.clone(), initial, seq, persisted);
-                }
+            (Action::Start | Action::Restart, Some((spec, seq, generation))) => {
                 if let Some(e) = self.entries.get_mut(&step.instance) {
-                    self.table_dirty |= e.apply_spec(spec);
+                    self.table_dirty |= e.apply_spec(spec, Some(generation));
                     e.seq = seq;
-                    e.send_awaited(InstanceHandle::start);
+                    // The spec the actor will spawn with, as the very `Arc` it holds, so the
+                    // spawn is recognised (see `Entry::settle_launch`).
+                    e.launch = Some((e.spec.clone(), e.generation));
+                    let send = if step.action == Action::Start {
+                        InstanceHandle::start
+                    } else {
+                        InstanceHandle::restart
+                    };
+                    e.send_awaited(send);
                 }
             }
-            (Action::Restart, Some((spec, seq))) => {
+            (Action::Update, Some((spec, _, generation))) => {
                 if let Some(e) = self.entries.get_mut(&step.instance) {
-                    self.table_dirty |= e.apply_spec(spec);
-                    e.seq = seq;
-                    e.send_awaited(InstanceHandle::restart);
-                }
-            }
-            (Action::Update, Some((spec, _))) => {
-                if let Some(e) = self.entries.get_mut(&step.instance) {
-                    self.table_dirty |= e.apply_spec(spec);
+                    self.table_dirty |= e.apply_spec(spec, Some(generation));
                 }
             }
             (Action::Stop, _) => {
@@ -485,82 +498,149 @@ impl Loop {
                     e.handle.stop();
                 }
             }
-            (Action::Remove, _) => {
-                if let Some(e) = self.entries.remove(&step.instance) {
-                    self.table_dirty = true;
-                    let desired = self.desired.clone();
-                    tokio::spawn(async move {
-                        e.handle.shutdown().await;
-                        let write = StoreWrite::DeleteInstance { name: e.id.name };
-                        if let Err(err) = desired.record(vec![write]).await {
-                            tracing::warn!("cannot forget a removed instance: {err}");
-                        }
-                    });
-                }
-            }
+            (Action::Remove, _) => self.remove(&step.instance),
             _ => {}
         }
     }
 
-    /// Writes the pid, start time and restart count of every instance whose values changed, as
-    /// one flushed batch, so the next daemon can find its children again.
-    async fn persist(&mut self) {
+    /// Removes an instance whose program or instance is gone from desired state: it is stopped
+    /// and stays in the table (and its record in the store, a tombstone) until its process has
+    /// stopped; the pass that sees it stopped forgets it. Removal goes through the table, so a
+    /// program that comes back meanwhile gets the same actor back, never a second process beside
+    /// one still stopping, and no removal finishing late can delete a newer record.
+    fn remove(&mut self, name: &str) {
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
+        let gone = {
+            let s = e.status.borrow();
+            s.pid.is_none()
+                && e.awaiting.is_none()
+                && matches!(
+                    s.state,
+                    InstanceState::Stopped
+                        | InstanceState::Exited
+                        | InstanceState::Failed
+                        | InstanceState::Backoff
+                )
+        };
+        if gone {
+            if let Some(e) = self.entries.remove(name) {
+                // Nothing of ours runs: ending the actor leaves nothing behind.
+                e.handle.detach();
+                self.forget.insert(name.to_string());
+                self.table_dirty = true;
+            }
+        } else if !e.removing {
+            e.removing = true;
+            e.handle.stop();
+        }
+    }
+
+    /// Records, as one flushed batch, every instance whose facts changed (of `only` these, when
+    /// given) and forgets the instances that are gone. A batch that fails is tried again after a
+    /// delay (doubling up to [`RECORD_RETRY_MAX`]): nothing counts as recorded until it is.
+    async fn persist(&mut self, only: Option<&[String]>) {
+        let boot = self.boot.clone();
         let mut writes = Vec::new();
-        for (name, e) in &mut self.entries {
-            let (pid, start_time, restarts) = {
-                let s = e.status.borrow();
-                (s.pid, s.pid_start_time, s.restarts)
+        let forget: Vec<String> = if only.is_none() {
+            self.forget.iter().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        for name in &forget {
+            writes.push(StoreWrite::DeleteInstance { name: name.clone() });
+        }
+        let mut changed = Vec::new();
+        let names: Vec<String> = match only {
+            Some(names) => names.to_vec(),
+            None => self.entries.keys().cloned().collect(),
+        };
+        for name in names {
+            let Some(e) = self.entries.get_mut(&name) else {
+                continue;
             };
-            let p = &e.persisted;
-            if (p.pid, p.start_time, p.restarts) != (pid, start_time, restarts) {
-                let record = InstanceRecord {
-                    pid,
-                    start_time,
-                    restarts,
-                    ..InstanceRecord::new(&e.id.program)
-                };
-                e.persisted = record.clone();
+            // Ahead of a start, its command is not sent yet: nothing can have settled it.
+            if only.is_none() {
+                e.settle_launch();
+            }
+            let facts = e.facts();
+            if e.recorded.as_ref() != Some(&facts) {
                 writes.push(StoreWrite::PutInstance {
                     name: name.clone(),
-                    record,
+                    record: facts.record(&e.id.program, boot.as_deref()),
                 });
+                changed.push((name, facts));
             }
         }
-        if !writes.is_empty() {
-            if let Err(e) = self.desired.record(writes).await {
-                tracing::error!("cannot record instance processes: {e}");
+        if writes.is_empty() {
+            return;
+        }
+        match self.desired.record(writes).await {
+            Ok(_) => {
+                for (name, facts) in changed {
+                    if let Some(e) = self.entries.get_mut(&name) {
+                        e.recorded = Some(facts);
+                    }
+                }
+                for name in forget {
+                    self.forget.remove(&name);
+                }
+                if self.retry.take().is_some() {
+                    tracing::info!("instance records written again after a failure");
+                }
+            }
+            Err(e) => {
+                let wait = self
+                    .retry
+                    .map_or(RECORD_RETRY_FIRST, |(_, w)| (w * 2).min(RECORD_RETRY_MAX));
+                tracing::error!(
+                    "cannot record instance processes: {e}; trying again in {}",
+                    crate::config::Dur(wait)
+                );
+                self.retry = Some((Instant::now() + wait, wait));
             }
         }
     }
 
-    /// Daemon shutdown: every instance stopped, one priority level at a time from the highest,
-    /// and what the store remembers of each updated.
+    /// Daemon shutdown: every instance stopped, one priority level at a time from the highest
+    /// (instances being removed included, so none outlives the daemon), and what the store
+    /// remembers of each updated: removed instances forgotten, finished jobs kept finished.
     async fn stop_all(&mut self) {
         let mut levels: BTreeMap<i32, Vec<Entry>> = BTreeMap::new();
         for (_, e) in std::mem::take(&mut self.entries) {
             levels.entry(e.spec.priority).or_default().push(e);
         }
-        let mut writes = Vec::new();
+        let boot = self.boot.clone();
+        let mut writes: Vec<StoreWrite> = std::mem::take(&mut self.forget)
+            .into_iter()
+            .map(|name| StoreWrite::DeleteInstance { name })
+            .collect();
         for (priority, entries) in levels.into_iter().rev() {
             tracing::info!(priority, count = entries.len(), "stopping priority level");
             let mut set = tokio::task::JoinSet::new();
             for e in entries {
-                let status = e.handle.watch();
+                // A finished job stays finished: the stop below turns `exited` into `stopped`.
+                let finished = e.facts().finished;
+                let (id, seq, removing, status) = (e.id, e.seq, e.removing, e.status);
+                let handle = e.handle;
+                let boot = boot.clone();
                 set.spawn(async move {
-                    e.handle.shutdown().await;
-                    let s = status.borrow().clone();
-                    (e.id, s)
+                    handle.shutdown().await;
+                    if removing {
+                        return StoreWrite::DeleteInstance { name: id.name };
+                    }
+                    let restarts = status.borrow().restarts;
+                    let facts = Facts::stopped(restarts, seq, finished);
+                    StoreWrite::PutInstance {
+                        record: facts.record(&id.program, boot.as_deref()),
+                        name: id.name,
+                    }
                 });
             }
             while let Some(joined) = set.join_next().await {
-                if let Ok((id, s)) = joined {
-                    writes.push(StoreWrite::PutInstance {
-                        name: id.name,
-                        record: InstanceRecord {
-                            restarts: s.restarts,
-                            ..InstanceRecord::new(&id.program)
-                        },
-                    });
+                if let Ok(write) = joined {
+                    writes.push(write);
                 }
             }
         }
@@ -574,8 +654,11 @@ impl Loop {
 impl Entry {
     /// Hands a changed spec to the actor and the log sink; unchanged specs cost nothing.
     /// Returns whether the spec changed (the live table, which carries specs, is then stale).
-    fn apply_spec(&mut self, spec: Arc<ProgramSpec>) -> bool {
+    fn apply_spec(&mut self, spec: Arc<ProgramSpec>, generation: Option<u64>) -> bool {
         if *spec == *self.spec {
+            if generation.is_some() {
+                self.generation = generation;
+            }
             return false;
         }
         if spec.log != self.spec.log || spec.instances != self.spec.instances {
@@ -583,6 +666,7 @@ impl Entry {
         }
         self.handle.update_spec(spec.clone());
         self.spec = spec;
+        self.generation = generation;
         true
     }
 
@@ -607,77 +691,82 @@ impl Entry {
         }
         self.status.borrow().state
     }
+
+    /// Drops the written-ahead start once it is over: its process runs (the actor spawned with
+    /// exactly that spec), or the instance settled without one (stopped, exited, failed, found
+    /// running elsewhere).
+    fn settle_launch(&mut self) {
+        if self.launch.is_none() {
+            return;
+        }
+        // Until the actor has taken the command in, its status says nothing about it.
+        self.observed_state();
+        let (Some((launch, _)), None) = (&self.launch, &self.awaiting) else {
+            return;
+        };
+        let s = self.status.borrow();
+        // Usually the very `Arc`; an equal spec (a change applied in place before the spawn
+        // gives the actor a new one) starts the same process.
+        let spawned = s
+            .spawned_spec
+            .as_ref()
+            .is_some_and(|spec| Arc::ptr_eq(spec, launch) || **spec == **launch);
+        let settled = s.pid.is_none()
+            && matches!(
+                s.state,
+                InstanceState::Stopped
+                    | InstanceState::Exited
+                    | InstanceState::Failed
+                    | InstanceState::Running
+            );
+        drop(s);
+        if spawned || settled {
+            self.launch = None;
+        }
+    }
+
+    /// What the record of this instance should say now.
+    fn facts(&self) -> Facts {
+        let s = self.status.borrow();
+        let generation_of = |spec: &Arc<ProgramSpec>| {
+            if Arc::ptr_eq(spec, &self.spec) {
+                return self.generation;
+            }
+            if let Some((launch, generation)) = &self.launch {
+                if Arc::ptr_eq(spec, launch) {
+                    return *generation;
+                }
+            }
+            self.recorded.as_ref().and_then(|r| r.generation_of(spec))
+        };
+        Facts {
+            pid: s.pid,
+            start_time: s.pid_start_time,
+            restarts: s.restarts,
+            spec: s
+                .spawned_spec
+                .as_ref()
+                .map(|spec| (spec.clone(), generation_of(spec))),
+            starting: self.launch.clone(),
+            seq: self.seq,
+            finished: record::finished_of(&s),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Exec, Source};
-    use crate::desired::Programs;
-    use crate::store::ProgramRecord;
-
-    fn programs(specs: &[(&str, u32)]) -> Programs {
-        Arc::new(
-            specs
-                .iter()
-                .map(|(name, instances)| {
-                    let mut spec = ProgramSpec::new(*name, Exec::Command("sleep 1".into()));
-                    spec.instances = *instances;
-                    spec.stop_signal = "INT".into();
-                    let source = Source::File(format!("/p/{name}.toml").into());
-                    (name.to_string(), Arc::new(ProgramRecord::new(spec, source)))
-                })
-                .collect(),
-        )
-    }
-
-    fn remembered(name: &str, program: &str, pid: Option<i32>) -> (String, InstanceRecord) {
-        let record = InstanceRecord {
-            pid,
-            start_time: pid.map(|_| 7),
-            restarts: 2,
-            ..InstanceRecord::new(program)
-        };
-        (name.into(), record)
-    }
 
     #[test]
-    fn orphans_are_remembered_processes_no_program_claims() {
-        let before = programs(&[("web", 3), ("gone", 1)]);
-        let after = programs(&[("web", 2)]);
-        let found = orphans(
-            &before,
-            &after,
-            vec![
-                remembered("web-1", "web", Some(10)),
-                remembered("web-3", "web", Some(11)),
-                remembered("gone", "gone", Some(12)),
-                remembered("idle", "idle", None),
-                remembered("x-2", "x", Some(13)),
-                remembered("bogus", "x", Some(14)),
-            ],
-        );
-        let got: Vec<(&str, u32, &str, Option<i32>)> = found
-            .iter()
-            .map(|o| {
-                (
-                    o.id.name.as_str(),
-                    o.id.index,
-                    o.spec.stop_signal.as_str(),
-                    o.record.pid,
-                )
-            })
-            .collect();
-        // Stop settings come from the spec the program last had; a program unknown even before
-        // (a leftover record) gets the defaults. A name that cannot be an instance of its
-        // program is skipped.
+    fn the_tag_names_the_state_dir_absolute_and_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let tagged = canonical_state_dir(&dir.path().join("link"));
         assert_eq!(
-            got,
-            [
-                ("web-3", 3, "INT", Some(11)),
-                ("gone", 1, "INT", Some(12)),
-                ("x-2", 2, "TERM", Some(13)),
-            ]
+            &*tagged,
+            std::fs::canonicalize(dir.path().join("real")).unwrap()
         );
     }
 }

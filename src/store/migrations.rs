@@ -8,7 +8,8 @@
 //! renamed to `db.sled-0.34.backup/`, untouched. A crash at any point leaves either the old
 //! store alone (the next open starts the upgrade again from scratch), or a complete `db2/` next
 //! to the old `db/` (the next open uses `db2/` and finishes the rename). sled 0.34, and with it
-//! its I/O thread pool, only starts when such an upgrade actually runs.
+//! its I/O thread pool, only starts when such an upgrade actually runs. A sled 1.x store below
+//! the current version (2 → 3) is upgraded in place, in one atomic batch.
 //!
 //! Steps work on JSON values, not on today's Rust types: a step must keep reading the version it
 //! upgrades from after the record types have moved on. `migrations/README.md` describes every

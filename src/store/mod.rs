@@ -14,7 +14,9 @@
 //! Reads run on the caller's thread. Writes go to one writer thread, which serializes them,
 //! commits each batch as one atomic sled batch and flushes before answering, so an acknowledged
 //! write survives `kill -9`; a batch ([`DesiredStore::apply`]) is one flush however many records
-//! it touches. `docs/store.md` has the details.
+//! it touches. A write the file system cannot take is refused before sled starts it, and after a
+//! failed flush the store refuses everything rather than hang ([`StoreError::NoRoom`],
+//! [`StoreError::Failed`]). `docs/store.md` has the details.
 
 mod error;
 mod lock;

@@ -22,10 +22,12 @@ use super::process::{
     is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
     ProcessWatch,
 };
+use super::reaper::kill_escapees;
 use super::spawn::{
     spawn_instance, PipeReservation, SpawnError, STDERR_KEEPALIVE_FD, STDOUT_KEEPALIVE_FD,
 };
 use super::state::{self, Action, Input, InstanceState, Lifecycle, Origin, Policy};
+use super::tag::signal_instance;
 use super::{Command, Event, Initial, InstanceStatus, RuntimeContext};
 
 /// What an event says besides its states and reason (see [`Event`]).
@@ -93,13 +95,34 @@ impl Actor {
         }
     }
 
-    pub(super) async fn run(mut self, initial: Initial) {
-        if let Initial::Adopt {
-            pid, start_time, ..
-        } = initial
-        {
-            self.adopt(pid, start_time);
+    /// Takes the instance to its initial state, synchronously: an adopted process is `running`
+    /// (or the instance `stopped`, saying why) before the handle is returned, so the first
+    /// reconcile pass already sees what the instance runs.
+    pub(super) fn begin(&mut self, initial: Initial) {
+        match initial {
+            Initial::Fresh { .. } => {}
+            Initial::Adopt {
+                pid, start_time, ..
+            } => self.adopt(pid, start_time),
+            Initial::Finished {
+                failed,
+                exit,
+                message,
+                ..
+            } => {
+                self.life.state = if failed {
+                    InstanceState::Failed
+                } else {
+                    InstanceState::Exited
+                };
+                self.status.last_exit = exit;
+                self.status.message = message;
+                self.publish();
+            }
         }
+    }
+
+    pub(super) async fn run(mut self) {
         loop {
             if self.shutting_down && self.child.is_none() && !self.life.state.has_process() {
                 return;
@@ -227,6 +250,7 @@ impl Actor {
         self.ctx.output.attach(spawned.stdout, spawned.stderr);
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;
+        self.status.spawned_spec = Some(Arc::clone(&self.spec));
         self.status.started_at = Some(SystemTime::now());
         self.child = Some(LiveChild {
             watch: spawned.watch,
@@ -238,11 +262,26 @@ impl Actor {
 
     /// Signals the child's process group; falls back to the process alone if it no longer leads a
     /// group (an adopted program that moved itself to another group).
+    ///
+    /// Our own child cannot be mistaken: until this actor reaps it, its pid (the group id) stays
+    /// reserved, zombie or not. An adopted process is reaped by someone else the moment it exits,
+    /// after which its pid and group id may be reused, so it is signalled through its pidfd, and
+    /// its group by number only while the pidfd says it has not exited; once it has, what is left
+    /// of the instance is found by its tag and signalled process by process, also by pidfd.
     fn signal(&self, sig: Signal) {
         let Some(child) = &self.child else { return };
-        let pid = child.watch.pid();
-        if !kill_group(pid, sig) && is_alive(pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        let watch = &child.watch;
+        let pid = watch.pid();
+        if watch.own() {
+            if !kill_group(pid, sig) && is_alive(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+            }
+        } else if !watch.has_exited() {
+            if proc_pgid(pid) != Some(pid) || !kill_group(pid, sig) {
+                watch.send_signal(sig);
+            }
+        } else if let Some(dir) = &self.ctx.state_dir {
+            signal_instance(dir, &self.id.name, sig);
         }
     }
 
@@ -254,8 +293,10 @@ impl Actor {
             tracing::warn!(instance = %self.id.name, error = %e, "cannot wait for the process; treating it as exited");
             ExitInfo::default()
         });
+        self.kill_leftovers(child.watch.own());
         self.status.pid = None;
         self.status.pid_start_time = None;
+        self.status.spawned_spec = None;
         self.status.last_exit = Some(exit);
         self.status.stopped_at = Some(SystemTime::now());
         self.apply(Input::Exited {
@@ -263,6 +304,25 @@ impl Actor {
             signal: exit.signal,
             uptime: child.started.elapsed(),
         });
+    }
+
+    /// After the instance's process exited: kills what it left outside its process group (its
+    /// group was killed already, if it was ours), before anything is spawned again, so nothing
+    /// tagged with this instance's name is left but what the next spawn starts. Our own child's
+    /// escapees were re-parented to the daemon (a subreaper); an adopted process's leftovers are
+    /// wherever they are, and found by a scan of `/proc`.
+    fn kill_leftovers(&self, own: bool) {
+        let Some(dir) = &self.ctx.state_dir else {
+            return;
+        };
+        let killed = if own {
+            kill_escapees(dir, &self.id.name)
+        } else {
+            signal_instance(dir, &self.id.name, Signal::SIGKILL)
+        };
+        if killed > 0 {
+            tracing::info!(instance = %self.id.name, killed, "killed what the exited process left running outside its process group");
+        }
     }
 
     fn on_probe(&mut self, index: usize, result: ProbeResult) {
@@ -311,6 +371,12 @@ impl Actor {
 
     fn update_spec(&mut self, spec: Arc<ProgramSpec>) {
         let old = std::mem::replace(&mut self.spec, spec);
+        // A change that needs no restart applies to the running process at once; one that does
+        // (command, environment, directory) only to the next spawn.
+        if self.status.spawned_spec.is_some() && same_launch(&old, &self.spec) {
+            self.status.spawned_spec = Some(Arc::clone(&self.spec));
+            self.publish();
+        }
         self.policy = Policy::of(&self.spec);
         self.stop_signal = stop_signal_of(&self.spec);
         if old.restart_interval != self.spec.restart_interval {
@@ -413,7 +479,7 @@ impl Actor {
             None => Err(format!("pid {pid} is gone; not adopted")),
         };
         verify(proc_start_time(pid))?;
-        let watch = ProcessWatch::open(pid)
+        let watch = ProcessWatch::adopt(pid)
             .map_err(|e| format!("cannot watch pid {pid} (pidfd_open): {e}; not adopted"))?;
         // Checked again now that the pidfd pins the process: the pid cannot be recycled any more.
         verify(proc_start_time(pid))?;
@@ -432,6 +498,7 @@ impl Actor {
             .unwrap_or_default();
         self.status.pid = Some(pid);
         self.status.pid_start_time = Some(start_time);
+        self.status.spawned_spec = Some(Arc::clone(&self.spec));
         self.status.started_at = started_wall;
         self.child = Some(LiveChild {
             watch,
@@ -471,6 +538,12 @@ fn reopen_pipe(pid: i32, keep: i32, stream: i32) -> Result<OwnedFd, String> {
     let file = std::fs::File::open(format!("/proc/{pid}/fd/{keep}"))
         .map_err(|e| format!("cannot reopen fd {keep} of pid {pid}: {e}"))?;
     Ok(OwnedFd::from(file))
+}
+
+/// Whether two specs start the same process: what a restart-class change (SPEC §3.4: command or
+/// args, work_dir, env, use_os_env) would differ in.
+fn same_launch(a: &ProgramSpec, b: &ProgramSpec) -> bool {
+    a.exec == b.exec && a.work_dir == b.work_dir && a.env == b.env && a.use_os_env == b.use_os_env
 }
 
 fn stop_signal_of(spec: &ProgramSpec) -> Signal {

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DetectorKind, DetectorSpec, Dur, InstanceId, ProgramSpec};
 
-use super::process::{is_alive, kill_group, ProcessWatch};
+use super::process::{is_alive, kill_group, reap_owned, spawn_owned, ProcessWatch};
 use super::spawn::configure;
 
 /// The shortest probe interval honoured, so a `0s` interval cannot turn into a busy loop.
@@ -111,16 +111,15 @@ async fn run_command(
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     configure(&mut cmd, spec, id, state_dir);
     cmd.env(DETECTOR_COMMAND_ENV, command);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run the detector command: {e}"))?;
+    let child =
+        spawn_owned(&mut cmd).map_err(|e| format!("cannot run the detector command: {e}"))?;
     let pid = child.id() as i32;
     drop(child);
     let watch = match ProcessWatch::open(pid) {
         Ok(w) => w,
         Err(e) => {
             kill_group(pid, Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            reap_owned(pid);
             return Err(format!("cannot watch the detector command: {e}"));
         }
     };

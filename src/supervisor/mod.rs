@@ -8,6 +8,9 @@
 //! wait for the exit through a pidfd and reap it (`process.rs`), probe detectors (`health.rs`).
 //! Output pipes are handed to an [`OutputSink`] (`output.rs`), implemented by the logs module.
 //!
+//! Every child carries a tag (`spawn.rs`) by which `tag.rs` finds the daemon's processes in
+//! `/proc`; `reaper.rs` makes the daemon their subreaper and reaps the orphans no actor owns.
+//!
 //! See `docs/runtime.md` for the design: why children keep fd 3/4, the state table, stop
 //! escalation and pidfd reaping.
 
@@ -16,8 +19,10 @@ pub mod argv;
 pub mod health;
 pub mod output;
 mod process;
+pub mod reaper;
 pub mod spawn;
 pub mod state;
+pub mod tag;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,7 +37,10 @@ use crate::config::{InstanceId, ProgramSpec};
 pub use argv::argv;
 pub use health::probe_detectors;
 pub use output::OutputSink;
-pub use process::{parse_signal, proc_start_time, raise_fd_limit, ExitInfo, FdLimit, FdLimitError};
+pub use process::{
+    boot_id, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit, signal_group_of,
+    ExitInfo, FdLimit, FdLimitError,
+};
 pub use spawn::{SpawnError, INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
 pub use state::InstanceState;
 
@@ -52,7 +60,7 @@ pub struct RuntimeContext {
 }
 
 /// How an actor begins.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Initial {
     /// `stopped`, with the restart count carried over from the store.
     Fresh { restarts: u64 },
@@ -62,6 +70,14 @@ pub enum Initial {
         pid: i32,
         start_time: u64,
         restarts: u64,
+    },
+    /// An instance whose process ended without a restart due, as an earlier daemon saw it:
+    /// `exited` (or `failed`), so it is not started again until asked.
+    Finished {
+        restarts: u64,
+        failed: bool,
+        exit: Option<ExitInfo>,
+        message: Option<String>,
     },
 }
 
@@ -75,6 +91,11 @@ pub struct InstanceStatus {
     pub pid: Option<i32>,
     /// Field 22 of `/proc/PID/stat`: with `pid`, what a later daemon needs to find the process again.
     pub pid_start_time: Option<u64>,
+    /// The spec the process `pid` runs with: the actor's spec when it spawned (or adopted) it,
+    /// followed by changes applied in place since. The reconcile loop records it, so a later
+    /// daemon knows what the process runs. Not part of the wire form.
+    #[serde(skip)]
+    pub spawned_spec: Option<Arc<ProgramSpec>>,
     /// Automatic restarts (crash restarts and unhealthy restarts, not explicit ones).
     pub restarts: u64,
     #[serde(with = "rfc3339_opt")]
@@ -102,6 +123,7 @@ impl InstanceStatus {
             state: InstanceState::Stopped,
             pid: None,
             pid_start_time: None,
+            spawned_spec: None,
             restarts,
             started_at: None,
             stopped_at: None,
@@ -168,7 +190,8 @@ impl InstanceHandle {
     /// Starts the actor of instance `id` on the current tokio runtime.
     ///
     /// A `Fresh` instance waits, `stopped`, for [`start`](Self::start); an adopted one is `running`
-    /// at once (or `stopped` when the pid is no longer the process it was).
+    /// when this returns (or `stopped` when the pid is no longer the process it was); a
+    /// `Finished` one is `exited` or `failed`.
     ///
     /// Panics when called outside a tokio runtime (like `tokio::spawn`).
     pub fn spawn(
@@ -178,12 +201,15 @@ impl InstanceHandle {
         initial: Initial,
     ) -> InstanceHandle {
         let restarts = match initial {
-            Initial::Fresh { restarts } | Initial::Adopt { restarts, .. } => restarts,
+            Initial::Fresh { restarts }
+            | Initial::Adopt { restarts, .. }
+            | Initial::Finished { restarts, .. } => restarts,
         };
         let (tx, rx) = watch::channel(InstanceStatus::stopped(&id, restarts));
         let (commands, inbox) = mpsc::unbounded_channel();
-        let actor = actor::Actor::new(id, spec, ctx, restarts, tx, inbox);
-        let task = tokio::spawn(actor.run(initial));
+        let mut actor = actor::Actor::new(id, spec, ctx, restarts, tx, inbox);
+        actor.begin(initial);
+        let task = tokio::spawn(actor.run());
         InstanceHandle {
             commands,
             status: rx,

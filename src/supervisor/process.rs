@@ -6,10 +6,17 @@
 //! `waitpid(pid, WNOHANG)`. There is no `waitpid(-1)` (it would steal other components' exit
 //! statuses) and no SIGCHLD-driven sweep over all children (tokio::process's orphan reaping costs
 //! O(children) per signal, which adds up with a thousand instances).
+//!
+//! Every child this runtime forks goes through [`spawn_owned`], which records its pid as *owned*:
+//! reaped by whoever watches it. The orphan reaper (`reaper.rs`) reaps only children that are
+//! not owned — processes re-parented to the daemon — so it never takes an exit status from an
+//! actor.
 
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::OnceLock;
+use std::process::{Child, Command};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -36,10 +43,61 @@ impl std::fmt::Display for ExitInfo {
     }
 }
 
+/// Pids this process forked and reaps itself, through a [`ProcessWatch`] or right after a
+/// failed spawn. A std lock: held for a set operation only, never across an `.await`.
+static OWNED: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
+
+/// Held (shared) by every fork from [`spawn_owned`] until the child's pid is in [`OWNED`], and
+/// (exclusive) by the orphan reaper while it picks zombies: a child that dies before it is
+/// recorded is never mistaken for an orphan — std itself reaps a child whose `exec` failed, and
+/// asserts that it could.
+pub(crate) static SPAWN_GATE: RwLock<()> = RwLock::new(());
+
+/// Spawns `cmd` and records the child as owned (see the module docs).
+pub(crate) fn spawn_owned(cmd: &mut Command) -> io::Result<Child> {
+    let _gate = SPAWN_GATE.read().unwrap_or_else(PoisonError::into_inner);
+    let child = cmd.spawn()?;
+    OWNED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get_or_insert_with(HashSet::new)
+        .insert(child.id() as i32);
+    Ok(child)
+}
+
+/// Whether `pid` is a child this process reaps itself.
+pub(crate) fn is_owned(pid: i32) -> bool {
+    OWNED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .is_some_and(|set| set.contains(&pid))
+}
+
+/// Forgets an owned child once it has been reaped.
+pub(crate) fn disown(pid: i32) {
+    if let Some(set) = OWNED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        set.remove(&pid);
+    }
+}
+
+/// Reaps an owned child synchronously (after a failed spawn) and forgets it.
+pub(crate) fn reap_owned(pid: i32) {
+    let _ = waitpid(Pid::from_raw(pid), None);
+    disown(pid);
+}
+
 /// An exit watch on one process that leads its own process group.
 pub(crate) struct ProcessWatch {
     pid: i32,
     pidfd: AsyncFd<OwnedFd>,
+    /// Our own child, which this watch reaps; else a process adopted from an earlier daemon,
+    /// whose parent reaps it and whose group id may be reused once it is reaped.
+    own: bool,
 }
 
 impl ProcessWatch {
@@ -49,12 +107,18 @@ impl ProcessWatch {
     /// zombie still has a pidfd. For any other process, the caller checks identity (start time)
     /// again after opening: from then on the pidfd pins the process, so the pid cannot be reused.
     pub(crate) fn open(pid: i32) -> io::Result<ProcessWatch> {
-        let rpid = rustix::process::Pid::from_raw(pid)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid must be positive"))?;
-        let fd = rustix::process::pidfd_open(rpid, PidfdFlags::empty())?;
         Ok(ProcessWatch {
             pid,
-            pidfd: register(fd)?,
+            pidfd: register(pidfd(pid)?)?,
+            own: true,
+        })
+    }
+
+    /// A watch on a process that is not our child (adopted): see [`ProcessWatch::own`].
+    pub(crate) fn adopt(pid: i32) -> io::Result<ProcessWatch> {
+        Ok(ProcessWatch {
+            own: false,
+            ..ProcessWatch::open(pid)?
         })
     }
 
@@ -62,28 +126,61 @@ impl ProcessWatch {
         self.pid
     }
 
-    /// Waits until the process has exited, `SIGKILL`s whatever is left of its process group, and
-    /// reaps it if it is our child. Cancel-safe until it returns; call it again only if it failed.
+    pub(crate) fn own(&self) -> bool {
+        self.own
+    }
+
+    /// Whether the process has exited (its pidfd is readable), without waiting.
+    pub(crate) fn has_exited(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            self.pidfd.get_ref(),
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+    }
+
+    /// Sends `sig` to this very process through its pidfd: never to a process that reused its
+    /// pid. `false` if it has exited.
+    pub(crate) fn send_signal(&self, sig: Signal) -> bool {
+        match rustix::process::Signal::from_named_raw(sig as i32) {
+            Some(s) => rustix::process::pidfd_send_signal(self.pidfd.get_ref(), s).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Waits until the process has exited, `SIGKILL`s whatever is left of its process group (our
+    /// own child only), and reaps it if it is our child. Cancel-safe until it returns; call it
+    /// again only if it failed.
     ///
     /// The group is killed *before* the leader is reaped on purpose: while the leader is an
     /// unreaped zombie its pid — which is the group id — cannot be reused, so the signal can only
     /// reach members of our group (grandchildren that outlived their parent, e.g. `sleep 300 &`).
+    /// An adopted leader is reaped by its own parent the moment it exits, so its group id may
+    /// already name someone else's group: its leftovers are found by their tag instead (actor).
     pub(crate) async fn exited(&self) -> io::Result<ExitInfo> {
         loop {
             let guard = self.pidfd.readable().await?;
-            kill_group(self.pid, Signal::SIGKILL);
+            if self.own {
+                kill_group(self.pid, Signal::SIGKILL);
+            }
             match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => {
+                    disown(self.pid);
                     return Ok(ExitInfo {
                         code: Some(code),
                         signal: None,
-                    })
+                    });
                 }
                 Ok(WaitStatus::Signaled(_, sig, _)) => {
+                    disown(self.pid);
                     return Ok(ExitInfo {
                         code: None,
                         signal: Some(sig as i32),
-                    })
+                    });
                 }
                 // Not our child (adopted after a daemon restart): its parent reaps it, the exit
                 // status is not ours to know.
@@ -103,6 +200,13 @@ impl ProcessWatch {
     }
 }
 
+/// A pidfd for `pid`.
+pub(crate) fn pidfd(pid: i32) -> io::Result<OwnedFd> {
+    let rpid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid must be positive"))?;
+    Ok(rustix::process::pidfd_open(rpid, PidfdFlags::empty())?)
+}
+
 /// Registers an owned descriptor with tokio's reactor for readability.
 // tokio marks registration unsafe because a generic `AsRawFd` could hand out different or closed
 // descriptors over time. An `OwnedFd` cannot: it is open from creation until the `AsyncFd` drops
@@ -111,6 +215,26 @@ impl ProcessWatch {
 pub(crate) fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: see above; `fd` is owned, open, and moved into the AsyncFd for its whole life.
     unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
+}
+
+/// Sends `sig` to the process group led by `pid`, but only while `pid` is still the process that
+/// started at `start_time`: its pidfd pins it first, so neither a reused pid nor a group whose
+/// leader has gone (whose number may be someone else's) is ever signalled. A leader that moved
+/// to another group gets the signal alone. `false` if it is gone.
+pub fn signal_group_of(pid: i32, start_time: u64, sig: Signal) -> bool {
+    let Ok(fd) = pidfd(pid) else {
+        return false;
+    };
+    if proc_start_time(pid) != Some(start_time) {
+        return false;
+    }
+    if proc_pgid(pid) == Some(pid) && kill_group(pid, sig) {
+        return true;
+    }
+    match rustix::process::Signal::from_named_raw(sig as i32) {
+        Some(s) => rustix::process::pidfd_send_signal(&fd, s).is_ok(),
+        None => false,
+    }
 }
 
 /// Sends `sig` to the process group `pgid`. A group that no longer exists is not an error.
@@ -234,6 +358,11 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
     stat_fields(pid)?.get(22 - 3)?.parse().ok()
 }
 
+/// True when `pid` is alive (not a zombie) and started at `start_time`: still that process.
+pub fn proc_alive_since(pid: i32, start_time: u64) -> bool {
+    pid > 0 && proc_stat(pid).is_some_and(|s| !s.zombie && s.start_time == start_time)
+}
+
 /// True when `pid` exists and is not a zombie.
 pub(crate) fn is_alive(pid: i32) -> bool {
     if pid <= 0 {
@@ -248,6 +377,39 @@ pub(crate) fn is_alive(pid: i32) -> bool {
 /// The process group of `pid`, from `/proc` (works for processes that are not our children).
 pub(crate) fn proc_pgid(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(5 - 3)?.parse().ok()
+}
+
+/// What `/proc/PID/stat` says about a process: parent, group, state, start time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub ppid: i32,
+    pub pgid: i32,
+    pub zombie: bool,
+    pub start_time: u64,
+}
+
+pub(crate) fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let f = stat_fields(pid)?;
+    Some(ProcStat {
+        zombie: f.first().is_some_and(|s| s == "Z" || s == "X"),
+        ppid: f.get(4 - 3)?.parse().ok()?,
+        pgid: f.get(5 - 3)?.parse().ok()?,
+        start_time: f.get(22 - 3)?.parse().ok()?,
+    })
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`), read once: a pid and start time name
+/// one process only within one boot. `None` without that file.
+pub fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        })
+        .as_deref()
 }
 
 /// Converts a start time in clock ticks since boot to wall-clock time (`btime` of `/proc/stat`).

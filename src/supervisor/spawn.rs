@@ -18,7 +18,9 @@ use std::sync::OnceLock;
 use crate::config::{InstanceId, ProgramSpec};
 
 use super::argv::argv;
-use super::process::{child_fd_limit, kill_group, proc_start_time, ProcessWatch};
+use super::process::{
+    child_fd_limit, kill_group, proc_start_time, reap_owned, spawn_owned, ProcessWatch,
+};
 
 /// `PATH` of a child when `use_os_env = false` (SPEC §5).
 pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -113,7 +115,7 @@ pub(crate) fn spawn_instance(
     configure(&mut cmd, spec, id, state_dir);
     keep_output_read_ends(&mut cmd, out_r.as_raw_fd(), err_r.as_raw_fd());
 
-    let spawned = cmd.spawn();
+    let spawned = spawn_owned(&mut cmd);
     // The Command owns the parent's copies of the write ends: drop it now, or the sink would never
     // see end-of-file after the child exits.
     drop(cmd);
@@ -132,7 +134,7 @@ pub(crate) fn spawn_instance(
         Err(source) => {
             // Without an exit watch the child cannot be supervised: end it and reap it here.
             kill_group(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            reap_owned(pid);
             return Err(SpawnError::Watch {
                 program: program(),
                 pid,

@@ -73,8 +73,9 @@ fn junk_json() -> impl Strategy<Value = Value> {
     })
 }
 
-/// Program names. Not `api-good`: a file claiming an API program's name is the ownership
-/// window of `a_program_file_cannot_take_over_an_api_program`.
+/// Program names. Not `api-good`: a valid file claiming an API program's name takes it over, by
+/// design (`docs/reliability.md`, window 7), which the "changed no other program" check below
+/// would count as a change.
 fn names() -> impl Strategy<Value = Value> {
     prop_oneof![
         Just(json!("fz")),
@@ -790,36 +791,6 @@ fn a_null_command_is_a_named_error() {
     assert!(
         answer["error"].as_str().is_some_and(|e| !e.is_empty()),
         "{answer}"
-    );
-}
-
-#[test]
-#[ignore = "ownership is checked before the write, not in it: fixed on branch crash"]
-fn a_program_file_cannot_take_over_an_api_program() {
-    let t = Target::start();
-    let path = t.programs_dir().join("fz.toml");
-    std::fs::write(&path, "name = \"api-good\"\ncommand = \"sleep 3601\"\n").unwrap();
-    let (_, report) = t.call("POST", "/reload", &[], None);
-    let (_, programs) = t.call("GET", "/programs", &[], None);
-    let api_good = programs
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|p| p["name"] == "api-good")
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(api_good["source"], "api", "{programs}");
-    assert_eq!(
-        api_good["spec"]["exec"]["command"], "sleep 3600",
-        "{programs}"
-    );
-    assert!(
-        report["errors"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["file"].as_str() == Some(&*path.to_string_lossy())),
-        "the file's claim should be an error naming it: {report}"
     );
 }
 

@@ -8,6 +8,7 @@
 mod api;
 mod badinput;
 mod config;
+mod crash;
 mod daemon;
 mod hotreload;
 mod logs;

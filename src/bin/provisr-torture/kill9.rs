@@ -50,6 +50,9 @@ fn job_runs(log: &std::path::Path) -> usize {
 const MAX_WRITE_MS: u64 = 60;
 /// How long a restarted daemon may take to settle before that counts as a violation.
 const SETTLE: Duration = Duration::from_secs(10);
+/// How long a restarted daemon may sit unchanged, nothing in progress, short of settled, before
+/// that counts as stuck (a violation) rather than slow.
+const STUCK: Duration = Duration::from_secs(1);
 /// Once the daemon reports it settled, how long `/proc` may take to agree (reaping).
 const PROC_GRACE: Duration = Duration::from_secs(3);
 
@@ -342,6 +345,16 @@ impl Writer {
     }
 }
 
+/// The program an instance name belongs to.
+fn program_of_instance(instance: &str, programs: &BTreeMap<String, Prog>) -> String {
+    match instance.rsplit_once('-') {
+        Some((base, n)) if n.parse::<u32>().is_ok() && programs.contains_key(base) => {
+            base.to_string()
+        }
+        _ => instance.to_string(),
+    }
+}
+
 /// The instance names a program runs.
 fn instance_names(name: &str, instances: u32) -> Vec<String> {
     if instances <= 1 {
@@ -473,13 +486,28 @@ fn verify(
             expected.contains_key(n) || matches!(st.as_str(), "stopped" | "exited" | "failed")
         })
     };
+    // Settled, or stuck: nothing starting, stopping or in backoff, and no change for 1 s.
     let mut last = BTreeMap::new();
-    if poll(SETTLE, || {
-        last = status(d)?;
-        settled(&last).then_some(())
-    })
-    .is_none()
-    {
+    let deadline = Instant::now() + SETTLE;
+    let mut unchanged_since = Instant::now();
+    let outcome = loop {
+        let now = status(d).unwrap_or_default();
+        if settled(&now) {
+            break true;
+        }
+        let transient = now
+            .values()
+            .any(|(st, _)| matches!(st.as_str(), "starting" | "stopping" | "backoff"));
+        if transient || now != last {
+            unchanged_since = Instant::now();
+        }
+        last = now;
+        if Instant::now() >= deadline || unchanged_since.elapsed() >= STUCK {
+            break false;
+        }
+        thread::sleep(Duration::from_millis(2));
+    };
+    if !outcome {
         broken.unsettled += 1;
         let odd: Vec<String> = last
             .iter()
@@ -496,7 +524,7 @@ fn verify(
             )
             .collect();
         report.violation(format!(
-            "cycle {cycle}: the restarted daemon did not settle within {SETTLE:?}: {}",
+            "cycle {cycle}: the restarted daemon did not settle (within {SETTLE:?}, or stuck for {STUCK:?}): {}",
             odd.join(", ")
         ));
     }
@@ -569,11 +597,20 @@ fn verify(
                 }
             }
         }
+        let mut heal = BTreeSet::new();
         for name in expected.keys().filter(|n| !found.contains_key(*n)) {
             broken.missing += 1;
             report.violation(format!(
                 "cycle {cycle}: missing: {name} is desired running but no process of it runs"
             ));
+            heal.insert(program_of_instance(name, &observed));
+        }
+        // Leave the next cycle a clean slate here too: an explicit start (desired state stays
+        // `running`) so the fault is counted once, not in every later cycle.
+        for program in heal {
+            let _ =
+                d.api
+                    .post::<Value>("/start", &[("name", program), ("wait", "10s".into())], None);
         }
     }
     if poll(Duration::from_secs(2), || {

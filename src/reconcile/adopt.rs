@@ -1,0 +1,469 @@
+//! What a starting daemon takes over: the processes an earlier daemon left, found from the
+//! store's instance records *and* from `/proc` by their tag, so that a child spawned but not yet
+//! recorded when that daemon died is found too (`docs/reliability.md`, window 1).
+//!
+//! Per instance name, the record says what was intended (the spec its process runs, a start
+//! written ahead, the requests it carried out, how a finished job ended) and `/proc` says what
+//! runs. [`takeover`] is the pure decision; the loop carries it out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::config::{Exec, InstanceId, ProgramSpec};
+use crate::desired::Programs;
+use crate::plan::RunSeq;
+use crate::store::{Finished, InstanceRecord, ProgramRecord};
+use crate::supervisor::tag::Tagged;
+use crate::supervisor::{ExitInfo, Initial};
+
+/// One instance the loop starts with.
+#[derive(Debug)]
+pub(super) struct Adopted {
+    pub id: InstanceId,
+    /// The spec its process runs, as far as the record knows; else the desired one.
+    pub spec: Arc<ProgramSpec>,
+    /// The generation of `spec`, when known.
+    pub generation: Option<u64>,
+    pub initial: Initial,
+    /// The requests it has carried out.
+    pub seq: RunSeq,
+    /// Its record as stored, if any.
+    pub record: Option<InstanceRecord>,
+    /// No program claims it any more: the first pass stops it and forgets it.
+    pub orphan: bool,
+    /// Where its process was found: `"record"` or `"tag"`; `None` without a process.
+    pub found_by: Option<&'static str>,
+}
+
+/// What a starting daemon does about the records and tagged processes it finds.
+#[derive(Debug, Default)]
+pub(super) struct Takeover {
+    pub adopted: Vec<Adopted>,
+    /// Records that name no process and that no program claims: deleted.
+    pub forget: Vec<String>,
+    /// Tagged processes nothing will adopt and that no adopted process's group holds: detector
+    /// commands whose daemon died, and processes whose group leader has died. Killed.
+    pub leftovers: Vec<Tagged>,
+}
+
+/// Decides, per instance name, what to adopt, forget and kill.
+///
+/// - `records`: the store's instance records; `tagged`: the live processes carrying this
+///   daemon's tag; `boot`: this boot's id; `alive(pid, start_time)`: whether that process lives.
+/// - A recorded pid is adopted when it lives with its recorded start time and its record is of
+///   this boot (or predates boot ids). Else the oldest tagged process leading its own group under
+///   the instance's name is: spawned, but not recorded by the daemon that died. It runs the spec
+///   the record wrote ahead for the start under way, or else the one the record names.
+/// - A record whose process is gone keeps its restarts; one whose job finished in this boot
+///   stays finished (`exited`/`failed`) rather than starting again.
+pub(super) fn takeover(
+    programs: &Programs,
+    records: Vec<(String, InstanceRecord)>,
+    tagged: &[Tagged],
+    boot: Option<&str>,
+    alive: impl Fn(i32, u64) -> bool,
+) -> Takeover {
+    let mut claims: BTreeMap<String, (&ProgramRecord, InstanceId)> = BTreeMap::new();
+    for program in programs.values() {
+        for id in program.spec.instances() {
+            claims.insert(id.name.clone(), (program, id));
+        }
+    }
+    let mut leaders: BTreeMap<&str, Vec<&Tagged>> = BTreeMap::new();
+    for t in tagged.iter().filter(|t| !t.detector && t.leads_group()) {
+        leaders.entry(t.name.as_str()).or_default().push(t);
+    }
+    let mut records: BTreeMap<String, InstanceRecord> = records.into_iter().collect();
+    let names: BTreeSet<String> = records
+        .keys()
+        .cloned()
+        .chain(leaders.keys().map(|n| n.to_string()))
+        .collect();
+    let mut out = Takeover::default();
+    for name in names {
+        let record = records.remove(&name);
+        let this_boot = |r: &InstanceRecord| match (r.boot_id.as_deref(), boot) {
+            (Some(theirs), Some(ours)) => theirs == ours,
+            _ => true,
+        };
+        let recorded = record
+            .as_ref()
+            .filter(|r| this_boot(r))
+            .and_then(|r| Some((r.pid?, r.start_time?)))
+            .filter(|&(pid, start_time)| alive(pid, start_time));
+        // The process, the spec it runs (if the record knows) with its generation, and how it
+        // was found.
+        let process = match recorded {
+            Some((pid, start_time)) => {
+                let spec = record
+                    .as_ref()
+                    .and_then(|r| Some((r.spec.clone()?, r.generation)));
+                Some((pid, start_time, spec, "record"))
+            }
+            None => leaders
+                .get(name.as_str())
+                .and_then(|found| found.iter().min_by_key(|t| (t.start_time, t.pid)))
+                .map(|t| {
+                    let spec = record.as_ref().and_then(|r| match &r.starting {
+                        Some(l) => Some((l.spec.clone(), Some(l.generation))),
+                        None => Some((r.spec.clone()?, r.generation)),
+                    });
+                    (t.pid, t.start_time, spec, "tag")
+                }),
+        };
+        let restarts = record.as_ref().map_or(0, |r| r.restarts);
+        let claim = claims.get(&name);
+        match (claim, process) {
+            (Some((program, id)), process) => {
+                let wanted = program.instance_desired(&name).seq;
+                let seq = record.as_ref().and_then(|r| r.seq).unwrap_or(wanted);
+                let (spec, generation, initial, found_by) = match process {
+                    Some((pid, start_time, spec, found_by)) => {
+                        let (spec, generation) = match spec {
+                            Some((spec, generation)) => (Arc::new(spec), generation),
+                            None => (Arc::new(program.spec.clone()), Some(program.generation)),
+                        };
+                        let initial = Initial::Adopt {
+                            pid,
+                            start_time,
+                            restarts,
+                        };
+                        (spec, generation, initial, Some(found_by))
+                    }
+                    None => {
+                        let finished = record
+                            .as_ref()
+                            .filter(|r| r.boot_id.is_some() && this_boot(r))
+                            .and_then(|r| r.finished.clone().or_else(|| ended(r, program)));
+                        let initial = match finished {
+                            Some(f) => Initial::Finished {
+                                restarts,
+                                failed: f.failed,
+                                exit: Some(ExitInfo {
+                                    code: f.code,
+                                    signal: f.signal,
+                                }),
+                                message: f.message,
+                            },
+                            None => Initial::Fresh { restarts },
+                        };
+                        let spec = Arc::new(program.spec.clone());
+                        (spec, Some(program.generation), initial, None)
+                    }
+                };
+                out.adopted.push(Adopted {
+                    id: id.clone(),
+                    spec,
+                    generation,
+                    initial,
+                    seq,
+                    record,
+                    orphan: false,
+                    found_by,
+                });
+            }
+            (None, Some((pid, start_time, spec, found_by))) => {
+                let program = record.as_ref().map(|r| r.program.as_str());
+                let index = leaders
+                    .get(name.as_str())
+                    .and_then(|found| found.iter().find(|t| t.pid == pid))
+                    .and_then(|t| t.index);
+                let id = orphan_id(&name, program, index);
+                // Stop settings: the record's, else those the program (scaled down) has now.
+                let (spec, generation) = match spec {
+                    Some((spec, generation)) => (spec, generation),
+                    None => match programs.get(&id.program) {
+                        Some(p) => (p.spec.clone(), None),
+                        None => (
+                            ProgramSpec::new(id.program.clone(), Exec::Args(Vec::new())),
+                            None,
+                        ),
+                    },
+                };
+                out.adopted.push(Adopted {
+                    id,
+                    spec: Arc::new(spec),
+                    generation,
+                    initial: Initial::Adopt {
+                        pid,
+                        start_time,
+                        restarts,
+                    },
+                    seq: RunSeq::default(),
+                    record,
+                    orphan: true,
+                    found_by: Some(found_by),
+                });
+            }
+            (None, None) => out.forget.push(name),
+        }
+    }
+    // Tagged processes that belong to no live group of their instance: detector commands (no
+    // daemon waits for them now) and members whose group leader is gone.
+    let leads = |pgid: i32, name: &str| {
+        tagged
+            .iter()
+            .any(|l| l.pid == pgid && l.name == name && l.leads_group())
+    };
+    out.leftovers = tagged
+        .iter()
+        .filter(|t| t.detector || (!t.leads_group() && !leads(t.pgid, &t.name)))
+        .cloned()
+        .collect();
+    out
+}
+
+/// A process of this boot that the record names (or whose start it wrote ahead) and that is gone:
+/// it ended while no daemon ran. Without `auto_restart` nothing restarts a process that ended, so
+/// the instance is `exited`, as it would be had a daemon seen the exit — a job that ran is not
+/// run again. (Had the daemon died between writing a start ahead and spawning, which takes a few
+/// milliseconds, that start is lost: a process is never started twice.)
+fn ended(r: &InstanceRecord, program: &ProgramRecord) -> Option<Finished> {
+    (r.may_run() && !program.spec.auto_restart).then(|| Finished {
+        failed: false,
+        code: None,
+        signal: None,
+        message: Some(
+            "its process ended while no daemon ran; not restarted (auto_restart is off)"
+                .to_string(),
+        ),
+    })
+}
+
+/// The id of an instance no program claims, named `name`: instance `index` of `program` when
+/// that spells `name`, else a single instance of a program called `name`. Only its name and
+/// program matter: it is stopped and forgotten.
+fn orphan_id(name: &str, program: Option<&str>, index: Option<u32>) -> InstanceId {
+    let suffix_index = |program: &str| -> Option<u32> {
+        name.strip_prefix(program)?.strip_prefix('-')?.parse().ok()
+    };
+    if let Some(program) = program {
+        if name == program {
+            return InstanceId::new(program, 1, 1);
+        }
+        if let Some(i) = suffix_index(program).filter(|i| *i > 0) {
+            return InstanceId::new(program, i, i.max(2));
+        }
+    }
+    if let Some(i) = index.filter(|i| *i > 0) {
+        if let Some(program) = name.strip_suffix(&format!("-{i}")) {
+            return InstanceId::new(program, i, i.max(2));
+        }
+    }
+    InstanceId::new(name, 1, 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Source;
+    use crate::store::Launch;
+
+    fn spec(name: &str, command: &str, instances: u32) -> ProgramSpec {
+        let mut spec = ProgramSpec::new(name, Exec::Command(command.into()));
+        spec.instances = instances;
+        spec
+    }
+
+    fn programs(specs: &[ProgramSpec]) -> Programs {
+        Arc::new(
+            specs
+                .iter()
+                .map(|s| {
+                    let mut r = ProgramRecord::new(s.clone(), Source::Api);
+                    r.generation = 5;
+                    (s.name.clone(), Arc::new(r))
+                })
+                .collect(),
+        )
+    }
+
+    fn record(program: &str, pid: Option<i32>) -> InstanceRecord {
+        InstanceRecord {
+            pid,
+            start_time: pid.map(|p| p as u64 * 10),
+            restarts: 2,
+            boot_id: Some("this".into()),
+            ..InstanceRecord::new(program)
+        }
+    }
+
+    fn tag(pid: i32, name: &str, pgid: i32) -> Tagged {
+        Tagged {
+            pid,
+            ppid: 1,
+            pgid,
+            start_time: pid as u64 * 10,
+            name: name.into(),
+            index: None,
+            detector: false,
+        }
+    }
+
+    /// Every pid below 100 lives, with start time pid × 10.
+    fn alive(pid: i32, start_time: u64) -> bool {
+        pid < 100 && start_time == pid as u64 * 10
+    }
+
+    fn pid_of(a: &Adopted) -> Option<i32> {
+        match a.initial {
+            Initial::Adopt { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_recorded_live_process_is_adopted_with_the_spec_it_runs() {
+        let old = spec("web", "sleep 1", 1);
+        let p = programs(&[spec("web", "sleep 2", 1)]);
+        let mut r = record("web", Some(10));
+        r.spec = Some(old.clone());
+        r.generation = Some(4);
+        let t = takeover(&p, vec![("web".into(), r)], &[], Some("this"), alive);
+        let a = &t.adopted[0];
+        assert_eq!(
+            (pid_of(a), a.found_by, a.orphan),
+            (Some(10), Some("record"), false)
+        );
+        assert_eq!((&*a.spec, a.generation), (&old, Some(4)));
+    }
+
+    #[test]
+    fn an_unrecorded_tagged_leader_is_adopted_and_runs_the_start_written_ahead() {
+        let p = programs(&[spec("web", "sleep 2", 1)]);
+        let mut r = record("web", Some(500)); // dead
+        r.spec = Some(spec("web", "sleep 1", 1));
+        r.starting = Some(Launch {
+            generation: 5,
+            spec: spec("web", "sleep 2", 1),
+        });
+        // The leader, a member of its group, and a younger leader (a setsid escapee of it).
+        let tagged = [tag(20, "web", 20), tag(21, "web", 20), tag(30, "web", 30)];
+        let t = takeover(&p, vec![("web".into(), r)], &tagged, Some("this"), alive);
+        let a = &t.adopted[0];
+        assert_eq!((pid_of(a), a.found_by), (Some(20), Some("tag")));
+        assert_eq!(a.spec.exec, Exec::Command("sleep 2".into()));
+        assert!(t.leftovers.is_empty(), "{:?}", t.leftovers);
+        // Without any record at all, the desired spec is assumed.
+        let t = takeover(&p, vec![], &tagged, Some("this"), alive);
+        assert_eq!(pid_of(&t.adopted[0]), Some(20));
+        assert_eq!(t.adopted[0].generation, Some(5));
+    }
+
+    #[test]
+    fn a_record_of_another_boot_is_not_adopted_and_its_finished_job_runs_again() {
+        let p = programs(&[spec("web", "sleep 2", 1), spec("job", "true", 1)]);
+        let mut web = record("web", Some(10));
+        web.boot_id = Some("other".into());
+        let finished = Finished {
+            failed: false,
+            code: Some(0),
+            signal: None,
+            message: Some("exited with code 0".into()),
+        };
+        let mut job = record("job", None);
+        job.finished = Some(finished.clone());
+        let mut old_job = job.clone();
+        old_job.boot_id = Some("other".into());
+        let t = takeover(
+            &p,
+            vec![("web".into(), web), ("job".into(), job)],
+            &[],
+            Some("this"),
+            alive,
+        );
+        let by: BTreeMap<&str, &Adopted> =
+            t.adopted.iter().map(|a| (a.id.name.as_str(), a)).collect();
+        assert_eq!(by["web"].initial, Initial::Fresh { restarts: 2 });
+        assert!(
+            matches!(&by["job"].initial, Initial::Finished { failed: false, exit: Some(e), .. } if e.code == Some(0))
+        );
+        let t = takeover(&p, vec![("job".into(), old_job)], &[], Some("this"), alive);
+        assert_eq!(t.adopted[0].initial, Initial::Fresh { restarts: 2 });
+    }
+
+    #[test]
+    fn a_process_that_ended_while_no_daemon_ran_is_restarted_only_with_auto_restart() {
+        let mut service = spec("svc", "sleep 300", 1);
+        service.auto_restart = true;
+        let p = programs(&[spec("job", "true", 1), service]);
+        let records = || {
+            vec![
+                ("job".to_string(), record("job", Some(500))),
+                ("svc".to_string(), record("svc", Some(501))),
+            ]
+        };
+        let t = takeover(&p, records(), &[], Some("this"), alive);
+        let by: BTreeMap<&str, &Adopted> =
+            t.adopted.iter().map(|a| (a.id.name.as_str(), a)).collect();
+        assert!(
+            matches!(&by["job"].initial, Initial::Finished { failed: false, exit: Some(e), .. } if e.code.is_none())
+        );
+        assert_eq!(by["svc"].initial, Initial::Fresh { restarts: 2 });
+        // After a reboot everything starts again.
+        let t = takeover(&p, records(), &[], Some("next"), alive);
+        assert!(t
+            .adopted
+            .iter()
+            .all(|a| a.initial == Initial::Fresh { restarts: 2 }));
+    }
+
+    #[test]
+    fn unclaimed_processes_are_orphans_and_unclaimed_records_without_one_are_forgotten() {
+        let p = programs(&[spec("web", "sleep 2", 2)]);
+        let mut gone = record("gone", Some(11));
+        gone.spec = Some(ProgramSpec {
+            stop_signal: "INT".into(),
+            ..spec("gone", "sleep 1", 1)
+        });
+        let records = vec![
+            ("web-3".to_string(), record("web", Some(12))),
+            ("gone".to_string(), gone),
+            ("idle".to_string(), record("idle", None)),
+        ];
+        let mut stray = tag(40, "x-2", 40);
+        stray.index = Some(2);
+        let t = takeover(&p, records, &[stray], Some("this"), alive);
+        let orphans: Vec<(&str, &str, u32, &str)> = t
+            .adopted
+            .iter()
+            .filter(|a| a.orphan)
+            .map(|a| {
+                (
+                    a.id.name.as_str(),
+                    a.id.program.as_str(),
+                    a.id.index,
+                    a.spec.stop_signal.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            orphans,
+            [
+                ("gone", "gone", 1, "INT"),
+                ("web-3", "web", 3, "TERM"),
+                ("x-2", "x", 2, "TERM"),
+            ]
+        );
+        assert_eq!(t.forget, ["idle"]);
+    }
+
+    #[test]
+    fn detectors_and_members_of_a_dead_leader_are_leftovers() {
+        let p = programs(&[spec("web", "sleep 2", 1)]);
+        let mut probe = tag(50, "web", 50);
+        probe.detector = true;
+        // 61 and 62 were in the group of leader 60, which is gone.
+        let tagged = [
+            tag(20, "web", 20),
+            tag(21, "web", 20),
+            tag(61, "web", 60),
+            tag(62, "web", 60),
+            probe,
+        ];
+        let t = takeover(&p, vec![], &tagged, Some("this"), alive);
+        let pids: Vec<i32> = t.leftovers.iter().map(|t| t.pid).collect();
+        assert_eq!(pids, [61, 62, 50]);
+        assert_eq!(pid_of(&t.adopted[0]), Some(20));
+    }
+}
