@@ -22,7 +22,7 @@ use super::process::{
     is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
     ProcessWatch,
 };
-use super::reaper::kill_escapees;
+use super::reaper::{kill_escapees, set_ended};
 use super::spawn::{
     spawn_instance, PipeReservation, SpawnError, STDERR_KEEPALIVE_FD, STDOUT_KEEPALIVE_FD,
 };
@@ -252,6 +252,7 @@ impl Actor {
         self.status.pid_start_time = spawned.start_time;
         self.status.spawned_spec = Some(Arc::clone(&self.spec));
         self.status.started_at = Some(SystemTime::now());
+        self.set_ended(false);
         self.child = Some(LiveChild {
             watch: spawned.watch,
             started: Instant::now(),
@@ -293,6 +294,7 @@ impl Actor {
             tracing::warn!(instance = %self.id.name, error = %e, "cannot wait for the process; treating it as exited");
             ExitInfo::default()
         });
+        self.set_ended(true);
         self.kill_leftovers(child.watch.own());
         self.status.pid = None;
         self.status.pid_start_time = None;
@@ -304,6 +306,13 @@ impl Actor {
             signal: exit.signal,
             uptime: child.started.elapsed(),
         });
+    }
+
+    /// Tells the orphan reaper whether this instance has a process (see `reaper.rs`).
+    fn set_ended(&self, ended: bool) {
+        if let Some(dir) = &self.ctx.state_dir {
+            set_ended(dir, &self.id.name, ended);
+        }
     }
 
     /// After the instance's process exited: kills what it left outside its process group (its
@@ -500,6 +509,7 @@ impl Actor {
         self.status.pid_start_time = Some(start_time);
         self.status.spawned_spec = Some(Arc::clone(&self.spec));
         self.status.started_at = started_wall;
+        self.set_ended(false);
         self.child = Some(LiveChild {
             watch,
             started: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),

@@ -9,17 +9,43 @@
 //! children, skips every pid the runtime owns, and reaps only the zombies among the rest, each by
 //! its own pid. There is still no `waitpid(-1)`. Spawns hold [`SPAWN_GATE`] until their child is
 //! recorded as owned, so a child that dies at once is never taken for an orphan.
+//!
+//! What an exited instance left outside its process group reaches the daemon in two ways: already
+//! re-parented when its process exits (its parent was that process), killed then by the actor
+//! ([`kill_escapees`]); or later, when an intermediate parent (a shell of its group, killed with
+//! the group) dies. For the second, actors mark an instance whose process has exited as *ended*
+//! until they spawn or adopt again, and the reaper, woken by that intermediate's SIGCHLD, kills
+//! whatever re-parented child carries an ended instance's tag.
 
 use std::io;
 use std::path::Path;
-use std::sync::PoisonError;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
 use super::process::{is_owned, proc_stat, SPAWN_GATE};
-use super::tag::{signal_tagged, tagged};
+use super::tag::{signal_tagged, tagged, Tagged};
+
+/// Instances (state directory, name) whose process has exited and that run none now. A std
+/// lock: held to copy or change the short list, never across an `.await`.
+static ENDED: Mutex<Vec<(Arc<Path>, String)>> = Mutex::new(Vec::new());
+
+/// Marks instance `name` of `state_dir` as having no process (`ended`) or one again.
+pub(crate) fn set_ended(state_dir: &Arc<Path>, name: &str, ended: bool) {
+    let mut list = ENDED.lock().unwrap_or_else(PoisonError::into_inner);
+    let at = list
+        .iter()
+        .position(|(dir, n)| n == name && **dir == **state_dir);
+    match (ended, at) {
+        (true, None) => list.push((state_dir.clone(), name.to_string())),
+        (false, Some(i)) => {
+            list.swap_remove(i);
+        }
+        _ => {}
+    }
+}
 
 /// Makes this process the subreaper of its descendants. Call it before spawning anything.
 pub fn become_subreaper() -> io::Result<()> {
@@ -47,16 +73,53 @@ fn children_of(pid: i32) -> Vec<i32> {
     pids
 }
 
-/// Reaps every zombie child of this process that the runtime does not own (see the module
-/// docs); returns how many.
+/// Reaps every zombie child of this process that the runtime does not own, and kills the live
+/// ones that carry an ended instance's tag (see the module docs); returns how many it reaped.
 pub fn reap_orphans() -> usize {
-    let _gate = SPAWN_GATE.write().unwrap_or_else(PoisonError::into_inner);
     let me = std::process::id() as i32;
-    children_of(me)
+    let (reaped, orphans) = {
+        let _gate = SPAWN_GATE.write().unwrap_or_else(PoisonError::into_inner);
+        let orphans: Vec<i32> = children_of(me)
+            .into_iter()
+            .filter(|&pid| !is_owned(pid))
+            .collect();
+        let reaped = orphans
+            .iter()
+            .filter(|&&pid| proc_stat(pid).is_some_and(|s| s.zombie))
+            .filter(|&&pid| waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok())
+            .count();
+        (reaped, orphans)
+    };
+    let ended = ENDED.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    if !ended.is_empty() {
+        for pid in orphans {
+            for (dir, name) in &ended {
+                if let Some(t) = tagged(pid, dir).filter(|t| &t.name == name && !t.detector) {
+                    kill_tree(&t, dir);
+                    break;
+                }
+            }
+        }
+    }
+    reaped
+}
+
+/// Kills `t` and every process below it that carries `state_dir`'s tag, through pidfds; all of
+/// them are collected first, while they are still linked. Returns how many were killed.
+fn kill_tree(t: &Tagged, state_dir: &Path) -> usize {
+    let mut below = vec![t.pid];
+    let mut i = 0;
+    while i < below.len() {
+        below.extend(children_of(below[i]));
+        i += 1;
+    }
+    let doomed: Vec<Tagged> = below
         .into_iter()
-        .filter(|&pid| !is_owned(pid))
-        .filter(|&pid| proc_stat(pid).is_some_and(|s| s.zombie))
-        .filter(|&pid| waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok())
+        .filter_map(|p| tagged(p, state_dir))
+        .collect();
+    doomed
+        .iter()
+        .filter(|t| signal_tagged(t, Signal::SIGKILL))
         .count()
 }
 
@@ -78,25 +141,11 @@ pub async fn reap_orphans_forever(mut sigchld: tokio::signal::unix::Signal) {
 /// nothing: one small file per daemon thread.
 pub(crate) fn kill_escapees(state_dir: &Path, name: &str) -> usize {
     let me = std::process::id() as i32;
-    let mut doomed = Vec::new();
-    for pid in children_of(me).into_iter().filter(|&pid| !is_owned(pid)) {
-        let Some(t) = tagged(pid, state_dir) else {
-            continue;
-        };
-        if t.name != name || t.detector {
-            continue;
-        }
-        // It and everything below it, collected while they are still linked, then killed.
-        let mut below = vec![t.pid];
-        let mut i = 0;
-        while i < below.len() {
-            below.extend(children_of(below[i]));
-            i += 1;
-        }
-        doomed.extend(below.into_iter().filter_map(|p| tagged(p, state_dir)));
-    }
-    doomed
-        .iter()
-        .filter(|t| signal_tagged(t, Signal::SIGKILL))
-        .count()
+    children_of(me)
+        .into_iter()
+        .filter(|&pid| !is_owned(pid))
+        .filter_map(|pid| tagged(pid, state_dir))
+        .filter(|t| t.name == name && !t.detector)
+        .map(|t| kill_tree(&t, state_dir))
+        .sum()
 }
