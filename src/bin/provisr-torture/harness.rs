@@ -39,14 +39,25 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------------
 // The reaper
 
-/// Exit statuses the reaper collected, by pid, until someone takes them.
+/// Exit statuses the reaper collected, by pid, each with the number of the reap that got it.
+/// Orphans re-parented here are recorded too and never claimed, so a pid the kernel hands out
+/// again can find a stale entry under its number: a waiter only accepts a status reaped after
+/// its child was spawned ([`Reaped::mark`] before spawning).
+struct Reaped {
+    reaps: u64,
+    statuses: BTreeMap<i32, (u64, ExitStatus)>,
+}
+
 struct Exits {
-    statuses: Mutex<BTreeMap<i32, ExitStatus>>,
+    reaped: Mutex<Reaped>,
     changed: Condvar,
 }
 
 static EXITS: Exits = Exits {
-    statuses: Mutex::new(BTreeMap::new()),
+    reaped: Mutex::new(Reaped {
+        reaps: 0,
+        statuses: BTreeMap::new(),
+    }),
     changed: Condvar::new(),
 };
 
@@ -63,10 +74,13 @@ pub fn start_reaper() -> Result<()> {
                         WaitStatus::Signaled(pid, sig, _) => (pid, sig as i32),
                         _ => continue,
                     };
-                    // Orphans re-parented here are recorded too and never claimed: a few
-                    // bytes each, and a status that arrives before its spawner registered it
-                    // is not lost.
-                    lock(&EXITS.statuses).insert(pid.as_raw(), ExitStatus::from_raw(raw));
+                    let mut reaped = lock(&EXITS.reaped);
+                    reaped.reaps += 1;
+                    let n = reaped.reaps;
+                    reaped
+                        .statuses
+                        .insert(pid.as_raw(), (n, ExitStatus::from_raw(raw)));
+                    drop(reaped);
                     EXITS.changed.notify_all();
                 }
                 Err(Errno::EINTR) => {}
@@ -79,21 +93,30 @@ pub fn start_reaper() -> Result<()> {
     Ok(())
 }
 
-/// Waits up to `timeout` for the reaper to collect `pid`'s exit status.
-pub fn wait_exit(pid: i32, timeout: Duration) -> Option<ExitStatus> {
+/// Taken before spawning a child: only statuses reaped after it can be that child's.
+pub fn reap_mark() -> u64 {
+    lock(&EXITS.reaped).reaps
+}
+
+/// Waits up to `timeout` for the reaper to collect the exit status of `pid`, spawned after
+/// `mark`.
+pub fn wait_exit(pid: i32, mark: u64, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
-    let mut statuses = lock(&EXITS.statuses);
+    let mut reaped = lock(&EXITS.reaped);
     loop {
-        if let Some(s) = statuses.remove(&pid) {
-            return Some(s);
+        if let Some(&(n, s)) = reaped.statuses.get(&pid) {
+            if n > mark {
+                reaped.statuses.remove(&pid);
+                return Some(s);
+            }
         }
         let now = Instant::now();
         if now >= deadline {
             return None;
         }
-        statuses = EXITS
+        reaped = EXITS
             .changed
-            .wait_timeout(statuses, deadline - now)
+            .wait_timeout(reaped, deadline - now)
             .unwrap_or_else(|p| p.into_inner())
             .0;
     }
@@ -101,11 +124,12 @@ pub fn wait_exit(pid: i32, timeout: Duration) -> Option<ExitStatus> {
 
 /// Runs a helper command (e.g. `sed -i`) to completion through the reaper.
 pub fn run_helper(cmd: &mut Command) -> Result<ExitStatus> {
+    let mark = reap_mark();
     let child = cmd
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("running {cmd:?}"))?;
-    wait_exit(child.id() as i32, Duration::from_secs(30))
+    wait_exit(child.id() as i32, mark, Duration::from_secs(30))
         .ok_or_else(|| anyhow!("{cmd:?} did not finish within 30 s"))
 }
 
@@ -239,6 +263,8 @@ pub struct BootError {
 pub struct Daemon {
     pub pid: i32,
     pub api: ApiClient,
+    /// The reaper's mark when it was spawned (see [`wait_exit`]).
+    mark: u64,
     log: Arc<Mutex<VecDeque<String>>>,
     panics: Arc<AtomicUsize>,
     done: bool,
@@ -247,6 +273,7 @@ pub struct Daemon {
 impl Daemon {
     /// Spawns the daemon without waiting for it: for a kill during start-up.
     pub fn spawn(bin: &Path, project: &Project) -> Result<(i32, mpsc::Receiver<String>, Daemon)> {
+        let mark = reap_mark();
         let mut child = Command::new(bin)
             .current_dir(&project.root)
             .arg("serve")
@@ -290,6 +317,7 @@ impl Daemon {
         let daemon = Daemon {
             pid,
             api: ApiClient::new("http://127.0.0.1:1/api", None),
+            mark,
             log,
             panics,
             done: false,
@@ -310,7 +338,7 @@ impl Daemon {
             }
             Err(_) => {
                 // The log thread ends when the daemon exits: let it catch the last lines.
-                let status = match wait_exit(d.pid, Duration::from_millis(500)) {
+                let status = match wait_exit(d.pid, d.mark, Duration::from_millis(500)) {
                     Some(s) => {
                         d.forget();
                         format!("it exited with {s}")
@@ -341,14 +369,14 @@ impl Daemon {
             return;
         }
         let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
-        wait_exit(self.pid, Duration::from_secs(30));
+        wait_exit(self.pid, self.mark, Duration::from_secs(30));
         self.forget();
     }
 
     /// SIGTERM and wait up to `timeout` for it to exit; its exit status.
     pub fn terminate(mut self, timeout: Duration) -> Result<ExitStatus> {
         kill(Pid::from_raw(self.pid), Signal::SIGTERM).context("SIGTERM to the daemon")?;
-        match wait_exit(self.pid, timeout) {
+        match wait_exit(self.pid, self.mark, timeout) {
             Some(s) => {
                 self.forget();
                 Ok(s)
@@ -451,7 +479,8 @@ impl Report {
         self.violations.is_empty() && self.rows.iter().all(|r| r.broken.is_none_or(|n| n == 0))
     }
 
-    pub fn render(&self) -> String {
+    /// The table and the first `shown` violations.
+    pub fn render(&self, shown: usize) -> String {
         let width = self.rows.iter().map(|r| r.what.len()).max().unwrap_or(0);
         let vwidth = self.rows.iter().map(|r| r.value.len()).max().unwrap_or(0);
         let mut out = String::new();
@@ -470,15 +499,14 @@ impl Report {
             };
             let _ = writeln!(out, "  {:<width$}  {:>vwidth$}  {verdict}", r.what, r.value);
         }
-        const SHOWN: usize = 25;
-        for v in self.violations.iter().take(SHOWN) {
+        for v in self.violations.iter().take(shown) {
             let _ = writeln!(out, "  ! {v}");
         }
-        if self.violations.len() > SHOWN {
+        if self.violations.len() > shown {
             let _ = writeln!(
                 out,
-                "  ! … and {} more violations",
-                self.violations.len() - SHOWN
+                "  ! … and {} more violations (--show-violations N)",
+                self.violations.len() - shown
             );
         }
         out

@@ -61,6 +61,9 @@ struct Args {
     /// editor: saves of program files, each in one of the editor styles.
     #[arg(long, default_value_t = 200)]
     saves: usize,
+    /// How many violations each table lists in words.
+    #[arg(long, default_value_t = 25)]
+    show_violations: usize,
     /// Stop a scenario after this many violations (it fails either way).
     #[arg(long, default_value_t = 25)]
     max_violations: usize,
@@ -159,7 +162,7 @@ fn run(args: &Args) -> Result<bool> {
         match scenario() {
             Ok(mut r) => {
                 r.took = t0.elapsed();
-                println!("\n{}", r.render());
+                println!("\n{}", r.render(args.show_violations));
                 reports.push(r);
             }
             Err(e) => {
