@@ -574,6 +574,11 @@ impl Loop {
             }
         }
         if writes.is_empty() {
+            if only.is_none() {
+                // Nothing is left unrecorded: no retry is due (one left armed would fire on and
+                // on, its time long past).
+                self.retry = None;
+            }
             return;
         }
         match self.desired.record(writes).await {

@@ -91,14 +91,14 @@ pub(super) fn takeover(
             .filter(|r| this_boot(r))
             .and_then(|r| Some((r.pid?, r.start_time?)))
             .filter(|&(pid, start_time)| alive(pid, start_time));
-        // The process, the spec it runs (if the record knows) with its generation, and how it
-        // was found.
+        // The process, the spec it runs (if the record knows) with its generation, how it was
+        // found, and whether it replaced the recorded one without a start written ahead.
         let process = match recorded {
             Some((pid, start_time)) => {
                 let spec = record
                     .as_ref()
                     .and_then(|r| Some((r.spec.clone()?, r.generation)));
-                Some((pid, start_time, spec, "record"))
+                Some((pid, start_time, spec, "record", false))
             }
             None => leaders
                 .get(name.as_str())
@@ -108,17 +108,30 @@ pub(super) fn takeover(
                         Some(l) => Some((l.spec.clone(), Some(l.generation))),
                         None => Some((r.spec.clone()?, r.generation)),
                     });
-                    (t.pid, t.start_time, spec, "tag")
+                    let replaced = record.as_ref().is_some_and(|r| {
+                        this_boot(r)
+                            && r.starting.is_none()
+                            && r.start_time.is_some_and(|before| before < t.start_time)
+                    });
+                    (t.pid, t.start_time, spec, "tag", replaced)
                 }),
         };
-        let restarts = record.as_ref().map_or(0, |r| r.restarts);
+        let mut restarts = record.as_ref().map_or(0, |r| r.restarts);
         let claim = claims.get(&name);
+        // A recorded process of this boot replaced by a younger one, with no start written
+        // ahead: the earlier daemon restarted it on its own and died before recording that. With
+        // `auto_restart` that was an automatic restart, and `restarts` counts it.
+        if let (Some((program, _)), Some((.., true))) = (claim, &process) {
+            if program.spec.auto_restart {
+                restarts += 1;
+            }
+        }
         match (claim, process) {
             (Some((program, id)), process) => {
                 let wanted = program.instance_desired(&name).seq;
                 let seq = record.as_ref().and_then(|r| r.seq).unwrap_or(wanted);
                 let (spec, generation, initial, found_by) = match process {
-                    Some((pid, start_time, spec, found_by)) => {
+                    Some((pid, start_time, spec, found_by, _)) => {
                         let (spec, generation) = match spec {
                             Some((spec, generation)) => (Arc::new(spec), generation),
                             None => (Arc::new(program.spec.clone()), Some(program.generation)),
@@ -162,7 +175,7 @@ pub(super) fn takeover(
                     found_by,
                 });
             }
-            (None, Some((pid, start_time, spec, found_by))) => {
+            (None, Some((pid, start_time, spec, found_by, _))) => {
                 let program = record.as_ref().map(|r| r.program.as_str());
                 let index = leaders
                     .get(name.as_str())
@@ -344,6 +357,24 @@ mod tests {
         assert_eq!((pid_of(a), a.found_by), (Some(20), Some("tag")));
         assert_eq!(a.spec.exec, Exec::Command("sleep 2".into()));
         assert!(t.leftovers.is_empty(), "{:?}", t.leftovers);
+        // The recorded process was replaced with no start written ahead, a restart the earlier
+        // daemon did not record: counted when the program restarts automatically.
+        let mut replaced = record("web", Some(15));
+        replaced.spec = Some(spec("web", "sleep 2", 1));
+        let mut auto = spec("web", "sleep 2", 1);
+        auto.auto_restart = true;
+        for (program, counted) in [(spec("web", "sleep 2", 1), 2), (auto, 3)] {
+            let t = takeover(
+                &programs(&[program]),
+                vec![("web".into(), replaced.clone())],
+                &[tag(20, "web", 20)],
+                Some("this"),
+                |_, _| false,
+            );
+            assert!(
+                matches!(t.adopted[0].initial, Initial::Adopt { pid: 20, restarts, .. } if restarts == counted)
+            );
+        }
         // Without any record at all, the desired spec is assumed.
         let t = takeover(&p, vec![], &tagged, Some("this"), alive);
         assert_eq!(pid_of(&t.adopted[0]), Some(20));

@@ -550,8 +550,8 @@ fn reopen_pipe(pid: i32, keep: i32, stream: i32) -> Result<OwnedFd, String> {
     Ok(OwnedFd::from(file))
 }
 
-/// Whether two specs start the same process: what a restart-class change (SPEC §3.4: command or
-/// args, work_dir, env, use_os_env) would differ in.
+/// Whether two specs start the same process: what a change that restarts (command or args,
+/// work_dir, env, use_os_env; `docs/hot-reload.md`) would differ in.
 fn same_launch(a: &ProgramSpec, b: &ProgramSpec) -> bool {
     a.exec == b.exec && a.work_dir == b.work_dir && a.env == b.env && a.use_os_env == b.use_os_env
 }

@@ -224,6 +224,49 @@ fn a_child_the_store_never_recorded_is_found_by_its_tag() {
     assert!(status(&d, "gone").is_none());
 }
 
+#[test]
+fn a_restart_the_killed_daemon_had_not_recorded_is_adopted_and_counted() {
+    let p = Project::new();
+    p.save("web.toml", "command = \"sleep 300\"\nauto_restart = true\n");
+    let d = p.start();
+    let mut guard = GroupGuard::default();
+    let old = running(&d, &mut guard, "web");
+    d.kill9();
+    // The daemon had restarted web (a process tagged like its own) and died before recording it.
+    let state = std::fs::canonicalize(&p.state).unwrap();
+    let old_start = provisr::supervisor::proc_start_time(old).unwrap();
+    let mut replacement = wait_for(WAIT, "a replacement started after the old process", || {
+        let mut child = Command::new("sleep")
+            .arg("300")
+            .env("PROVISR_STATE_DIR", &state)
+            .env("PROVISR_NAME", "web")
+            .env("PROVISR_INSTANCE", "1")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        if provisr::supervisor::proc_start_time(pid).unwrap() > old_start {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    });
+    let new = replacement.id() as i32;
+    guard.add(new);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_gone(old, WAIT);
+    let d = p.start();
+    running_where(&d, &mut guard, "web", |pid| pid == new);
+    assert_eq!(status(&d, "web").unwrap()["restarts"], 1);
+    drop(d);
+    let _ = replacement.wait();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_is_recorded_before_its_pid_is_published() {
     let p = Project::new();
