@@ -29,18 +29,42 @@ fn name_of(i: usize) -> String {
     format!("s{i:04}")
 }
 
-/// One live process per instance name, or the names seen more than once.
+/// One live process per instance name, and the names that run more than once.
+///
+/// A scan reads `/proc` one pid after another over some milliseconds, so a killed process read
+/// just before it died and its replacement read just after it started both appear: a name
+/// counts as doubled only if, after the scan, its processes are all still alive (same start
+/// time, not a zombie).
 fn scan(project: &Project) -> (BTreeMap<String, (i32, u64)>, Vec<String>) {
     let mut current = BTreeMap::new();
-    let mut doubled = Vec::new();
+    let mut all: BTreeMap<String, Vec<procs::Proc>> = BTreeMap::new();
     for p in project.tagged() {
-        if current
-            .insert(p.name.clone(), (p.pid, p.start_time))
-            .is_some()
-        {
-            doubled.push(p.name);
+        // The newest is the one that counts, should a dying one be read too.
+        let newest = current
+            .get(&p.name)
+            .is_none_or(|&(_, start): &(i32, u64)| p.start_time >= start);
+        if newest {
+            current.insert(p.name.clone(), (p.pid, p.start_time));
         }
+        all.entry(p.name.clone()).or_default().push(p);
     }
+    let still_alive = |p: &procs::Proc| {
+        procs::stat(p.pid).is_some_and(|s| s.start_time == p.start_time && s.state != 'Z')
+    };
+    let doubled = all
+        .into_iter()
+        .filter(|(_, ps)| ps.len() > 1 && ps.iter().all(still_alive))
+        .map(|(name, ps)| {
+            let ps: Vec<String> = ps
+                .iter()
+                .map(|p| {
+                    let parent = procs::stat(p.pid).map_or(0, |s| s.ppid);
+                    format!("pid {} (parent {parent}) `{}`", p.pid, p.cmdline.join(" "))
+                })
+                .collect();
+            format!("{name}: {}", ps.join(", "))
+        })
+        .collect();
     (current, doubled)
 }
 
@@ -104,9 +128,9 @@ pub fn run(ctx: &Ctx, programs: usize, kills: usize) -> Result<Report> {
                 _ => true,
             });
             if waiting.is_empty() || seen >= deadline {
-                for name in doubled {
+                for found in doubled {
                     duplicates += 1;
-                    report.violation(format!("{name} runs twice after a kill"));
+                    report.violation(format!("running twice after a kill: {found}"));
                 }
                 break;
             }
