@@ -6,6 +6,7 @@
 // Test helpers outside #[test] functions unwrap too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used)]
 mod api;
+mod badinput;
 mod browser;
 mod config;
 mod crash;
@@ -20,6 +21,7 @@ mod store;
 mod supervisor;
 mod systemd;
 mod tls;
+mod torture;
 mod ui;
 mod util;
 mod watch;
