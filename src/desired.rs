@@ -186,12 +186,13 @@ fn program_touched(w: &StoreWrite) -> Option<String> {
 /// The writes that make the store agree with a scan of the config and programs directory.
 ///
 /// Good files put their program (a no-op when unchanged, and clearing an earlier error); a
-/// broken file keeps its program's last good spec and records the error (`docs/configuration.md`, "Errors and reloads"); programs
-/// whose file is gone are deleted, and inline programs gone from the config too. When the scan
-/// is incomplete — an error that belongs to no program file, such as an unreadable programs
-/// directory — a file-sourced program missing from it is not deleted but keeps its spec and
-/// shows that error: a directory that cannot be read says nothing about what was removed.
-/// API-registered programs are never touched by files.
+/// broken file keeps its program's last good spec and records the error (`docs/configuration.md`,
+/// "Errors and reloads"); programs whose file is gone are deleted, and inline programs gone from
+/// the config too. When the scan is incomplete — an error that belongs to no program file, such
+/// as an unreadable programs directory — a file-sourced program missing from it is not deleted
+/// but keeps its spec and shows that error: a directory that cannot be read says nothing about
+/// what was removed. An API-registered program no file defines is left alone; a file that
+/// defines a program of its name takes it over (its source becomes the file).
 pub fn sync_writes(
     current: &Programs,
     programs: &[Program],

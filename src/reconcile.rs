@@ -28,6 +28,7 @@ use crate::logs::InstanceLog;
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, Desired, Observed, Plan, RunSeq};
 use crate::store::StoreWrite;
+use crate::supervisor::launches::{self, LaunchJournal};
 use crate::supervisor::tag::{self, signal_tagged};
 use crate::supervisor::{
     Event, Initial, InstanceHandle, InstanceState, InstanceStatus, RuntimeContext,
@@ -163,6 +164,8 @@ struct Managed {
     /// A start or restart this loop ordered whose process has not been seen yet: the spec (the
     /// very `Arc` the actor spawns with) and its generation. Recorded as the record's `starting`.
     launch: Option<(Arc<ProgramSpec>, Option<u64>)>,
+    /// When `launch` was written ahead, in clock ticks after boot.
+    launch_at: Option<u64>,
     /// What the store holds for this instance, as facts; `None` when unknown (the first write
     /// then goes through and the store drops it if nothing changed).
     recorded: Option<Facts>,
@@ -190,6 +193,8 @@ struct ReconcileLoop {
     forget: BTreeSet<String>,
     /// When instance records that could not be written are tried again, and the wait after that.
     retry: Option<(Instant, Duration)>,
+    /// Where every spawn is noted as it succeeds (`supervisor::launches`).
+    launches: Option<Arc<LaunchJournal>>,
 }
 
 /// Starts the loop: takes over what the store's instance records and `/proc` say an earlier
@@ -219,6 +224,7 @@ pub fn start(
         boot: crate::supervisor::boot_id().map(Arc::from),
         forget: BTreeSet::new(),
         retry: None,
+        launches: None,
     };
     lp.take_over();
     tokio::spawn(lp.run(rx, wake));
@@ -301,9 +307,27 @@ impl ReconcileLoop {
             }
         };
         let tagged = tag::scan(&self.state_dir);
+        // What the daemon that died had launched, whether or not it recorded it; then the
+        // journal starts afresh for this daemon.
+        let journal = self.desired.store().state_dir().join(launches::FILE_NAME);
+        let launched = launches::read_latest(&journal);
+        self.launches = match LaunchJournal::create(&journal) {
+            Ok(j) => Some(Arc::new(j)),
+            Err(e) => {
+                tracing::warn!("cannot keep the launch journal {}: {e}; a start cut short by a crash may be taken for one carried out", journal.display());
+                None
+            }
+        };
         // A zombie has ended: whoever reaps it knows how, we never will.
         let alive = crate::supervisor::proc_alive_since;
-        let takeover = adopt::takeover(&programs, records, &tagged, self.boot.as_deref(), alive);
+        let takeover = adopt::takeover(
+            &programs,
+            records,
+            &tagged,
+            &launched,
+            self.boot.as_deref(),
+            alive,
+        );
         for t in &takeover.leftovers {
             if signal_tagged(t, nix::sys::signal::Signal::SIGKILL) {
                 tracing::info!(instance = %t.name, pid = t.pid, detector = t.detector, "killed a process an earlier daemon left behind");
@@ -334,6 +358,7 @@ impl ReconcileLoop {
             changed: self.changed.clone(),
             output: Arc::new(log.clone()),
             state_dir: Some(self.state_dir.clone()),
+            launches: self.launches.clone(),
         };
         let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
         let status = handle.watch();
@@ -350,6 +375,7 @@ impl ReconcileLoop {
                 log,
                 awaiting: None,
                 launch: None,
+                launch_at: None,
                 recorded,
                 removing: false,
             },
@@ -505,6 +531,7 @@ impl ReconcileLoop {
             }
             if let Some(e) = self.entries.get_mut(&step.instance) {
                 e.launch = Some((spec.clone(), Some(*generation)));
+                e.launch_at = Some(crate::supervisor::boot_ticks_now());
                 e.seq = *seq;
                 names.push(step.instance.clone());
             }
@@ -771,6 +798,7 @@ impl Managed {
         drop(s);
         if spawned || settled {
             self.launch = None;
+            self.launch_at = None;
         }
     }
 
@@ -797,6 +825,7 @@ impl Managed {
                 .as_ref()
                 .map(|spec| (spec.clone(), generation_of(spec))),
             starting: self.launch.clone(),
+            starting_at: self.launch.as_ref().and(self.launch_at),
             seq: self.seq,
             finished: record::finished_of(&s),
         }

@@ -16,6 +16,9 @@ use super::identity::{self, RawAccount, RawLimits};
 use super::raw::{known_keys, set, Check, RawEnv, RawLog, Val};
 use super::{check_name, DetectorKind, DetectorSpec, Dur, Exec, LogSpec, ProgramSpec};
 
+/// The most instances one program may run: each is a process, pipes, an actor and records.
+pub const MAX_INSTANCES: u32 = 10_000;
+
 /// A program: the flat form, or the `spec` table of the wrapped form. Counts are `i64` so that
 /// `instances = 0` or `-1` reach validation and get a clear message.
 #[derive(Debug, Default, Deserialize)]
@@ -238,11 +241,17 @@ fn build(c: &mut Check, raw: &RawProgram, pc: &ProgramContext) -> Option<Program
     }
     if let Some(&n) = c.get(&raw.instances, "instances") {
         match u32::try_from(n) {
-            Ok(n) if n >= 1 => spec.instances = n,
+            Ok(n) if (1..=MAX_INSTANCES).contains(&n) => spec.instances = n,
+            _ if n > i64::from(MAX_INSTANCES) => c
+                .bad(
+                    "instances",
+                    format_args!("must be at most {MAX_INSTANCES}, got {n}"),
+                )
+                .help("split the work over several programs"),
             _ => c
                 .bad("instances", format_args!("must be at least 1, got {n}"))
                 .help("to keep a program from running, set autostart = false or stop it"),
-        }
+        };
     }
     set!(c.dur(raw => spec): start_duration, retry_interval, restart_interval);
     set!(c.dur(raw => spec): restart_max_interval, stop_timeout);

@@ -22,6 +22,8 @@ pub(super) struct Facts {
     pub spec: Option<(Arc<ProgramSpec>, Option<u64>)>,
     /// A start written ahead: the spec its process will run.
     pub starting: Option<(Arc<ProgramSpec>, Option<u64>)>,
+    /// When that start was written ahead, in clock ticks after boot.
+    pub starting_at: Option<u64>,
     pub seq: RunSeq,
     pub finished: Option<Finished>,
 }
@@ -43,6 +45,7 @@ impl PartialEq for Facts {
             == (other.pid, other.start_time, other.restarts, other.seq)
             && same(&self.spec, &other.spec)
             && same(&self.starting, &other.starting)
+            && self.starting_at == other.starting_at
             && self.finished == other.finished
     }
 }
@@ -60,6 +63,7 @@ impl Facts {
                 .starting
                 .clone()
                 .map(|l| (Arc::new(l.spec), Some(l.generation))),
+            starting_at: r.starting.as_ref().and_then(|l| l.written_at),
             seq: r.seq.unwrap_or_default(),
             finished: r.finished.clone(),
         }
@@ -73,6 +77,7 @@ impl Facts {
             restarts,
             spec: None,
             starting: None,
+            starting_at: None,
             seq,
             finished,
         }
@@ -100,6 +105,7 @@ impl Facts {
             starting: self.starting.as_ref().map(|(s, g)| Launch {
                 generation: g.unwrap_or(0),
                 spec: (**s).clone(),
+                written_at: self.starting_at,
             }),
             seq: Some(self.seq),
             finished: self.finished.clone(),

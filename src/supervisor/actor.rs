@@ -247,6 +247,9 @@ impl Actor {
 
     fn spawn(&mut self) -> Result<(), SpawnError> {
         let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref())?;
+        if let (Some(journal), Some(start_time)) = (&self.ctx.launches, spawned.start_time) {
+            journal.launched(&self.id.name, spawned.pid, start_time);
+        }
         self.ctx.output.attach(spawned.stdout, spawned.stderr);
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;

@@ -18,6 +18,7 @@ mod actor;
 pub mod argv;
 pub mod health;
 mod identity;
+pub mod launches;
 pub mod output;
 mod process;
 pub mod reaper;
@@ -39,8 +40,8 @@ pub use argv::argv;
 pub use health::probe_detectors;
 pub use output::OutputSink;
 pub use process::{
-    boot_id, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit, signal_group_of,
-    ExitInfo, FdLimit, FdLimitError,
+    boot_id, boot_ticks_now, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit,
+    signal_group_of, ExitInfo, FdLimit, FdLimitError,
 };
 pub use spawn::{SpawnError, DAEMON_ONLY_ENV, INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
 pub use state::InstanceState;
@@ -58,6 +59,8 @@ pub struct RuntimeContext {
     /// `PROVISR_STATE_DIR` so a later daemon can find it in `/proc` (`docs/runtime.md`). `None`
     /// spawns untagged processes: a runtime used without a daemon.
     pub state_dir: Option<Arc<Path>>,
+    /// Where each spawn is noted as it succeeds (`launches.rs`); `None` notes nothing.
+    pub launches: Option<Arc<launches::LaunchJournal>>,
 }
 
 /// How an actor begins.

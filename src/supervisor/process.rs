@@ -358,6 +358,14 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
     stat_fields(pid)?.get(22 - 3)?.parse().ok()
 }
 
+/// Now, in clock ticks after boot: the unit and clock of a process's start time in `/proc`, so
+/// the two compare. Rounded down: a process started in this very tick compares equal.
+pub fn boot_ticks_now() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let hz = rustix::param::clock_ticks_per_second();
+    (now.tv_sec as u64) * hz + (now.tv_nsec as u64) * hz / 1_000_000_000
+}
+
 /// True when `pid` is alive (not a zombie) and started at `start_time`: still that process.
 pub fn proc_alive_since(pid: i32, start_time: u64) -> bool {
     pid > 0 && proc_stat(pid).is_some_and(|s| !s.zombie && s.start_time == start_time)

@@ -705,12 +705,6 @@ fn bad_program_files_in_every_format_are_named_errors_that_change_nothing() {
                 .filter_map(|p| p["source"].as_str())
                 .collect();
             let source = format!("file:{}", path.display());
-            if !sources.contains(&source.as_str()) && null_exec(&bytes) {
-                // A known config bug, tested on its own below: skip it here.
-                tally.borrow_mut().2 += 1;
-                t.restore();
-                return Ok(());
-            }
             if !sources.contains(&source.as_str()) {
                 return Err(TestCaseError::fail(format!(
                     "{what}: no error, yet no program from it: {programs}"
@@ -737,11 +731,8 @@ fn bad_program_files_in_every_format_are_named_errors_that_change_nothing() {
         }
         Ok(())
     });
-    let (rejected, accepted, null_exec) = *tally.borrow();
-    println!(
-        "program files: {rejected} rejected with errors naming the file, {accepted} valid, \
-         {null_exec} with a null command (known bug, skipped)"
-    );
+    let (rejected, accepted, _) = *tally.borrow();
+    println!("program files: {rejected} rejected with errors naming the file, {accepted} valid");
     if let Err(e) = result {
         panic!("{e}\ndaemon log tail: {:?}", {
             let log = t.daemon.log.lock().unwrap();
@@ -754,20 +745,7 @@ fn bad_program_files_in_every_format_are_named_errors_that_change_nothing() {
     );
 }
 
-/// True when a file's `command` or `args` is there but null (`command:` in YAML): such a file
-/// is silently ignored today — no program, no error (`a_null_command_is_a_named_error`).
-fn null_exec(bytes: &[u8]) -> bool {
-    let Ok(tree) = serde_yaml::from_slice::<Value>(bytes) else {
-        return false;
-    };
-    let spec = tree.get("spec").unwrap_or(&tree);
-    ["command", "args"]
-        .iter()
-        .any(|k| spec.get(k).is_some_and(Value::is_null))
-}
-
 #[test]
-#[ignore = "config bug: `command: null` is neither a program nor an error; for the config rewrite"]
 fn a_null_command_is_a_named_error() {
     let t = Target::start();
     let path = t.programs_dir().join("fz.yaml");

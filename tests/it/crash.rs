@@ -824,6 +824,39 @@ fn a_finished_job_does_not_run_again_when_the_daemon_restarts() {
     );
 }
 
+/// Found by `provisr-torture --only kill9`: a restart (here, an edit of `args`) whose old process
+/// takes a while to stop, with the daemon killed meanwhile. The old process is gone when the next
+/// daemon looks and the new one was never spawned: that is an unfinished restart to carry out,
+/// not a job that ended on its own.
+#[test]
+fn a_restart_interrupted_while_the_old_process_stops_is_carried_out() {
+    let p = Project::new();
+    let svc = |n: u32| {
+        format!(
+            "args = [\"sh\", \"-c\", \"trap 'sleep 1; exit 0' TERM; sleep {n} & wait\"]\nstop_timeout = \"5s\"\n"
+        )
+    };
+    p.save("svc.toml", &svc(3600));
+    let d = p.start();
+    let mut guard = GroupGuard::default();
+    let old = running(&d, &mut guard, "svc");
+    p.save("svc.toml", &svc(3601));
+    wait_for(WAIT, "the restart under way", || {
+        status(&d, "svc").filter(|s| s["state"] == "stopping")
+    });
+    d.kill9();
+    wait_gone(old, WAIT);
+    let d = p.start();
+    let new = running_where(&d, &mut guard, "svc", |pid| pid != old);
+    let s = status(&d, "svc").unwrap();
+    assert_eq!(s["desired"], "running", "{s}");
+    let cmdline = std::fs::read_to_string(format!("/proc/{new}/cmdline")).unwrap_or_default();
+    assert!(
+        cmdline.contains("sleep 3601"),
+        "the edited spec runs: {cmdline:?}"
+    );
+}
+
 // ---- 11. the daemon as child subreaper -----------------------------------------------------
 
 #[test]

@@ -754,6 +754,7 @@ fn v3_instance() -> InstanceRecord {
         generation: Some(1),
         spec: Some(worker),
         starting: Some(Launch {
+            written_at: None,
             generation: 2,
             spec: next,
         }),

@@ -28,7 +28,6 @@ fn torture(args: &[&str]) {
 }
 
 #[test]
-#[ignore = "a restart interrupted by kill -9 after the old process stopped is taken for a finished job and never runs again (docs/reliability.md, what the suite found)"]
 fn kill9_during_writes_loses_doubles_and_leaks_nothing() {
     torture(&["--only", "kill9", "--cycles", "15"]);
 }

@@ -138,6 +138,11 @@ const CASES: &[Case] = &[
         &[(Some("instances"), Some(2), "at least 1, got -2", "")],
     ),
     (
+        "instances too many",
+        "command = \"x\"\ninstances = 4000000000\n",
+        &[(Some("instances"), Some(2), "at most 10000, got 4000000000", "split the work")],
+    ),
+    (
         "bad signal name and number",
         "command = \"x\"\nstop_signal = \"TERMINATE\"\n",
         &[(Some("stop_signal"), Some(2), "\"TERMINATE\" is not a known signal", "\"TERM\"")],
