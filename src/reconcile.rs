@@ -166,6 +166,8 @@ struct Managed {
     launch: Option<(Arc<ProgramSpec>, Option<u64>)>,
     /// When `launch` was written ahead, in clock ticks after boot.
     launch_at: Option<u64>,
+    /// A stop or removal of its process was ordered, and no start since.
+    stop_ordered: bool,
     /// What the store holds for this instance, as facts; `None` when unknown (the first write
     /// then goes through and the store drops it if nothing changed).
     recorded: Option<Facts>,
@@ -335,8 +337,14 @@ impl ReconcileLoop {
         }
         self.forget.extend(takeover.forget);
         for a in takeover.adopted {
-            if let (Initial::Adopt { pid, .. }, Some(by)) = (&a.initial, a.found_by) {
-                tracing::info!(instance = %a.id.name, pid, found_by = by, orphan = a.orphan, "taking over a process an earlier daemon started");
+            match (&a.initial, a.found_by) {
+                (Initial::Adopt { pid, .. }, Some(by)) => {
+                    tracing::info!(instance = %a.id.name, pid, found_by = by, orphan = a.orphan, "taking over a process an earlier daemon started");
+                }
+                (Initial::Finished { message, .. }, _) => {
+                    tracing::info!(instance = %a.id.name, "finished while no daemon ran: {}", message.as_deref().unwrap_or("ended"));
+                }
+                _ => {}
             }
             let recorded = a.record.as_ref().map(Facts::from_record);
             self.insert_entry(a.id, a.spec, a.generation, a.initial, a.seq, recorded);
@@ -376,6 +384,7 @@ impl ReconcileLoop {
                 awaiting: None,
                 launch: None,
                 launch_at: None,
+                stop_ordered: false,
                 recorded,
                 removing: false,
             },
@@ -502,6 +511,18 @@ impl ReconcileLoop {
     /// request carried out once is not carried out again by the next daemon.
     async fn write_ahead(&mut self, actions: &[(plan::Step, Option<Target>)]) {
         let mut names = Vec::new();
+        for (step, _) in actions {
+            // A stop is written ahead too: a process gone when the next daemon looks was stopped
+            // by this one, it did not end on its own.
+            if matches!(step.action, Action::Stop | Action::Remove) {
+                if let Some(e) = self.entries.get_mut(&step.instance) {
+                    if !e.stop_ordered {
+                        e.stop_ordered = true;
+                        names.push(step.instance.clone());
+                    }
+                }
+            }
+        }
         for (step, target) in actions {
             let (Action::Start | Action::Restart, Some((spec, seq, generation))) =
                 (step.action, target)
@@ -532,6 +553,7 @@ impl ReconcileLoop {
             if let Some(e) = self.entries.get_mut(&step.instance) {
                 e.launch = Some((spec.clone(), Some(*generation)));
                 e.launch_at = Some(crate::supervisor::boot_ticks_now());
+                e.stop_ordered = false;
                 e.seq = *seq;
                 names.push(step.instance.clone());
             }
@@ -828,6 +850,7 @@ impl Managed {
             starting_at: self.launch.as_ref().and(self.launch_at),
             seq: self.seq,
             finished: record::finished_of(&s),
+            stopping: self.stop_ordered,
         }
     }
 }

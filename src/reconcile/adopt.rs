@@ -130,6 +130,17 @@ pub(super) fn takeover(
         match (claim, process) {
             (Some((program, id)), process) => {
                 let wanted = program.instance_desired(&name).seq;
+                // A tombstone of a program that was deleted and has come back since: the
+                // requests it carried out and how its run ended were the old program's.
+                let record = record.map(|r| match r.removed {
+                    true => InstanceRecord {
+                        seq: None,
+                        finished: None,
+                        starting: None,
+                        ..r
+                    },
+                    false => r,
+                });
                 let seq = record.as_ref().and_then(|r| r.seq).unwrap_or(wanted);
                 let (spec, generation, initial, found_by) = match process {
                     Some((pid, start_time, spec, found_by, _)) => {
@@ -242,7 +253,10 @@ fn ended(r: &InstanceRecord, program: &ProgramRecord, carried_out: bool) -> Opti
     // A start written ahead that no process of it carried out (the launch journal has no launch
     // since) was cut short by the crash: nothing ended, the start is carried out now.
     let cut_short = r.starting.is_some() && !carried_out;
-    (r.may_run() && !program.spec.auto_restart && !cut_short).then(|| Finished {
+    // A tombstone's process, or one the daemon had ordered stopped, did not end on its own.
+    let stopped_by_daemon = r.removed || r.stopping;
+    let on_its_own = !cut_short && !stopped_by_daemon;
+    (r.may_run() && !program.spec.auto_restart && on_its_own).then(|| Finished {
         failed: false,
         code: None,
         signal: None,
@@ -378,6 +392,37 @@ mod tests {
             initial(written(None), &[]),
             Initial::Finished { .. }
         ));
+    }
+
+    #[test]
+    fn a_tombstone_says_nothing_about_a_program_of_its_name_that_came_back() {
+        // `job` was deleted while its process stopped, then registered again; the process is gone.
+        let p = programs(&[spec("job", "true", 1)]);
+        let mut r = record("job", Some(500));
+        r.removed = true;
+        r.seq = Some(RunSeq {
+            start: 3,
+            restart: 1,
+        });
+        let t = takeover(
+            &p,
+            vec![("job".into(), r)],
+            &[],
+            &BTreeMap::new(),
+            Some("this"),
+            alive,
+        );
+        let a = &t.adopted[0];
+        assert!(
+            matches!(a.initial, Initial::Fresh { .. }),
+            "{:?}",
+            a.initial
+        );
+        assert_eq!(
+            a.seq,
+            RunSeq::default(),
+            "the new program's requests, not the old one's"
+        );
     }
 
     #[test]

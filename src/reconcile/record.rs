@@ -26,6 +26,8 @@ pub(super) struct Facts {
     pub starting_at: Option<u64>,
     pub seq: RunSeq,
     pub finished: Option<Finished>,
+    /// The loop ordered the process stopped (and has not started one since).
+    pub stopping: bool,
 }
 
 fn same(
@@ -47,6 +49,7 @@ impl PartialEq for Facts {
             && same(&self.starting, &other.starting)
             && self.starting_at == other.starting_at
             && self.finished == other.finished
+            && self.stopping == other.stopping
     }
 }
 
@@ -66,6 +69,7 @@ impl Facts {
             starting_at: r.starting.as_ref().and_then(|l| l.written_at),
             seq: r.seq.unwrap_or_default(),
             finished: r.finished.clone(),
+            stopping: r.stopping,
         }
     }
 
@@ -80,6 +84,7 @@ impl Facts {
             starting_at: None,
             seq,
             finished,
+            stopping: false,
         }
     }
 
@@ -109,6 +114,8 @@ impl Facts {
             }),
             seq: Some(self.seq),
             finished: self.finished.clone(),
+            removed: false,
+            stopping: self.stopping,
         }
     }
 }

@@ -624,9 +624,13 @@ impl Handle {
             if !record.may_run() {
                 slot.now = None;
                 changed = true;
-            } else if record.spec.is_none() {
-                record.spec = removed.as_ref().map(|p| p.spec.clone());
-                changed |= record.spec.is_some();
+            } else {
+                changed |= !record.removed;
+                record.removed = true;
+                if record.spec.is_none() {
+                    record.spec = removed.as_ref().map(|p| p.spec.clone());
+                    changed |= record.spec.is_some();
+                }
             }
         }
         Ok(changed)

@@ -201,6 +201,15 @@ pub struct InstanceRecord {
     /// How its last process ended when no restart followed (`exited` or `failed`): a finished job
     /// is not run again by the next daemon of the same boot.
     pub finished: Option<Finished>,
+    /// Its program was deleted while its process may still run: a tombstone, kept to stop that
+    /// process. Should a program of the same name come back, nothing this record says about
+    /// requests carried out or a run that ended belongs to it (`docs/reliability.md`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
+    /// The daemon ordered its process stopped (a stop, a removal, a scale-down), written ahead
+    /// of the order: a process that is gone did not end on its own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
 }
 
 impl InstanceRecord {

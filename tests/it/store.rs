@@ -260,6 +260,7 @@ async fn instances_round_trip_and_leave_with_their_program_once_they_have_no_pro
     assert!(store.delete_program("web").await.unwrap());
     let tombstone = |pid| InstanceRecord {
         spec: Some(web.clone()),
+        removed: true,
         ..instance("web", pid)
     };
     assert_eq!(

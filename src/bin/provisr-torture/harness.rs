@@ -298,7 +298,20 @@ impl Daemon {
             thread::Builder::new()
                 .name("daemon-log".into())
                 .spawn(move || {
+                    // PROVISR_TORTURE_DAEMON_LOG=FILE keeps every daemon's whole log, for the
+                    // story behind a violation (docs/reliability.md).
+                    let mut keep = std::env::var_os("PROVISR_TORTURE_DAEMON_LOG").and_then(|p| {
+                        std::fs::OpenOptions::new()
+                            .append(true)
+                            .create(true)
+                            .open(p)
+                            .ok()
+                    });
                     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                        if let Some(f) = keep.as_mut() {
+                            use std::io::Write as _;
+                            let _ = writeln!(f, "[{pid}] {line}");
+                        }
                         if let Some(at) = line.find("listening on http://") {
                             let url = line[at + "listening on ".len()..].trim().to_string();
                             let _ = tx.send(url);
