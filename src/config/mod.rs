@@ -11,10 +11,12 @@
 //! every unknown key; `settings` (the main config) and `program` (a program) apply the rules;
 //! `scan` runs them over the programs and checks across programs. Lines come from the parsers.
 
+mod cronjob;
 mod document;
 pub mod env;
 pub mod error;
 mod identity;
+mod lifecycle_keys;
 mod program;
 mod raw;
 mod scan;
