@@ -378,11 +378,17 @@ impl ReconcileLoop {
             .entries
             .values()
             .zip(&states)
-            .map(|(e, &state)| Observed {
-                id: &e.id,
-                state,
-                spec: &e.spec,
-                seq: e.seq,
+            .map(|(e, &state)| {
+                let s = e.status.borrow();
+                Observed {
+                    id: &e.id,
+                    state,
+                    spec: &e.spec,
+                    seq: e.seq,
+                    has_process: s.pid.is_some() || s.detected_by.is_some(),
+                    healthy: s.healthy,
+                    exit_code: s.last_exit.and_then(|x| x.code),
+                }
             })
             .collect();
         plan::plan(&desired, &observed)
@@ -656,16 +662,20 @@ impl ReconcileLoop {
     /// (instances being removed included, so none outlives the daemon), and what the store
     /// remembers of each updated: removed instances forgotten, finished jobs kept finished.
     async fn stop_all(&mut self) {
-        let mut levels: BTreeMap<i32, Vec<Managed>> = BTreeMap::new();
+        // Within a priority level, a program stops before those it depends on.
+        let ranks = plan::stop_ranks(self.entries.values().map(|e| &*e.spec));
+        let mut levels: BTreeMap<(i32, std::cmp::Reverse<u32>), Vec<Managed>> = BTreeMap::new();
         for (_, e) in std::mem::take(&mut self.entries) {
-            levels.entry(e.spec.priority).or_default().push(e);
+            let rank = ranks.get(&e.id.program).copied().unwrap_or(0);
+            let key = (e.spec.priority, std::cmp::Reverse(rank));
+            levels.entry(key).or_default().push(e);
         }
         let boot = self.boot.clone();
         let mut writes: Vec<StoreWrite> = std::mem::take(&mut self.forget)
             .into_iter()
             .map(|name| StoreWrite::DeleteInstance { name })
             .collect();
-        for (priority, entries) in levels.into_iter().rev() {
+        for ((priority, _), entries) in levels.into_iter().rev() {
             tracing::info!(priority, count = entries.len(), "stopping priority level");
             let mut set = tokio::task::JoinSet::new();
             for e in entries {

@@ -696,6 +696,7 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
         ProgramRecord {
             spec: worker,
@@ -705,6 +706,7 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
     ];
     (programs, Vec::new())
@@ -783,6 +785,7 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: Some(vec!["web.toml:4: unknown key \"prot\"".into()]),
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
         ProgramRecord {
             spec: worker,
@@ -792,6 +795,7 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
     ];
     let instances = vec![
