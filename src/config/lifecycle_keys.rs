@@ -508,3 +508,29 @@ fn cycles(nodes: &[Node<'_>], by_name: &BTreeMap<&str, usize>) -> Vec<Vec<usize>
     }
     found.into_iter().collect()
 }
+
+/// [`check_dependencies`] for a program given through the API: its dependencies against the
+/// programs that exist (`others`, itself left out), as sentences.
+pub fn request_dependency_errors(spec: &ProgramSpec, others: &[&ProgramSpec]) -> Vec<String> {
+    let doc = Document::without_text(super::scan::REQUEST_FILE, Value::Null);
+    let mut nodes = vec![Node {
+        doc: &doc,
+        spec_at: KeyPath::default(),
+        name: Some(&spec.name),
+        spec: Some(spec),
+    }];
+    nodes.extend(others.iter().filter(|o| o.name != spec.name).map(|o| Node {
+        doc: &doc,
+        spec_at: KeyPath::default(),
+        name: Some(&o.name),
+        spec: Some(*o),
+    }));
+    check_dependencies(&nodes)
+        .into_iter()
+        .filter(|(i, _)| *i == 0)
+        .map(|(_, e)| match e.hint {
+            Some(hint) => format!("{}; {hint}", e.message),
+            None => e.message,
+        })
+        .collect()
+}

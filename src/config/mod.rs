@@ -23,6 +23,7 @@ mod scan;
 mod settings;
 
 pub use error::{render_errors, ConfigError};
+pub use lifecycle_keys::request_dependency_errors;
 pub use scan::{
     is_program_file_name, load, program_from_json, scan_programs, FileOutcome, LoadedConfig,
     ProgramsScan,

@@ -123,6 +123,10 @@ pub struct CronRun {
     pub exit_signal: Option<i32>,
     /// Tries so far: 1, and one more per retry of a failed try.
     pub attempts: u32,
+    /// The instance's start and restart requests, summed, once its current try is carried
+    /// out: how the loop tells the try started.
+    #[serde(default)]
+    pub request: u64,
     /// The files its output went to.
     #[serde(default)]
     pub log: LogPaths,
@@ -674,6 +678,7 @@ mod tests {
             exit_code: None,
             exit_signal: None,
             attempts: 1,
+            request: 1,
             log: LogPaths::default(),
         }
     }

@@ -1,7 +1,8 @@
 //! Finding the daemon's own processes in `/proc` by their tag, and signalling them safely.
 //!
 //! Every child carries `PROVISR_STATE_DIR`, `PROVISR_NAME` and `PROVISR_INSTANCE` in its
-//! environment (`spawn.rs`), and detector commands `PROVISR_DETECTOR_COMMAND` besides, so
+//! environment (`spawn.rs`), and detector commands `PROVISR_DETECTOR_COMMAND` besides (hooks
+//! `PROVISR_HOOK`), so
 //! `/proc/PID/environ` tells which daemon a process belongs to and which instance it is part of,
 //! whether or not the store recorded it (`docs/runtime.md`, "The tag every child carries").
 //! A scan reads every process's environment, so it runs when a daemon starts and when an adopted
@@ -12,6 +13,7 @@ use std::path::Path;
 use nix::sys::signal::Signal;
 
 use super::health::DETECTOR_COMMAND_ENV;
+use super::hooks::HOOK_ENV;
 use super::process::{pidfd, proc_start_time, proc_stat};
 use super::spawn::{INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
 
@@ -27,7 +29,7 @@ pub struct Tagged {
     pub name: String,
     /// `PROVISR_INSTANCE`, when it parses.
     pub index: Option<u32>,
-    /// A detector command (or one of its descendants), not the instance's process.
+    /// A detector command or a hook (or one of their descendants), not the instance's process.
     pub detector: bool,
 }
 
@@ -54,7 +56,7 @@ fn tag_of(pid: i32, state_dir: &Path) -> Option<(String, Option<u32>, bool)> {
             name = Some(String::from_utf8_lossy(value).into_owned());
         } else if key == INSTANCE_ENV.as_bytes() {
             index = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-        } else if key == DETECTOR_COMMAND_ENV.as_bytes() {
+        } else if key == DETECTOR_COMMAND_ENV.as_bytes() || key == HOOK_ENV.as_bytes() {
             detector = true;
         }
     }

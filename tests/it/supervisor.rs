@@ -105,6 +105,7 @@ fn fixture() -> Fixture {
         changed: Arc::new(Notify::new()),
         output: sink.clone(),
         state_dir: None,
+        counters: Default::default(),
     };
     Fixture {
         dir,
