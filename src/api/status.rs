@@ -134,9 +134,16 @@ pub fn status_of(
             detected_by: None,
             next_retry_at: None,
             message: file_error.or(waiting_message).or_else(|| {
-                let scheduled = record.spec.is_cron();
-                (desired == DesiredRun::Running && !scheduled)
-                    .then(|| "waiting to start".to_string())
+                if desired != DesiredRun::Running {
+                    return None;
+                }
+                match &cron {
+                    Some(c) => c
+                        .next_schedule_time
+                        .as_ref()
+                        .map(|t| format!("next run at {t}")),
+                    None => Some("waiting to start".to_string()),
+                }
             }),
             ready: false,
             waiting_for: Vec::new(),

@@ -355,7 +355,7 @@ impl Actor {
     fn sync_probes(&mut self) {
         let running = self.life.state == InstanceState::Running;
         if running && !self.probes.armed() {
-            self.probes.arm(Instant::now(), &self.ctx.output);
+            self.probes.arm(Instant::now());
         } else if !running && self.probes.armed() {
             self.probes.disarm();
         }
@@ -372,6 +372,7 @@ impl Actor {
 
     fn spawn(&mut self) -> Result<(), SpawnError> {
         let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref())?;
+        self.probes.process_started(&self.ctx.output);
         self.ctx.output.attach(spawned.stdout, spawned.stderr);
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;
@@ -533,6 +534,9 @@ impl Actor {
         if old.readiness != self.spec.readiness || old.liveness != self.spec.liveness {
             self.probes.disarm();
             self.probes = Probes::new(&self.spec);
+            if self.child.is_some() {
+                self.probes.process_started(&self.ctx.output);
+            }
             self.sync_probes();
             self.publish();
         }
@@ -643,6 +647,7 @@ impl Actor {
         if proc_pgid(pid) != Some(pid) {
             tracing::warn!(instance = %self.id.name, pid, "adopted process no longer leads its process group; stop signals go to it alone");
         }
+        self.probes.process_started(&self.ctx.output);
         match reopen_output(pid) {
             Ok((stdout, stderr)) => self.ctx.output.attach(stdout, stderr),
             Err(why) => {

@@ -2,9 +2,10 @@
 //! actor, armed while it is `running`, so an idle daemon wakes only when a probe is due.
 //!
 //! `http`, `tcp` and `exec` probes run every `interval` (the first after `initial_delay`), each
-//! in a task of its own with its `timeout`. A `log` probe is no timer: it passes at the first
-//! new output line its pattern matches and stays passed while the process lives; a liveness
-//! `log` probe that has not matched yet counts a failure every `interval`. A probe passes after
+//! in a task of its own with its `timeout`. A `log` probe is no timer: it watches the output of
+//! each process from its spawn, passes at the first line its pattern matches and stays passed
+//! while the process lives; a liveness `log` probe that has not matched yet counts a failure
+//! every `interval`. A probe passes after
 //! `success_threshold` successes in a row and fails after `failure_threshold` failures in a row;
 //! readiness starts failed (not ready), liveness passed.
 
@@ -124,9 +125,33 @@ impl Probes {
         self.slots[0].as_ref().is_none_or(|s| s.passing)
     }
 
+    /// A new process: `log` probes watch its output from now on, so a line it prints before it
+    /// counts as `running` is seen too.
+    pub(crate) fn process_started(&mut self, sink: &Arc<dyn OutputSink>) {
+        for s in self.slots.iter_mut().flatten() {
+            let ProbeCheck::Log { pattern } = &s.spec.check else {
+                continue;
+            };
+            if let Some(old) = s.watch.take() {
+                old.abort();
+            }
+            s.matched = false;
+            let mut lines = sink.lines();
+            let re = regex::Regex::new(pattern).ok();
+            s.watch = Some(tokio::spawn(async move {
+                while let Some(line) = lines.next().await {
+                    if re.as_ref().is_some_and(|re| re.is_match(&line)) {
+                        return;
+                    }
+                }
+                std::future::pending::<()>().await
+            }));
+        }
+    }
+
     /// Starts probing a process that just began to run: readiness from not ready, liveness from
-    /// alive, the first probes after `initial_delay`; `log` probes watch `sink` from now on.
-    pub(crate) fn arm(&mut self, now: Instant, sink: &Arc<dyn OutputSink>) {
+    /// alive, the first probes after `initial_delay`.
+    pub(crate) fn arm(&mut self, now: Instant) {
         self.armed = true;
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(s) = slot else { continue };
@@ -135,24 +160,21 @@ impl Probes {
             } else {
                 Which::Liveness
             };
-            *s = Slot::new(&s.spec, which);
+            s.passing = which == Which::Liveness;
+            s.successes = 0;
+            s.failures = 0;
+            s.in_flight = None;
             let first = now + s.spec.initial_delay.get();
-            if let ProbeCheck::Log { pattern } = &s.spec.check {
-                let mut lines = sink.lines();
-                let re = regex::Regex::new(pattern).ok();
-                s.watch = Some(tokio::spawn(async move {
-                    while let Some(line) = lines.next().await {
-                        if re.as_ref().is_some_and(|re| re.is_match(&line)) {
-                            return;
-                        }
-                    }
-                    std::future::pending::<()>().await
-                }));
+            s.due = if s.is_log() {
                 // A readiness log probe only waits for its line; a liveness one counts the
                 // intervals without it.
-                s.due = (which == Which::Liveness).then(|| first + s.interval());
+                (which == Which::Liveness && !s.matched).then(|| first + s.interval())
             } else {
-                s.due = Some(first);
+                Some(first)
+            };
+            if s.is_log() && s.matched && s.watch.is_none() {
+                // Matched before it was armed (and recorded then, unarmed): it passes.
+                s.passing = true;
             }
         }
     }
@@ -162,9 +184,6 @@ impl Probes {
     pub(crate) fn disarm(&mut self) {
         self.armed = false;
         for s in self.slots.iter_mut().flatten() {
-            if let Some(w) = s.watch.take() {
-                w.abort();
-            }
             s.in_flight = None;
             s.due = None;
             s.passing = false;
@@ -210,6 +229,9 @@ impl Probes {
 
     /// Waits for a probe result (forever when none can come). Cancel-safe.
     pub(crate) async fn finished(&mut self) -> (Which, Result<(), String>) {
+        if !self.armed {
+            return std::future::pending().await;
+        }
         std::future::poll_fn(|cx| {
             for (i, slot) in self.slots.iter_mut().enumerate() {
                 let Some(s) = slot else { continue };
@@ -266,7 +288,13 @@ impl Probes {
             Ok(()) => {
                 s.failures = 0;
                 s.successes = s.successes.saturating_add(1);
-                if !s.passing && s.successes >= s.spec.success_threshold.max(1) {
+                // A log probe's line is seen once: one success is all it can have.
+                let needed = if s.is_log() {
+                    1
+                } else {
+                    s.spec.success_threshold.max(1)
+                };
+                if !s.passing && s.successes >= needed {
                     s.passing = true;
                     return ProbeChange::Passing(format!(
                         "{} probe {label} passes",
@@ -376,7 +404,8 @@ mod tests {
         let sink: Arc<dyn OutputSink> = Arc::new(NoSink);
         let now = Instant::now();
         assert_eq!(p.next_due(), None, "idle until armed");
-        p.arm(now, &sink);
+        p.process_started(&sink);
+        p.arm(now);
         assert_eq!(p.next_due(), Some(now));
         let r = Which::Readiness;
         assert_eq!(p.record(r, Ok(()), now, &counters), ProbeChange::Unchanged);
