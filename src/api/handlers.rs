@@ -276,7 +276,12 @@ async fn wait_settled(
     let mut passes = d.reconciler.passes();
     loop {
         let live = d.reconciler.live();
+        // A start waiting for its dependencies has settled for now: it says so in its status.
+        let waiting = d.reconciler.waiting();
         let settled = picked.iter().all(|p| {
+            if request != RunRequest::Stop && waiting.contains_key(&p.id.name) {
+                return true;
+            }
             let status = live.get(&p.id.name).map(|l| l.status.borrow().clone());
             let changed_since = |s: &crate::supervisor::InstanceStatus| {
                 !needs_change.get(&p.id.name).copied().unwrap_or(true)
