@@ -609,3 +609,261 @@ pub(super) fn remove_run_logs(paths: &LogPaths) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::config::{Exec, Source};
+    use crate::store::RunSeq;
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn job(concurrency: Concurrency, instances: u32) -> ProgramRecord {
+        let mut spec = ProgramSpec::new("job", Exec::Command("true".into()));
+        spec.instances = instances;
+        spec.cron = Some(CronSpec {
+            schedule: "@every 10s".parse().unwrap(),
+            time_zone: None,
+            concurrency,
+            suspend: false,
+            starting_deadline: None,
+            history_limit: 5,
+            timeout: None,
+            retries: 0,
+        });
+        let mut r = ProgramRecord::new(spec, Source::Api);
+        r.apply_cron(&CronChange::Scheduled(at(0)));
+        r
+    }
+
+    fn programs(r: &ProgramRecord) -> Programs {
+        Arc::new(BTreeMap::from([(r.spec.name.clone(), Arc::new(r.clone()))]))
+    }
+
+    fn view(state: InstanceState, carried: u64) -> InstanceView {
+        InstanceView {
+            state,
+            carried,
+            started_at: Some(at(10)),
+            stopped_at: None,
+            last_exit: None,
+            has_process: state.has_process(),
+        }
+    }
+
+    /// Applies a tick's writes to `r`, as the store would.
+    fn apply(r: &mut ProgramRecord, tick: &Tick) {
+        let mut slot = Some(r.clone());
+        for w in &tick.writes {
+            w.apply_to_program(&mut slot).unwrap();
+        }
+        *r = slot.unwrap();
+    }
+
+    fn table() -> CronTable {
+        CronTable::new(Path::new("/state"), at(0))
+    }
+
+    #[test]
+    fn a_due_time_requests_a_run_and_moves_the_schedule_on() {
+        let mut r = job(Concurrency::Forbid, 1);
+        let t = table();
+        let none = BTreeMap::new();
+        assert!(
+            t.tick(&programs(&r), &none, at(9)).writes.is_empty(),
+            "not due yet"
+        );
+        assert_eq!(t.next_wakeup(&programs(&r), &none, at(9)), Some(at(10)));
+        let tick = t.tick(&programs(&r), &none, at(10));
+        apply(&mut r, &tick);
+        let state = r.cron.clone().unwrap();
+        assert_eq!(state.last_schedule_time, Some(at(10)));
+        assert_eq!(state.history.len(), 1);
+        let run = &state.history[0];
+        assert_eq!(
+            (run.id, run.result, run.scheduled_for),
+            (1, RunResult::Running, Some(at(10)))
+        );
+        assert_eq!(
+            run.log.stdout.as_deref(),
+            Some(Path::new("/state/cron/job/1.stdout.log"))
+        );
+        assert_eq!(
+            r.instance_desired("job").seq,
+            RunSeq {
+                start: 1,
+                restart: 0
+            }
+        );
+        assert_eq!(run.request, 1);
+    }
+
+    #[test]
+    fn forbid_skips_replace_restarts_allow_uses_another_instance() {
+        let busy = |r: &ProgramRecord| {
+            let mut r = r.clone();
+            let tick = table().tick(&programs(&r), &BTreeMap::new(), at(10));
+            apply(&mut r, &tick);
+            r
+        };
+        // forbid: run 1 lasts, the next time is skipped.
+        let r = busy(&job(Concurrency::Forbid, 1));
+        let running = BTreeMap::from([("job".to_string(), view(InstanceState::Running, 1))]);
+        let mut t = table();
+        t.cursors.insert("job".into(), at(10));
+        let tick = t.tick(&programs(&r), &running, at(20));
+        assert_eq!(tick.results, [("job".to_string(), "skipped")]);
+        let mut after = r.clone();
+        apply(&mut after, &tick);
+        assert_eq!(after.cron.as_ref().unwrap().history.len(), 1);
+        assert_eq!(
+            after.cron.as_ref().unwrap().last_schedule_time,
+            Some(at(20))
+        );
+        // replace: run 1 ends `replaced`, the instance restarts for run 2.
+        let r = busy(&job(Concurrency::Replace, 1));
+        let tick = t.tick(&programs(&r), &running, at(20));
+        let mut after = r.clone();
+        apply(&mut after, &tick);
+        let h = &after.cron.as_ref().unwrap().history;
+        assert_eq!(
+            h.iter().map(|x| (x.id, x.result)).collect::<Vec<_>>(),
+            [(1, RunResult::Replaced), (2, RunResult::Running)]
+        );
+        assert_eq!(
+            after.instance_desired("job").seq,
+            RunSeq {
+                start: 1,
+                restart: 1
+            }
+        );
+        // allow: run 2 in the second instance.
+        let r = busy(&job(Concurrency::Allow, 2));
+        let running = BTreeMap::from([("job-1".to_string(), view(InstanceState::Running, 1))]);
+        let tick = t.tick(&programs(&r), &running, at(20));
+        let mut after = r.clone();
+        apply(&mut after, &tick);
+        let h = &after.cron.as_ref().unwrap().history;
+        assert_eq!(h[1].instance, "job-2");
+        assert_eq!(
+            after.instance_desired("job-2").seq,
+            RunSeq {
+                start: 1,
+                restart: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_settled_run_gets_its_result_and_a_failed_one_its_retries() {
+        let mut r = job(Concurrency::Forbid, 1);
+        if let Some(c) = r.spec.cron.as_mut() {
+            c.retries = 1;
+        }
+        let t = table();
+        let tick = t.tick(&programs(&r), &BTreeMap::new(), at(10));
+        apply(&mut r, &tick);
+        let mut exited = view(InstanceState::Exited, 1);
+        exited.last_exit = Some(ExitInfo {
+            code: Some(2),
+            signal: None,
+        });
+        exited.stopped_at = Some(at(11));
+        let views = BTreeMap::from([("job".to_string(), exited.clone())]);
+        // Failed with a retry left: tried again after retry_interval (1 s).
+        assert_eq!(t.next_wakeup(&programs(&r), &views, at(11)), Some(at(12)));
+        let tick = t.tick(&programs(&r), &views, at(12));
+        apply(&mut r, &tick);
+        let run = r.cron.as_ref().unwrap().history[0].clone();
+        assert_eq!(
+            (run.attempts, run.result, run.request),
+            (2, RunResult::Running, 2)
+        );
+        // Failed again, no retry left: failed, with its exit.
+        let mut again = exited;
+        again.carried = 2;
+        let views = BTreeMap::from([("job".to_string(), again)]);
+        let tick = t.tick(&programs(&r), &views, at(13));
+        assert_eq!(tick.results, [("job".to_string(), "failed")]);
+        apply(&mut r, &tick);
+        let run = &r.cron.as_ref().unwrap().history[0];
+        assert_eq!((run.result, run.exit_code), (RunResult::Failed, Some(2)));
+        assert_eq!(
+            r.cron.as_ref().unwrap().last_result(),
+            Some(RunResult::Failed)
+        );
+    }
+
+    #[test]
+    fn a_time_missed_while_no_daemon_ran_runs_only_within_the_starting_deadline() {
+        for (deadline, runs) in [(None, false), (Some(60), true), (Some(5), false)] {
+            let mut r = job(Concurrency::Forbid, 1);
+            if let Some(c) = r.spec.cron.as_mut() {
+                c.starting_deadline = deadline.map(crate::config::Dur::from_secs);
+            }
+            // The daemon started at 35 s; 10, 20 and 30 s passed while it was down.
+            let t = CronTable::new(Path::new("/state"), at(35));
+            let tick = t.tick(&programs(&r), &BTreeMap::new(), at(36));
+            let missed = tick.results.iter().filter(|(_, x)| *x == "missed").count();
+            apply(&mut r, &tick);
+            let history = r.cron.as_ref().unwrap().history.clone();
+            assert_eq!(!history.is_empty(), runs, "deadline {deadline:?}");
+            if runs {
+                assert_eq!(history.len(), 1, "at most once");
+                assert_eq!(history[0].scheduled_for, Some(at(30)), "the latest");
+                assert_eq!(missed, 2);
+            } else {
+                assert_eq!(missed, 3);
+            }
+            assert_eq!(r.cron.as_ref().unwrap().last_schedule_time, Some(at(30)));
+        }
+    }
+
+    #[test]
+    fn a_suspended_or_stopped_job_is_not_scheduled_and_a_new_one_begins_now() {
+        let t = table();
+        let mut r = job(Concurrency::Forbid, 1);
+        r.apply_cron(&CronChange::Suspend(true));
+        let tick = t.tick(&programs(&r), &BTreeMap::new(), at(50));
+        assert!(tick.writes.is_empty());
+        assert_eq!(t.next_times(&programs(&r), at(50))["job"], None);
+        let mut r = job(Concurrency::Forbid, 1);
+        r.desired = DesiredRun::Stopped;
+        assert!(t
+            .tick(&programs(&r), &BTreeMap::new(), at(50))
+            .writes
+            .is_empty());
+        let mut fresh = job(Concurrency::Forbid, 1);
+        fresh.cron = None;
+        let mut t = table();
+        let tick = t.tick(&programs(&fresh), &BTreeMap::new(), at(50));
+        assert!(tick.writes.is_empty(), "nothing before it appeared runs");
+        t.commit(&tick);
+        assert_eq!(t.next_times(&programs(&fresh), at(51))["job"], Some(at(60)));
+    }
+
+    #[test]
+    fn a_trigger_runs_as_concurrency_allows() {
+        let r = job(Concurrency::Forbid, 1);
+        let t = table();
+        let (writes, run) = t
+            .trigger("job", &programs(&r), &BTreeMap::new(), at(5))
+            .unwrap();
+        assert_eq!((run.cause, run.scheduled_for), (RunCause::Trigger, None));
+        assert_eq!(writes.len(), 2, "the request and the run, in one batch");
+        let running = BTreeMap::from([("job".to_string(), view(InstanceState::Running, 1))]);
+        let busy = t
+            .trigger("job", &programs(&r), &running, at(5))
+            .unwrap_err();
+        assert!(matches!(busy, TriggerError::Busy(_)), "{busy}");
+        assert!(matches!(
+            t.trigger("nope", &programs(&r), &running, at(5)),
+            Err(TriggerError::NotFound(_))
+        ));
+    }
+}
