@@ -133,33 +133,38 @@ mod tests {
     fn a_scan_finds_exactly_the_processes_tagged_with_its_state_dir() {
         let dir = tempfile::tempdir().unwrap();
         let ours = dir.path().join("ours");
-        let spawn = |state: &Path, name: &str, detector: bool| {
+        let spawn = |state: &Path, name: &str, helper: Option<&str>| {
             let mut cmd = std::process::Command::new("sleep");
             cmd.arg("300")
                 .env(STATE_DIR_ENV, state)
                 .env(NAME_ENV, name)
                 .env(INSTANCE_ENV, "2")
                 .process_group(0);
-            if detector {
-                cmd.env(DETECTOR_COMMAND_ENV, "true");
+            if let Some(var) = helper {
+                cmd.env(var, "true");
             }
             cmd.spawn().unwrap()
         };
         let mut children = [
-            spawn(&ours, "web-2", false),
-            spawn(&ours, "web-2", true),
-            spawn(&dir.path().join("other"), "web-2", false),
+            spawn(&ours, "web-2", None),
+            spawn(&ours, "web-2", Some(DETECTOR_COMMAND_ENV)),
+            spawn(&dir.path().join("other"), "web-2", None),
+            spawn(&ours, "web-2", Some(HOOK_ENV)),
         ];
         let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
         let found = scan(&ours);
         let mine: Vec<&Tagged> = found.iter().filter(|t| pids.contains(&t.pid)).collect();
-        assert_eq!(mine.len(), 2, "{found:?}");
+        assert_eq!(mine.len(), 3, "{found:?}");
         assert_eq!(
             (mine[0].pid, &*mine[0].name, mine[0].index, mine[0].detector),
             (pids[0], "web-2", Some(2), false)
         );
         assert!(mine[0].leads_group());
         assert!(mine[1].detector);
+        assert!(
+            mine[2].detector,
+            "a hook is a helper too, never the instance"
+        );
         assert_eq!(signal_instance(&ours, "web-2", Signal::SIGKILL), 1);
         assert!(children[0].wait().is_ok());
         for c in &mut children[1..] {

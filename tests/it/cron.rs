@@ -409,3 +409,70 @@ fn runs_missed_while_no_daemon_ran_run_once_within_starting_deadline_and_never_a
         "{lost:?}"
     );
 }
+
+#[test]
+fn replace_stops_the_run_under_way_and_allow_runs_beside_it_in_another_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let release = d.join("release");
+    let wait = format!("while [ ! -f {} ]; do sleep 0.05; done", release.display());
+    let replace = format!(
+        "schedule = \"@every 1s\"\ncommand = \"{wait}\"\nconcurrency = \"replace\"\nstop_timeout = \"2s\"\n"
+    );
+    let allow = format!(
+        "schedule = \"@every 1s\"\ncommand = \"{wait}\"\nconcurrency = \"allow\"\ninstances = 2\n"
+    );
+    let cfg = setup(d, false, &[("rep.toml", replace), ("par.toml", allow)]);
+    let daemon = start(d, &cfg);
+    let mut guard = GroupGuard::default();
+    // replace: each new time stops the run under way; only one process at a time.
+    let h = wait_for(WAIT, "two runs replaced", || {
+        let h = history(&daemon, "rep");
+        (h.iter().filter(|r| r["result"] == "replaced").count() >= 2).then_some(h)
+    });
+    assert_eq!(
+        h.iter().filter(|r| r["result"] == "running").count(),
+        1,
+        "{h:?}"
+    );
+    if let Some(pid) = daemon.status("rep")["pid"].as_i64() {
+        guard.add(pid as i32);
+    }
+    // allow: the second run beside the first, in job-2; the third has no free instance.
+    let h = wait_for(WAIT, "both instances busy", || {
+        let h = history(&daemon, "par");
+        let running: Vec<&str> = h
+            .iter()
+            .filter(|r| r["result"] == "running" && r["started_at"].is_string())
+            .filter_map(|r| r["instance"].as_str())
+            .collect();
+        (running.len() == 2).then_some(h)
+    });
+    let mut instances: Vec<&str> = h.iter().filter_map(|r| r["instance"].as_str()).collect();
+    instances.sort_unstable();
+    assert_eq!(instances, ["par-1", "par-2"], "{h:?}");
+    for name in ["par-1", "par-2"] {
+        let s = daemon.status(name);
+        assert_eq!(s["state"], "running");
+        if let Some(pid) = s["pid"].as_i64() {
+            guard.add(pid as i32);
+        }
+    }
+    let last = time(&job(&daemon, "par")["last_schedule_time"]);
+    wait_for(WAIT, "a later time", || {
+        (time(&job(&daemon, "par")["last_schedule_time"]) > last).then_some(())
+    });
+    assert_eq!(
+        history(&daemon, "par").len(),
+        2,
+        "no third run: both instances were busy"
+    );
+    std::fs::write(&release, "").unwrap();
+    wait_for(WAIT, "the runs done", || {
+        let h = history(&daemon, "par");
+        h.iter()
+            .filter(|r| r["id"].as_u64() <= Some(2))
+            .all(|r| r["result"] == "succeeded")
+            .then_some(())
+    });
+}
