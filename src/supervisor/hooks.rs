@@ -200,11 +200,13 @@ async fn run_hook(
     };
     let mut out = reader(pipes.0.map(OwnedFd::from));
     let mut err = reader(pipes.1.map(OwnedFd::from));
-    let mut last: Option<String> = None;
+    // The last line of each stream: a failure quotes stderr's, else stdout's (two pipes read
+    // at once have no order between them).
+    let mut last: [Option<String>; 2] = [None, None];
     let mut note = |stream: OutputStream, line: String| {
         ctx.sink.note(stream, &format!("[{}] {line}", hook.name));
         if !line.trim().is_empty() {
-            last = Some(line);
+            last[usize::from(stream == OutputStream::Stderr)] = Some(line);
         }
     };
     let deadline = tokio::time::sleep(hook.timeout.get());
@@ -254,7 +256,8 @@ async fn run_hook(
     if exit.code == Some(0) {
         return Ok(());
     }
-    Err(match last {
+    let [out_line, err_line] = last;
+    Err(match err_line.or(out_line) {
         Some(line) => format!("{exit}; last output: {line}"),
         None => exit.to_string(),
     })
