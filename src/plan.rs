@@ -218,6 +218,12 @@ fn flat_fields(spec: &ProgramSpec) -> BTreeMap<String, serde_json::Value> {
                 ("name", _) => {}
                 // `{"command": "…"}` or `{"args": […]}`: the key is the field the user wrote.
                 ("exec", serde_json::Value::Object(exec)) => out.extend(exec),
+                // A cron job's keys sit at the top of its file: `schedule`, not `cron.schedule`.
+                ("cron", serde_json::Value::Object(cron)) => {
+                    for (k, v) in cron {
+                        flatten(k, v, &mut out);
+                    }
+                }
                 (_, v) => flatten(k, v, &mut out),
             }
         }
@@ -874,6 +880,28 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].field, "detectors");
         assert_eq!(c[0].effect, Effect::InPlace);
+        // A cron job's schedule is named as written, and applies in place.
+        let mut job = old.clone();
+        job.cron = Some(crate::config::CronSpec {
+            schedule: "@hourly".parse().unwrap(),
+            time_zone: None,
+            concurrency: crate::config::Concurrency::Forbid,
+            suspend: false,
+            starting_deadline: None,
+            history_limit: 10,
+            timeout: None,
+            retries: 0,
+        });
+        let mut daily = job.clone();
+        if let Some(c) = daily.cron.as_mut() {
+            c.schedule = "@daily".parse().unwrap();
+        }
+        let c = spec_changes(&job, &daily);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].field.as_str(), c[0].effect),
+            ("schedule", Effect::InPlace)
+        );
     }
 
     #[test]
