@@ -178,7 +178,8 @@ fn program_touched(w: &StoreWrite) -> Option<String> {
         StoreWrite::SetError { name, .. }
         | StoreWrite::SetDesired { name, .. }
         | StoreWrite::Request { name, .. }
-        | StoreWrite::DeleteProgram { name } => Some(name.clone()),
+        | StoreWrite::DeleteProgram { name }
+        | StoreWrite::Cron { name, .. } => Some(name.clone()),
         _ => None,
     }
 }

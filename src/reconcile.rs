@@ -11,14 +11,20 @@
 //! ahead, one flushed batch per pass; after each pass it records what changed (pids, the spec
 //! each process runs, restarts, finished jobs), again as one batch, retried until it is durable;
 //! and it forgets an instance only once its process has stopped (`docs/reliability.md`).
+//!
+//! Cron jobs are part of the same loop (`cron.rs`): one timer, the earliest thing any job has
+//! due, and each pass first asks the cron table what is due (runs to request, results to
+//! record, runs to stop) before it plans.
 
 mod adopt;
+pub mod cron;
+pub use cron::TriggerError;
 mod record;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
@@ -27,13 +33,14 @@ use crate::desired::{DesiredState, Programs};
 use crate::logs::InstanceLog;
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, Desired, Observed, Plan, RunSeq};
-use crate::store::StoreWrite;
+use crate::store::{CronRun, RunResult, StoreWrite};
 use crate::supervisor::launches::{self, LaunchJournal};
 use crate::supervisor::tag::{self, signal_tagged};
 use crate::supervisor::{
     Event, Initial, InstanceHandle, InstanceState, InstanceStatus, RuntimeContext,
 };
 
+use cron::{CronTable, InstanceView};
 use record::Facts;
 
 /// How often a pass runs with nothing else waking it: the backstop of level-triggering.
@@ -56,6 +63,12 @@ pub struct LiveInstance {
 /// Every instance the daemon runs, by instance name; replaced whenever the set changes.
 pub type LiveTable = Arc<BTreeMap<String, LiveInstance>>;
 
+/// The unmet dependencies each waiting instance's start waits for, by instance name.
+pub type Waiting = Arc<BTreeMap<String, Vec<String>>>;
+
+/// Each cron job's next scheduled time (`None` while suspended or stopped), by job name.
+pub type CronNext = Arc<BTreeMap<String, Option<SystemTime>>>;
+
 /// What the API can ask of the loop.
 enum Request {
     /// Run one pass now and return the plan it carried out.
@@ -67,6 +80,8 @@ enum Request {
     /// End the loop leaving every child running (used when the daemon must exit without stopping
     /// its children, e.g. in tests of crash recovery).
     Detach(oneshot::Sender<()>),
+    /// Run a cron job now, as its concurrency allows.
+    Trigger(String, oneshot::Sender<Result<CronRun, TriggerError>>),
 }
 
 /// The API's handle on the loop.
@@ -75,6 +90,8 @@ pub struct Reconciler {
     requests: mpsc::Sender<Request>,
     live: watch::Receiver<LiveTable>,
     passes: watch::Receiver<u64>,
+    waiting: watch::Receiver<Waiting>,
+    cron_next: watch::Receiver<CronNext>,
 }
 
 impl Reconciler {
@@ -86,6 +103,27 @@ impl Reconciler {
     /// A receiver that changes after every pass, for waiting on convergence.
     pub fn passes(&self) -> watch::Receiver<u64> {
         self.passes.clone()
+    }
+
+    /// The unmet dependencies of the starts waiting for them, as of the last pass.
+    pub fn waiting(&self) -> Waiting {
+        self.waiting.borrow().clone()
+    }
+
+    /// Each cron job's next scheduled time, as of the last pass.
+    pub fn cron_next(&self) -> CronNext {
+        self.cron_next.borrow().clone()
+    }
+
+    /// Runs cron job `job` now, as its concurrency allows; the run as its history records it.
+    pub async fn trigger(&self, job: &str) -> Result<CronRun, TriggerError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || TriggerError::Store("the reconcile loop has stopped".to_string());
+        self.requests
+            .send(Request::Trigger(job.to_string(), tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     /// Runs one pass now; the steps it carried out.
@@ -197,6 +235,12 @@ struct ReconcileLoop {
     retry: Option<(Instant, Duration)>,
     /// Where every spawn is noted as it succeeds (`supervisor::launches`).
     launches: Option<Arc<LaunchJournal>>,
+    /// Where every cron job's schedule stands.
+    cron: CronTable,
+    /// When the earliest thing a cron job has due is: the loop's one cron timer.
+    cron_at: Option<Instant>,
+    waiting_tx: watch::Sender<Waiting>,
+    cron_next_tx: watch::Sender<CronNext>,
 }
 
 /// Starts the loop: takes over what the store's instance records and `/proc` say an earlier
@@ -212,7 +256,10 @@ pub fn start(
     let (requests, rx) = mpsc::channel(16);
     let (live_tx, live) = watch::channel(LiveTable::default());
     let (passes_tx, passes) = watch::channel(0);
+    let (waiting_tx, waiting) = watch::channel(Waiting::default());
+    let (cron_next_tx, cron_next) = watch::channel(CronNext::default());
     let state_dir = canonical_state_dir(desired.store().state_dir());
+    let cron = CronTable::new(&state_dir, SystemTime::now());
     let mut lp = ReconcileLoop {
         desired,
         events,
@@ -227,6 +274,10 @@ pub fn start(
         forget: BTreeSet::new(),
         retry: None,
         launches: None,
+        cron,
+        cron_at: None,
+        waiting_tx,
+        cron_next_tx,
     };
     lp.take_over();
     tokio::spawn(lp.run(rx, wake));
@@ -234,6 +285,8 @@ pub fn start(
         requests,
         live,
         passes,
+        waiting,
+        cron_next,
     }
 }
 
@@ -269,6 +322,7 @@ impl ReconcileLoop {
                 () = wake.notified() => None,
                 () = tokio::time::sleep(RESYNC_INTERVAL) => None,
                 () = sleep_until(retry_at) => None,
+                () = sleep_until(self.cron_at) => None,
                 req = requests.recv() => match req {
                     Some(Request::Pass(reply)) => Some(reply),
                     Some(Request::Preview(programs, reply)) => {
@@ -279,6 +333,10 @@ impl ReconcileLoop {
                         self.stop_all().await;
                         let _ = reply.send(());
                         return;
+                    }
+                    Some(Request::Trigger(job, reply)) => {
+                        let _ = reply.send(self.trigger(&job).await);
+                        None
                     }
                     Some(Request::Detach(reply)) => {
                         for (_, e) in std::mem::take(&mut self.entries) {
@@ -367,6 +425,7 @@ impl ReconcileLoop {
             output: Arc::new(log.clone()),
             state_dir: Some(self.state_dir.clone()),
             launches: self.launches.clone(),
+            counters: self.metrics.runtime_counters(),
         };
         let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
         let status = handle.watch();
@@ -413,20 +472,29 @@ impl ReconcileLoop {
             .entries
             .values()
             .zip(&states)
-            .map(|(e, &state)| Observed {
-                id: &e.id,
-                state,
-                spec: &e.spec,
-                seq: e.seq,
+            .map(|(e, &state)| {
+                let s = e.status.borrow();
+                Observed {
+                    id: &e.id,
+                    state,
+                    spec: &e.spec,
+                    seq: e.seq,
+                    has_process: s.pid.is_some() || s.detected_by.is_some(),
+                    healthy: s.healthy,
+                    exit_code: s.last_exit.and_then(|x| x.code),
+                }
             })
             .collect();
         plan::plan(&desired, &observed)
     }
 
-    /// One pass: plan, write the starts ahead, carry out what is ready, record what changed.
+    /// One pass: what cron jobs have due, plan, write the starts ahead, carry out what is
+    /// ready, record what changed.
     async fn pass_untimed(&mut self) -> Plan {
+        self.cron_tick().await;
         let programs = self.desired.snapshot();
         let full = self.plan_for(&programs);
+        self.publish_waiting(&full);
         let desired: Vec<Desired<'_>> = programs.values().map(|r| Desired::from(&**r)).collect();
         let by_name: BTreeMap<&str, &Desired<'_>> =
             desired.iter().map(|d| (d.spec.name.as_str(), d)).collect();
@@ -477,10 +545,12 @@ impl ReconcileLoop {
         self.write_ahead(&actions).await;
         let mut done = Vec::with_capacity(actions.len());
         for (step, target) in actions {
+            self.run_logs(&programs, &step);
             self.execute(&step, target);
             done.push(step);
         }
         self.persist(None).await;
+        self.arm_cron(&programs);
         if self.table_dirty {
             self.table_dirty = false;
             let table: BTreeMap<String, LiveInstance> = self
@@ -502,6 +572,147 @@ impl ReconcileLoop {
         }
         self.passes_tx.send_modify(|n| *n += 1);
         Plan { steps: done }
+    }
+
+    /// Publishes which starts wait for dependencies, when that changed.
+    fn publish_waiting(&mut self, plan: &Plan) {
+        let waiting: BTreeMap<String, Vec<String>> = plan
+            .steps
+            .iter()
+            .filter(|s| s.deferred && matches!(s.action, Action::Start | Action::Restart))
+            .filter(|s| !s.waiting_for.is_empty())
+            .map(|s| (s.instance.clone(), s.waiting_for.clone()))
+            .collect();
+        self.waiting_tx.send_if_modified(|w| {
+            let changed = **w != waiting;
+            if changed {
+                *w = Arc::new(waiting);
+            }
+            changed
+        });
+    }
+
+    /// The cron jobs' instances as the cron table needs them.
+    fn cron_views(
+        &mut self,
+        programs: &crate::desired::Programs,
+    ) -> BTreeMap<String, InstanceView> {
+        let mut views = BTreeMap::new();
+        for r in programs.values().filter(|r| r.spec.is_cron()) {
+            for id in r.spec.instances() {
+                let Some(e) = self.entries.get_mut(&id.name) else {
+                    continue;
+                };
+                let state = e.observed_state();
+                let s = e.status.borrow();
+                views.insert(
+                    id.name.clone(),
+                    InstanceView {
+                        state,
+                        carried: e.seq.start + e.seq.restart,
+                        started_at: s.started_at,
+                        stopped_at: s.stopped_at,
+                        last_exit: s.last_exit,
+                        has_process: s.pid.is_some(),
+                    },
+                );
+            }
+        }
+        views
+    }
+
+    /// What cron jobs have due now: requests and results written as one flushed batch, runs
+    /// over their timeout stopped.
+    async fn cron_tick(&mut self) {
+        let programs = self.desired.snapshot();
+        if !programs.values().any(|r| r.spec.is_cron()) {
+            return;
+        }
+        let views = self.cron_views(&programs);
+        let tick = self.cron.tick(&programs, &views, SystemTime::now());
+        for name in &tick.stops {
+            if let Some(e) = self.entries.get(name) {
+                e.handle.stop();
+            }
+        }
+        if tick.writes.is_empty() {
+            self.cron.commit(&tick);
+            return;
+        }
+        match self.desired.apply(tick.writes.clone()).await {
+            Ok(_) => {
+                self.cron.commit(&tick);
+                for (job, result) in &tick.results {
+                    self.metrics.observe_cron_run(job, result);
+                }
+                for paths in &tick.drop_logs {
+                    cron::remove_run_logs(paths);
+                }
+            }
+            Err(e) => tracing::error!(
+                "cannot record what cron jobs have due: {e}; trying again at the next pass"
+            ),
+        }
+    }
+
+    /// `trigger`: a run of `job` now.
+    async fn trigger(&mut self, job: &str) -> Result<CronRun, TriggerError> {
+        let programs = self.desired.snapshot();
+        let views = self.cron_views(&programs);
+        let (writes, run) = self
+            .cron
+            .trigger(job, &programs, &views, SystemTime::now())?;
+        self.desired
+            .apply(writes)
+            .await
+            .map_err(|e| TriggerError::Store(format!("cannot record the run: {e}")))?;
+        tracing::info!(job, run = run.id, instance = %run.instance, "cron job triggered");
+        Ok(run)
+    }
+
+    /// A cron job's run starting: its instance's output goes to the run's own log files.
+    fn run_logs(&mut self, programs: &crate::desired::Programs, step: &plan::Step) {
+        if !matches!(step.action, Action::Start | Action::Restart) {
+            return;
+        }
+        let Some(record) = programs.get(&step.program).filter(|r| r.spec.is_cron()) else {
+            return;
+        };
+        let run = record
+            .cron
+            .iter()
+            .flat_map(|c| c.history.iter())
+            .rfind(|r| r.instance == step.instance && r.result == RunResult::Running);
+        if let (Some(run), Some(e)) = (run, self.entries.get(&step.instance)) {
+            e.log.update(run.log.clone(), &record.spec.log);
+        }
+    }
+
+    /// Arms the cron timer at the earliest thing due, and publishes the next scheduled times.
+    fn arm_cron(&mut self, programs: &crate::desired::Programs) {
+        if !programs.values().any(|r| r.spec.is_cron()) {
+            self.cron_at = None;
+            self.cron_next_tx.send_if_modified(|n| {
+                let changed = !n.is_empty();
+                *n = CronNext::default();
+                changed
+            });
+            return;
+        }
+        let now = SystemTime::now();
+        let views = self.cron_views(programs);
+        self.cron_at = self
+            .cron
+            .next_wakeup(programs, &views, now)
+            .map(|at| Instant::now() + at.duration_since(now).unwrap_or_default());
+        let next = self.cron.next_times(programs, now);
+        self.cron_next_tx.send_if_modified(|n| {
+            let changed = **n != next;
+            if changed {
+                *n = Arc::new(next);
+            }
+            changed
+        });
     }
 
     /// Makes the starts and restarts of this pass durable before any of them is sent: each
@@ -705,16 +916,20 @@ impl ReconcileLoop {
     /// (instances being removed included, so none outlives the daemon), and what the store
     /// remembers of each updated: removed instances forgotten, finished jobs kept finished.
     async fn stop_all(&mut self) {
-        let mut levels: BTreeMap<i32, Vec<Managed>> = BTreeMap::new();
+        // Within a priority level, a program stops before those it depends on.
+        let ranks = plan::stop_ranks(self.entries.values().map(|e| &*e.spec));
+        let mut levels: BTreeMap<(i32, std::cmp::Reverse<u32>), Vec<Managed>> = BTreeMap::new();
         for (_, e) in std::mem::take(&mut self.entries) {
-            levels.entry(e.spec.priority).or_default().push(e);
+            let rank = ranks.get(&e.id.program).copied().unwrap_or(0);
+            let key = (e.spec.priority, std::cmp::Reverse(rank));
+            levels.entry(key).or_default().push(e);
         }
         let boot = self.boot.clone();
         let mut writes: Vec<StoreWrite> = std::mem::take(&mut self.forget)
             .into_iter()
             .map(|name| StoreWrite::DeleteInstance { name })
             .collect();
-        for (priority, entries) in levels.into_iter().rev() {
+        for ((priority, _), entries) in levels.into_iter().rev() {
             tracing::info!(priority, count = entries.len(), "stopping priority level");
             let mut set = tokio::task::JoinSet::new();
             for e in entries {

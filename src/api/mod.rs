@@ -77,6 +77,11 @@ pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn
         .route("/logs", get(handlers::logs))
         .route("/events", get(handlers::events))
         .route("/stats", get(handlers::stats))
+        .route("/cronjobs", get(handlers::cronjobs))
+        .route("/cronjobs/{name}/trigger", post(handlers::cronjob_trigger))
+        .route("/cronjobs/{name}/suspend", post(handlers::cronjob_suspend))
+        .route("/cronjobs/{name}/resume", post(handlers::cronjob_resume))
+        .route("/cronjobs/{name}/history", get(handlers::cronjob_history))
         .fallback(handlers::not_found)
         .with_state(state.clone());
     let mut app = if base.is_empty() {

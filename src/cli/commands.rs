@@ -475,6 +475,117 @@ pub fn events(g: &GlobalArgs, format: OutputFormat) -> i32 {
     }
 }
 
+/// `provisr cron list|trigger|suspend|resume|history`.
+pub fn cron(g: &GlobalArgs, c: &super::CronCommand, format: OutputFormat) -> i32 {
+    use super::CronCommand as C;
+    let config = match c {
+        C::List(a) => &a.config,
+        C::Trigger(a) | C::Suspend(a) | C::Resume(a) | C::History(a) => &a.config,
+    };
+    let api = match client(g, config_path(config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let path = |name: &str, what: &str| format!("/cronjobs/{name}/{what}");
+    let result = match c {
+        C::List(_) => api.get("/cronjobs", &[]),
+        C::Trigger(a) => api.post::<Value>(&path(&a.name, "trigger"), &[], None),
+        C::Suspend(a) => api.post::<Value>(&path(&a.name, "suspend"), &[], None),
+        C::Resume(a) => api.post::<Value>(&path(&a.name, "resume"), &[], None),
+        C::History(a) => api.get(&path(&a.name, "history"), &[]),
+    };
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        v => v.to_string(),
+    };
+    print_json_or_table(format, &value, || match c {
+        C::List(_) | C::Suspend(_) | C::Resume(_) => {
+            let list: Vec<&Value> = match &value {
+                Value::Array(a) => a.iter().collect(),
+                v => vec![v],
+            };
+            let mut t = Table::new(&[
+                "NAME",
+                "SCHEDULE",
+                "SUSPENDED",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "NEXT",
+                "LAST RESULT",
+            ]);
+            for j in list {
+                let active = j["active"].as_array().map_or(0, Vec::len);
+                t.row(vec![
+                    text(&j["name"]),
+                    text(&j["schedule"]),
+                    text(&j["suspended"]),
+                    active.to_string(),
+                    text(&j["last_schedule_time"]),
+                    text(&j["next_schedule_time"]),
+                    text(&j["last_result"]),
+                ]);
+            }
+            t.render()
+        }
+        C::Trigger(a) => {
+            let run = &value["run"];
+            format!(
+                "triggered {}: run {} in {}\n",
+                a.name,
+                text(&run["id"]),
+                text(&run["instance"])
+            )
+        }
+        C::History(_) => {
+            let mut t = Table::new(&[
+                "RUN", "INSTANCE", "CAUSE", "STARTED", "DURATION", "RESULT", "EXIT", "TRIES",
+                "STDOUT",
+            ]);
+            for r in value.as_array().into_iter().flatten() {
+                let time = |k: &str| {
+                    r[k].as_str()
+                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                };
+                let duration = match (time("started_at"), time("finished_at")) {
+                    (Some(a), Some(b)) => b
+                        .duration_since(a)
+                        .map(|d| {
+                            crate::config::Dur(std::time::Duration::from_millis(
+                                d.as_millis() as u64
+                            ))
+                            .to_string()
+                        })
+                        .unwrap_or_else(|_| "-".to_string()),
+                    _ => "-".to_string(),
+                };
+                let exit = match (&r["exit_code"], &r["exit_signal"]) {
+                    (Value::Number(c), _) => c.to_string(),
+                    (_, Value::Number(s)) => format!("signal {s}"),
+                    _ => "-".to_string(),
+                };
+                t.row(vec![
+                    text(&r["id"]),
+                    text(&r["instance"]),
+                    text(&r["cause"]),
+                    text(&r["started_at"]),
+                    duration,
+                    text(&r["result"]),
+                    exit,
+                    text(&r["attempts"]),
+                    text(&r["log"]["stdout"]),
+                ]);
+            }
+            t.render()
+        }
+    });
+    exit::OK
+}
+
 #[cfg(test)]
 mod tests {
     use super::{api_url_of, uptime};

@@ -96,10 +96,44 @@ pub enum Command {
     Unregister(NameArgs),
     /// Print every state transition as it happens (server-sent events).
     Events,
+    /// Cron jobs: list them, run one now, suspend or resume its schedule, show its runs.
+    #[command(subcommand)]
+    Cron(CronCommand),
     /// Print a shell completion script (e.g. `provisr completions bash > /etc/bash_completion.d/provisr`).
     Completions(CompletionsArgs),
     /// Write the man pages: provisr(1) to stdout, or every page into --dir.
     Man(ManArgs),
+}
+
+/// `provisr cron …`.
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// Every cron job: schedule, next and last run, result.
+    List(CronListArgs),
+    /// Run a cron job now, as its concurrency allows.
+    Trigger(CronJobArgs),
+    /// Hold a cron job's scheduled runs (a trigger still runs it).
+    Suspend(CronJobArgs),
+    /// Schedule a suspended cron job again, from its next scheduled time on.
+    Resume(CronJobArgs),
+    /// A cron job's runs, newest first: start, duration, result, exit, log files.
+    History(CronJobArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CronListArgs {
+    /// Main config file, to find the daemon's URL and token; `--config ""` means none.
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CronJobArgs {
+    /// The cron job's name.
+    pub name: String,
+    /// Main config file, to find the daemon's URL and token; `--config ""` means none.
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +331,7 @@ pub fn main() -> i32 {
         Command::Register(a) => commands::register(g, a, format),
         Command::Unregister(a) => commands::unregister(g, a, format),
         Command::Events => commands::events(g, format),
+        Command::Cron(c) => commands::cron(g, c, format),
         Command::Completions(a) => docs::completions(a.shell),
         Command::Man(a) => docs::man(a.dir.as_deref()),
     }

@@ -186,6 +186,9 @@ mod tests {
             state: InstanceState::Running,
             spec: &old,
             seq: RunSeq::default(),
+            has_process: true,
+            healthy: true,
+            exit_code: None,
         }];
         let desired = [Desired {
             spec: &new,

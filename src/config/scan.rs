@@ -96,6 +96,8 @@ pub fn load(
 struct Scanned {
     doc: Arc<Document>,
     name_at: KeyPath,
+    /// Where the program's keys are: its place, or its `spec` table in the wrapped form.
+    spec_at: KeyPath,
     /// How errors about another program refer to this one: its file, or `processes[2]`.
     label: String,
     /// `None` for an inline process.
@@ -113,10 +115,12 @@ impl Scanned {
         o: ProgramOutcome,
     ) -> Scanned {
         let name_at = at.join(&o.name_path);
+        let spec_at = super::lifecycle_keys::spec_at(&doc, at);
         let (name, result) = (o.name, o.result);
         Scanned {
             doc,
             name_at,
+            spec_at,
             label,
             file,
             name,
@@ -196,6 +200,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
         ));
     }
     check_unique_names(&mut scanned);
+    check_dependencies(&mut scanned);
 
     let (mut programs, mut files, mut claimed) = (Vec::new(), Vec::new(), Vec::new());
     for s in scanned {
@@ -294,6 +299,29 @@ fn check_unique_names(scanned: &mut [Scanned]) {
                 "instance name `{instance}` of program `{this}` is also an instance of {others}"
             );
             scanned[i].fail(message, hint);
+        }
+    }
+}
+
+/// Dependencies name programs of the scan, on no later priority level, in no cycle: each
+/// program in error fails (and keeps its last good spec).
+fn check_dependencies(scanned: &mut [Scanned]) {
+    use super::lifecycle_keys::{check_dependencies, Node};
+    let nodes: Vec<Node<'_>> = scanned
+        .iter()
+        .map(|s| Node {
+            doc: &s.doc,
+            spec_at: s.spec_at.clone(),
+            name: s.name.as_deref(),
+            spec: s.result.as_ref().ok(),
+        })
+        .collect();
+    let errors = check_dependencies(&nodes);
+    drop(nodes);
+    for (i, e) in errors {
+        match &mut scanned[i].result {
+            Ok(_) => scanned[i].result = Err(vec![e]),
+            Err(list) => list.push(e),
         }
     }
 }

@@ -4,14 +4,20 @@
 //! A value of these types has passed validation: names match the name rule, `command`/`args` are
 //! exclusive, durations parsed, `${VAR}` expanded. They serialize to JSON for the store and the API.
 
+pub mod cron;
 pub mod duration;
+pub mod lifecycle;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cron::{Concurrency, CronSpec, Schedule, TimeZone};
 pub use duration::Dur;
+pub use lifecycle::{
+    Condition, HookPhase, HookSpec, Hooks, OnFailure, ProbeCheck, ProbeSpec, StatusCodes,
+};
 
 /// Longest program or group name (`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`, `docs/configuration.md`).
 pub const MAX_NAME_LEN: usize = 64;
@@ -202,6 +208,25 @@ pub struct ProgramSpec {
     pub oom_score_adj: Option<i32>,
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// Programs that must meet a condition before this one starts (`docs/configuration.md`,
+    /// "Dependencies"), by program name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, Condition>,
+    /// Sets `ready`; a `healthy` dependency waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeSpec>,
+    /// Failing, restarts the instance under its restart policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeSpec>,
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+    /// A file the daemon writes the process's pid into at each start (mode 0644) and removes
+    /// when it has stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
+    /// Present for a cron job: run on this schedule instead of kept running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<CronSpec>,
 }
 
 /// `[limits]`: resource limits of the process, each setting the soft and the hard limit.
@@ -297,7 +322,18 @@ impl ProgramSpec {
             nice: None,
             oom_score_adj: None,
             limits: Limits::default(),
+            depends_on: BTreeMap::new(),
+            readiness: None,
+            liveness: None,
+            hooks: Hooks::default(),
+            pid_file: None,
+            cron: None,
         }
+    }
+
+    /// A cron job: run on its schedule, not kept running.
+    pub fn is_cron(&self) -> bool {
+        self.cron.is_some()
     }
 
     /// The instances this program runs, in order: `name` for one, `name-1..N` for more.

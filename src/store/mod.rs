@@ -41,8 +41,9 @@ pub use error::StoreError;
 pub use lock::LOCK_FILE;
 pub use migrations::{SchemaOutcome, CURRENT_SCHEMA};
 pub use records::{
-    resolve_instance, DesiredRun, Finished, InstanceDesired, InstanceRecord, Launch, Owner,
-    ProgramRecord, RunRequest, RunSeq, StoreWrite,
+    resolve_instance, CronChange, CronRun, CronState, DesiredRun, Finished, InstanceDesired,
+    InstanceRecord, Launch, Owner, ProgramRecord, RunCause, RunRequest, RunResult, RunSeq,
+    StoreWrite,
 };
 
 /// The sled 1.x database's directory inside the state directory (schema version 2 on).

@@ -95,7 +95,7 @@ async fn check_pidfile(path: &Path) -> ProbeResult {
 ///
 /// The shell leads its own process group, so a timeout kills the whole probe (a pipeline, a
 /// backgrounded helper) and the shell is always reaped, timeout or not.
-async fn run_command(
+pub(crate) async fn run_command(
     command: &str,
     timeout: Duration,
     spec: &ProgramSpec,

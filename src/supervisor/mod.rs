@@ -17,9 +17,11 @@
 mod actor;
 pub mod argv;
 pub mod health;
+pub mod hooks;
 mod identity;
 pub mod launches;
 pub mod output;
+mod probe;
 mod process;
 pub mod reaper;
 pub mod spawn;
@@ -27,6 +29,7 @@ pub mod state;
 pub mod tag;
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -38,7 +41,7 @@ use crate::config::{InstanceId, ProgramSpec};
 
 pub use argv::argv;
 pub use health::probe_detectors;
-pub use output::OutputSink;
+pub use output::{LineStream, OutputSink, OutputStream};
 pub use process::{
     boot_id, boot_ticks_now, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit,
     signal_group_of, ExitInfo, FdLimit, FdLimitError,
@@ -61,6 +64,17 @@ pub struct RuntimeContext {
     pub state_dir: Option<Arc<Path>>,
     /// Where each spawn is noted as it succeeds (`launches.rs`); `None` notes nothing.
     pub launches: Option<Arc<launches::LaunchJournal>>,
+    /// Counts of what no event carries: probe results, hook failures.
+    pub counters: Arc<RuntimeCounters>,
+}
+
+/// Counts every actor adds to and the metrics module reads (`docs/metrics.md`).
+#[derive(Debug, Default)]
+pub struct RuntimeCounters {
+    /// Probe results: `[readiness, liveness]` × `[success, failure]`.
+    pub probes: [[AtomicU64; 2]; 2],
+    /// Failed hook runs by phase, in [`crate::config::HookPhase::ALL`] order.
+    pub hook_failures: [AtomicU64; 4],
 }
 
 /// How an actor begins.
@@ -107,8 +121,12 @@ pub struct InstanceStatus {
     #[serde(with = "rfc3339_opt")]
     pub stopped_at: Option<SystemTime>,
     pub last_exit: Option<ExitInfo>,
-    /// The process is alive and no detector has reached its failure threshold.
+    /// The process is alive, no detector has reached its failure threshold, and the readiness
+    /// probe (if any) passes.
     pub healthy: bool,
+    /// `running` and the readiness probe (if any) passes.
+    #[serde(default)]
+    pub ready: bool,
     /// Which detector says the instance runs: `exec:pid` for a process this runtime watches.
     pub detected_by: Option<String>,
     #[serde(with = "rfc3339_opt")]
@@ -133,6 +151,7 @@ impl InstanceStatus {
             stopped_at: None,
             last_exit: None,
             healthy: false,
+            ready: false,
             detected_by: None,
             next_retry_at: None,
             message: None,

@@ -10,8 +10,15 @@
 //! deadline of the next lifecycle.
 //!
 //! [`Lifecycle::origin`] says whose process a `starting`/`running` instance has: ours, none yet
-//! (probing the detectors before a first spawn), or one running elsewhere that a detector found
-//! (`docs/configuration.md`, "Detectors"). The rules for the last two are [`probing`] and [`elsewhere`].
+//! (probing the detectors before a first spawn, or running the hooks before a spawn), or one
+//! running elsewhere that a detector found (`docs/configuration.md`, "Detectors"). The rules for
+//! those are [`probing`], [`hooks`] and [`elsewhere`].
+//!
+//! Hooks (`docs/configuration.md`, "Hooks") are steps of the lifecycle too: a spawn of a program
+//! with `pre_start` (or `post_stop`) hooks first runs them ([`ProcessOp::RunHooks`], then
+//! [`Input::HooksDone`] or [`Input::HookFailed`]); a stop of one with `pre_stop` hooks runs them
+//! before the stop signal ([`ProcessOp::PreStop`], then [`Input::PreStopDone`]), its
+//! `stop_timeout` counted from the signal.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -105,6 +112,10 @@ pub const TRANSITIONS: &[(InstanceState, InstanceState)] = {
         (Running, Exited),
         // Stop of an instance running elsewhere: forgotten, never signalled.
         (Running, Stopped),
+        // Stopped for a failing liveness probe without auto_restart, or a failing post_start
+        // hook.
+        (Stopping, Exited),
+        (Stopping, Failed),
         (Backoff, Starting),
         (Backoff, Stopped),
         (Stopping, Stopped),
@@ -135,6 +146,10 @@ pub struct Policy {
     /// The program has detectors besides `exec:pid`, so a start that knows no process of the
     /// instance probes them first ("already running elsewhere", `docs/runtime.md`).
     pub probes: bool,
+    /// The program has `pre_start` or `post_stop` hooks: every spawn waits for them.
+    pub hooks_before_spawn: bool,
+    /// The program has `pre_stop` hooks: every stop signal waits for them.
+    pub pre_stop: bool,
 }
 
 impl Policy {
@@ -151,6 +166,9 @@ impl Policy {
                 .detectors
                 .iter()
                 .any(|d| d.kind != crate::config::DetectorKind::ExecPid),
+            hooks_before_spawn: !(spec.hooks.pre_start.is_empty()
+                && spec.hooks.post_stop.is_empty()),
+            pre_stop: !spec.hooks.pre_stop.is_empty(),
         }
     }
 }
@@ -197,6 +215,22 @@ pub enum Input {
     ElsewhereGone {
         detail: String,
     },
+    /// The hooks before a spawn (`post_stop` of the last process, `pre_start`) have run.
+    HooksDone,
+    /// A `pre_start` hook failed and may not be ignored: the instance does not start.
+    HookFailed {
+        detail: String,
+    },
+    /// The `pre_stop` hooks have run: time for the stop signal.
+    PreStopDone,
+    /// A `post_start` hook failed and may not be ignored: the instance is stopped, `failed`.
+    PostStartFailed {
+        detail: String,
+    },
+    /// The liveness probe failed `failure_threshold` times in a row.
+    LivenessFailed {
+        detail: String,
+    },
 }
 
 /// What the actor must do to carry out a decision.
@@ -212,6 +246,10 @@ pub enum ProcessOp {
     /// Probe the detectors other than `exec:pid` once; the result comes back as
     /// `DetectedElsewhere` or `NotDetected`.
     Probe,
+    /// Run the hooks before a spawn; the result comes back as `HooksDone` or `HookFailed`.
+    RunHooks,
+    /// Run the `pre_stop` hooks; `PreStopDone` follows, and the stop signal with it.
+    PreStop,
 }
 
 /// Whose process a `starting` or `running` instance has.
@@ -222,6 +260,8 @@ pub enum Origin {
     Own,
     /// `starting` with no process yet: the detectors are being probed before the first spawn.
     Probing,
+    /// `starting` with no process yet: the hooks before a spawn run.
+    Hooks,
     /// `running` with no process of ours: the detector with this label says the program runs
     /// elsewhere. Nothing is ever signalled; a stop only forgets it.
     Elsewhere(String),
@@ -236,6 +276,10 @@ pub enum AfterStop {
     Start,
     /// Start again as an automatic restart (unhealthy with `auto_restart`): counts in `restarts`.
     Restart,
+    /// End `exited` (a failing liveness probe without `auto_restart`).
+    Exit,
+    /// End `failed` (a failing `post_start` hook).
+    Fail,
 }
 
 /// What a `backoff` is waiting for.
@@ -266,6 +310,10 @@ pub struct Lifecycle {
     /// or since it forgot a process running elsewhere: an explicit start probes the detectors
     /// first, when the program has any. Cleared by every spawn, so restarts never probe.
     pub probe_on_start: bool,
+    /// `stopping` while the `pre_stop` hooks run: the stop signal is still to be sent.
+    pub pre_stop: bool,
+    /// Why the instance is being restarted automatically, for the message once it runs again.
+    pub cause: Option<String>,
 }
 
 impl Lifecycle {
@@ -281,6 +329,8 @@ impl Lifecycle {
             deadline: None,
             origin: Origin::Own,
             probe_on_start: true,
+            pre_stop: false,
+            cause: None,
         }
     }
 
@@ -309,7 +359,7 @@ impl Decision {
     /// True when this decision is a transition worth an event: the state changed, or a new process
     /// is spawned in the same state (an immediate retry).
     pub fn is_transition(&self, from: InstanceState) -> bool {
-        self.next.state != from || self.action == ProcessOp::Spawn
+        self.next.state != from || matches!(self.action, ProcessOp::Spawn | ProcessOp::RunHooks)
     }
 }
 
@@ -334,14 +384,54 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
     let mut d = match &life.origin {
         Origin::Own => own(life, input, policy, now),
         Origin::Probing => probing(life, input),
+        Origin::Hooks => hooks(life, input),
         Origin::Elsewhere(label) => elsewhere(life, label, input, policy, now),
     };
     if d.action == ProcessOp::Spawn {
         // Whatever ran elsewhere is forgotten once we spawn our own; later starts never probe.
         d.next.origin = Origin::Own;
         d.next.probe_on_start = false;
+        // Every spawn waits for the hooks before it, except the one they just made way for.
+        if policy.hooks_before_spawn && *input != Input::HooksDone {
+            d.next.origin = Origin::Hooks;
+            d.next.deadline = None;
+            d.action = ProcessOp::RunHooks;
+        }
     }
     d
+}
+
+/// `starting` with no process: the hooks before a spawn run.
+fn hooks(life: &Lifecycle, input: &Input) -> Decision {
+    use InstanceState::*;
+    let mut n = life.clone();
+    match input {
+        Input::HooksDone => go(
+            n,
+            Starting,
+            ProcessOp::Spawn,
+            "hooks done; spawning".to_string(),
+        ),
+        Input::HookFailed { detail } => {
+            n.origin = Origin::Own;
+            n.deadline = None;
+            n.cause = None;
+            go(
+                n,
+                Failed,
+                ProcessOp::Nothing,
+                format!("{detail}; not started"),
+            )
+        }
+        Input::StopRequested => {
+            n.origin = Origin::Own;
+            n.deadline = None;
+            n.cause = None;
+            go(n, Stopped, ProcessOp::Nothing, "stop requested".to_string())
+        }
+        // Already starting; nothing runs that a timer, an exit or a probe could be about.
+        _ => ignore(life),
+    }
 }
 
 fn ignore(life: &Lifecycle) -> Decision {
@@ -433,7 +523,7 @@ fn elsewhere(
                 ),
             )
         }
-        Input::Unhealthy { detail } => Decision {
+        Input::Unhealthy { detail } | Input::LivenessFailed { detail } => Decision {
             next: n,
             action: ProcessOp::Nothing,
             reason: Some(format!(
@@ -461,6 +551,12 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
     let mut n = life.clone();
     let stop = |mut n: Lifecycle, after: AfterStop, reason: &str| {
         n.after_stop = after;
+        if policy.pre_stop {
+            // The stop signal, and stop_timeout with it, waits for the pre_stop hooks.
+            n.pre_stop = true;
+            n.deadline = None;
+            return go(n, Stopping, ProcessOp::PreStop, reason.to_string());
+        }
         n.deadline = Some(now + policy.stop_timeout);
         go(n, Stopping, ProcessOp::SignalGroup, reason.to_string())
     };
@@ -472,6 +568,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             n.restart_delay = policy.restart_interval;
             n.deadline = None;
             n.after_stop = AfterStop::Stay;
+            n.cause = None;
             let why = match input {
                 Input::RestartRequested => "restart requested",
                 _ => "start requested",
@@ -522,7 +619,8 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             if policy.start_duration.is_zero() {
                 n.retries = 0;
                 n.deadline = None;
-                go(n, Running, ProcessOp::Nothing, "started".to_string())
+                let reason = started(&mut n, "started".to_string());
+                go(n, Running, ProcessOp::Nothing, reason)
             } else {
                 n.deadline = Some(now + policy.start_duration);
                 Decision {
@@ -541,12 +639,9 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
         (Starting, Input::StartDurationElapsed) => {
             n.retries = 0;
             n.deadline = None;
-            go(
-                n,
-                Running,
-                ProcessOp::Nothing,
-                format!("up for start_duration {}", dur(policy.start_duration)),
-            )
+            let reason = format!("up for start_duration {}", dur(policy.start_duration));
+            let reason = started(&mut n, reason);
+            go(n, Running, ProcessOp::Nothing, reason)
         }
         (
             Starting,
@@ -577,8 +672,38 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
                 uptime,
             },
         ) => started_exit(n, describe_exit(*code, *signal), *uptime, policy, now),
+        (Running, Input::LivenessFailed { detail }) => {
+            if policy.auto_restart {
+                n.cause = Some(format!("liveness probe failed: {detail}"));
+                stop(
+                    n,
+                    AfterStop::Restart,
+                    &format!("liveness probe failed: {detail}; restarting"),
+                )
+            } else {
+                stop(
+                    n,
+                    AfterStop::Exit,
+                    &format!("liveness probe failed: {detail}; stopping (auto_restart is off)"),
+                )
+            }
+        }
+        (Running, Input::PostStartFailed { detail }) => {
+            n.cause = None;
+            stop(n, AfterStop::Fail, &format!("{detail}; stopping"))
+        }
+        (Stopping, Input::PreStopDone) if n.pre_stop => {
+            n.pre_stop = false;
+            n.deadline = Some(now + policy.stop_timeout);
+            Decision {
+                next: n,
+                action: ProcessOp::SignalGroup,
+                reason: Some("pre_stop hooks done; stop signal sent".to_string()),
+            }
+        }
         (Running, Input::Unhealthy { detail }) => {
             if policy.auto_restart {
+                n.cause = Some(format!("unhealthy: {detail}"));
                 stop(
                     n,
                     AfterStop::Restart,
@@ -618,10 +743,13 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
         }
         (Stopping, Input::Exited { code, signal, .. }) => {
             n.deadline = None;
+            n.pre_stop = false;
             let after = std::mem::replace(&mut n.after_stop, AfterStop::Stay);
             let exit = describe_exit(*code, *signal);
             match after {
                 AfterStop::Stay => go(n, Stopped, ProcessOp::Nothing, format!("stopped ({exit})")),
+                AfterStop::Exit => go(n, Exited, ProcessOp::Nothing, format!("stopped ({exit})")),
+                AfterStop::Fail => go(n, Failed, ProcessOp::Nothing, format!("stopped ({exit})")),
                 AfterStop::Start => {
                     n.retries = 0;
                     n.restart_delay = policy.restart_interval;
@@ -657,6 +785,14 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
         // Everything else cannot happen or no longer matters (a stale timer, an exit with no
         // process, unhealthy outside `running`, a start while already starting).
         _ => ignore(life),
+    }
+}
+
+/// The reason for reaching `running`, with the cause of the automatic restart that led here.
+fn started(n: &mut Lifecycle, reason: String) -> String {
+    match n.cause.take() {
+        Some(cause) => format!("{reason} again after {cause}"),
+        None => reason,
     }
 }
 
@@ -760,6 +896,8 @@ mod tests {
             restart_max_interval: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(10),
             probes: false,
+            hooks_before_spawn: false,
+            pre_stop: false,
         }
     }
 
@@ -831,6 +969,17 @@ mod tests {
             },
             Input::NotDetected,
             gone(),
+            Input::HooksDone,
+            Input::HookFailed {
+                detail: "pre_start hook `migrate` failed: exited with code 1".into(),
+            },
+            Input::PreStopDone,
+            Input::PostStartFailed {
+                detail: "post_start hook `warm` failed: exited with code 2".into(),
+            },
+            Input::LivenessFailed {
+                detail: "http:http://x failed 3 times in a row: 500".into(),
+            },
         ]
     }
 
@@ -851,6 +1000,11 @@ mod tests {
             Input::DetectedElsewhere { .. } => "detected",
             Input::NotDetected => "not_detected",
             Input::ElsewhereGone { .. } => "gone",
+            Input::HooksDone => "hooks_done",
+            Input::HookFailed { .. } => "hook_failed",
+            Input::PreStopDone => "pre_stop_done",
+            Input::PostStartFailed { .. } => "post_start_failed",
+            Input::LivenessFailed { .. } => "liveness",
         }
     }
 
@@ -870,7 +1024,7 @@ mod tests {
             (Starting, "exit_early") => (Backoff, Nothing),
             (Starting, "exit_late") => (Backoff, Nothing),
             (Running, "exit_early" | "exit_late") => (Backoff, Nothing),
-            (Running, "unhealthy") => (Stopping, SignalGroup),
+            (Running, "unhealthy" | "liveness" | "post_start_failed") => (Stopping, SignalGroup),
             (Backoff, "backoff_elapsed") => (Starting, Spawn),
             (Stopping, "stop_timeout") => (Stopping, KillGroup),
             (Stopping, "exit_early" | "exit_late") => (Stopped, Nothing),
@@ -893,7 +1047,10 @@ mod tests {
             (Origin::Probing, "stop") => (Stopped, Nothing, own),
             (Origin::Elsewhere(_), "stop") => (Stopped, Nothing, own),
             (Origin::Elsewhere(_), "restart") => (Starting, Probe, Origin::Probing),
-            (Origin::Elsewhere(_), "unhealthy") => (Running, Nothing, origin.clone()),
+            (Origin::Elsewhere(_), "unhealthy" | "liveness") => (Running, Nothing, origin.clone()),
+            (Origin::Hooks, "hooks_done") => (Starting, Spawn, own),
+            (Origin::Hooks, "hook_failed") => (Failed, Nothing, own),
+            (Origin::Hooks, "stop") => (Stopped, Nothing, own),
             (Origin::Elsewhere(_), "gone") => (Backoff, Nothing, own),
             _ => return None,
         })
@@ -902,7 +1059,11 @@ mod tests {
     #[test]
     fn instances_without_a_process_of_ours_follow_their_table() {
         let now = Instant::now();
-        let lives = [with_origin(Starting, Origin::Probing), elsewhere_running()];
+        let lives = [
+            with_origin(Starting, Origin::Probing),
+            with_origin(Starting, Origin::Hooks),
+            elsewhere_running(),
+        ];
         for life in lives {
             for input in all_inputs() {
                 let d = next(&life, &input, &probing_policy(), now);
@@ -1133,12 +1294,18 @@ mod tests {
         let origins = [
             Origin::Own,
             Origin::Probing,
+            Origin::Hooks,
             Origin::Elsewhere(LABEL.into()),
         ];
         for &(from, to) in TRANSITIONS {
             let mut found = false;
             for p in &policies {
-                for after in [AfterStop::Stay, AfterStop::Start] {
+                for after in [
+                    AfterStop::Stay,
+                    AfterStop::Start,
+                    AfterStop::Exit,
+                    AfterStop::Fail,
+                ] {
                     for origin in &origins {
                         for input in all_inputs() {
                             let mut life = Lifecycle::new(0, p);
@@ -1410,6 +1577,120 @@ mod tests {
         p.auto_restart = false;
         let d = next(&at(Starting), &exited(0, 1500), &p, now);
         assert_eq!(d.next.state, Exited);
+    }
+
+    /// [`policy`] for a program with hooks around its starts and stops.
+    fn hooks_policy() -> Policy {
+        Policy {
+            hooks_before_spawn: true,
+            pre_stop: true,
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn every_spawn_waits_for_the_hooks_before_it_and_a_failing_one_keeps_it_from_starting() {
+        let now = Instant::now();
+        let p = hooks_policy();
+        let d = next(&at(Stopped), &Input::StartRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::RunHooks));
+        assert_eq!(
+            (d.next.origin.clone(), d.next.deadline),
+            (Origin::Hooks, None)
+        );
+        assert!(d.is_transition(Stopped));
+        let d = next(&d.next, &Input::HooksDone, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
+        assert_eq!(d.next.origin, Origin::Own);
+        // A crash restart with no delay waits for the hooks too (post_stop, then pre_start).
+        let mut zero = hooks_policy();
+        zero.restart_interval = Duration::ZERO;
+        let d = next(&at(Running), &exited(1, 20_000), &zero, now);
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::RunHooks));
+        assert_eq!(d.next.restarts, 1);
+        // A failing pre_start hook: failed at once, no retries, with the hook's words.
+        let d = next(
+            &d.next,
+            &Input::HookFailed {
+                detail: "pre_start hook `migrate` failed: exited with code 1: no table".into(),
+            },
+            &p,
+            now,
+        );
+        assert_eq!((d.next.state, d.action), (Failed, ProcessOp::Nothing));
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("pre_start hook `migrate` failed: exited with code 1: no table; not started")
+        );
+        // A stop while the hooks run: stopped, nothing to signal.
+        let d = next(&at(Stopped), &Input::StartRequested, &p, now);
+        let d = next(&d.next, &Input::StopRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopped, ProcessOp::Nothing));
+        assert_eq!(d.next.origin, Origin::Own);
+    }
+
+    #[test]
+    fn the_stop_signal_waits_for_the_pre_stop_hooks_and_stop_timeout_counts_from_it() {
+        let now = Instant::now();
+        let p = hooks_policy();
+        let d = next(&at(Running), &Input::StopRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::PreStop));
+        assert_eq!(d.next.deadline, None, "no stop_timeout while the hooks run");
+        let later = now + Duration::from_secs(3);
+        let d = next(&d.next, &Input::PreStopDone, &p, later);
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::SignalGroup));
+        assert_eq!(d.next.deadline, Some(later + p.stop_timeout));
+        // A late or second PreStopDone signals nothing more.
+        let again = next(&d.next, &Input::PreStopDone, &p, later);
+        assert_eq!(again.action, ProcessOp::Nothing);
+        // The process may exit while the hooks still run.
+        let d = next(&at(Running), &Input::StopRequested, &p, now);
+        let d = next(&d.next, &exited(0, 5000), &p, now);
+        assert_eq!(d.next.state, Stopped);
+        assert!(!d.next.pre_stop);
+    }
+
+    #[test]
+    fn a_failing_liveness_probe_restarts_under_the_restart_policy() {
+        let now = Instant::now();
+        let p = policy();
+        let failed = Input::LivenessFailed {
+            detail: "tcp:127.0.0.1:9 failed 3 times in a row: connection refused".into(),
+        };
+        let d = next(&at(Running), &failed, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::SignalGroup));
+        assert!(d
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("liveness probe failed: tcp:"));
+        let d = next(&d.next, &exited(143, 20_000), &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
+        assert_eq!(d.next.restarts, 1, "an automatic restart");
+        let d = next(&d.next, &Input::Spawned, &p, now);
+        let d = next(&d.next, &Input::StartDurationElapsed, &p, now);
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("up for start_duration 1s again after liveness probe failed: tcp:127.0.0.1:9 failed 3 times in a row: connection refused")
+        );
+        // Without auto_restart: stopped, and it stays exited.
+        let mut manual = policy();
+        manual.auto_restart = false;
+        let d = next(&at(Running), &failed, &manual, now);
+        assert_eq!(d.next.after_stop, AfterStop::Exit);
+        let d = next(&d.next, &exited(143, 20_000), &manual, now);
+        assert_eq!((d.next.state, d.action), (Exited, ProcessOp::Nothing));
+        // A failing post_start hook: stopped and failed.
+        let d = next(
+            &at(Running),
+            &Input::PostStartFailed {
+                detail: "post_start hook `warm` failed: timed out after 30s".into(),
+            },
+            &p,
+            now,
+        );
+        let d = next(&d.next, &exited(143, 100), &p, now);
+        assert_eq!(d.next.state, Failed);
     }
 
     #[test]

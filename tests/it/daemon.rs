@@ -681,6 +681,28 @@ fn embedded_default_serves_the_repository_programs() {
     assert_eq!(code, 0);
     assert!(out.starts_with("NAME"), "{out}");
     assert!(out.contains("database"), "{out}");
+    // The examples of dependencies, probes, hooks and cron jobs work as their comments say.
+    let m = by_name(&all);
+    assert_eq!(m["database"]["ready"], true);
+    assert_eq!(m["migrate"]["state"], "exited");
+    assert_eq!(m["migrate"]["last_exit"]["code"], 0);
+    let api = &m["api-1"];
+    assert!(
+        humantime::parse_rfc3339_weak(api["started_at"].as_str().unwrap()).unwrap()
+            >= humantime::parse_rfc3339_weak(m["migrate"]["stopped_at"].as_str().unwrap()).unwrap()
+    );
+    let (_, logs, _) = d.cli(&["logs", "api-1"]);
+    assert!(
+        logs.contains("[check-config] config of api-1 looks fine"),
+        "{logs}"
+    );
+    for job in ["report", "cleanup"] {
+        assert!(m[job]["next_schedule_time"].is_string(), "{}", m[job]);
+    }
+    let (code, out, err) = d.cli(&["cron", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let jobs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(jobs.len(), 2, "{out}");
 }
 
 #[test]

@@ -697,6 +697,7 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
         ProgramRecord {
             spec: worker,
@@ -706,6 +707,7 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
     ];
     (programs, Vec::new())
@@ -785,6 +787,7 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: Some(vec!["web.toml:4: unknown key \"prot\"".into()]),
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
         ProgramRecord {
             spec: worker,
@@ -794,6 +797,7 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
     ];
     let instances = vec![

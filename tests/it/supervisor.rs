@@ -106,6 +106,7 @@ fn fixture() -> Fixture {
         output: sink.clone(),
         state_dir: None,
         launches: None,
+        counters: Default::default(),
     };
     Fixture {
         dir,
