@@ -763,7 +763,7 @@ impl ReconcileLoop {
             }
             if let Some(e) = self.entries.get_mut(&step.instance) {
                 e.launch = Some((spec.clone(), Some(*generation)));
-                e.launch_at = Some(crate::supervisor::boot_ticks_now());
+                e.launch_at = Some(crate::supervisor::boot_nanos_now());
                 e.stop_ordered = false;
                 e.seq = *seq;
                 names.push(step.instance.clone());

@@ -267,12 +267,12 @@ fn ended(r: &InstanceRecord, program: &ProgramRecord, carried_out: bool) -> Opti
     })
 }
 
-/// Whether the instance launched a process at or after its start was written ahead, as the
-/// launch journal says (`latest`: its latest launch's start time). A record written before
-/// launches were timed counts as carried out: a process is never started twice.
+/// Whether the instance began a spawn after its start was written ahead, as the launch journal
+/// says (`latest`: when its latest spawn began, in nanoseconds after boot). A record written
+/// before starts were timed counts as carried out: a process is never started twice.
 fn started_since_written(r: &InstanceRecord, latest: Option<&u64>) -> bool {
-    match r.starting.as_ref().and_then(|l| l.written_at) {
-        Some(written) => latest.is_some_and(|&launched| launched >= written),
+    match r.starting.as_ref().and_then(|l| l.written_ns) {
+        Some(written) => latest.is_some_and(|&spawned| spawned > written),
         None => true,
     }
 }
@@ -360,14 +360,14 @@ mod tests {
 
     #[test]
     fn a_start_written_ahead_is_carried_out_unless_the_journal_shows_its_launch() {
-        // A job (no auto_restart) whose start was written ahead at tick 100; no process found.
+        // A job (no auto_restart) whose start was written ahead at 100 ns; no process found.
         let p = programs(&[spec("job", "true", 1)]);
         let written = |at: Option<u64>| {
             let mut r = record("job", None);
             r.starting = Some(Launch {
                 generation: 5,
                 spec: spec("job", "true", 1),
-                written_at: at,
+                written_ns: at,
             });
             vec![("job".to_string(), r)]
         };
@@ -381,11 +381,11 @@ mod tests {
             initial(written(Some(100)), &[]),
             Initial::Fresh { .. }
         ));
-        // Launched before this start was written: an earlier run, not this one.
+        // Spawned before this start was written: an earlier run, not this one.
         let before = initial(written(Some(100)), &[("job", 90)]);
         assert!(matches!(before, Initial::Fresh { .. }), "{before:?}");
-        // Launched since: it ran, and ended while no daemon ran. Not run twice.
-        let ran = initial(written(Some(100)), &[("job", 100)]);
+        // Spawned since: it ran, and ended while no daemon ran. Not run twice.
+        let ran = initial(written(Some(100)), &[("job", 101)]);
         assert!(matches!(ran, Initial::Finished { .. }), "{ran:?}");
         // A record from before launches were timed: taken as carried out.
         assert!(matches!(
@@ -454,7 +454,7 @@ mod tests {
         let mut r = record("web", Some(500)); // dead
         r.spec = Some(spec("web", "sleep 1", 1));
         r.starting = Some(Launch {
-            written_at: None,
+            written_ns: None,
             generation: 5,
             spec: spec("web", "sleep 2", 1),
         });

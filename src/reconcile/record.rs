@@ -66,7 +66,7 @@ impl Facts {
                 .starting
                 .clone()
                 .map(|l| (Arc::new(l.spec), Some(l.generation))),
-            starting_at: r.starting.as_ref().and_then(|l| l.written_at),
+            starting_at: r.starting.as_ref().and_then(|l| l.written_ns),
             seq: r.seq.unwrap_or_default(),
             finished: r.finished.clone(),
             stopping: r.stopping,
@@ -110,7 +110,7 @@ impl Facts {
             starting: self.starting.as_ref().map(|(s, g)| Launch {
                 generation: g.unwrap_or(0),
                 spec: (**s).clone(),
-                written_at: self.starting_at,
+                written_ns: self.starting_at,
             }),
             seq: Some(self.seq),
             finished: self.finished.clone(),

@@ -430,10 +430,10 @@ impl InstanceRecord {
 pub struct Launch {
     pub generation: u64,
     pub spec: ProgramSpec,
-    /// When it was written ahead, in clock ticks after boot (the unit of a process's start time
-    /// in `/proc`): a launch noted at or after it carried it out (`docs/reliability.md`).
+    /// When it was written ahead, in nanoseconds after boot: a spawn begun after it carried it
+    /// out (`docs/reliability.md`, the launch journal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub written_at: Option<u64>,
+    pub written_ns: Option<u64>,
 }
 
 /// How an instance that will not be restarted ended.

@@ -22,8 +22,8 @@ use super::health::{probe_detectors, Health, HealthChange, ProbeResult};
 use super::hooks::{HookContext, HookRunner};
 use super::probe::{ProbeChange, Probes, Which};
 use super::process::{
-    is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
-    ProcessWatch,
+    boot_nanos_now, is_alive, kill_group, parse_signal, proc_pgid, proc_start_time,
+    start_time_to_wall, ExitInfo, ProcessWatch,
 };
 use super::reaper::{kill_escapees, set_ended};
 use super::spawn::{
@@ -371,9 +371,10 @@ impl Actor {
     }
 
     fn spawn(&mut self) -> Result<(), SpawnError> {
+        let begun = boot_nanos_now();
         let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref())?;
         if let (Some(journal), Some(start_time)) = (&self.ctx.launches, spawned.start_time) {
-            journal.launched(&self.id.name, spawned.pid, start_time);
+            journal.launched(&self.id.name, spawned.pid, start_time, begun);
         }
         self.probes.process_started(&self.ctx.output);
         self.ctx.output.attach(spawned.stdout, spawned.stderr);

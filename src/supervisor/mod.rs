@@ -43,7 +43,7 @@ pub use argv::argv;
 pub use health::probe_detectors;
 pub use output::{LineStream, OutputSink, OutputStream};
 pub use process::{
-    boot_id, boot_ticks_now, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit,
+    boot_id, boot_nanos_now, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit,
     signal_group_of, ExitInfo, FdLimit, FdLimitError,
 };
 pub use spawn::{SpawnError, DAEMON_ONLY_ENV, INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};

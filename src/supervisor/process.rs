@@ -358,12 +358,11 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
     stat_fields(pid)?.get(22 - 3)?.parse().ok()
 }
 
-/// Now, in clock ticks after boot: the unit and clock of a process's start time in `/proc`, so
-/// the two compare. Rounded down: a process started in this very tick compares equal.
-pub fn boot_ticks_now() -> u64 {
+/// Now, in nanoseconds after boot (`CLOCK_BOOTTIME`): fine enough that a start written ahead
+/// and a spawn that carries it out, one after the other, never read the same value.
+pub fn boot_nanos_now() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
-    let hz = rustix::param::clock_ticks_per_second();
-    (now.tv_sec as u64) * hz + (now.tv_nsec as u64) * hz / 1_000_000_000
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// True when `pid` is alive (not a zombie) and started at `start_time`: still that process.
