@@ -757,7 +757,7 @@ fn v3_instance() -> InstanceRecord {
         generation: Some(1),
         spec: Some(worker),
         starting: Some(Launch {
-            written_at: None,
+            written_ns: None,
             generation: 2,
             spec: next,
         }),
