@@ -33,6 +33,10 @@
 //!   writer that keeps a file open longer than [`WRITE_HOLD`] gets it scanned anyway, so a
 //!   forgotten descriptor cannot stop reloads for good. `docs/hot-reload.md` has the user-facing
 //!   version.
+//!
+//! The debounce is written here rather than taken from `notify-debouncer-full`: that crate
+//! debounces per path and has no notion of a file still open for writing, and a burst must end
+//! on the whole directory being quiet *and* closed.
 
 use std::collections::BTreeSet;
 use std::future::Future;
