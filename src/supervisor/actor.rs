@@ -131,16 +131,18 @@ impl Actor {
             let probe_due = self.health.next_due();
             tokio::select! {
                 command = self.inbox.recv() => match command {
-                    Some(command) => self.command(command),
+                    Some(command) => self.command(command).await,
                     // The handle is gone (detach): end without touching the child.
                     None => return,
                 },
-                exit = wait_exit(self.child.as_ref()) => self.on_exit(exit),
+                exit = wait_exit(self.child.as_ref()) => self.on_exit(exit).await,
                 () = sleep_until(deadline) => match self.life.timer_input() {
-                    Some(input) => self.apply(input),
+                    Some(input) => self.apply(input).await,
                     None => self.life.deadline = None,
                 },
-                (index, result) = self.health.probe_finished() => self.on_probe(index, result),
+                (index, result) = self.health.probe_finished() => {
+                    self.on_probe(index, result).await
+                }
                 found = wait_probe(self.probe.as_mut()) => {
                     self.probe = None;
                     let input = match found {
@@ -151,7 +153,7 @@ impl Actor {
                             Input::NotDetected
                         }
                     };
-                    self.apply(input);
+                    self.apply(input).await;
                 }
                 () = sleep_until(probe_due) => {
                     self.health.start_due(&self.spec, &self.id, self.ctx.state_dir.as_ref())
@@ -160,80 +162,87 @@ impl Actor {
         }
     }
 
-    fn command(&mut self, command: Command) {
+    async fn command(&mut self, command: Command) {
         match command {
             // Once shutting down, nothing starts again.
             Command::Start | Command::Restart if self.shutting_down => {}
-            Command::Start => self.apply(Input::StartRequested),
-            Command::Restart => self.apply(Input::RestartRequested),
-            Command::Stop => self.apply(Input::StopRequested),
+            Command::Start => self.apply(Input::StartRequested).await,
+            Command::Restart => self.apply(Input::RestartRequested).await,
+            Command::Stop => self.apply(Input::StopRequested).await,
             Command::Shutdown => {
                 self.shutting_down = true;
-                self.apply(Input::StopRequested);
+                self.apply(Input::StopRequested).await;
             }
-            Command::UpdateSpec(spec) => self.update_spec(spec),
+            Command::UpdateSpec(spec) => self.update_spec(spec).await,
         }
     }
 
     /// Feeds `input` to the state machine and carries out the decisions, following up spawn
-    /// results until the machine settles, publishing the status after each step.
-    fn apply(&mut self, input: Input) {
-        let mut pending = Some(input);
-        while let Some(input) = pending.take() {
-            let from = self.life.state;
-            let restarts = self.life.restarts;
-            let was_elsewhere = matches!(self.life.origin, Origin::Elsewhere(_));
-            let decision = state::next(&self.life, &input, &self.policy, Instant::now());
-            let transition = decision.is_transition(from);
-            let facts = Facts {
-                exit: match input {
-                    Input::Exited { code, signal, .. } => Some(ExitInfo { code, signal }),
-                    _ => None,
-                },
-                restart: decision.next.restarts > restarts,
-                // Only a running instance is probed, and only the first crossing of the threshold
-                // is an input: every `Unhealthy` the machine accepts is a change of health.
-                healthy: matches!(input, Input::Unhealthy { .. }).then_some(false),
-                spawn: decision.action == Action::Spawn,
-            };
-            self.life = decision.next;
-            match (was_elsewhere, &self.life.origin) {
-                (false, Origin::Elsewhere(_)) => {
-                    // Not our process: when it started is unknown.
-                    self.status.started_at = None;
-                }
-                (true, Origin::Elsewhere(_)) | (false, _) => {}
-                (true, _) => self.status.stopped_at = Some(SystemTime::now()),
+    /// results until the machine settles.
+    async fn apply(&mut self, input: Input) {
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            if self.step(input) {
+                next = Some(match self.spawn().await {
+                    Ok(()) => Input::Spawned,
+                    Err(e) => Input::SpawnFailed {
+                        error: e.to_string(),
+                    },
+                });
             }
-            if self.life.origin != Origin::Probing {
-                self.probe = None;
-            }
-            match decision.action {
-                Action::Nothing => {}
-                Action::Spawn => {
-                    pending = Some(match self.spawn() {
-                        Ok(()) => Input::Spawned,
-                        Err(e) => Input::SpawnFailed {
-                            error: e.to_string(),
-                        },
-                    })
-                }
-                Action::SignalGroup => self.signal(self.stop_signal),
-                Action::KillGroup => self.signal(Signal::SIGKILL),
-                Action::Probe => self.start_probe(),
-            }
-            if let Some(reason) = decision.reason {
-                let to = self.life.state;
-                if transition || facts.healthy.is_some() {
-                    self.emit(from, to, &reason, facts);
-                } else {
-                    tracing::info!(instance = %self.id.name, state = %to, %reason, "instance update");
-                }
-                self.status.message = Some(reason);
-            }
-            self.sync_health();
-            self.publish();
         }
+    }
+
+    /// One input: the decision and its action, the event, the published status. A spawn is
+    /// left to the caller, after the status says `starting` (it may wait for the spawner), and
+    /// its result is the next input; returns whether the decision is to spawn.
+    fn step(&mut self, input: Input) -> bool {
+        let from = self.life.state;
+        let restarts = self.life.restarts;
+        let was_elsewhere = matches!(self.life.origin, Origin::Elsewhere(_));
+        let decision = state::next(&self.life, &input, &self.policy, Instant::now());
+        let transition = decision.is_transition(from);
+        let facts = Facts {
+            exit: match input {
+                Input::Exited { code, signal, .. } => Some(ExitInfo { code, signal }),
+                _ => None,
+            },
+            restart: decision.next.restarts > restarts,
+            // Only a running instance is probed, and only the first crossing of the threshold
+            // is an input: every `Unhealthy` the machine accepts is a change of health.
+            healthy: matches!(input, Input::Unhealthy { .. }).then_some(false),
+            spawn: decision.action == Action::Spawn,
+        };
+        self.life = decision.next;
+        match (was_elsewhere, &self.life.origin) {
+            (false, Origin::Elsewhere(_)) => {
+                // Not our process: when it started is unknown.
+                self.status.started_at = None;
+            }
+            (true, Origin::Elsewhere(_)) | (false, _) => {}
+            (true, _) => self.status.stopped_at = Some(SystemTime::now()),
+        }
+        if self.life.origin != Origin::Probing {
+            self.probe = None;
+        }
+        match decision.action {
+            Action::Nothing | Action::Spawn => {}
+            Action::SignalGroup => self.signal(self.stop_signal),
+            Action::KillGroup => self.signal(Signal::SIGKILL),
+            Action::Probe => self.start_probe(),
+        }
+        if let Some(reason) = decision.reason {
+            let to = self.life.state;
+            if transition || facts.healthy.is_some() {
+                self.emit(from, to, &reason, facts);
+            } else {
+                tracing::info!(instance = %self.id.name, state = %to, %reason, "instance update");
+            }
+            self.status.message = Some(reason);
+        }
+        self.sync_health();
+        self.publish();
+        decision.action == Action::Spawn
     }
 
     /// Probes the detectors of the current spec, abandoning any probe still running.
@@ -245,8 +254,8 @@ impl Actor {
         }));
     }
 
-    fn spawn(&mut self) -> Result<(), SpawnError> {
-        let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref())?;
+    async fn spawn(&mut self) -> Result<(), SpawnError> {
+        let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref()).await?;
         self.ctx.output.attach(spawned.stdout, spawned.stderr);
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;
@@ -286,7 +295,7 @@ impl Actor {
         }
     }
 
-    fn on_exit(&mut self, exit: io::Result<ExitInfo>) {
+    async fn on_exit(&mut self, exit: io::Result<ExitInfo>) {
         let Some(child) = self.child.take() else {
             return;
         };
@@ -305,7 +314,8 @@ impl Actor {
             code: exit.code,
             signal: exit.signal,
             uptime: child.started.elapsed(),
-        });
+        })
+        .await;
     }
 
     /// Tells the orphan reaper whether this instance has a process (see `reaper.rs`).
@@ -334,7 +344,7 @@ impl Actor {
         }
     }
 
-    fn on_probe(&mut self, index: usize, result: ProbeResult) {
+    async fn on_probe(&mut self, index: usize, result: ProbeResult) {
         if self.life.state != InstanceState::Running {
             return;
         }
@@ -344,7 +354,7 @@ impl Actor {
         if let Origin::Elsewhere(label) = &self.life.origin {
             if self.health.index_of(label) == Some(index) {
                 if let Some(detail) = self.health.just_reached_threshold(index) {
-                    self.apply(Input::ElsewhereGone { detail });
+                    self.apply(Input::ElsewhereGone { detail }).await;
                     return;
                 }
             }
@@ -352,7 +362,7 @@ impl Actor {
         match change {
             HealthChange::Unchanged => {}
             HealthChange::BecameUnhealthy(detail) => {
-                self.apply(Input::Unhealthy { detail });
+                self.apply(Input::Unhealthy { detail }).await;
             }
             HealthChange::BecameHealthy => {
                 let reason = "healthy again";
@@ -378,7 +388,7 @@ impl Actor {
         }
     }
 
-    fn update_spec(&mut self, spec: Arc<ProgramSpec>) {
+    async fn update_spec(&mut self, spec: Arc<ProgramSpec>) {
         let old = std::mem::replace(&mut self.spec, spec);
         // A change that needs no restart applies to the running process at once; one that does
         // (command, environment, directory) only to the next spawn.
@@ -400,7 +410,7 @@ impl Actor {
             if let Origin::Elsewhere(label) = &self.life.origin {
                 if self.health.index_of(label).is_none() {
                     let detail = format!("{label} is no longer one of the program's detectors");
-                    self.apply(Input::ElsewhereGone { detail });
+                    self.apply(Input::ElsewhereGone { detail }).await;
                     return;
                 }
             }
@@ -470,7 +480,10 @@ impl Actor {
     /// Takes over `pid` if it is still the process that started at `start_time`.
     fn adopt(&mut self, pid: i32, start_time: u64) {
         match self.try_adopt(pid, start_time) {
-            Ok(()) => self.apply(Input::Adopted { pid }),
+            Ok(()) => {
+                let spawn = self.step(Input::Adopted { pid });
+                debug_assert!(!spawn, "adopting never spawns");
+            }
             Err(why) => {
                 tracing::info!(instance = %self.id.name, pid, %why, "not adopted");
                 self.status.message = Some(why);

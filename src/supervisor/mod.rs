@@ -6,6 +6,8 @@
 //! looks again. Inside, the actor (`actor.rs`) feeds inputs to the pure state machine
 //! ([`state::next`]) and carries out its decisions: spawn (`spawn.rs`), signal the process group,
 //! wait for the exit through a pidfd and reap it (`process.rs`), probe detectors (`health.rs`).
+//! Children are started by a small spawner process (`spawner.rs`) running the code of
+//! `launch.rs`, or by that code in this process when no spawner is installed.
 //! Output pipes are handed to an [`OutputSink`] (`output.rs`), implemented by the logs module.
 //!
 //! Every child carries a tag (`spawn.rs`) by which `tag.rs` finds the daemon's processes in
@@ -18,10 +20,12 @@ mod actor;
 pub mod argv;
 pub mod health;
 mod identity;
+mod launch;
 pub mod output;
 mod process;
 pub mod reaper;
 pub mod spawn;
+pub mod spawner;
 pub mod state;
 pub mod tag;
 

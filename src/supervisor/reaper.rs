@@ -7,8 +7,9 @@
 //! nobody else would reap them. Reaping must not take an exit status from an actor, which reaps
 //! its own child by pid (`process.rs`): on every SIGCHLD the reaper looks at the daemon's
 //! children, skips every pid the runtime owns, and reaps only the zombies among the rest, each by
-//! its own pid. There is still no `waitpid(-1)`. Spawns hold [`SPAWN_GATE`] until their child is
-//! recorded as owned, so a child that dies at once is never taken for an orphan.
+//! its own pid. There is still no `waitpid(-1)`. A pass waits until no spawn is in flight (it is
+//! deferred to the end of the spawns in flight, `process.rs`), so a child that dies before it is
+//! recorded as owned is never taken for an orphan.
 //!
 //! What an exited instance left outside its process group reaches the daemon in two ways: already
 //! re-parented when its process exits (its parent was that process), killed then by the actor
@@ -25,7 +26,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::process::{is_owned, proc_stat, SPAWN_GATE};
+use super::process::{is_owned, proc_stat, when_no_spawn_in_flight};
 use super::tag::{signal_tagged, tagged, Tagged};
 
 /// Instances (state directory, name) whose process has exited and that run none now. A std
@@ -75,10 +76,10 @@ fn children_of(pid: i32) -> Vec<i32> {
 
 /// Reaps every zombie child of this process that the runtime does not own, and kills the live
 /// ones that carry an ended instance's tag (see the module docs); returns how many it reaped.
+/// With spawns in flight it does nothing yet: the last of them raises `SIGCHLD` again.
 pub fn reap_orphans() -> usize {
     let me = std::process::id() as i32;
-    let (reaped, orphans) = {
-        let _gate = SPAWN_GATE.write().unwrap_or_else(PoisonError::into_inner);
+    let pass = when_no_spawn_in_flight(|| {
         let orphans: Vec<i32> = children_of(me)
             .into_iter()
             .filter(|&pid| !is_owned(pid))
@@ -89,6 +90,9 @@ pub fn reap_orphans() -> usize {
             .filter(|&&pid| waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok())
             .count();
         (reaped, orphans)
+    });
+    let Some((reaped, orphans)) = pass else {
+        return 0;
     };
     let ended = ENDED.lock().unwrap_or_else(PoisonError::into_inner).clone();
     if !ended.is_empty() {
