@@ -21,7 +21,9 @@ use crate::config::{InstanceId, ProgramSpec};
 
 use super::argv::argv;
 use super::launch::{Launch, LaunchError};
-use super::process::{child_fd_limit, kill_group, reap_owned, spawn_owned, ProcessWatch};
+use super::process::{
+    child_fd_limit, kill_group, proc_start_time, reap_owned, spawn_owned, ProcessWatch,
+};
 
 /// `PATH` of a child when `use_os_env = false` (SPEC §5).
 pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -160,7 +162,7 @@ pub(crate) async fn spawn_instance(
     };
     Ok(Spawned {
         pid,
-        start_time: started.start_time,
+        start_time: started.start_time.or_else(|| proc_start_time(pid)),
         watch,
         stdout: out_r,
         stderr: err_r,

@@ -6,10 +6,10 @@
 //! holds (three per instance), work that grows with the number of instances. The spawner is the
 //! same binary started again in a hidden mode ([`ARG`]), before the daemon has anything: it
 //! holds a socket, `/dev/null` and its standard streams, and a few hundred KiB of heap. For each
-//! request the daemon sends a [`Launch`] as one message on a unix `SOCK_SEQPACKET` socket, with
-//! the child's descriptors attached (`SCM_RIGHTS`); the spawner starts the child with `clone(CLONE_VM | CLONE_VFORK |
-//! CLONE_PARENT)` (`launch.rs`) and answers with its pid and start time, or with the step that
-//! failed and why.
+//! request the daemon sends a [`Launch`] on a unix stream socket, with the child's descriptors
+//! attached (`SCM_RIGHTS`); the spawner starts the child with `clone(CLONE_VM | CLONE_VFORK |
+//! CLONE_PARENT)` (`launch.rs`) and answers with its pid (and its start time when known without
+//! reading `/proc`), or with the step that failed and why.
 //!
 //! `CLONE_PARENT` makes the child the daemon's own: the daemon watches its pidfd, reaps it,
 //! owns it (`process.rs`) and is its subreaper, exactly as if it had forked it. A request counts
@@ -48,13 +48,14 @@ use super::process::{begin_spawn, end_spawn, kill_group, settle_spawn};
 /// The first argument that starts the `provisr` binary as a spawner (see `main.rs`).
 pub const ARG: &str = "__provisr-spawner";
 
-/// Requests in flight at most: enough to keep the spawner busy, and within the queue of a unix
-/// datagram socket (`net.unix.max_dgram_qlen`, 10 by default), so sending never waits.
-const IN_FLIGHT: usize = 8;
+/// Requests in flight at most: enough to keep the spawner busy through a burst while the
+/// daemon's threads wait for a CPU, and few enough (with [`MAX_REQUEST`]) to fit the socket's
+/// buffer, so a request is never held up sending.
+const IN_FLIGHT: usize = 64;
 
-/// The largest request sent to the spawner: well within one message of a socket's default
-/// buffer. A child whose arguments and environment are larger is started by the daemon itself.
-const MAX_REQUEST: usize = 128 * 1024;
+/// The largest request sent to the spawner. A child whose arguments and environment are larger
+/// is started by the daemon itself.
+const MAX_REQUEST: usize = 64 * 1024;
 
 /// The spawner this process uses, once [`install`]ed.
 static INSTALLED: OnceLock<Spawner> = OnceLock::new();
@@ -169,11 +170,9 @@ impl Spawner {
 
     /// Starts a spawner process and the thread that reads its replies.
     fn connect(&self) -> io::Result<Conn> {
-        // A datagram-like socket: each request and each reply is one message, with the
-        // request's descriptors attached to it.
         let (ours, theirs) = socketpair(
             AddressFamily::UNIX,
-            SocketType::SEQPACKET,
+            SocketType::STREAM,
             SocketFlags::CLOEXEC,
             None,
         )?;
@@ -299,8 +298,9 @@ impl Spawner {
 /// recorded as owned (or reaped, when it failed). When the spawner ends, every request still
 /// waiting fails, saying a child may have been started.
 fn read_replies(sock: &OwnedFd, waiting: &Mutex<Waiting>) {
+    let mut replies = Replies::default();
     loop {
-        let reply = read_reply(sock);
+        let reply = replies.next(sock);
         let mut w = lock(waiting);
         let result = match reply {
             Ok(result) => result,
@@ -368,94 +368,125 @@ fn serve_requests() -> io::Result<()> {
     )?;
     nix::unistd::dup2(null.as_raw_fd(), 0)?;
     drop(null);
-    let mut buf = Vec::new();
-    loop {
-        let result = match read_request(&sock, &mut buf) {
-            Ok(None) => return Ok(()),
-            Ok(Some(fds)) => match decode(&buf, fds) {
-                Ok(request) => launch::start(&request.launch(), Parent::CallersParent),
-                Err(e) => Err(LaunchError::new(Stage::Prepare, e)),
-            },
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                Err(LaunchError::new(Stage::Prepare, e))
-            }
-            Err(e) => return Err(e),
+    let mut requests = Requests::default();
+    while let Some((body, fds)) = requests.next(&sock)? {
+        let result = match decode(&body, fds) {
+            Ok(request) => launch::start(&request.launch(), Parent::CallersParent),
+            Err(e) => Err(LaunchError::new(Stage::Prepare, e)),
         };
         write_all(sock.as_fd(), &encode_reply(&result))?;
     }
+    Ok(())
 }
 
-/// Sends a request: one message, its descriptors attached.
+/// Bytes before a request's body: its length and how many descriptors come with it.
+const HEADER: usize = 8;
+
+/// Sends a request: a header, then the body, its descriptors attached to the first bytes. On a
+/// stream socket the descriptors of one `sendmsg` arrive with its first byte and a read never
+/// returns those of two (`unix(7)`), so the receiver matches them to requests in order.
 fn send_request(sock: &OwnedFd, body: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&(fds.len() as u32).to_le_bytes());
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(CHILD_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
         return Err(io::Error::other("too many descriptors for one request"));
     }
-    let iov = [IoSlice::new(body)];
-    loop {
+    let iov = [IoSlice::new(&header), IoSlice::new(body)];
+    let sent = loop {
         match sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-            Ok(n) if n == body.len() => return Ok(()),
-            Ok(n) => {
-                return Err(io::Error::other(format!(
-                    "sent {n} of {} bytes",
-                    body.len()
-                )))
-            }
-        }
-    }
-}
-
-/// Reads one request into `buf`, with its descriptors; `None` at end of file.
-fn read_request(sock: &OwnedFd, buf: &mut Vec<u8>) -> io::Result<Option<Vec<OwnedFd>>> {
-    buf.resize(MAX_REQUEST + 1, 0);
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(CHILD_FDS))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let got = loop {
-        let mut iov = [IoSliceMut::new(buf)];
-        match recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
             Err(rustix::io::Errno::INTR) => continue,
             other => break other?,
         }
     };
-    let mut fds = Vec::new();
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
+    // Whatever did not fit goes after, without descriptors.
+    if sent < HEADER {
+        write_all(sock.as_fd(), &header[sent..])?;
+        write_all(sock.as_fd(), body)?;
+    } else if sent < HEADER + body.len() {
+        write_all(sock.as_fd(), &body[sent - HEADER..])?;
     }
-    if got.bytes == 0 {
-        return Ok(None);
-    }
-    if got.bytes > MAX_REQUEST || got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "request truncated",
-        ));
-    }
-    buf.truncate(got.bytes);
-    Ok(Some(fds))
+    Ok(())
 }
 
-fn write_all(fd: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
-    loop {
-        match rustix::net::send(fd, data, SendFlags::NOSIGNAL) {
-            Ok(n) if n == data.len() => return Ok(()),
-            Ok(n) => {
-                return Err(io::Error::other(format!(
-                    "sent {n} of {} bytes",
-                    data.len()
-                )))
+/// The spawner's side of the stream: bytes and descriptors received, cut into requests.
+#[derive(Default)]
+struct Requests {
+    buf: Vec<u8>,
+    /// Where the next request starts in `buf`.
+    at: usize,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Requests {
+    /// The next request's body and descriptors; `None` at end of file. A request that breaks
+    /// the protocol is an error: the spawner then ends, and the daemon starts a new one.
+    fn next(&mut self, sock: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
+        let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
+        loop {
+            let pending = &self.buf[self.at..];
+            if pending.len() >= HEADER {
+                let word = |i: usize| {
+                    u32::from_le_bytes([pending[i], pending[i + 1], pending[i + 2], pending[i + 3]])
+                };
+                let (len, nfds) = (word(0) as usize, word(4) as usize);
+                if len > MAX_REQUEST || nfds > CHILD_FDS {
+                    return Err(bad("a request larger than the protocol allows"));
+                }
+                if pending.len() >= HEADER + len {
+                    if self.fds.len() < nfds {
+                        return Err(bad("a request without its descriptors"));
+                    }
+                    let body = pending[HEADER..HEADER + len].to_vec();
+                    self.at += HEADER + len;
+                    let fds = self.fds.drain(..nfds).collect();
+                    return Ok(Some((body, fds)));
+                }
             }
+            // Keep what is pending at the front, then read more.
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let had = self.buf.len();
+            self.buf.resize(had + MAX_REQUEST + HEADER, 0);
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(CHILD_FDS))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let got = loop {
+                let mut iov = [IoSliceMut::new(&mut self.buf[had..])];
+                match recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    other => break other?,
+                }
+            };
+            for message in control.drain() {
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    self.fds.extend(received);
+                }
+            }
+            if got.flags.contains(rustix::net::ReturnFlags::CTRUNC) {
+                return Err(bad("descriptors were lost"));
+            }
+            self.buf.truncate(had + got.bytes);
+            if got.bytes == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match rustix::net::send(fd, data, SendFlags::NOSIGNAL) {
+            Ok(n) => data = &data[n..],
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
 }
 
-/// Bytes of a reply: pid, stage (0: started), errno, start time (0: unknown).
+/// Bytes of a reply: pid, stage (0: started), errno, start time (0: not known).
 const REPLY: usize = 4 + 4 + 4 + 8;
 
 fn encode_reply(result: &Result<Started, LaunchError>) -> [u8; REPLY] {
@@ -476,17 +507,39 @@ fn encode_reply(result: &Result<Started, LaunchError>) -> [u8; REPLY] {
     out
 }
 
-fn read_reply(sock: &OwnedFd) -> io::Result<Result<Started, LaunchError>> {
-    let mut buf = [0u8; REPLY];
-    loop {
-        match rustix::net::recv(sock, &mut buf, rustix::net::RecvFlags::empty()) {
-            Ok((0, _)) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok((n, _)) if n == REPLY => break,
-            Ok((n, _)) => return Err(io::Error::other(format!("a reply of {n} bytes"))),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
+/// The daemon's side of the stream: replies, read in bulk.
+#[derive(Default)]
+struct Replies {
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl Replies {
+    fn next(&mut self, sock: &OwnedFd) -> io::Result<Reply> {
+        while self.buf.len() - self.at < REPLY {
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let had = self.buf.len();
+            self.buf.resize(had + 64 * REPLY, 0);
+            let got = loop {
+                match rustix::io::read(sock, &mut self.buf[had..]) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    other => break other?,
+                }
+            };
+            self.buf.truncate(had + got);
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
         }
+        let mut reply = [0u8; REPLY];
+        reply.copy_from_slice(&self.buf[self.at..self.at + REPLY]);
+        self.at += REPLY;
+        Ok(decode_reply(&reply))
     }
+}
+
+fn decode_reply(buf: &[u8; REPLY]) -> Reply {
     let word = |at: usize| [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]];
     let pid = i32::from_le_bytes(word(0));
     let stage = u32::from_le_bytes(word(4));
@@ -494,7 +547,7 @@ fn read_reply(sock: &OwnedFd) -> io::Result<Result<Started, LaunchError>> {
     let mut start = [0u8; 8];
     start.copy_from_slice(&buf[12..]);
     let start = u64::from_le_bytes(start);
-    Ok(match Stage::from_code(stage) {
+    match Stage::from_code(stage) {
         None => Ok(Started {
             pid,
             start_time: (start != 0).then_some(start),
@@ -505,7 +558,7 @@ fn read_reply(sock: &OwnedFd) -> io::Result<Result<Started, LaunchError>> {
             source: io::Error::from_raw_os_error(errno),
             maybe_started: false,
         }),
-    })
+    }
 }
 
 /// A request as the spawner received it.
@@ -764,32 +817,70 @@ mod tests {
         assert!(decode(&body, Vec::new()).is_err());
     }
 
-    #[test]
-    fn replies_carry_the_pid_or_the_failed_stage() {
-        let (a, b) = socketpair(
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
             AddressFamily::UNIX,
-            SocketType::SEQPACKET,
+            SocketType::STREAM,
             SocketFlags::CLOEXEC,
             None,
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn requests_sent_back_to_back_keep_their_own_descriptors() {
+        let (a, b) = pair();
+        let (r1, _w1) = rustix::pipe::pipe().unwrap();
+        let (r2, _w2) = rustix::pipe::pipe().unwrap();
+        let inode = |fd: BorrowedFd<'_>| rustix::fs::fstat(fd).unwrap().st_ino;
+        send_request(&a, b"first", &[]).unwrap();
+        send_request(&a, b"second", &[r1.as_fd()]).unwrap();
+        send_request(&a, &[7u8; 5000], &[r2.as_fd(), r1.as_fd()]).unwrap();
+        send_request(&a, b"", &[]).unwrap();
+        drop(a);
+        let mut requests = Requests::default();
+        let (body, fds) = requests.next(&b).unwrap().unwrap();
+        assert_eq!((body.as_slice(), fds.len()), (&b"first"[..], 0));
+        let (body, fds) = requests.next(&b).unwrap().unwrap();
+        assert_eq!(body, b"second");
+        assert_eq!(fds.len(), 1);
+        assert_eq!(inode(fds[0].as_fd()), inode(r1.as_fd()));
+        let (body, fds) = requests.next(&b).unwrap().unwrap();
+        assert_eq!(body, vec![7u8; 5000]);
+        let inodes: Vec<u64> = fds.iter().map(|f| inode(f.as_fd())).collect();
+        assert_eq!(inodes, [inode(r2.as_fd()), inode(r1.as_fd())]);
+        let (body, fds) = requests.next(&b).unwrap().unwrap();
+        assert!(body.is_empty() && fds.is_empty());
+        assert!(requests.next(&b).unwrap().is_none(), "end of file");
+    }
+
+    #[test]
+    fn replies_carry_the_pid_or_the_failed_stage() {
+        let (a, b) = pair();
+        let mut replies = Replies::default();
         let started = Started {
             pid: 42,
             start_time: Some(777),
         };
         write_all(a.as_fd(), &encode_reply(&Ok(started))).unwrap();
-        assert_eq!(read_reply(&b).unwrap().unwrap(), started);
+        assert_eq!(replies.next(&b).unwrap().unwrap(), started);
         let failed = Err(LaunchError {
             pid: Some(43),
             stage: Stage::User,
             source: io::Error::from_raw_os_error(nix::libc::EPERM),
             maybe_started: false,
         });
-        write_all(a.as_fd(), &encode_reply(&failed)).unwrap();
-        let e = read_reply(&b).unwrap().unwrap_err();
+        // Two at once are read as two.
+        write_all(
+            a.as_fd(),
+            &[encode_reply(&failed), encode_reply(&Ok(started))].concat(),
+        )
+        .unwrap();
+        let e = replies.next(&b).unwrap().unwrap_err();
         assert_eq!((e.pid, e.stage), (Some(43), Stage::User));
         assert_eq!(e.source.raw_os_error(), Some(nix::libc::EPERM));
+        assert_eq!(replies.next(&b).unwrap().unwrap(), started);
         drop(a);
-        assert!(read_reply(&b).is_err());
+        assert!(replies.next(&b).is_err());
     }
 }
