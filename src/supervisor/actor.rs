@@ -20,9 +20,9 @@ use crate::config::{InstanceId, ProgramSpec};
 use super::health::{probe_detectors, Health, HealthChange, ProbeResult};
 use super::process::{
     is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
-    ProcessWatch,
+    Group, ProcessWatch,
 };
-use super::reaper::{kill_escapees, set_ended};
+use super::reaper::{kill_escapees, poke_reaper, set_ended};
 use super::spawn::{
     spawn_instance, PipeReservation, SpawnError, STDERR_KEEPALIVE_FD, STDOUT_KEEPALIVE_FD,
 };
@@ -65,6 +65,13 @@ pub(super) struct Actor {
     tx: watch::Sender<InstanceStatus>,
     inbox: mpsc::UnboundedReceiver<Command>,
     shutting_down: bool,
+    /// The group of our own child, shared with the handle that may send the stop signal.
+    group: Arc<Group>,
+    /// The stop signal of the stop being applied was sent already (by the handle).
+    stop_sent: bool,
+    /// Our own last process exited and what it left outside its group may still run: killed
+    /// before the next spawn (the orphan reaper, woken at the exit, usually has already).
+    leftovers: bool,
 }
 
 impl Actor {
@@ -75,11 +82,17 @@ impl Actor {
         restarts: u64,
         tx: watch::Sender<InstanceStatus>,
         inbox: mpsc::UnboundedReceiver<Command>,
+        group: Arc<Group>,
     ) -> Actor {
         let policy = Policy::of(&spec);
         let status = tx.borrow().clone();
+        let stop_signal = stop_signal_of(&spec);
+        group.set_stop_signal(stop_signal);
         Actor {
-            stop_signal: stop_signal_of(&spec),
+            stop_signal,
+            group,
+            stop_sent: false,
+            leftovers: false,
             health: Health::new(&spec.detectors),
             life: Lifecycle::new(restarts, &policy),
             policy,
@@ -168,13 +181,27 @@ impl Actor {
             Command::Start | Command::Restart if self.shutting_down => {}
             Command::Start => self.apply(Input::StartRequested).await,
             Command::Restart => self.apply(Input::RestartRequested).await,
-            Command::Stop => self.apply(Input::StopRequested).await,
+            Command::Stop => self.stop().await,
             Command::Shutdown => {
                 self.shutting_down = true;
-                self.apply(Input::StopRequested).await;
+                self.stop().await;
             }
             Command::UpdateSpec(spec) => self.update_spec(spec).await,
         }
+    }
+
+    /// A stop: the stop signal goes to the group unless whoever asked sent it already.
+    async fn stop(&mut self) {
+        self.stop_sent = self.stop_was_sent();
+        self.apply(Input::StopRequested).await;
+        self.stop_sent = false;
+    }
+
+    /// Whether the handle sent the stop signal to our current child (forgetting it).
+    fn stop_was_sent(&self) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|c| self.group.take_stop_sent(c.watch.pid()))
     }
 
     /// Feeds `input` to the state machine and carries out the decisions, following up spawn
@@ -227,6 +254,7 @@ impl Actor {
         }
         match decision.action {
             Action::Nothing | Action::Spawn => {}
+            Action::SignalGroup if std::mem::take(&mut self.stop_sent) => {}
             Action::SignalGroup => self.signal(self.stop_signal),
             Action::KillGroup => self.signal(Signal::SIGKILL),
             Action::Probe => self.start_probe(),
@@ -255,7 +283,13 @@ impl Actor {
     }
 
     async fn spawn(&mut self) -> Result<(), SpawnError> {
-        let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref()).await?;
+        if std::mem::take(&mut self.leftovers) {
+            // What the last process left outside its group, before anything starts again.
+            self.kill_leftovers(true);
+        }
+        let mut spawned =
+            spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref()).await?;
+        spawned.watch.share_group(self.group.clone());
         self.ctx.output.attach(spawned.stdout, spawned.stderr);
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;
@@ -296,6 +330,14 @@ impl Actor {
     }
 
     async fn on_exit(&mut self, exit: io::Result<ExitInfo>) {
+        // A stop whose signal the handle sent is taken in first: the exit is its result, never
+        // a crash to restart from.
+        if self.stop_was_sent() {
+            self.stop_sent = true;
+            let spawn = self.step(Input::StopRequested);
+            debug_assert!(!spawn, "a stop never spawns");
+            self.stop_sent = false;
+        }
         let Some(child) = self.child.take() else {
             return;
         };
@@ -304,7 +346,14 @@ impl Actor {
             ExitInfo::default()
         });
         self.set_ended(true);
-        self.kill_leftovers(child.watch.own());
+        if child.watch.own() {
+            // Its escapees were re-parented to the daemon: the orphan reaper, asked now, kills
+            // those of an ended instance in one pass for many exits; the next spawn makes sure.
+            self.leftovers = true;
+            poke_reaper();
+        } else {
+            self.kill_leftovers(false);
+        }
         self.status.pid = None;
         self.status.pid_start_time = None;
         self.status.spawned_spec = None;
@@ -329,7 +378,7 @@ impl Actor {
     /// group was killed already, if it was ours), before anything is spawned again, so nothing
     /// tagged with this instance's name is left but what the next spawn starts. Our own child's
     /// escapees were re-parented to the daemon (a subreaper); an adopted process's leftovers are
-    /// wherever they are, and found by a scan of `/proc`.
+    /// wherever they are, and found by a scan of `/proc` at its exit.
     fn kill_leftovers(&self, own: bool) {
         let Some(dir) = &self.ctx.state_dir else {
             return;
@@ -398,6 +447,7 @@ impl Actor {
         }
         self.policy = Policy::of(&self.spec);
         self.stop_signal = stop_signal_of(&self.spec);
+        self.group.set_stop_signal(self.stop_signal);
         if old.restart_interval != self.spec.restart_interval {
             self.life.restart_delay = self.policy.restart_interval;
         }

@@ -189,6 +189,8 @@ pub struct InstanceHandle {
     commands: mpsc::UnboundedSender<Command>,
     status: watch::Receiver<InstanceStatus>,
     task: JoinHandle<()>,
+    /// The group of the instance's own child, for sending the stop signal at once.
+    group: Arc<process::Group>,
 }
 
 impl InstanceHandle {
@@ -212,13 +214,15 @@ impl InstanceHandle {
         };
         let (tx, rx) = watch::channel(InstanceStatus::stopped(&id, restarts));
         let (commands, inbox) = mpsc::unbounded_channel();
-        let mut actor = actor::Actor::new(id, spec, ctx, restarts, tx, inbox);
+        let group = Arc::new(process::Group::default());
+        let mut actor = actor::Actor::new(id, spec, ctx, restarts, tx, inbox, group.clone());
         actor.begin(initial);
         let task = tokio::spawn(actor.run());
         InstanceHandle {
             commands,
             status: rx,
             task,
+            group,
         }
     }
 
@@ -239,8 +243,22 @@ impl InstanceHandle {
 
     /// Stop the process group: stop signal, `stop_timeout`, then `SIGKILL`. Cancels any backoff.
     /// An instance running elsewhere is only forgotten (`stopped`): its process is not ours.
+    ///
+    /// The stop signal goes to a running process of ours from here, before the actor takes the
+    /// command in: a caller stopping many instances signals every group in one sweep, and each
+    /// actor only observes its process exit.
     pub fn stop(&self) {
+        self.send_stop_now();
         self.send(Command::Stop);
+    }
+
+    /// Sends the stop signal to the group of the instance's running (or starting) process of
+    /// ours, once; the actor learns it was sent (`process::Group`).
+    fn send_stop_now(&self) {
+        let state = self.status.borrow().state;
+        if matches!(state, InstanceState::Running | InstanceState::Starting) {
+            self.group.send_stop();
+        }
     }
 
     /// Stop, then start again. Not counted in `restarts` (it was asked for). An instance running
@@ -267,6 +285,7 @@ impl InstanceHandle {
 
     /// Stops the child per its stop settings, then ends the actor; returns once both are done.
     pub async fn shutdown(self) {
+        self.send_stop_now();
         self.send(Command::Shutdown);
         let _ = self.task.await;
     }

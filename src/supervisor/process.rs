@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -161,6 +161,62 @@ pub(crate) fn reap_owned(pid: i32) {
     disown(pid);
 }
 
+/// The process group an instance's own child leads, shared by the instance's actor and its
+/// handle, so that whoever asks for a stop sends the stop signal at once — a stop of many
+/// instances signals every group in one sweep — while the actor still observes the exit.
+///
+/// The group id is known here from the spawn until the moment the leader is reaped, which
+/// happens under this lock ([`ProcessWatch::exited`]): while it is known, the leader is an
+/// unreaped child of ours, so the number cannot name anyone else's group.
+#[derive(Debug, Default)]
+pub(crate) struct Group(Mutex<GroupState>);
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Our own child, unreaped.
+    leader: Option<i32>,
+    /// The instance's stop signal, kept current by its actor.
+    stop_signal: Option<Signal>,
+    /// The leader the stop signal was sent to, until the actor takes note.
+    stop_sent: Option<i32>,
+}
+
+impl Group {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The instance's stop signal from now on.
+    pub(crate) fn set_stop_signal(&self, sig: Signal) {
+        self.lock().stop_signal = Some(sig);
+    }
+
+    /// Sends the stop signal to the group, unless it was sent to this leader already; the
+    /// leader it went to. `None` without a live child of ours.
+    pub(crate) fn send_stop(&self) -> Option<i32> {
+        let mut g = self.lock();
+        let (Some(leader), Some(sig), None) = (g.leader, g.stop_signal, g.stop_sent) else {
+            return None;
+        };
+        if !kill_group(leader, sig) {
+            return None;
+        }
+        g.stop_sent = Some(leader);
+        Some(leader)
+    }
+
+    /// Whether the stop signal was sent to the group of `leader` by [`Group::send_stop`];
+    /// forgets it.
+    pub(crate) fn take_stop_sent(&self, leader: i32) -> bool {
+        let mut g = self.lock();
+        if g.stop_sent == Some(leader) {
+            g.stop_sent = None;
+            return true;
+        }
+        false
+    }
+}
+
 /// An exit watch on one process that leads its own process group.
 pub(crate) struct ProcessWatch {
     pid: i32,
@@ -168,6 +224,8 @@ pub(crate) struct ProcessWatch {
     /// Our own child, which this watch reaps; else a process adopted from an earlier daemon,
     /// whose parent reaps it and whose group id may be reused once it is reaped.
     own: bool,
+    /// Where the group of our own child is known until it is reaped.
+    group: Option<Arc<Group>>,
 }
 
 impl ProcessWatch {
@@ -181,7 +239,19 @@ impl ProcessWatch {
             pid,
             pidfd: register(pidfd(pid)?)?,
             own: true,
+            group: None,
         })
+    }
+
+    /// Makes this child the leader `group` knows, until it is reaped (our own child only).
+    pub(crate) fn share_group(&mut self, group: Arc<Group>) {
+        if self.own {
+            let mut g = group.lock();
+            g.leader = Some(self.pid);
+            g.stop_sent = None;
+            drop(g);
+            self.group = Some(group);
+        }
     }
 
     /// A watch on a process that is not our child (adopted): see [`ProcessWatch::own`].
@@ -234,10 +304,21 @@ impl ProcessWatch {
     pub(crate) async fn exited(&self) -> io::Result<ExitInfo> {
         loop {
             let guard = self.pidfd.readable().await?;
-            if self.own {
-                kill_group(self.pid, Signal::SIGKILL);
-            }
-            match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
+            let reaped = {
+                // Nobody signals the group by its number from here until it is reaped.
+                let mut group = self.group.as_ref().map(|g| g.lock());
+                if self.own {
+                    kill_group(self.pid, Signal::SIGKILL);
+                }
+                let reaped = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
+                if let (Some(g), Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
+                    (group.as_mut(), &reaped)
+                {
+                    g.leader = None;
+                }
+                reaped
+            };
+            match reaped {
                 Ok(WaitStatus::Exited(_, code)) => {
                     disown(self.pid);
                     return Ok(ExitInfo {
