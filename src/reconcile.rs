@@ -75,7 +75,8 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// The instances as of the last pass.
+    /// The instances as of the last pass (or the one under way, once it has written its starts
+    /// ahead).
     pub fn live(&self) -> LiveTable {
         self.live.borrow().clone()
     }
@@ -396,33 +397,42 @@ impl Loop {
             }
         }
         self.write_ahead(&actions).await;
+        // New instances show in `GET /status` from now on, `starting`, not only once the pass
+        // that starts them (a thousand at boot) has ended.
+        self.publish_table();
         let mut done = Vec::with_capacity(actions.len());
         for (step, target) in actions {
             self.execute(&step, target);
             done.push(step);
         }
         self.persist(None).await;
-        if self.table_dirty {
-            self.table_dirty = false;
-            let table: BTreeMap<String, LiveInstance> = self
-                .entries
-                .iter()
-                .map(|(name, e)| {
-                    (
-                        name.clone(),
-                        LiveInstance {
-                            id: e.id.clone(),
-                            spec: e.spec.clone(),
-                            status: e.status.clone(),
-                            log: e.log.clone(),
-                        },
-                    )
-                })
-                .collect();
-            self.live_tx.send_replace(Arc::new(table));
-        }
+        self.publish_table();
         self.passes_tx.send_modify(|n| *n += 1);
         Plan { steps: done }
+    }
+
+    /// Publishes the live table if the instance set (or a spec) changed since it last was.
+    fn publish_table(&mut self) {
+        if !self.table_dirty {
+            return;
+        }
+        self.table_dirty = false;
+        let table: BTreeMap<String, LiveInstance> = self
+            .entries
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name.clone(),
+                    LiveInstance {
+                        id: e.id.clone(),
+                        spec: e.spec.clone(),
+                        status: e.status.clone(),
+                        log: e.log.clone(),
+                    },
+                )
+            })
+            .collect();
+        self.live_tx.send_replace(Arc::new(table));
     }
 
     /// Makes the starts and restarts of this pass durable before any of them is sent: each
