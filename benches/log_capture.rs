@@ -28,7 +28,7 @@ enum Variant {
     Direct,
     /// Capture into one file that never rotates.
     Capture,
-    /// Capture with the default rotation of SPEC §6 (10 MiB, 3 backups), no compression.
+    /// Capture with the default rotation of `docs/logs.md` (10 MiB, 3 backups), no compression.
     CaptureRotating,
 }
 

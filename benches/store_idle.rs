@@ -19,7 +19,7 @@
 //! `cargo bench --bench store_idle`; `BENCH_STORE_PROGRAMS` (default `1000,10000`) picks the
 //! program counts. Exits non-zero if the idle store (after `write` or `reopen`; `upgrade` is
 //! reported only, sled 0.34 runs there by design) wakes more than 0.2 times a second (the whole
-//! daemon's idle budget, SPEC issue 6) or uses more than 0.02 % of a core.
+//! daemon's idle budget, `docs/benchmarks.md`) or uses more than 0.02 % of a core.
 
 use std::collections::BTreeMap;
 use std::fs;

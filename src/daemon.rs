@@ -28,7 +28,7 @@ use crate::config::{self, ConfigError, ServerSettings, Settings, SocketSetting};
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
 use crate::notify::{self, Notifier};
-use crate::reconcile::{self, Reconciler};
+use crate::reconcile;
 use crate::reload::{self, ConfigSource, Reloader, SettingsHook};
 use crate::store::{DesiredStore, StoreError};
 use crate::supervisor::Event;
@@ -91,9 +91,9 @@ impl DaemonError {
 pub type Bound = tokio::sync::oneshot::Sender<SocketAddr>;
 
 /// A daemon with its store open, its config loaded and its reconcile loop running, not yet
-/// listening: [`run`] adds the listeners and signals; tests can drive [`Opened::router`] without
+/// listening: [`run`] adds the listeners and signals; tests can drive [`Daemon::router`] without
 /// a socket.
-pub struct Opened {
+pub struct Daemon {
     pub state: Arc<AppState>,
     guard: Guard,
     addr: SocketAddr,
@@ -114,7 +114,7 @@ enum SocketPlan {
     Required(Option<PathBuf>),
 }
 
-impl Opened {
+impl Daemon {
     /// The whole API, as served on the listener.
     pub fn router(&self) -> axum::Router {
         crate::api::router(
@@ -139,7 +139,7 @@ impl Opened {
 /// Loads the config, opens the store, writes the config into it and starts the reconcile loop
 /// and the watcher. Fails on an invalid main config, a refused listen address or a store that
 /// cannot be opened (e.g. another daemon holds it).
-pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
+pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
     // The service manager's variables are for the daemon alone (docs/systemd.md).
     let base_env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| !crate::supervisor::DAEMON_ONLY_ENV.contains(&k.as_str()))
@@ -266,7 +266,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Opened, DaemonError> {
         metrics,
         closing: tokio::sync::watch::channel(false).0,
     });
-    Ok(Opened {
+    Ok(Daemon {
         state,
         guard,
         addr,
@@ -436,8 +436,8 @@ pub async fn run(
     // A second signal skips waiting for the children's stop timeouts.
     tokio::select! {
         () = state.reconciler.shutdown() => {}
-        _ = term.recv() => force_kill(&state.reconciler),
-        _ = int.recv() => force_kill(&state.reconciler),
+        _ = term.recv() => state.reconciler.kill_all(),
+        _ = int.recv() => state.reconciler.kill_all(),
     }
     // The endless streams (`/events`, `/logs?follow`) have shown the children stop; they end
     // now, or the listeners' graceful shutdown would wait for them forever.
@@ -594,21 +594,6 @@ async fn count_events(mut rx: broadcast::Receiver<Event>, metrics: Arc<Metrics>)
                 tracing::warn!("metrics missed {n} events under load");
             }
             Err(broadcast::error::RecvError::Closed) => return,
-        }
-    }
-}
-
-/// SIGKILL to every instance's process group: the second signal's "stop now". Each group only
-/// while its leader is still the process the instance runs (see `signal_group_of`).
-fn force_kill(reconciler: &Reconciler) {
-    tracing::warn!("second signal: killing every child now");
-    for live in reconciler.live().values() {
-        let (pid, start_time) = {
-            let s = live.status.borrow();
-            (s.pid, s.pid_start_time)
-        };
-        if let (Some(pid), Some(start_time)) = (pid, start_time) {
-            crate::supervisor::signal_group_of(pid, start_time, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

@@ -178,7 +178,8 @@ fn program_touched(w: &StoreWrite) -> Option<String> {
         StoreWrite::SetError { name, .. }
         | StoreWrite::SetDesired { name, .. }
         | StoreWrite::Request { name, .. }
-        | StoreWrite::DeleteProgram { name } => Some(name.clone()),
+        | StoreWrite::DeleteProgram { name }
+        | StoreWrite::Cron { name, .. } => Some(name.clone()),
         _ => None,
     }
 }
@@ -186,12 +187,13 @@ fn program_touched(w: &StoreWrite) -> Option<String> {
 /// The writes that make the store agree with a scan of the config and programs directory.
 ///
 /// Good files put their program (a no-op when unchanged, and clearing an earlier error); a
-/// broken file keeps its program's last good spec and records the error (SPEC §12); programs
-/// whose file is gone are deleted, and inline programs gone from the config too. When the scan
-/// is incomplete — an error that belongs to no program file, such as an unreadable programs
-/// directory — a file-sourced program missing from it is not deleted but keeps its spec and
-/// shows that error: a directory that cannot be read says nothing about what was removed.
-/// API-registered programs are never touched by files.
+/// broken file keeps its program's last good spec and records the error (`docs/configuration.md`,
+/// "Errors and reloads"); programs whose file is gone are deleted, and inline programs gone from
+/// the config too. When the scan is incomplete — an error that belongs to no program file, such
+/// as an unreadable programs directory — a file-sourced program missing from it is not deleted
+/// but keeps its spec and shows that error: a directory that cannot be read says nothing about
+/// what was removed. An API-registered program no file defines is left alone; a file that
+/// defines a program of its name takes it over (its source becomes the file).
 pub fn sync_writes(
     current: &Programs,
     programs: &[Program],
@@ -257,59 +259,16 @@ pub fn sync_writes(
 pub fn simulate(current: &Programs, writes: &[StoreWrite]) -> Programs {
     let mut next = (**current).clone();
     for w in writes {
-        match w {
-            StoreWrite::PutProgram { spec, source } => {
-                // As the store does it: the generation counts spec changes.
-                let record = match next.get(&spec.name) {
-                    Some(old) => ProgramRecord {
-                        generation: if old.spec == *spec {
-                            old.generation
-                        } else {
-                            old.generation.saturating_add(1)
-                        },
-                        spec: spec.clone(),
-                        source: source.clone(),
-                        error: None,
-                        ..(**old).clone()
-                    },
-                    None => ProgramRecord::new(spec.clone(), source.clone()),
-                };
-                next.insert(spec.name.clone(), Arc::new(record));
-            }
-            StoreWrite::DeleteProgram { name } => {
-                next.remove(name);
-            }
-            StoreWrite::SetError { name, error } => {
-                if let Some(old) = next.get(name) {
-                    let record = ProgramRecord {
-                        error: error.clone(),
-                        ..(**old).clone()
-                    };
-                    next.insert(name.clone(), Arc::new(record));
-                }
-            }
-            StoreWrite::SetDesired { name, desired } => {
-                if let Some(old) = next.get(name) {
-                    let record = ProgramRecord {
-                        desired: *desired,
-                        ..(**old).clone()
-                    };
-                    next.insert(name.clone(), Arc::new(record));
-                }
-            }
-            StoreWrite::Request {
-                name,
-                instance,
-                request,
-            } => {
-                if let Some(old) = next.get(name) {
-                    let mut record = (**old).clone();
-                    record.request(instance.as_deref(), *request);
-                    next.insert(name.clone(), Arc::new(record));
-                }
-            }
-            _ => {}
+        let Some(name) = w.program() else { continue };
+        let mut record = next.get(name).map(|r| (**r).clone());
+        // The store's own rule; a write it would refuse previews as no change.
+        if w.apply_to_program(&mut record).is_err() {
+            continue;
         }
+        match record {
+            Some(r) => next.insert(name.to_string(), Arc::new(r)),
+            None => next.remove(name),
+        };
     }
     Arc::new(next)
 }

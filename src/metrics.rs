@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §9.3): the counters the daemon bumps as things happen, and the
+//! Prometheus metrics (`docs/metrics.md`): the counters the daemon bumps as things happen, and the
 //! exposition text built from them plus the current instance statuses at scrape time.
 //!
 //! Two kinds of numbers live here:
@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
@@ -28,7 +28,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::supervisor::{Event, ExitInfo, InstanceState, InstanceStatus};
+use crate::supervisor::{Event, ExitInfo, InstanceState, InstanceStatus, RuntimeCounters};
 
 /// The `Content-Type` of [`Metrics::render`]'s text (OpenMetrics 1.0, which Prometheus scrapes
 /// natively; it ends with `# EOF`, and counter samples carry the `_total` suffix).
@@ -70,6 +70,23 @@ struct HealthLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    probe: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CronLabels {
+    job: String,
     result: &'static str,
 }
 
@@ -165,12 +182,16 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     config_errors: Counter,
     store_writes: Counter,
+    /// Cron job runs by job and how they ended (`skipped` and `missed` included).
+    cron_runs: Family<CronLabels, Counter>,
     /// Event counters by instance name.
     instances: RwLock<HashMap<String, InstanceCounters>>,
     /// Automatic restarts of the last minute, per second (`GET /stats`).
     recent_restarts: Mutex<RecentRestarts>,
     /// When this daemon process started counting.
     started: SystemTime,
+    /// Probe results and hook failures, counted by the instances' actors.
+    runtime: Arc<RuntimeCounters>,
 }
 
 impl Default for Metrics {
@@ -190,6 +211,7 @@ impl Metrics {
         let reloads = Family::<ResultLabels, Counter>::default();
         let config_errors = Counter::default();
         let store_writes = Counter::default();
+        let cron_runs = Family::<CronLabels, Counter>::default();
         registry.register("reconcile_passes", "Reconcile passes run", passes.clone());
         registry.register(
             "reconcile_steps",
@@ -218,6 +240,11 @@ impl Metrics {
             "Writes to the desired-state store",
             store_writes.clone(),
         );
+        registry.register(
+            "cron_runs",
+            "Cron job runs by job and result: succeeded, failed, timeout, stopped, replaced, unknown, and skipped (a run due while one lasts, concurrency = forbid) or missed (due too long ago, starting_deadline)",
+            cron_runs.clone(),
+        );
         // Both results are series from the start, so `rate()` sees the first error.
         for result in ["ok", "error"] {
             reloads.get_or_create_owned(&ResultLabels { result });
@@ -230,10 +257,26 @@ impl Metrics {
             reloads,
             config_errors,
             store_writes,
+            cron_runs,
             instances: RwLock::new(HashMap::new()),
             recent_restarts: Mutex::new(RecentRestarts::default()),
             started: SystemTime::now(),
+            runtime: Arc::default(),
         }
+    }
+
+    /// The counters every instance actor adds to (probe results, hook failures).
+    pub fn runtime_counters(&self) -> Arc<RuntimeCounters> {
+        Arc::clone(&self.runtime)
+    }
+
+    /// A cron job's run ended (or was skipped or missed) with `result`.
+    pub fn observe_cron_run(&self, job: &str, result: &'static str) {
+        let labels = CronLabels {
+            job: job.to_string(),
+            result,
+        };
+        self.cron_runs.get_or_create(&labels).inc();
     }
 
     /// Counts what one supervisor event says: a start (any event into `starting`), an automatic
@@ -356,6 +399,35 @@ impl Metrics {
     fn scrape_registry(&self, instances: &[InstanceStatus]) -> Registry {
         let mut reg = Registry::with_prefix(PREFIX);
 
+        let probes = Family::<ProbeLabels, Counter>::default();
+        for (i, probe) in ["readiness", "liveness"].into_iter().enumerate() {
+            for (j, result) in ["success", "failure"].into_iter().enumerate() {
+                let n = self.runtime.probes[i][j].load(Ordering::Relaxed);
+                probes
+                    .get_or_create(&ProbeLabels { probe, result })
+                    .inc_by(n);
+            }
+        }
+        reg.register(
+            "probe_results",
+            "Readiness and liveness probe results, by probe and result (success or failure)",
+            probes,
+        );
+        let hooks = Family::<PhaseLabels, Counter>::default();
+        for (i, phase) in crate::config::HookPhase::ALL.into_iter().enumerate() {
+            let n = self.runtime.hook_failures[i].load(Ordering::Relaxed);
+            hooks
+                .get_or_create(&PhaseLabels {
+                    phase: phase.as_str(),
+                })
+                .inc_by(n);
+        }
+        reg.register(
+            "hook_failures",
+            "Hook runs that failed (a non-zero exit, a timeout, a command that could not run), by phase; a retried hook counts each failed run",
+            hooks,
+        );
+
         let state = Family::<StateLabels, Gauge>::default();
         let up = Family::<InstanceLabels, Gauge>::default();
         let restarts = Family::<InstanceLabels, Gauge>::default();
@@ -398,7 +470,7 @@ impl Metrics {
         );
         reg.register(
             "instance_healthy",
-            "1 when the process is alive and no detector has reached its failure threshold",
+            "1 when the process is alive, no detector has reached its failure threshold and the readiness probe (if any) passes",
             healthy,
         );
 

@@ -4,12 +4,18 @@
 //! The reconcile loop executes plans; `--dry-run`, `diff`, `POST /plan` and `POST /debug/reconcile`
 //! print them. Because the same function serves all of them, what a dry run shows is what a real
 //! run does. Nothing here touches a process, a file or a clock.
+//!
+//! Besides priority levels, dependencies (`depends_on`) order starts and stops: a start waits
+//! until every dependency meets its condition, and says which do not (`waiting_for`); a stop
+//! waits while a dependent that is going down too still runs. Cron jobs start only when a run
+//! was asked for (a scheduled run, `trigger`, `start`), never just because they are stopped, and
+//! neither wait for nor hold back priority levels (`docs/configuration.md`, "Cron jobs").
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{InstanceId, ProgramSpec};
+use crate::config::{Condition, InstanceId, ProgramSpec};
 pub use crate::store::{DesiredRun, InstanceDesired, RunSeq};
 use crate::supervisor::InstanceState;
 
@@ -52,6 +58,39 @@ pub struct Observed<'a> {
     pub spec: &'a ProgramSpec,
     /// The requests this instance has carried out.
     pub seq: RunSeq,
+    /// It has a process (or one found running elsewhere).
+    pub has_process: bool,
+    /// Its status's `healthy`: running, detectors passing, readiness probe passing.
+    pub healthy: bool,
+    /// The exit code of its last process, when it exited with one.
+    pub exit_code: Option<i32>,
+}
+
+impl Observed<'_> {
+    /// Whether this instance meets a dependency condition (`docs/configuration.md`,
+    /// "Dependencies").
+    pub fn meets(&self, condition: Condition) -> bool {
+        use InstanceState::*;
+        match condition {
+            Condition::Started => {
+                matches!(self.state, Running | Exited)
+                    || (self.state == Starting && self.has_process)
+            }
+            Condition::Running => self.state == Running,
+            Condition::Healthy => self.state == Running && self.healthy,
+            Condition::Completed => matches!(self.state, Exited | Failed),
+            Condition::CompletedSuccessfully => self.state == Exited && self.exit_code == Some(0),
+        }
+    }
+
+    /// What it is now, for `waiting_for`: `starting`, `exited with code 1`, `running, not ready`.
+    fn describe(&self) -> String {
+        match (self.state, self.exit_code) {
+            (InstanceState::Exited, Some(code)) => format!("exited with code {code}"),
+            (InstanceState::Running, _) if !self.healthy => "running, not healthy".to_string(),
+            (state, _) => state.as_str().to_string(),
+        }
+    }
 }
 
 /// What a step does to one instance.
@@ -108,6 +147,10 @@ pub struct Step {
     pub deferred: bool,
     pub reason: String,
     pub changes: Vec<FieldChange>,
+    /// The dependencies a deferred start waits for (`db (healthy): starting`), or the
+    /// dependents a deferred stop waits for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 /// The ordered steps: stops in descending priority, then starts in ascending priority, ties by name.
@@ -175,6 +218,12 @@ fn flat_fields(spec: &ProgramSpec) -> BTreeMap<String, serde_json::Value> {
                 ("name", _) => {}
                 // `{"command": "…"}` or `{"args": […]}`: the key is the field the user wrote.
                 ("exec", serde_json::Value::Object(exec)) => out.extend(exec),
+                // A cron job's keys sit at the top of its file: `schedule`, not `cron.schedule`.
+                ("cron", serde_json::Value::Object(cron)) => {
+                    for (k, v) in cron {
+                        flatten(k, v, &mut out);
+                    }
+                }
                 (_, v) => flatten(k, v, &mut out),
             }
         }
@@ -250,7 +299,9 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
             let want = d.for_instance(&id.name);
             let running = running_count.get(d.spec.name.as_str()).copied();
             let s = instance_step(d.spec, &id, want, obs, running);
-            gates.note(&s, want.run, obs);
+            if !d.spec.is_cron() {
+                gates.note(&s, want.run, obs);
+            }
             steps.push(s);
         }
     }
@@ -259,9 +310,94 @@ pub fn plan(desired: &[Desired<'_>], observed: &[Observed<'_>]) -> Plan {
         gates.note_removal(s);
     }
     steps.extend(removed);
-    gates.defer(&mut steps);
+    let cron: BTreeSet<&str> = desired
+        .iter()
+        .filter(|d| d.spec.is_cron())
+        .map(|d| d.spec.name.as_str())
+        .collect();
+    gates.defer(&mut steps, &cron);
+    dependencies(desired, observed, &observed_by_name, &mut steps);
     order(&mut steps);
     Plan { steps }
+}
+
+/// Holds back starts whose dependencies do not meet their conditions, and stops of programs
+/// whose dependents, going down too, still run; each says what it waits for.
+fn dependencies(
+    desired: &[Desired<'_>],
+    observed: &[Observed<'_>],
+    observed_by_name: &BTreeMap<&str, &Observed<'_>>,
+    steps: &mut [Step],
+) {
+    let specs: BTreeMap<&str, &ProgramSpec> = desired
+        .iter()
+        .map(|d| (d.spec.name.as_str(), d.spec))
+        .chain(observed.iter().map(|o| (o.id.program.as_str(), o.spec)))
+        .collect();
+    if specs.values().all(|s| s.depends_on.is_empty()) {
+        return;
+    }
+    let desired_names: BTreeSet<&str> = desired.iter().map(|d| d.spec.name.as_str()).collect();
+    // Programs going down: a stop or removal planned, or an instance stopping.
+    let mut going_down: BTreeSet<String> = steps
+        .iter()
+        .filter(|s| s.action.stops())
+        .map(|s| s.program.clone())
+        .collect();
+    going_down.extend(
+        observed
+            .iter()
+            .filter(|o| o.state == InstanceState::Stopping)
+            .map(|o| o.id.program.clone()),
+    );
+    let mut active_by_program: BTreeMap<&str, Vec<&Observed<'_>>> = BTreeMap::new();
+    for o in observed.iter().filter(|o| is_active(o.state)) {
+        active_by_program
+            .entry(o.id.program.as_str())
+            .or_default()
+            .push(o);
+    }
+    for s in steps.iter_mut() {
+        let Some(spec) = specs.get(s.program.as_str()) else {
+            continue;
+        };
+        let mut waiting = Vec::new();
+        if s.action.starts() {
+            for (dep, &condition) in &spec.depends_on {
+                let unmet = match specs.get(dep.as_str()) {
+                    Some(dep_spec) if desired_names.contains(dep.as_str()) => dep_spec
+                        .instances()
+                        .iter()
+                        .find_map(|id| match observed_by_name.get(id.name.as_str()) {
+                            Some(o) if o.meets(condition) => None,
+                            Some(o) if dep_spec.instances > 1 => {
+                                Some(format!("{} is {}", id.name, o.describe()))
+                            }
+                            Some(o) => Some(o.describe()),
+                            None => Some("not started yet".to_string()),
+                        }),
+                    _ => Some("no such program".to_string()),
+                };
+                if let Some(why) = unmet {
+                    waiting.push(format!("{dep} ({condition}): {why}"));
+                }
+            }
+        } else if s.action.stops() {
+            for (dependent, dependent_spec) in &specs {
+                let stopping_dependent = dependent_spec.depends_on.contains_key(&s.program)
+                    && going_down.contains(*dependent)
+                    && active_by_program.contains_key(dependent);
+                if stopping_dependent && *dependent != s.program {
+                    waiting.push(format!("{dependent} (stopped): still running"));
+                }
+            }
+        }
+        if !waiting.is_empty() {
+            s.deferred = true;
+            s.reason = format!("{}; waiting for {}", s.reason, waiting.join(", "));
+            s.waiting_for = waiting;
+        }
+    }
 }
 
 /// The step for one instance of a desired program, given what runs now.
@@ -280,7 +416,11 @@ fn instance_step(
         deferred: false,
         reason,
         changes,
+        waiting_for: Vec::new(),
     };
+    let cron = spec.is_cron();
+    // A run asked for and not carried out: the instance's requests are behind the program's.
+    let requested = |seq: RunSeq| seq.start < want.seq.start || seq.restart < want.seq.restart;
     let unchanged = |o: &Observed<'_>, changes| {
         step(
             Action::Unchanged,
@@ -289,6 +429,27 @@ fn instance_step(
         )
     };
     match (want.run, obs) {
+        (DesiredRun::Running, None) if cron => {
+            if requested(RunSeq::default()) {
+                step(Action::Start, "run requested".to_string(), Vec::new())
+            } else {
+                step(Action::Unchanged, "scheduled".to_string(), Vec::new())
+            }
+        }
+        (DesiredRun::Running, Some(o)) if cron => {
+            // A change reaches a cron job at its next run: a run under way is never restarted
+            // for it.
+            let changes = spec_changes(o.spec, spec);
+            if is_active(o.state) && o.seq.restart < want.seq.restart {
+                step(Action::Restart, "run requested (replace)".into(), changes)
+            } else if !is_active(o.state) && requested(o.seq) {
+                step(Action::Start, "run requested".into(), changes)
+            } else if !changes.is_empty() {
+                step(Action::Update, "changed in place".into(), changes)
+            } else {
+                unchanged(o, changes)
+            }
+        }
         (DesiredRun::Running, None) => match running_count {
             Some(old) if old != spec.instances => step(
                 Action::Start,
@@ -367,6 +528,7 @@ fn removals(desired: &[Desired<'_>], observed: &[Observed<'_>], wanted: &[Step])
                 deferred: false,
                 reason,
                 changes,
+                waiting_for: Vec::new(),
             }
         })
         .collect()
@@ -399,12 +561,14 @@ impl LevelGates {
         self.going_down.insert(s.priority);
     }
 
-    /// Marks the steps that must wait for another level.
-    fn defer(&self, steps: &mut [Step]) {
+    /// Marks the steps that must wait for another level; cron jobs' runs wait for none.
+    fn defer(&self, steps: &mut [Step], cron: &BTreeSet<&str>) {
         let first_up = self.coming_up.first().copied();
         let last_down = self.going_down.last().copied();
         for s in steps {
-            s.deferred = if s.action.starts() {
+            s.deferred = if cron.contains(s.program.as_str()) && s.action.starts() {
+                false
+            } else if s.action.starts() {
                 first_up.is_some_and(|l| s.priority > l)
             } else if s.action.stops() {
                 last_down.is_some_and(|l| s.priority < l)
@@ -413,6 +577,34 @@ impl LevelGates {
             };
         }
     }
+}
+
+/// How many programs that depend on it, one on the next, stop before each program does: 0 for a
+/// program nothing among `specs` depends on. Shutdown stops within a priority level in rising
+/// rank, so a program stops before what it depends on.
+pub fn stop_ranks<'a>(specs: impl Iterator<Item = &'a ProgramSpec>) -> BTreeMap<String, u32> {
+    let specs: BTreeMap<&str, &ProgramSpec> = specs.map(|s| (s.name.as_str(), s)).collect();
+    let mut rank: BTreeMap<String, u32> = specs.keys().map(|n| (n.to_string(), 0)).collect();
+    // Longest chains of dependents, by relaxation: at most one round per program (a cycle,
+    // which the config refuses, stops the rounds rather than looping).
+    for _ in 0..specs.len() {
+        let mut changed = false;
+        for (dependent, spec) in &specs {
+            let r = rank.get(*dependent).copied().unwrap_or(0);
+            for dep in spec.depends_on.keys() {
+                if let Some(d) = rank.get_mut(dep.as_str()) {
+                    if *d < r + 1 {
+                        *d = r + 1;
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    rank
 }
 
 /// Stops first, in descending priority; then everything else in ascending priority; ties by
@@ -494,6 +686,9 @@ mod tests {
                 state,
                 spec,
                 seq: RunSeq::default(),
+                has_process: state.has_process(),
+                healthy: state == InstanceState::Running,
+                exit_code: None,
             })
             .collect()
     }
@@ -685,6 +880,28 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].field, "detectors");
         assert_eq!(c[0].effect, Effect::InPlace);
+        // A cron job's schedule is named as written, and applies in place.
+        let mut job = old.clone();
+        job.cron = Some(crate::config::CronSpec {
+            schedule: "@hourly".parse().unwrap(),
+            time_zone: None,
+            concurrency: crate::config::Concurrency::Forbid,
+            suspend: false,
+            starting_deadline: None,
+            history_limit: 10,
+            timeout: None,
+            retries: 0,
+        });
+        let mut daily = job.clone();
+        if let Some(c) = daily.cron.as_mut() {
+            c.schedule = "@daily".parse().unwrap();
+        }
+        let c = spec_changes(&job, &daily);
+        assert_eq!(c.len(), 1);
+        assert_eq!(
+            (c[0].field.as_str(), c[0].effect),
+            ("schedule", Effect::InPlace)
+        );
     }
 
     #[test]
@@ -795,6 +1012,248 @@ mod tests {
                 ("w-2".into(), Action::Stop, false),
                 ("w-1".into(), Action::Unchanged, false),
             ]
+        );
+    }
+
+    fn observed_with<'a>(
+        id: &'a InstanceId,
+        spec: &'a ProgramSpec,
+        state: InstanceState,
+        healthy: bool,
+        exit_code: Option<i32>,
+    ) -> Observed<'a> {
+        Observed {
+            id,
+            state,
+            spec,
+            seq: RunSeq::default(),
+            has_process: state.has_process(),
+            healthy,
+            exit_code,
+        }
+    }
+
+    #[test]
+    fn a_start_waits_for_each_dependency_to_meet_its_condition() {
+        let (db, migrate) = (spec("db", 0), spec("migrate", 0));
+        let mut web = spec("web", 0);
+        web.depends_on.insert("db".into(), Condition::Healthy);
+        web.depends_on
+            .insert("migrate".into(), Condition::CompletedSuccessfully);
+        let desired = [running(&db), running(&migrate), running(&web)];
+        let (dbi, mi) = (db.instances(), migrate.instances());
+        let web_step = |o: &[Observed<'_>]| {
+            let p = plan(&desired, o);
+            p.steps.into_iter().find(|s| s.instance == "web").unwrap()
+        };
+        // Nothing runs yet: web waits for both, and says why.
+        let s = web_step(&[]);
+        assert_eq!((s.action, s.deferred), (Action::Start, true));
+        assert_eq!(
+            s.waiting_for,
+            [
+                "db (healthy): not started yet",
+                "migrate (completed_successfully): not started yet"
+            ]
+        );
+        // db runs but is not ready, migrate failed.
+        let o = [
+            observed_with(&dbi[0], &db, InstanceState::Running, false, None),
+            observed_with(&mi[0], &migrate, InstanceState::Exited, false, Some(1)),
+        ];
+        let s = web_step(&o);
+        assert!(s.deferred);
+        assert_eq!(
+            s.waiting_for,
+            [
+                "db (healthy): running, not healthy",
+                "migrate (completed_successfully): exited with code 1"
+            ]
+        );
+        assert!(
+            s.reason.contains("waiting for db (healthy)"),
+            "{}",
+            s.reason
+        );
+        // Both met: web starts now.
+        let o = [
+            observed_with(&dbi[0], &db, InstanceState::Running, true, None),
+            observed_with(&mi[0], &migrate, InstanceState::Exited, false, Some(0)),
+        ];
+        let s = web_step(&o);
+        assert_eq!((s.action, s.deferred), (Action::Start, false));
+        assert!(s.waiting_for.is_empty());
+        // A dependency no program provides keeps it waiting.
+        let p = plan(&[running(&web)], &[]);
+        assert_eq!(
+            p.steps[0].waiting_for,
+            [
+                "db (healthy): no such program",
+                "migrate (completed_successfully): no such program"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_condition_against_every_state() {
+        let s = spec("x", 0);
+        let id = &s.instances()[0];
+        use Condition::{Completed, CompletedSuccessfully, Healthy, Started};
+        use InstanceState::*;
+        let cases = [
+            (Starting, false, None, [true, false, false, false, false]),
+            (Running, false, None, [true, true, false, false, false]),
+            (Running, true, None, [true, true, true, false, false]),
+            (Exited, false, Some(0), [true, false, false, true, true]),
+            (Exited, false, Some(2), [true, false, false, true, false]),
+            (Failed, false, None, [false, false, false, true, false]),
+            (Stopped, false, None, [false, false, false, false, false]),
+            (Backoff, false, None, [false, false, false, false, false]),
+        ];
+        for (state, healthy, code, want) in cases {
+            let o = observed_with(id, &s, state, healthy, code);
+            if state == Starting {
+                let probing = Observed {
+                    has_process: false,
+                    ..o
+                };
+                assert!(!probing.meets(Started), "no process yet: not started");
+            }
+            let got = [
+                Started,
+                Condition::Running,
+                Healthy,
+                Completed,
+                CompletedSuccessfully,
+            ]
+            .map(|c| o.meets(c));
+            assert_eq!(got, want, "{state:?} healthy={healthy} code={code:?}");
+        }
+    }
+
+    #[test]
+    fn a_program_stops_before_the_programs_it_depends_on() {
+        let db = spec("db", 0);
+        let mut web = spec("web", 0);
+        web.depends_on.insert("db".into(), Condition::Running);
+        let stop = |spec| Desired {
+            run: DesiredRun::Stopped,
+            ..running(spec)
+        };
+        let desired = [stop(&db), stop(&web)];
+        let (dbi, wi) = (db.instances(), web.instances());
+        for (web_state, db_deferred) in [
+            (InstanceState::Running, true),
+            (InstanceState::Stopping, true),
+            (InstanceState::Stopped, false),
+        ] {
+            let o = [
+                observed_with(&dbi[0], &db, InstanceState::Running, true, None),
+                observed_with(&wi[0], &web, web_state, true, None),
+            ];
+            let p = plan(&desired, &o);
+            let s = p.steps.iter().find(|s| s.instance == "db").unwrap();
+            assert_eq!(s.action, Action::Stop);
+            assert_eq!(s.deferred, db_deferred, "web {web_state:?}");
+            if db_deferred {
+                assert_eq!(s.waiting_for, ["web (stopped): still running"]);
+            }
+        }
+        // db stopped on its own while web keeps running: nothing holds it.
+        let desired = [stop(&db), running(&web)];
+        let o = [
+            observed_with(&dbi[0], &db, InstanceState::Running, true, None),
+            observed_with(&wi[0], &web, InstanceState::Running, true, None),
+        ];
+        let p = plan(&desired, &o);
+        assert_eq!(p.steps[0].instance, "db");
+        assert!(!p.steps[0].deferred);
+    }
+
+    #[test]
+    fn a_cron_job_starts_only_when_a_run_is_requested_and_waits_for_no_level() {
+        let mut job = spec("job", 5);
+        job.cron = Some(crate::config::CronSpec {
+            schedule: "@hourly".parse().unwrap(),
+            time_zone: None,
+            concurrency: crate::config::Concurrency::Forbid,
+            suspend: false,
+            starting_deadline: None,
+            history_limit: 10,
+            timeout: None,
+            retries: 0,
+        });
+        let early = spec("early", 0);
+        let ids = job.instances();
+        let (ji, ei) = (job.instances(), early.instances());
+        // Never asked: scheduled, nothing to do, even with nothing running.
+        let p = plan(&[running(&job)], &[]);
+        assert_eq!(actions(&p), [("job".into(), Action::Unchanged, false)]);
+        assert_eq!(p.steps[0].reason, "scheduled");
+        let run = |start, restart| Desired {
+            seq: RunSeq { start, restart },
+            ..running(&job)
+        };
+        // A run asked for starts at once, while an earlier level is still starting.
+        let o = [observed_with(
+            &ei[0],
+            &early,
+            InstanceState::Starting,
+            false,
+            None,
+        )];
+        let p = plan(&[running(&early), run(1, 0)], &o);
+        let s = p.steps.iter().find(|s| s.instance == "job").unwrap();
+        assert_eq!((s.action, s.deferred), (Action::Start, false));
+        // Once carried out, a stopped or exited job is not started again.
+        for state in [InstanceState::Stopped, InstanceState::Exited] {
+            let mut o = observed_with(&ji[0], &job, state, false, Some(0));
+            o.seq = RunSeq {
+                start: 1,
+                restart: 0,
+            };
+            assert_eq!(plan(&[run(1, 0)], &[o]).steps[0].action, Action::Unchanged);
+            assert_eq!(plan(&[run(2, 0)], &[o]).steps[0].action, Action::Start);
+        }
+        // A run under way: `replace` restarts it; a changed command waits for the next run.
+        let mut o = observed_with(&ids[0], &job, InstanceState::Running, true, None);
+        o.seq = RunSeq {
+            start: 1,
+            restart: 0,
+        };
+        assert_eq!(plan(&[run(1, 1)], &[o]).steps[0].action, Action::Restart);
+        assert_eq!(plan(&[run(2, 0)], &[o]).steps[0].action, Action::Unchanged);
+        let mut changed = job.clone();
+        changed.exec = crate::config::Exec::Command("sleep 1".into());
+        let d = Desired {
+            seq: RunSeq {
+                start: 1,
+                restart: 0,
+            },
+            ..running(&changed)
+        };
+        assert_eq!(plan(&[d], &[o]).steps[0].action, Action::Update);
+    }
+
+    #[test]
+    fn stop_ranks_put_dependents_first() {
+        let db = spec("db", 0);
+        let mut migrate = spec("migrate", 0);
+        migrate.depends_on.insert("db".into(), Condition::Healthy);
+        let mut web = spec("web", 0);
+        web.depends_on.insert("db".into(), Condition::Healthy);
+        web.depends_on
+            .insert("migrate".into(), Condition::Completed);
+        let alone = spec("alone", 0);
+        let ranks = stop_ranks([&db, &migrate, &web, &alone].into_iter());
+        assert_eq!(
+            ranks,
+            BTreeMap::from([
+                ("alone".to_string(), 0),
+                ("db".to_string(), 2),
+                ("migrate".to_string(), 1),
+                ("web".to_string(), 0),
+            ])
         );
     }
 

@@ -11,28 +11,36 @@
 //! ahead, one flushed batch per pass; after each pass it records what changed (pids, the spec
 //! each process runs, restarts, finished jobs), again as one batch, retried until it is durable;
 //! and it forgets an instance only once its process has stopped (`docs/reliability.md`).
+//!
+//! Cron jobs are part of the same loop (`cron.rs`): one timer, the earliest thing any job has
+//! due, and each pass first asks the cron table what is due (runs to request, results to
+//! record, runs to stop) before it plans.
 
 mod adopt;
+pub mod cron;
+pub use cron::TriggerError;
 mod record;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::config::{InstanceId, ProgramSpec};
-use crate::desired::DesiredState;
+use crate::desired::{DesiredState, Programs};
 use crate::logs::InstanceLog;
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, Desired, Observed, Plan, RunSeq};
-use crate::store::StoreWrite;
+use crate::store::{CronRun, RunResult, StoreWrite};
+use crate::supervisor::launches::{self, LaunchJournal};
 use crate::supervisor::tag::{self, signal_tagged};
 use crate::supervisor::{
     Event, Initial, InstanceHandle, InstanceState, InstanceStatus, RuntimeContext,
 };
 
+use cron::{CronTable, InstanceView};
 use record::Facts;
 
 /// How often a pass runs with nothing else waking it: the backstop of level-triggering.
@@ -55,15 +63,25 @@ pub struct LiveInstance {
 /// Every instance the daemon runs, by instance name; replaced whenever the set changes.
 pub type LiveTable = Arc<BTreeMap<String, LiveInstance>>;
 
+/// The unmet dependencies each waiting instance's start waits for, by instance name.
+pub type Waiting = Arc<BTreeMap<String, Vec<String>>>;
+
+/// Each cron job's next scheduled time (`None` while suspended or stopped), by job name.
+pub type CronNext = Arc<BTreeMap<String, Option<SystemTime>>>;
+
 /// What the API can ask of the loop.
 enum Request {
     /// Run one pass now and return the plan it carried out.
     Pass(oneshot::Sender<Plan>),
+    /// The plan a pass would make for these programs, by the same rules, carrying out nothing.
+    Preview(Programs, oneshot::Sender<Plan>),
     /// Stop every instance in reverse priority order, then end the loop.
     Shutdown(oneshot::Sender<()>),
     /// End the loop leaving every child running (used when the daemon must exit without stopping
     /// its children, e.g. in tests of crash recovery).
     Detach(oneshot::Sender<()>),
+    /// Run a cron job now, as its concurrency allows.
+    Trigger(String, oneshot::Sender<Result<CronRun, TriggerError>>),
 }
 
 /// The API's handle on the loop.
@@ -72,6 +90,8 @@ pub struct Reconciler {
     requests: mpsc::Sender<Request>,
     live: watch::Receiver<LiveTable>,
     passes: watch::Receiver<u64>,
+    waiting: watch::Receiver<Waiting>,
+    cron_next: watch::Receiver<CronNext>,
 }
 
 impl Reconciler {
@@ -86,10 +106,43 @@ impl Reconciler {
         self.passes.clone()
     }
 
+    /// The unmet dependencies of the starts waiting for them, as of the last pass.
+    pub fn waiting(&self) -> Waiting {
+        self.waiting.borrow().clone()
+    }
+
+    /// Each cron job's next scheduled time, as of the last pass.
+    pub fn cron_next(&self) -> CronNext {
+        self.cron_next.borrow().clone()
+    }
+
+    /// Runs cron job `job` now, as its concurrency allows; the run as its history records it.
+    pub async fn trigger(&self, job: &str) -> Result<CronRun, TriggerError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || TriggerError::Store("the reconcile loop has stopped".to_string());
+        self.requests
+            .send(Request::Trigger(job.to_string(), tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
     /// Runs one pass now; the steps it carried out.
     pub async fn pass_now(&self) -> Option<Plan> {
         let (tx, rx) = oneshot::channel();
         self.requests.send(Request::Pass(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// The whole plan a pass would make if desired state were `programs`, computed by the loop
+    /// from its own view of every instance (the actors' states, the requests each has carried
+    /// out, commands not yet taken in): what dry runs show is what a pass then does.
+    pub async fn preview(&self, programs: Programs) -> Option<Plan> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Preview(programs, tx))
+            .await
+            .ok()?;
         rx.await.ok()
     }
 
@@ -98,6 +151,26 @@ impl Reconciler {
         let (tx, rx) = oneshot::channel();
         if self.requests.send(Request::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
+        }
+    }
+
+    /// SIGKILL to every instance's process group now, without waiting for the loop: the
+    /// "stop now" of a second SIGTERM during shutdown. A group is signalled only while its
+    /// leader is still the process the instance started (pid and start time).
+    pub fn kill_all(&self) {
+        tracing::warn!("second signal: killing every child now");
+        for live in self.live().values() {
+            let (pid, start_time) = {
+                let s = live.status.borrow();
+                (s.pid, s.pid_start_time)
+            };
+            if let (Some(pid), Some(start_time)) = (pid, start_time) {
+                crate::supervisor::signal_group_of(
+                    pid,
+                    start_time,
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
     }
 
@@ -113,7 +186,7 @@ impl Reconciler {
 /// The spec, request counters and generation a step brings its instance to.
 type Target = (Arc<ProgramSpec>, RunSeq, u64);
 
-struct Entry {
+struct Managed {
     id: InstanceId,
     handle: InstanceHandle,
     /// The actor's published status, read without cloning it.
@@ -130,6 +203,10 @@ struct Entry {
     /// A start or restart this loop ordered whose process has not been seen yet: the spec (the
     /// very `Arc` the actor spawns with) and its generation. Recorded as the record's `starting`.
     launch: Option<(Arc<ProgramSpec>, Option<u64>)>,
+    /// When `launch` was written ahead, in clock ticks after boot.
+    launch_at: Option<u64>,
+    /// A stop or removal of its process was ordered, and no start since.
+    stop_ordered: bool,
     /// What the store holds for this instance, as facts; `None` when unknown (the first write
     /// then goes through and the store drops it if nothing changed).
     recorded: Option<Facts>,
@@ -138,12 +215,12 @@ struct Entry {
     removing: bool,
 }
 
-struct Loop {
+struct ReconcileLoop {
     desired: Arc<DesiredState>,
     events: broadcast::Sender<Event>,
     changed: Arc<Notify>,
     metrics: Arc<Metrics>,
-    entries: BTreeMap<String, Entry>,
+    entries: BTreeMap<String, Managed>,
     live_tx: watch::Sender<LiveTable>,
     passes_tx: watch::Sender<u64>,
     /// Set when the instance set changed since the live table was last published.
@@ -157,6 +234,14 @@ struct Loop {
     forget: BTreeSet<String>,
     /// When instance records that could not be written are tried again, and the wait after that.
     retry: Option<(Instant, Duration)>,
+    /// Where every spawn is noted as it succeeds (`supervisor::launches`).
+    launches: Option<Arc<LaunchJournal>>,
+    /// Where every cron job's schedule stands.
+    cron: CronTable,
+    /// When the earliest thing a cron job has due is: the loop's one cron timer.
+    cron_at: Option<Instant>,
+    waiting_tx: watch::Sender<Waiting>,
+    cron_next_tx: watch::Sender<CronNext>,
 }
 
 /// Starts the loop: takes over what the store's instance records and `/proc` say an earlier
@@ -172,8 +257,11 @@ pub fn start(
     let (requests, rx) = mpsc::channel(16);
     let (live_tx, live) = watch::channel(LiveTable::default());
     let (passes_tx, passes) = watch::channel(0);
+    let (waiting_tx, waiting) = watch::channel(Waiting::default());
+    let (cron_next_tx, cron_next) = watch::channel(CronNext::default());
     let state_dir = canonical_state_dir(desired.store().state_dir());
-    let mut lp = Loop {
+    let cron = CronTable::new(&state_dir, SystemTime::now());
+    let mut lp = ReconcileLoop {
         desired,
         events,
         changed: wake.clone(),
@@ -186,6 +274,11 @@ pub fn start(
         boot: crate::supervisor::boot_id().map(Arc::from),
         forget: BTreeSet::new(),
         retry: None,
+        launches: None,
+        cron,
+        cron_at: None,
+        waiting_tx,
+        cron_next_tx,
     };
     lp.take_over();
     tokio::spawn(lp.run(rx, wake));
@@ -193,6 +286,8 @@ pub fn start(
         requests,
         live,
         passes,
+        waiting,
+        cron_next,
     }
 }
 
@@ -219,7 +314,7 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-impl Loop {
+impl ReconcileLoop {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>, wake: Arc<Notify>) {
         self.pass().await;
         loop {
@@ -228,12 +323,21 @@ impl Loop {
                 () = wake.notified() => None,
                 () = tokio::time::sleep(RESYNC_INTERVAL) => None,
                 () = sleep_until(retry_at) => None,
+                () = sleep_until(self.cron_at) => None,
                 req = requests.recv() => match req {
                     Some(Request::Pass(reply)) => Some(reply),
+                    Some(Request::Preview(programs, reply)) => {
+                        let _ = reply.send(self.plan_for(&programs));
+                        continue;
+                    }
                     Some(Request::Shutdown(reply)) => {
                         self.stop_all().await;
                         let _ = reply.send(());
                         return;
+                    }
+                    Some(Request::Trigger(job, reply)) => {
+                        let _ = reply.send(self.trigger(&job).await);
+                        None
                     }
                     Some(Request::Detach(reply)) => {
                         for (_, e) in std::mem::take(&mut self.entries) {
@@ -264,9 +368,27 @@ impl Loop {
             }
         };
         let tagged = tag::scan(&self.state_dir);
+        // What the daemon that died had launched, whether or not it recorded it; then the
+        // journal starts afresh for this daemon.
+        let journal = self.desired.store().state_dir().join(launches::FILE_NAME);
+        let launched = launches::read_latest(&journal);
+        self.launches = match LaunchJournal::create(&journal) {
+            Ok(j) => Some(Arc::new(j)),
+            Err(e) => {
+                tracing::warn!("cannot keep the launch journal {}: {e}; a start cut short by a crash may be taken for one carried out", journal.display());
+                None
+            }
+        };
         // A zombie has ended: whoever reaps it knows how, we never will.
         let alive = crate::supervisor::proc_alive_since;
-        let takeover = adopt::takeover(&programs, records, &tagged, self.boot.as_deref(), alive);
+        let takeover = adopt::takeover(
+            &programs,
+            records,
+            &tagged,
+            &launched,
+            self.boot.as_deref(),
+            alive,
+        );
         for t in &takeover.leftovers {
             if signal_tagged(t, nix::sys::signal::Signal::SIGKILL) {
                 tracing::info!(instance = %t.name, pid = t.pid, detector = t.detector, "killed a process an earlier daemon left behind");
@@ -274,8 +396,14 @@ impl Loop {
         }
         self.forget.extend(takeover.forget);
         for a in takeover.adopted {
-            if let (Initial::Adopt { pid, .. }, Some(by)) = (&a.initial, a.found_by) {
-                tracing::info!(instance = %a.id.name, pid, found_by = by, orphan = a.orphan, "taking over a process an earlier daemon started");
+            match (&a.initial, a.found_by) {
+                (Initial::Adopt { pid, .. }, Some(by)) => {
+                    tracing::info!(instance = %a.id.name, pid, found_by = by, orphan = a.orphan, "taking over a process an earlier daemon started");
+                }
+                (Initial::Finished { message, .. }, _) => {
+                    tracing::info!(instance = %a.id.name, "finished while no daemon ran: {}", message.as_deref().unwrap_or("ended"));
+                }
+                _ => {}
             }
             let recorded = a.record.as_ref().map(Facts::from_record);
             self.insert_entry(a.id, a.spec, a.generation, a.initial, a.seq, recorded);
@@ -297,13 +425,15 @@ impl Loop {
             changed: self.changed.clone(),
             output: Arc::new(log.clone()),
             state_dir: Some(self.state_dir.clone()),
+            launches: self.launches.clone(),
+            counters: self.metrics.runtime_counters(),
         };
         let handle = InstanceHandle::spawn(id.clone(), spec.clone(), ctx, initial);
         let status = handle.watch();
         self.forget.remove(&id.name);
         self.entries.insert(
             id.name.clone(),
-            Entry {
+            Managed {
                 id,
                 handle,
                 status,
@@ -313,6 +443,8 @@ impl Loop {
                 log,
                 awaiting: None,
                 launch: None,
+                launch_at: None,
+                stop_ordered: false,
                 recorded,
                 removing: false,
             },
@@ -328,27 +460,43 @@ impl Loop {
         done
     }
 
-    /// One pass: plan, write the starts ahead, carry out what is ready, record what changed.
-    async fn pass_untimed(&mut self) -> Plan {
-        let programs = self.desired.snapshot();
+    /// The plan for `programs` against every instance as this loop sees it: the one builder of
+    /// observed state, for passes and previews alike.
+    fn plan_for(&mut self, programs: &Programs) -> Plan {
         let desired: Vec<Desired<'_>> = programs.values().map(|r| Desired::from(&**r)).collect();
         let states: Vec<InstanceState> = self
             .entries
             .values_mut()
-            .map(Entry::observed_state)
+            .map(Managed::observed_state)
             .collect();
         let observed: Vec<Observed<'_>> = self
             .entries
             .values()
             .zip(&states)
-            .map(|(e, &state)| Observed {
-                id: &e.id,
-                state,
-                spec: &e.spec,
-                seq: e.seq,
+            .map(|(e, &state)| {
+                let s = e.status.borrow();
+                Observed {
+                    id: &e.id,
+                    state,
+                    spec: &e.spec,
+                    seq: e.seq,
+                    has_process: s.pid.is_some() || s.detected_by.is_some(),
+                    healthy: s.healthy,
+                    exit_code: s.last_exit.and_then(|x| x.code),
+                }
             })
             .collect();
-        let full = plan::plan(&desired, &observed);
+        plan::plan(&desired, &observed)
+    }
+
+    /// One pass: what cron jobs have due, plan, write the starts ahead, carry out what is
+    /// ready, record what changed.
+    async fn pass_untimed(&mut self) -> Plan {
+        self.cron_tick().await;
+        let programs = self.desired.snapshot();
+        let full = self.plan_for(&programs);
+        self.publish_waiting(&full);
+        let desired: Vec<Desired<'_>> = programs.values().map(|r| Desired::from(&**r)).collect();
         let by_name: BTreeMap<&str, &Desired<'_>> =
             desired.iter().map(|d| (d.spec.name.as_str(), d)).collect();
         let ready: Vec<plan::Step> = full.ready().cloned().collect();
@@ -385,7 +533,6 @@ impl Loop {
             .filter(|s| s.action == Action::Remove)
             .map(|s| s.instance.clone())
             .collect();
-        drop(observed);
         for (name, e) in self.entries.iter_mut() {
             if e.removing && !removed.contains(name) {
                 e.removing = false;
@@ -402,10 +549,12 @@ impl Loop {
         self.publish_table();
         let mut done = Vec::with_capacity(actions.len());
         for (step, target) in actions {
+            self.run_logs(&programs, &step);
             self.execute(&step, target);
             done.push(step);
         }
         self.persist(None).await;
+        self.arm_cron(&programs);
         self.publish_table();
         self.passes_tx.send_modify(|n| *n += 1);
         Plan { steps: done }
@@ -435,6 +584,147 @@ impl Loop {
         self.live_tx.send_replace(Arc::new(table));
     }
 
+    /// Publishes which starts wait for dependencies, when that changed.
+    fn publish_waiting(&mut self, plan: &Plan) {
+        let waiting: BTreeMap<String, Vec<String>> = plan
+            .steps
+            .iter()
+            .filter(|s| s.deferred && matches!(s.action, Action::Start | Action::Restart))
+            .filter(|s| !s.waiting_for.is_empty())
+            .map(|s| (s.instance.clone(), s.waiting_for.clone()))
+            .collect();
+        self.waiting_tx.send_if_modified(|w| {
+            let changed = **w != waiting;
+            if changed {
+                *w = Arc::new(waiting);
+            }
+            changed
+        });
+    }
+
+    /// The cron jobs' instances as the cron table needs them.
+    fn cron_views(
+        &mut self,
+        programs: &crate::desired::Programs,
+    ) -> BTreeMap<String, InstanceView> {
+        let mut views = BTreeMap::new();
+        for r in programs.values().filter(|r| r.spec.is_cron()) {
+            for id in r.spec.instances() {
+                let Some(e) = self.entries.get_mut(&id.name) else {
+                    continue;
+                };
+                let state = e.observed_state();
+                let s = e.status.borrow();
+                views.insert(
+                    id.name.clone(),
+                    InstanceView {
+                        state,
+                        carried: e.seq.start + e.seq.restart,
+                        started_at: s.started_at,
+                        stopped_at: s.stopped_at,
+                        last_exit: s.last_exit,
+                        has_process: s.pid.is_some(),
+                    },
+                );
+            }
+        }
+        views
+    }
+
+    /// What cron jobs have due now: requests and results written as one flushed batch, runs
+    /// over their timeout stopped.
+    async fn cron_tick(&mut self) {
+        let programs = self.desired.snapshot();
+        if !programs.values().any(|r| r.spec.is_cron()) {
+            return;
+        }
+        let views = self.cron_views(&programs);
+        let tick = self.cron.tick(&programs, &views, SystemTime::now());
+        for name in &tick.stops {
+            if let Some(e) = self.entries.get(name) {
+                e.handle.stop();
+            }
+        }
+        if tick.writes.is_empty() {
+            self.cron.commit(&tick);
+            return;
+        }
+        match self.desired.apply(tick.writes.clone()).await {
+            Ok(_) => {
+                self.cron.commit(&tick);
+                for (job, result) in &tick.results {
+                    self.metrics.observe_cron_run(job, result);
+                }
+                for paths in &tick.drop_logs {
+                    cron::remove_run_logs(paths);
+                }
+            }
+            Err(e) => tracing::error!(
+                "cannot record what cron jobs have due: {e}; trying again at the next pass"
+            ),
+        }
+    }
+
+    /// `trigger`: a run of `job` now.
+    async fn trigger(&mut self, job: &str) -> Result<CronRun, TriggerError> {
+        let programs = self.desired.snapshot();
+        let views = self.cron_views(&programs);
+        let (writes, run) = self
+            .cron
+            .trigger(job, &programs, &views, SystemTime::now())?;
+        self.desired
+            .apply(writes)
+            .await
+            .map_err(|e| TriggerError::Store(format!("cannot record the run: {e}")))?;
+        tracing::info!(job, run = run.id, instance = %run.instance, "cron job triggered");
+        Ok(run)
+    }
+
+    /// A cron job's run starting: its instance's output goes to the run's own log files.
+    fn run_logs(&mut self, programs: &crate::desired::Programs, step: &plan::Step) {
+        if !matches!(step.action, Action::Start | Action::Restart) {
+            return;
+        }
+        let Some(record) = programs.get(&step.program).filter(|r| r.spec.is_cron()) else {
+            return;
+        };
+        let run = record
+            .cron
+            .iter()
+            .flat_map(|c| c.history.iter())
+            .rfind(|r| r.instance == step.instance && r.result == RunResult::Running);
+        if let (Some(run), Some(e)) = (run, self.entries.get(&step.instance)) {
+            e.log.update(run.log.clone(), &record.spec.log);
+        }
+    }
+
+    /// Arms the cron timer at the earliest thing due, and publishes the next scheduled times.
+    fn arm_cron(&mut self, programs: &crate::desired::Programs) {
+        if !programs.values().any(|r| r.spec.is_cron()) {
+            self.cron_at = None;
+            self.cron_next_tx.send_if_modified(|n| {
+                let changed = !n.is_empty();
+                *n = CronNext::default();
+                changed
+            });
+            return;
+        }
+        let now = SystemTime::now();
+        let views = self.cron_views(programs);
+        self.cron_at = self
+            .cron
+            .next_wakeup(programs, &views, now)
+            .map(|at| Instant::now() + at.duration_since(now).unwrap_or_default());
+        let next = self.cron.next_times(programs, now);
+        self.cron_next_tx.send_if_modified(|n| {
+            let changed = **n != next;
+            if changed {
+                *n = Arc::new(next);
+            }
+            changed
+        });
+    }
+
     /// Makes the starts and restarts of this pass durable before any of them is sent: each
     /// instance's record gets the spec its next process runs (`starting`) and the request it
     /// carries out, all in one flushed batch. A crash after the spawn and before the pid is
@@ -442,6 +732,18 @@ impl Loop {
     /// request carried out once is not carried out again by the next daemon.
     async fn write_ahead(&mut self, actions: &[(plan::Step, Option<Target>)]) {
         let mut names = Vec::new();
+        for (step, _) in actions {
+            // A stop is written ahead too: a process gone when the next daemon looks was stopped
+            // by this one, it did not end on its own.
+            if matches!(step.action, Action::Stop | Action::Remove) {
+                if let Some(e) = self.entries.get_mut(&step.instance) {
+                    if !e.stop_ordered {
+                        e.stop_ordered = true;
+                        names.push(step.instance.clone());
+                    }
+                }
+            }
+        }
         for (step, target) in actions {
             let (Action::Start | Action::Restart, Some((spec, seq, generation))) =
                 (step.action, target)
@@ -471,6 +773,8 @@ impl Loop {
             }
             if let Some(e) = self.entries.get_mut(&step.instance) {
                 e.launch = Some((spec.clone(), Some(*generation)));
+                e.launch_at = Some(crate::supervisor::boot_nanos_now());
+                e.stop_ordered = false;
                 e.seq = *seq;
                 names.push(step.instance.clone());
             }
@@ -488,7 +792,7 @@ impl Loop {
                     self.table_dirty |= e.apply_spec(spec, Some(generation));
                     e.seq = seq;
                     // The spec the actor will spawn with, as the very `Arc` it holds, so the
-                    // spawn is recognised (see `Entry::settle_launch`).
+                    // spawn is recognised (see `Managed::settle_launch`).
                     e.launch = Some((e.spec.clone(), e.generation));
                     let send = if step.action == Action::Start {
                         InstanceHandle::start
@@ -622,16 +926,20 @@ impl Loop {
     /// (instances being removed included, so none outlives the daemon), and what the store
     /// remembers of each updated: removed instances forgotten, finished jobs kept finished.
     async fn stop_all(&mut self) {
-        let mut levels: BTreeMap<i32, Vec<Entry>> = BTreeMap::new();
+        // Within a priority level, a program stops before those it depends on.
+        let ranks = plan::stop_ranks(self.entries.values().map(|e| &*e.spec));
+        let mut levels: BTreeMap<(i32, std::cmp::Reverse<u32>), Vec<Managed>> = BTreeMap::new();
         for (_, e) in std::mem::take(&mut self.entries) {
-            levels.entry(e.spec.priority).or_default().push(e);
+            let rank = ranks.get(&e.id.program).copied().unwrap_or(0);
+            let key = (e.spec.priority, std::cmp::Reverse(rank));
+            levels.entry(key).or_default().push(e);
         }
         let boot = self.boot.clone();
         let mut writes: Vec<StoreWrite> = std::mem::take(&mut self.forget)
             .into_iter()
             .map(|name| StoreWrite::DeleteInstance { name })
             .collect();
-        for (priority, entries) in levels.into_iter().rev() {
+        for ((priority, _), entries) in levels.into_iter().rev() {
             tracing::info!(priority, count = entries.len(), "stopping priority level");
             let mut set = tokio::task::JoinSet::new();
             for e in entries {
@@ -666,7 +974,7 @@ impl Loop {
     }
 }
 
-impl Entry {
+impl Managed {
     /// Hands a changed spec to the actor and the log sink; unchanged specs cost nothing.
     /// Returns whether the spec changed (the live table, which carries specs, is then stale).
     fn apply_spec(&mut self, spec: Arc<ProgramSpec>, generation: Option<u64>) -> bool {
@@ -737,6 +1045,7 @@ impl Entry {
         drop(s);
         if spawned || settled {
             self.launch = None;
+            self.launch_at = None;
         }
     }
 
@@ -763,36 +1072,12 @@ impl Entry {
                 .as_ref()
                 .map(|spec| (spec.clone(), generation_of(spec))),
             starting: self.launch.clone(),
+            starting_at: self.launch.as_ref().and(self.launch_at),
             seq: self.seq,
             finished: record::finished_of(&s),
+            stopping: self.stop_ordered,
         }
     }
-}
-
-/// The plan that would make the running instances match `preview`: what dry runs show.
-/// `current` is the desired state the instances were reconciled against, so requests only in
-/// `preview` (a `start` of an exited program) show as steps.
-pub fn plan_against_live(
-    preview: &crate::desired::Programs,
-    current: &crate::desired::Programs,
-    live: &LiveTable,
-) -> Plan {
-    let desired: Vec<Desired<'_>> = preview.values().map(|r| Desired::from(&**r)).collect();
-    let states: Vec<_> = live.values().map(|l| l.status.borrow().state).collect();
-    let observed: Vec<Observed<'_>> = live
-        .values()
-        .zip(states)
-        .map(|(l, state)| Observed {
-            id: &l.id,
-            state,
-            spec: &l.spec,
-            seq: current
-                .get(&l.id.program)
-                .map(|r| r.instance_desired(&l.id.name).seq)
-                .unwrap_or_default(),
-        })
-        .collect();
-    plan::plan(&desired, &observed)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::config::{self, ConfigError, GroupSpec, LoadedConfig, Settings};
 use crate::desired::{self, DesiredState};
 use crate::metrics::Metrics;
 use crate::plan::{Action, Step};
-use crate::reconcile::{self, Reconciler};
+use crate::reconcile::Reconciler;
 use crate::watch::{self, Debounce, WatchHandle, WatchTargets};
 
 /// How often the configuration is rescanned with nothing else asking: the backstop for changes
@@ -25,7 +25,7 @@ pub const CONFIG_RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the last successful load of the config said besides programs.
 #[derive(Debug, Default)]
-pub struct Loaded {
+pub struct ActiveConfig {
     pub settings: Option<Settings>,
     pub groups: Vec<GroupSpec>,
     /// Errors of the last load or reload (file, line, key, hint), shown until fixed.
@@ -65,7 +65,7 @@ pub struct Reloader {
     reconciler: Reconciler,
     metrics: Arc<Metrics>,
     // A std lock: replaced whole on reload, read by cloning; never held across an `.await`.
-    loaded: RwLock<Arc<Loaded>>,
+    loaded: RwLock<Arc<ActiveConfig>>,
     // Serializes reloads (watcher, SIGHUP and API may ask at once).
     reload_lock: tokio::sync::Mutex<()>,
     // The programs-directory watcher, moved to new targets after a reload changes them; taken
@@ -104,7 +104,7 @@ impl Reloader {
         self.loaded().groups.clone()
     }
 
-    pub fn loaded(&self) -> Arc<Loaded> {
+    pub fn loaded(&self) -> Arc<ActiveConfig> {
         match self.loaded.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -148,7 +148,11 @@ impl Reloader {
         let writes =
             desired::sync_writes(&current, &loaded.programs, &loaded.files, &loaded.errors);
         let preview = desired::simulate(&current, &writes);
-        let steps = reconcile::plan_against_live(&preview, &current, &self.reconciler.live()).steps;
+        // The loop's own plan for the preview: what it shows is what the next passes do.
+        let steps = match self.reconciler.preview(preview).await {
+            Some(plan) => plan.steps,
+            None => Vec::new(),
+        };
         if dry_run {
             return report(loaded.errors, None, steps);
         }
@@ -207,7 +211,7 @@ impl Reloader {
         for hook in &self.on_settings {
             hook(&loaded.settings);
         }
-        let next = Arc::new(Loaded {
+        let next = Arc::new(ActiveConfig {
             groups: loaded.groups,
             errors: loaded.errors,
             settings: Some(loaded.settings),

@@ -25,10 +25,14 @@
 //!   inotify watch with the old inode; events on the directory's own name (seen through its parent)
 //!   re-add it, and each burst ends with a check that the watched inode is still the one at the path.
 //!
-//! Limit: the debounce cannot know that a writer is done. A writer that pauses longer than
-//! [`Debounce::quiet`] in the middle of a file gets that file scanned half-written. The loader then
-//! reports a parse error and the daemon keeps the file's last good spec (SPEC §12) until the next
-//! write completes it and triggers the next rescan. `docs/hot-reload.md` has the user-facing version.
+//! - **A file still open for writing is not done.** The quiet period alone cannot tell a finished
+//!   save from a writer pausing mid-file, and a half-written file cut at a line end may well parse
+//!   (and run). So a program or config file written to (`IN_MODIFY`, or created) counts as being
+//!   written until its writer closes it (`IN_CLOSE_WRITE`), is removed or renamed away, and no
+//!   rescan happens while one is: the burst waits for the close, then for the quiet period. A
+//!   writer that keeps a file open longer than [`WRITE_HOLD`] gets it scanned anyway, so a
+//!   forgotten descriptor cannot stop reloads for good. `docs/hot-reload.md` has the user-facing
+//!   version.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -84,6 +88,10 @@ impl WatchTargets {
         }
     }
 }
+
+/// The longest a burst waits for program or config files still open for writing, from its
+/// first event: past it they are scanned as they are.
+pub const WRITE_HOLD: Duration = Duration::from_secs(10);
 
 /// How long to wait before calling back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,7 +213,7 @@ where
     // the task once per line.
     let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
         let relevant = match rules.read() {
-            Ok(r) => r.classify(&event) != Effect::Ignore,
+            Ok(r) => r.classify(&event) != Reaction::Ignore,
             Err(_) => true,
         };
         if relevant {
@@ -220,6 +228,7 @@ where
         resolved: Resolved::default(),
         watched: BTreeSet::new(),
         dir_id: None,
+        writing: BTreeSet::new(),
     };
     watching.retarget(targets)?;
     let state = Arc::new(Mutex::new(watching));
@@ -241,7 +250,7 @@ enum Signal {
 
 /// What an event asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Effect {
+enum Reaction {
     /// Cannot change what a rescan sees.
     Ignore,
     Rescan,
@@ -288,23 +297,30 @@ impl Resolved {
         })
     }
 
+    /// A file whose content a rescan reads: a program file or a watched config or env file.
+    fn is_read_file(&self, path: &Path) -> bool {
+        self.files.contains(path)
+            || (path.parent() == Some(self.programs_dir.as_path())
+                && config::is_program_file_name(path))
+    }
+
     /// Decides what one event asks for. Pure, so the rules are table-tested.
-    fn classify(&self, event: &notify::Result<Event>) -> Effect {
+    fn classify(&self, event: &notify::Result<Event>) -> Reaction {
         let event = match event {
             Ok(event) => event,
             // Events may have been lost: only a full rescan is sure to be right.
-            Err(_) => return Effect::Rescan,
+            Err(_) => return Reaction::Rescan,
         };
         if event.need_rescan() {
-            return Effect::Rescan;
+            return Reaction::Rescan;
         }
         match event.kind {
             // A writer closing the file: the end of a save, worth waiting for.
             EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
             // Opens and reads, the rescan's own included, change nothing.
-            EventKind::Access(_) => return Effect::Ignore,
+            EventKind::Access(_) => return Reaction::Ignore,
             // A kind notify cannot name: be safe.
-            EventKind::Any | EventKind::Other if event.paths.is_empty() => return Effect::Rescan,
+            EventKind::Any | EventKind::Other if event.paths.is_empty() => return Reaction::Rescan,
             _ => {}
         }
         let moves_dir = matches!(
@@ -331,19 +347,19 @@ impl Resolved {
             .map(|path| {
                 if *path == self.programs_dir {
                     if moves_dir {
-                        Effect::RewatchDir
+                        Reaction::RewatchDir
                     } else {
                         // Permissions or times of the directory: may change what a scan can read.
-                        Effect::Rescan
+                        Reaction::Rescan
                     }
                 } else if self.files.contains(path) || is_program(path) {
-                    Effect::Rescan
+                    Reaction::Rescan
                 } else {
-                    Effect::Ignore
+                    Reaction::Ignore
                 }
             })
             .max()
-            .unwrap_or(Effect::Ignore)
+            .unwrap_or(Reaction::Ignore)
     }
 }
 
@@ -362,6 +378,8 @@ struct Watching {
     watched: BTreeSet<PathBuf>,
     /// (device, inode) of the programs directory we hold a watch on; `None` when it is not watched.
     dir_id: Option<(u64, u64)>,
+    /// Files read by a rescan that a writer has written to and not yet closed.
+    writing: BTreeSet<PathBuf>,
 }
 
 fn lock(state: &Mutex<Watching>) -> MutexGuard<'_, Watching> {
@@ -475,17 +493,40 @@ impl Watching {
         let effect = self.resolved.classify(&event);
         match (&event, effect) {
             (Err(e), _) => tracing::warn!(error = %e, "file watcher error; rescanning"),
-            (Ok(e), Effect::Rescan) if e.need_rescan() => {
+            (Ok(e), Reaction::Rescan) if e.need_rescan() => {
                 tracing::warn!("file watcher lost events (queue overflow); rescanning")
             }
-            (Ok(e), Effect::RewatchDir) => {
+            (Ok(e), Reaction::RewatchDir) => {
                 tracing::debug!(event = ?e, "programs directory entry changed");
                 self.rewatch_programs_dir();
             }
-            (Ok(e), Effect::Rescan) => tracing::trace!(event = ?e, "relevant change"),
-            (Ok(_), Effect::Ignore) => {}
+            (Ok(e), Reaction::Rescan) => tracing::trace!(event = ?e, "relevant change"),
+            (Ok(_), Reaction::Ignore) => {}
         }
-        effect != Effect::Ignore
+        if let (Ok(e), Reaction::Rescan) = (&event, effect) {
+            self.track_writers(e);
+        }
+        effect != Reaction::Ignore
+    }
+
+    /// Follows which read files are open for writing: from their first write (or creation) to
+    /// the writer's close, their removal or a rename away.
+    fn track_writers(&mut self, event: &Event) {
+        let paths = event.paths.iter().filter(|p| self.resolved.is_read_file(p));
+        match event.kind {
+            EventKind::Create(CreateKind::File | CreateKind::Any)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+                self.writing.extend(paths.cloned());
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_)) => {
+                for p in paths {
+                    self.writing.remove(p);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -517,9 +558,16 @@ async fn run<F, Fut>(
             }
         };
         let hard_deadline = burst_start + debounce.max_delay;
+        let hold_deadline = burst_start + debounce.max_delay.max(WRITE_HOLD);
         let mut quiet_deadline = burst_start + debounce.quiet;
         loop {
-            let deadline = quiet_deadline.min(hard_deadline);
+            // A file still open for writing holds the rescan until its close (which restarts
+            // the quiet period) or the hold runs out.
+            let deadline = if lock(&state).writing.is_empty() {
+                quiet_deadline.min(hard_deadline)
+            } else {
+                hold_deadline
+            };
             tokio::select! {
                 biased;
                 _ = &mut stop => return,
@@ -534,7 +582,15 @@ async fn run<F, Fut>(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        lock(&state).check_programs_dir();
+        {
+            let mut watching = lock(&state);
+            // Past the hold (or after a close event that never came), start tracking afresh.
+            if !watching.writing.is_empty() {
+                tracing::info!(files = ?watching.writing, "rescanning files still open for writing after {WRITE_HOLD:?}");
+                watching.writing.clear();
+            }
+            watching.check_programs_dir();
+        }
         tracing::debug!(
             waited_ms = burst_start.elapsed().as_millis() as u64,
             "configuration changed on disk; rescanning"

@@ -1,5 +1,5 @@
-//! A fleet: a daemon booted on a programs directory of N `sleep 3600` programs, timed until
-//! every one is `running`.
+//! A fleet: a daemon booted on a programs directory of N `sleep 3600` programs (and maybe cron
+//! jobs beside them), timed until every one is `running`.
 
 use std::collections::HashSet;
 use std::fs;
@@ -61,9 +61,23 @@ const QUIET: Duration = Duration::from_millis(100);
 /// programs, the stream is read until quiet again, since their transitions may still be on the
 /// way.
 pub fn boot_fleet(ctx: &Ctx, n: usize, label: &str) -> Result<Fleet> {
+    boot_fleet_with(ctx, n, label, &[])
+}
+
+/// [`boot_fleet`] with more program files beside the `n` (`(file name, text)`), which the boot
+/// does not wait for: cron jobs, say.
+pub fn boot_fleet_with(
+    ctx: &Ctx,
+    n: usize,
+    label: &str,
+    extra: &[(String, String)],
+) -> Result<Fleet> {
     let scratch = Scratch::new(label)?;
     let (config, programs) = project(&scratch, false)?;
     let names = write_programs(&programs, "s", n, "command = \"sleep 3600\"\n")?;
+    for (file, text) in extra {
+        fs::write(programs.join(file), text).with_context(|| format!("writing {file}"))?;
+    }
     let t0 = Instant::now();
     let daemon = DaemonProc::start(&ctx.bin, &scratch.path, &config)?;
     let events = daemon.events()?;

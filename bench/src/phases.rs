@@ -9,7 +9,7 @@ use anyhow::{anyhow, ensure, Result};
 use crate::cleanup::Scratch;
 use crate::daemon::{project, DaemonProc};
 use crate::figures::{api, idle, logs, reconcile, restart, rss, saved, spawn, stop, Results};
-use crate::fleet::{boot_fleet, write_programs, Fleet};
+use crate::fleet::{boot_fleet, boot_fleet_with, write_programs, Fleet};
 use crate::opts::Ctx;
 use crate::table::{median, mib, secs, Pair};
 use crate::usage::rss_kib;
@@ -25,7 +25,7 @@ pub const PHASES: [(&str, &[&str], Phase); 4] = [
     ),
     ("spawn and stop of 200", &["spawn", "stop"], two_hundred),
     (
-        "1000 running children: spawn, idle, API, RSS",
+        "1000 running children and 10 hourly cron jobs: spawn, idle, API, RSS",
         &["spawn", "idle", "api", "rss"],
         thousand,
     ),
@@ -134,7 +134,25 @@ fn two_hundred(ctx: &Ctx, res: &mut Results) -> Result<()> {
     Ok(())
 }
 
-/// Spawn of 1000, then idle, API and RSS on the last fleet of 1000 running children.
+/// How many hourly cron jobs the fleet of 1000 has beside its children.
+pub const CRON_JOBS: usize = 10;
+
+/// `CRON_JOBS` cron jobs due hourly, at the minute half an hour from now, so no run falls in
+/// the figures' windows: the idle figure measures the cost of their schedule between runs.
+fn hourly_cron_jobs() -> Vec<(String, String)> {
+    let minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| (d.as_secs() / 60 + 30) % 60);
+    (1..=CRON_JOBS)
+        .map(|i| {
+            let text = format!("schedule = \"{minute} * * * *\"\ncommand = \"true\"\n");
+            (format!("cron{i:02}.toml"), text)
+        })
+        .collect()
+}
+
+/// Spawn of 1000 (beside 10 hourly cron jobs), then idle, API and RSS on the last fleet of
+/// 1000 running children.
 fn thousand(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let n = 1000;
     // Only spawn repeats: the last fleet stays up for the other figures.
@@ -152,7 +170,7 @@ fn thousand(ctx: &Ctx, res: &mut Results) -> Result<()> {
         let (direct, kids) = spawn::direct_spawn(n)?;
         stop::direct_stop(kids);
         directs.push(direct);
-        let f = boot_fleet(ctx, n, "fleet1000")?;
+        let f = boot_fleet_with(ctx, n, "fleet1000", &hourly_cron_jobs())?;
         boots.push(f.boot);
         eprintln!(
             "  run {run}: boot {} (listening after {}, {} × GET /status), direct {}",
@@ -182,6 +200,17 @@ fn thousand(ctx: &Ctx, res: &mut Results) -> Result<()> {
         );
     }
     let d = &fleet.daemon;
+    let jobs = d.api().get("/cronjobs", &[])?;
+    let scheduled = jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["next_schedule_time"].is_string())
+        .count();
+    ensure!(
+        scheduled == CRON_JOBS,
+        "{scheduled} of the {CRON_JOBS} cron jobs are scheduled"
+    );
     if ctx.opts.want("idle") {
         res.idle = Some(idle::measure(ctx, d, res)?);
     }

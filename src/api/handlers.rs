@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::security::Granted;
-use super::status::{check_selector_name, statuses, Picked, Selector};
+use super::status::{check_selector_name, statuses, LoopView, Picked, Selector};
 use super::AppState;
 use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source, TokenScope};
 use crate::desired;
@@ -100,7 +100,12 @@ pub async fn status(State(d): Shared, q: Result<Query<Selector>, QueryRejection>
     let sel = query(q)?;
     let programs = d.desired.snapshot();
     let picked = sel.pick(&programs, &d.reloader.groups())?;
-    let list = statuses(&programs, &d.reconciler.live(), &picked);
+    let list = statuses(
+        &programs,
+        &d.reconciler.live(),
+        &LoopView::of(&d.reconciler),
+        &picked,
+    );
     Ok(one_or_many(&sel, list))
 }
 
@@ -205,7 +210,7 @@ async fn act(
     let mut writes = pre;
     let mut whole_programs: Vec<&str> = picked
         .iter()
-        .filter(|p| !p.alone)
+        .filter(|p| !p.by_instance)
         .map(|p| p.id.program.as_str())
         .collect();
     whole_programs.dedup();
@@ -216,7 +221,7 @@ async fn act(
             request,
         });
     }
-    for p in picked.iter().filter(|p| p.alone) {
+    for p in picked.iter().filter(|p| p.by_instance) {
         writes.push(StoreWrite::Request {
             name: p.id.program.clone(),
             instance: Some(p.id.name.clone()),
@@ -248,7 +253,13 @@ async fn act(
         .map_err(|e| write_error(e, "cannot record the request"))?;
     wait_settled(d, &picked, &needs_change, request, t0, wait).await;
     let programs = d.desired.snapshot();
-    Ok(Json(statuses(&programs, &d.reconciler.live(), &picked)).into_response())
+    Ok(Json(statuses(
+        &programs,
+        &d.reconciler.live(),
+        &LoopView::of(&d.reconciler),
+        &picked,
+    ))
+    .into_response())
 }
 
 /// Waits until every picked instance reached the state the request asked for, after a change
@@ -265,7 +276,12 @@ async fn wait_settled(
     let mut passes = d.reconciler.passes();
     loop {
         let live = d.reconciler.live();
+        // A start waiting for its dependencies has settled for now: it says so in its status.
+        let waiting = d.reconciler.waiting();
         let settled = picked.iter().all(|p| {
+            if request != RunRequest::Stop && waiting.contains_key(&p.id.name) {
+                return true;
+            }
             let status = live.get(&p.id.name).map(|l| l.status.borrow().clone());
             let changed_since = |s: &crate::supervisor::InstanceStatus| {
                 !needs_change.get(&p.id.name).copied().unwrap_or(true)
@@ -305,15 +321,24 @@ fn spec_from_body(d: &AppState, body: &Value) -> Result<ProgramSpec, ApiError> {
         .settings
         .as_ref()
         .ok_or_else(|| ApiError::internal("the daemon has no loaded settings"))?;
-    config::program_from_json(body, settings, d.reloader.base_env()).map_err(|errors| {
-        ApiError::bad_request(
-            errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })
+    let spec =
+        config::program_from_json(body, settings, d.reloader.base_env()).map_err(|errors| {
+            ApiError::bad_request(
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+    // Its dependencies must name programs that exist, on no later level, in no cycle.
+    let programs = d.desired.snapshot();
+    let others: Vec<&ProgramSpec> = programs.values().map(|r| &r.spec).collect();
+    let errors = config::request_dependency_errors(&spec, &others);
+    if !errors.is_empty() {
+        return Err(ApiError::bad_request(errors.join("; ")));
+    }
+    Ok(spec)
 }
 
 /// A refused write as the API answers it: an ownership the store found different from what
@@ -517,7 +542,11 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
         }));
     }
     let preview = desired::simulate(&current, &writes);
-    let plan = crate::reconcile::plan_against_live(&preview, &current, &d.reconciler.live());
+    let plan = d
+        .reconciler
+        .preview(preview)
+        .await
+        .ok_or_else(|| ApiError::internal("the reconcile loop has stopped"))?;
     Ok(Json(json!({ "against": "daemon", "steps": plan.steps })).into_response())
 }
 
@@ -570,7 +599,13 @@ pub async fn group_status(
     let sel = group_selector(&query(q)?)?;
     let programs = d.desired.snapshot();
     let picked = sel.pick(&programs, &d.reloader.groups())?;
-    Ok(Json(statuses(&programs, &d.reconciler.live(), &picked)).into_response())
+    Ok(Json(statuses(
+        &programs,
+        &d.reconciler.live(),
+        &LoopView::of(&d.reconciler),
+        &picked,
+    ))
+    .into_response())
 }
 
 pub async fn group_start(
@@ -656,4 +691,113 @@ pub async fn metrics(State(d): Shared) -> Response {
         body,
     )
         .into_response()
+}
+
+/// One cron job as `GET /cronjobs` shows it.
+fn cronjob_view(r: &crate::store::ProgramRecord, next: Option<SystemTime>) -> Option<Value> {
+    let cron = r.spec.cron.as_ref()?;
+    let state = r.cron.clone().unwrap_or_default();
+    let time = |t: Option<SystemTime>| t.map(|t| humantime::format_rfc3339_millis(t).to_string());
+    let active: Vec<&crate::store::CronRun> = state
+        .history
+        .iter()
+        .filter(|run| run.result == crate::store::RunResult::Running)
+        .collect();
+    Some(json!({
+        "name": r.spec.name,
+        "schedule": cron.schedule,
+        "time_zone": cron.time_zone,
+        "concurrency": cron.concurrency,
+        "suspended": r.cron_suspended(),
+        "desired": r.desired,
+        "last_schedule_time": time(state.last_schedule_time),
+        "next_schedule_time": time(next),
+        "last_result": state.last_result(),
+        "active": active,
+        "runs": state.runs,
+        "history_limit": cron.history_limit,
+    }))
+}
+
+/// The cron job `name`, or 404.
+fn cronjob(d: &AppState, name: &str) -> Result<Arc<crate::store::ProgramRecord>, ApiError> {
+    check_selector_name(name)?;
+    d.desired
+        .get(name)
+        .filter(|r| r.spec.is_cron())
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no cron job is named {name:?}; `provisr cron list` lists them"
+            ))
+        })
+}
+
+/// `GET /cronjobs`: every cron job, by name.
+pub async fn cronjobs(State(d): Shared) -> Json<Vec<Value>> {
+    let next = d.reconciler.cron_next();
+    Json(
+        d.desired
+            .snapshot()
+            .values()
+            .filter_map(|r| cronjob_view(r, next.get(&r.spec.name).copied().flatten()))
+            .collect(),
+    )
+}
+
+/// `POST /cronjobs/{name}/trigger`: a run now, as the job's concurrency allows.
+pub async fn cronjob_trigger(State(d): Shared, Path(name): Path<String>) -> ApiResult {
+    cronjob(&d, &name)?;
+    match d.reconciler.trigger(&name).await {
+        Ok(run) => Ok((StatusCode::CREATED, Json(json!({ "run": run }))).into_response()),
+        Err(crate::reconcile::TriggerError::NotFound(_)) => Err(ApiError::not_found(format!(
+            "no cron job is named {name:?}; `provisr cron list` lists them"
+        ))),
+        Err(crate::reconcile::TriggerError::Busy(why)) => Err(ApiError::conflict(format!(
+            "{name:?} was not triggered: {why}; wait for it, or use concurrency = \"replace\" or \"allow\""
+        ))),
+        Err(crate::reconcile::TriggerError::Store(why)) => Err(ApiError::internal(why)),
+    }
+}
+
+/// `POST /cronjobs/{name}/suspend`: no scheduled runs until `resume`.
+pub async fn cronjob_suspend(State(d): Shared, Path(name): Path<String>) -> ApiResult {
+    set_suspended(&d, &name, true).await
+}
+
+/// `POST /cronjobs/{name}/resume`: scheduled runs again, from the next scheduled time on.
+pub async fn cronjob_resume(State(d): Shared, Path(name): Path<String>) -> ApiResult {
+    set_suspended(&d, &name, false).await
+}
+
+async fn set_suspended(d: &AppState, name: &str, suspend: bool) -> ApiResult {
+    cronjob(d, name)?;
+    use crate::store::CronChange;
+    let mut writes = vec![StoreWrite::Cron {
+        name: name.to_string(),
+        change: CronChange::Suspend(suspend),
+    }];
+    if !suspend {
+        // The times that passed while it was suspended are not run now.
+        writes.push(StoreWrite::Cron {
+            name: name.to_string(),
+            change: CronChange::Scheduled(SystemTime::now()),
+        });
+    }
+    d.desired
+        .apply(writes)
+        .await
+        .map_err(|e| write_error(e, "cannot record the change"))?;
+    let record = cronjob(d, name)?;
+    let next = d.reconciler.cron_next().get(name).copied().flatten();
+    let view = cronjob_view(&record, next.filter(|_| !suspend))
+        .ok_or_else(|| ApiError::internal("the cron job vanished while it was written"))?;
+    Ok(Json(view).into_response())
+}
+
+/// `GET /cronjobs/{name}/history`: its runs, newest first.
+pub async fn cronjob_history(State(d): Shared, Path(name): Path<String>) -> ApiResult {
+    let record = cronjob(&d, &name)?;
+    let mut runs = record.cron.clone().unwrap_or_default().history;
+    runs.reverse();
+    Ok(Json(runs).into_response())
 }

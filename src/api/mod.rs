@@ -31,7 +31,7 @@ pub use security::Guard;
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1 << 20;
 
-/// Where `/metrics` is served (SPEC §1.1 `[metrics]`).
+/// Where `/metrics` is served (`[metrics]`, `docs/configuration.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsOn {
     /// Not served.
@@ -77,6 +77,11 @@ pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn
         .route("/logs", get(handlers::logs))
         .route("/events", get(handlers::events))
         .route("/stats", get(handlers::stats))
+        .route("/cronjobs", get(handlers::cronjobs))
+        .route("/cronjobs/{name}/trigger", post(handlers::cronjob_trigger))
+        .route("/cronjobs/{name}/suspend", post(handlers::cronjob_suspend))
+        .route("/cronjobs/{name}/resume", post(handlers::cronjob_resume))
+        .route("/cronjobs/{name}/history", get(handlers::cronjob_history))
         .fallback(handlers::not_found)
         .with_state(state.clone());
     let mut app = if base.is_empty() {

@@ -115,7 +115,18 @@ pub fn required_scope(method: &Method, rel_path: &str, query: Option<&str>) -> T
         return TokenScope::Read;
     }
     let dry_run = query.is_some_and(|q| q.split('&').any(|kv| kv == "dry_run=true"));
-    match rel_path.trim_end_matches('/') {
+    let path = rel_path.trim_end_matches('/');
+    // `/cronjobs/{name}/trigger|suspend|resume` act on a job's runs like `/start` on a program.
+    let cron_action = path.strip_prefix("/cronjobs/").is_some_and(|rest| {
+        matches!(
+            rest.split_once('/'),
+            Some((name, "trigger" | "suspend" | "resume")) if !name.is_empty() && !name.contains('/')
+        )
+    });
+    if cron_action {
+        return TokenScope::Operate;
+    }
+    match path {
         "/plan" => TokenScope::Read,
         "/reload" if dry_run => TokenScope::Read,
         "/reload" | "/start" | "/stop" | "/restart" | "/group/start" | "/group/stop"
@@ -756,5 +767,17 @@ mod tests {
             TokenScope::Operate
         );
         assert_eq!(required_scope(&post, "/unknown", None), TokenScope::Admin);
+        for action in ["trigger", "suspend", "resume"] {
+            let path = format!("/cronjobs/backup/{action}");
+            assert_eq!(required_scope(&post, &path, None), TokenScope::Operate);
+        }
+        assert_eq!(
+            required_scope(&Method::GET, "/cronjobs/backup/history", None),
+            TokenScope::Read
+        );
+        assert_eq!(
+            required_scope(&post, "/cronjobs/a/b/trigger", None),
+            TokenScope::Admin
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The status object of SPEC §9.2 and the selectors that pick instances (`name`, `base`,
+//! The status object (`docs/api.md`) and the selectors that pick instances (`name`, `base`,
 //! `wildcard`, `group`).
 
 use std::collections::BTreeSet;
@@ -8,8 +8,8 @@ use serde::Serialize;
 
 use crate::config::{GroupSpec, InstanceId};
 use crate::desired::Programs;
-use crate::reconcile::LiveTable;
-use crate::store::{DesiredRun, ProgramRecord};
+use crate::reconcile::{CronNext, LiveTable, Reconciler, Waiting};
+use crate::store::{DesiredRun, ProgramRecord, RunResult};
 use crate::supervisor::{ExitInfo, InstanceState, InstanceStatus};
 
 use super::error::ApiError;
@@ -34,6 +34,38 @@ pub struct StatusObject {
     pub detected_by: Option<String>,
     pub next_retry_at: Option<String>,
     pub message: Option<String>,
+    /// `running`, and the readiness probe (if any) passes.
+    pub ready: bool,
+    /// The dependencies its start waits for: `db (healthy): starting`.
+    pub waiting_for: Vec<String>,
+    /// A cron job's schedule: `last_schedule_time`, `next_schedule_time`, `last_result`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<CronStatus>,
+}
+
+/// The fields a cron job's status objects have besides the others.
+#[derive(Debug, Clone, Serialize)]
+pub struct CronStatus {
+    pub last_schedule_time: Option<String>,
+    pub next_schedule_time: Option<String>,
+    pub last_result: Option<RunResult>,
+}
+
+/// What the loop knows beyond each actor's status: the starts waiting for dependencies, the
+/// cron jobs' next times.
+#[derive(Debug, Clone, Default)]
+pub struct LoopView {
+    pub waiting: Waiting,
+    pub cron_next: CronNext,
+}
+
+impl LoopView {
+    pub fn of(r: &Reconciler) -> LoopView {
+        LoopView {
+            waiting: r.waiting(),
+            cron_next: r.cron_next(),
+        }
+    }
 }
 
 fn rfc3339(t: Option<SystemTime>) -> Option<String> {
@@ -46,10 +78,22 @@ pub fn status_of(
     record: &ProgramRecord,
     id: &InstanceId,
     live: Option<&InstanceStatus>,
+    view: &LoopView,
 ) -> StatusObject {
     let desired = record.instance_desired(&id.name).run;
     let file_error = record.error.as_ref().map(|e| e.join("; "));
-    match live {
+    let waiting_for = view.waiting.get(&id.name).cloned().unwrap_or_default();
+    let cron = record.spec.cron.as_ref().map(|_| {
+        let state = record.cron.as_ref();
+        CronStatus {
+            last_schedule_time: rfc3339(state.and_then(|c| c.last_schedule_time)),
+            next_schedule_time: rfc3339(view.cron_next.get(&record.spec.name).copied().flatten()),
+            last_result: state.and_then(|c| c.last_result()),
+        }
+    });
+    let waiting_message =
+        (!waiting_for.is_empty()).then(|| format!("waiting for {}", waiting_for.join(", ")));
+    let mut status = match live {
         Some(s) => StatusObject {
             name: id.name.clone(),
             program: id.program.clone(),
@@ -67,7 +111,10 @@ pub fn status_of(
             priority: record.spec.priority,
             detected_by: s.detected_by.clone(),
             next_retry_at: rfc3339(s.next_retry_at),
-            message: file_error.or_else(|| s.message.clone()),
+            message: file_error.or(waiting_message).or_else(|| s.message.clone()),
+            ready: s.ready,
+            waiting_for: Vec::new(),
+            cron: None,
         },
         None => StatusObject {
             name: id.name.clone(),
@@ -86,11 +133,26 @@ pub fn status_of(
             priority: record.spec.priority,
             detected_by: None,
             next_retry_at: None,
-            message: file_error.or_else(|| {
-                (desired == DesiredRun::Running).then(|| "waiting to start".to_string())
+            message: file_error.or(waiting_message).or_else(|| {
+                if desired != DesiredRun::Running {
+                    return None;
+                }
+                match &cron {
+                    Some(c) => c
+                        .next_schedule_time
+                        .as_ref()
+                        .map(|t| format!("next run at {t}")),
+                    None => Some("waiting to start".to_string()),
+                }
             }),
+            ready: false,
+            waiting_for: Vec::new(),
+            cron: None,
         },
-    }
+    };
+    status.waiting_for = waiting_for;
+    status.cron = cron;
+    status
 }
 
 /// Which instances a request is about.
@@ -111,7 +173,7 @@ pub struct Selector {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Picked {
     pub id: InstanceId,
-    pub alone: bool,
+    pub by_instance: bool,
 }
 
 impl Selector {
@@ -129,7 +191,10 @@ impl Selector {
         let all = || programs.values().flat_map(|r| r.spec.instances());
         let whole = |program: &ProgramRecord, out: &mut BTreeSet<Picked>| {
             for id in program.spec.instances() {
-                out.insert(Picked { id, alone: false });
+                out.insert(Picked {
+                    id,
+                    by_instance: false,
+                });
             }
         };
         if self.is_empty() {
@@ -147,7 +212,10 @@ impl Selector {
             if let Some(r) = programs.get(name) {
                 whole(r, &mut out);
             } else if let Some(id) = all().find(|i| i.name == name) {
-                out.insert(Picked { id, alone: true });
+                out.insert(Picked {
+                    id,
+                    by_instance: true,
+                });
             } else {
                 return Err(ApiError::not_found(format!(
                     "no program or instance is named {name:?}; `provisr status` lists them"
@@ -172,7 +240,10 @@ impl Selector {
                 } else {
                     for id in r.spec.instances() {
                         if glob(pattern, &id.name) {
-                            out.insert(Picked { id, alone: true });
+                            out.insert(Picked {
+                                id,
+                                by_instance: true,
+                            });
                         }
                     }
                 }
@@ -199,7 +270,7 @@ impl Selector {
     }
 }
 
-/// Names in requests follow the name rule (SPEC §1.2), so none can reach a path it should not.
+/// Names in requests follow the name rule (`docs/configuration.md`), so none can reach a path it should not.
 pub fn check_selector_name(name: &str) -> Result<(), ApiError> {
     crate::config::check_name(name).map_err(ApiError::bad_request)
 }
@@ -226,13 +297,18 @@ pub fn glob(pattern: &str, text: &str) -> bool {
 }
 
 /// The status objects of `picked`, in name order.
-pub fn statuses(programs: &Programs, live: &LiveTable, picked: &[Picked]) -> Vec<StatusObject> {
+pub fn statuses(
+    programs: &Programs,
+    live: &LiveTable,
+    view: &LoopView,
+    picked: &[Picked],
+) -> Vec<StatusObject> {
     picked
         .iter()
         .filter_map(|p| {
             let record = programs.get(&p.id.program)?;
             let s = live.get(&p.id.name).map(|l| l.status.borrow().clone());
-            Some(status_of(record, &p.id, s.as_ref()))
+            Some(status_of(record, &p.id, s.as_ref(), view))
         })
         .collect()
 }

@@ -6,13 +6,13 @@ use serde_json::{json, Value};
 
 use super::plan_view;
 use super::{
-    config_path, exit, os_env, print_json_or_table, AdhocArgs, DiffArgs, Format, GlobalArgs,
-    GroupArgs, LogsArgs, NameArgs, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
+    config_path, exit, os_env, print_json_or_table, AdhocArgs, DiffArgs, GlobalArgs, GroupArgs,
+    LogsArgs, NameArgs, OutputFormat, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
 };
 use crate::client::{ApiClient, ClientError};
 use crate::config::{self, LoadedConfig};
 
-/// The default API URL when nothing else says (SPEC §8).
+/// The default API URL when nothing else says (`docs/cli.md`).
 pub const DEFAULT_API_URL: &str = "http://127.0.0.1:8080/api";
 
 /// `--socket`/`PROVISR_SOCKET` when given; else `--api-url`/`PROVISR_API_URL` (clap reads each
@@ -136,8 +136,9 @@ fn program_names(loaded: &LoadedConfig) -> String {
         .join(",")
 }
 
-/// Prints statuses (an array or one object) and returns 0, or 1 when any is `failed`.
-fn print_statuses(value: &Value, format: Format) -> i32 {
+/// Prints statuses (an array or one object) and returns 0: a `failed` instance is a state to
+/// report, not a failure of the command.
+fn print_statuses(value: &Value, format: OutputFormat) -> i32 {
     print_json_or_table(format, value, || {
         let list: Vec<&Value> = match value {
             Value::Array(a) => a.iter().collect(),
@@ -186,7 +187,7 @@ fn uptime(d: std::time::Duration) -> String {
     }
 }
 
-pub fn start(g: &GlobalArgs, a: &StartArgs, format: Format) -> i32 {
+pub fn start(g: &GlobalArgs, a: &StartArgs, format: OutputFormat) -> i32 {
     let cfg = config_path(&a.config);
     if a.dry_run {
         return start_dry_run(g, cfg, format);
@@ -242,7 +243,7 @@ fn adhoc_spec(name: &str, cmd: &str, a: &AdhocArgs) -> Value {
 
 /// `start --config F --dry-run`: the plan against the daemon when one answers, else against an
 /// empty state, said so either way.
-fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: Format) -> i32 {
+fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: OutputFormat) -> i32 {
     let loaded = match load_config(cfg) {
         Ok(l) => l,
         Err(code) => return code,
@@ -268,7 +269,7 @@ fn start_dry_run(g: &GlobalArgs, cfg: Option<&Path>, format: Format) -> i32 {
     }
 }
 
-pub fn stop(g: &GlobalArgs, a: &StopArgs, format: Format) -> i32 {
+pub fn stop(g: &GlobalArgs, a: &StopArgs, format: OutputFormat) -> i32 {
     let cfg = config_path(&a.config);
     let api = match client(g, cfg) {
         Ok(c) => c,
@@ -292,7 +293,7 @@ pub fn stop(g: &GlobalArgs, a: &StopArgs, format: Format) -> i32 {
     }
 }
 
-pub fn restart(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
+pub fn restart(g: &GlobalArgs, a: &NameArgs, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -305,7 +306,7 @@ pub fn restart(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
     }
 }
 
-pub fn status(g: &GlobalArgs, a: &StatusArgs, format: Format) -> i32 {
+pub fn status(g: &GlobalArgs, a: &StatusArgs, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -317,7 +318,7 @@ pub fn status(g: &GlobalArgs, a: &StatusArgs, format: Format) -> i32 {
     }
 }
 
-pub fn group(g: &GlobalArgs, a: &GroupArgs, path: &str, format: Format) -> i32 {
+pub fn group(g: &GlobalArgs, a: &GroupArgs, path: &str, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -376,7 +377,7 @@ pub fn logs(g: &GlobalArgs, a: &LogsArgs) -> i32 {
 
 /// `diff --config F`: the plan of applying F against the daemon. Exit 0 no change, 1 changes,
 /// 2 an error (invalid config, a refused request), 3 no daemon (kubectl's convention, plus ours).
-pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
+pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: OutputFormat) -> i32 {
     let loaded = match load_config(Some(&a.config)) {
         Ok(l) => l,
         Err(code) => return code,
@@ -407,7 +408,7 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: Format) -> i32 {
     }
 }
 
-pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: Format) -> i32 {
+pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -428,7 +429,7 @@ pub fn register(g: &GlobalArgs, a: &RegisterArgs, format: Format) -> i32 {
     }
 }
 
-pub fn unregister(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
+pub fn unregister(g: &GlobalArgs, a: &NameArgs, format: OutputFormat) -> i32 {
     let api = match client(g, config_path(&a.config)) {
         Ok(c) => c,
         Err(code) => return code,
@@ -443,14 +444,14 @@ pub fn unregister(g: &GlobalArgs, a: &NameArgs, format: Format) -> i32 {
 }
 
 /// `provisr events`: every state transition as it happens, until interrupted.
-pub fn events(g: &GlobalArgs, format: Format) -> i32 {
+pub fn events(g: &GlobalArgs, format: OutputFormat) -> i32 {
     let api = match client(g, None) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let result = api.stream("/events", &[], |kind, data| {
         match (kind, format) {
-            ("transition", Format::Table) => match serde_json::from_str::<Value>(data) {
+            ("transition", OutputFormat::Table) => match serde_json::from_str::<Value>(data) {
                 Ok(e) => println!(
                     "{}  {}  {} → {}  {}",
                     e["time"].as_str().unwrap_or("-"),
@@ -461,7 +462,7 @@ pub fn events(g: &GlobalArgs, format: Format) -> i32 {
                 ),
                 Err(_) => println!("{data}"),
             },
-            ("transition", Format::Json) => println!("{data}"),
+            ("transition", OutputFormat::Json) => println!("{data}"),
             ("lagged", _) => eprintln!("provisr: missed {data} events (the client was too slow)"),
             _ => {}
         }
@@ -472,6 +473,117 @@ pub fn events(g: &GlobalArgs, format: Format) -> i32 {
         Ok(()) => exit::OK,
         Err(e) => fail(&e),
     }
+}
+
+/// `provisr cron list|trigger|suspend|resume|history`.
+pub fn cron(g: &GlobalArgs, c: &super::CronCommand, format: OutputFormat) -> i32 {
+    use super::CronCommand as C;
+    let config = match c {
+        C::List(a) => &a.config,
+        C::Trigger(a) | C::Suspend(a) | C::Resume(a) | C::History(a) => &a.config,
+    };
+    let api = match client(g, config_path(config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let path = |name: &str, what: &str| format!("/cronjobs/{name}/{what}");
+    let result = match c {
+        C::List(_) => api.get("/cronjobs", &[]),
+        C::Trigger(a) => api.post::<Value>(&path(&a.name, "trigger"), &[], None),
+        C::Suspend(a) => api.post::<Value>(&path(&a.name, "suspend"), &[], None),
+        C::Resume(a) => api.post::<Value>(&path(&a.name, "resume"), &[], None),
+        C::History(a) => api.get(&path(&a.name, "history"), &[]),
+    };
+    let value = match result {
+        Ok(v) => v,
+        Err(e) => return fail(&e),
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        v => v.to_string(),
+    };
+    print_json_or_table(format, &value, || match c {
+        C::List(_) | C::Suspend(_) | C::Resume(_) => {
+            let list: Vec<&Value> = match &value {
+                Value::Array(a) => a.iter().collect(),
+                v => vec![v],
+            };
+            let mut t = Table::new(&[
+                "NAME",
+                "SCHEDULE",
+                "SUSPENDED",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "NEXT",
+                "LAST RESULT",
+            ]);
+            for j in list {
+                let active = j["active"].as_array().map_or(0, Vec::len);
+                t.row(vec![
+                    text(&j["name"]),
+                    text(&j["schedule"]),
+                    text(&j["suspended"]),
+                    active.to_string(),
+                    text(&j["last_schedule_time"]),
+                    text(&j["next_schedule_time"]),
+                    text(&j["last_result"]),
+                ]);
+            }
+            t.render()
+        }
+        C::Trigger(a) => {
+            let run = &value["run"];
+            format!(
+                "triggered {}: run {} in {}\n",
+                a.name,
+                text(&run["id"]),
+                text(&run["instance"])
+            )
+        }
+        C::History(_) => {
+            let mut t = Table::new(&[
+                "RUN", "INSTANCE", "CAUSE", "STARTED", "DURATION", "RESULT", "EXIT", "TRIES",
+                "STDOUT",
+            ]);
+            for r in value.as_array().into_iter().flatten() {
+                let time = |k: &str| {
+                    r[k].as_str()
+                        .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                };
+                let duration = match (time("started_at"), time("finished_at")) {
+                    (Some(a), Some(b)) => b
+                        .duration_since(a)
+                        .map(|d| {
+                            crate::config::Dur(std::time::Duration::from_millis(
+                                d.as_millis() as u64
+                            ))
+                            .to_string()
+                        })
+                        .unwrap_or_else(|_| "-".to_string()),
+                    _ => "-".to_string(),
+                };
+                let exit = match (&r["exit_code"], &r["exit_signal"]) {
+                    (Value::Number(c), _) => c.to_string(),
+                    (_, Value::Number(s)) => format!("signal {s}"),
+                    _ => "-".to_string(),
+                };
+                t.row(vec![
+                    text(&r["id"]),
+                    text(&r["instance"]),
+                    text(&r["cause"]),
+                    text(&r["started_at"]),
+                    duration,
+                    text(&r["result"]),
+                    exit,
+                    text(&r["attempts"]),
+                    text(&r["log"]["stdout"]),
+                ]);
+            }
+            t.render()
+        }
+    });
+    exit::OK
 }
 
 #[cfg(test)]

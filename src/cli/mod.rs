@@ -1,4 +1,4 @@
-//! The command line (SPEC §8): clap types, dispatch, and the exit-code policy.
+//! The command line (`docs/cli.md`): clap types, dispatch, and the exit-code policy.
 //!
 //! Exit codes: 0 success, 1 a failed operation, 2 bad usage or an invalid config, 3 the daemon
 //! cannot be reached.
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-pub use output::{Format, Table};
+pub use output::{OutputFormat, Table};
 
 /// The exit codes, as `--help` and the man page state them.
 pub const EXIT_CODES_HELP: &str = "Exit codes: 0 success; 1 a failed operation; 2 bad usage or an invalid configuration; 3 the daemon cannot be reached. `diff`: 0 no change, 1 changes, 2 an error.";
@@ -62,7 +62,7 @@ pub struct GlobalArgs {
     pub token: Option<String>,
     /// Output format: a table on a terminal, JSON when piped.
     #[arg(short = 'o', long = "output", global = true, value_enum)]
-    pub output: Option<Format>,
+    pub output: Option<OutputFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,10 +96,44 @@ pub enum Command {
     Unregister(NameArgs),
     /// Print every state transition as it happens (server-sent events).
     Events,
+    /// Cron jobs: list them, run one now, suspend or resume its schedule, show its runs.
+    #[command(subcommand)]
+    Cron(CronCommand),
     /// Print a shell completion script (e.g. `provisr completions bash > /etc/bash_completion.d/provisr`).
     Completions(CompletionsArgs),
     /// Write the man pages: provisr(1) to stdout, or every page into --dir.
     Man(ManArgs),
+}
+
+/// `provisr cron …`.
+#[derive(Debug, Subcommand)]
+pub enum CronCommand {
+    /// Every cron job: schedule, next and last run, result.
+    List(CronListArgs),
+    /// Run a cron job now, as its concurrency allows.
+    Trigger(CronJobArgs),
+    /// Hold a cron job's scheduled runs (a trigger still runs it).
+    Suspend(CronJobArgs),
+    /// Schedule a suspended cron job again, from its next scheduled time on.
+    Resume(CronJobArgs),
+    /// A cron job's runs, newest first: start, duration, result, exit, log files.
+    History(CronJobArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CronListArgs {
+    /// Main config file, to find the daemon's URL and token; `--config ""` means none.
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CronJobArgs {
+    /// The cron job's name.
+    pub name: String,
+    /// Main config file, to find the daemon's URL and token; `--config ""` means none.
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -281,7 +315,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    let format = Format::resolve(cli.global.output);
+    let format = OutputFormat::resolve(cli.global.output);
     let g = &cli.global;
     match &cli.command {
         Command::Serve(a) => serve::run(a),
@@ -297,6 +331,7 @@ pub fn main() -> i32 {
         Command::Register(a) => commands::register(g, a, format),
         Command::Unregister(a) => commands::unregister(g, a, format),
         Command::Events => commands::events(g, format),
+        Command::Cron(c) => commands::cron(g, c, format),
         Command::Completions(a) => docs::completions(a.shell),
         Command::Man(a) => docs::man(a.dir.as_deref()),
     }
@@ -319,12 +354,12 @@ fn config_path(config: &Option<PathBuf>) -> Option<&std::path::Path> {
 
 /// Prints `value` as JSON, or the table `render` builds.
 fn print_json_or_table<T: serde::Serialize>(
-    format: Format,
+    format: OutputFormat,
     value: &T,
     render: impl FnOnce() -> String,
 ) {
     match format {
-        Format::Json => output::print_json(value),
-        Format::Table => print!("{}", render()),
+        OutputFormat::Json => output::print_json(value),
+        OutputFormat::Table => print!("{}", render()),
     }
 }

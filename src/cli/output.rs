@@ -1,4 +1,4 @@
-//! How the CLI prints: a table on a terminal, JSON when piped or with `-o json` (SPEC §8).
+//! How the CLI prints: a table on a terminal, JSON when piped or with `-o json` (`docs/cli.md`).
 
 use std::io::IsTerminal;
 
@@ -7,18 +7,18 @@ use serde::Serialize;
 
 /// The `-o` flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub enum OutputFormat {
     Json,
     Table,
 }
 
-impl Format {
+impl OutputFormat {
     /// The explicit choice, else a table on a terminal and JSON when piped.
-    pub fn resolve(choice: Option<Format>) -> Format {
+    pub fn resolve(choice: Option<OutputFormat>) -> OutputFormat {
         choice.unwrap_or(if std::io::stdout().is_terminal() {
-            Format::Table
+            OutputFormat::Table
         } else {
-            Format::Json
+            OutputFormat::Json
         })
     }
 }

@@ -16,7 +16,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{exit, print_json_or_table, Format, Table};
+use super::{exit, print_json_or_table, OutputFormat, Table};
 use crate::config::{ConfigError, LoadedConfig};
 use crate::plan::{self, Action, Desired, DesiredRun, Effect, FieldChange, Plan, RunSeq};
 
@@ -45,7 +45,7 @@ pub fn print_config_errors(errors: &[ConfigError]) -> i32 {
 
 /// `start --config F --dry-run` with no daemon: every program of F desired running, nothing
 /// running. `url` is where no daemon answered.
-pub fn print_offline_plan(loaded: &LoadedConfig, url: &str, format: Format) -> i32 {
+pub fn print_offline_plan(loaded: &LoadedConfig, url: &str, format: OutputFormat) -> i32 {
     let desired: Vec<Desired<'_>> = loaded
         .programs
         .iter()
@@ -78,7 +78,7 @@ pub fn plan_of(answer: &Value) -> Option<Plan> {
 }
 
 /// Prints a plan as a table of its changes or as JSON (every step).
-pub fn print_plan(plan: &Plan, against: &str, format: Format) {
+pub fn print_plan(plan: &Plan, against: &str, format: OutputFormat) {
     let changes = plan
         .steps
         .iter()
@@ -186,6 +186,9 @@ mod tests {
             state: InstanceState::Running,
             spec: &old,
             seq: RunSeq::default(),
+            has_process: true,
+            healthy: true,
+            exit_code: None,
         }];
         let desired = [Desired {
             spec: &new,

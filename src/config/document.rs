@@ -16,19 +16,19 @@ use super::error::ConfigError;
 
 /// Which format a text is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub enum FileFormat {
     Toml,
     Yaml,
     Json,
 }
 
-impl Format {
+impl FileFormat {
     /// The format of a file by its extension (`toml`, `yaml`, `yml`, `json`).
-    pub fn of(path: &Path) -> Option<Format> {
+    pub fn of(path: &Path) -> Option<FileFormat> {
         match path.extension()?.to_str()? {
-            "toml" => Some(Format::Toml),
-            "yaml" | "yml" => Some(Format::Yaml),
-            "json" => Some(Format::Json),
+            "toml" => Some(FileFormat::Toml),
+            "yaml" | "yml" => Some(FileFormat::Yaml),
+            "json" => Some(FileFormat::Json),
             _ => None,
         }
     }
@@ -93,29 +93,30 @@ impl fmt::Display for KeyPath {
 }
 
 /// A file (or an API request body): its name for errors, its tree, and the text lines come from.
+#[derive(Clone)]
 pub struct Document {
     pub file: PathBuf,
     pub tree: Value,
     /// `None` when there is no text to point into (a request body): errors then have no line.
-    text: Option<(String, Format)>,
+    text: Option<(String, FileFormat)>,
 }
 
 impl Document {
     /// Parses `text`; a syntax error carries the parser's line.
-    pub fn parse(file: PathBuf, text: String, format: Format) -> Result<Document, ConfigError> {
+    pub fn parse(file: PathBuf, text: String, format: FileFormat) -> Result<Document, ConfigError> {
         let error = |kind: &str, message: String, line: Option<usize>| {
             ConfigError::new(&file, format!("{kind} syntax error: {message}")).at_line(line)
         };
         let tree = match format {
-            Format::Toml => toml::from_str(&text).map(plain_datetimes).map_err(|e| {
+            FileFormat::Toml => toml::from_str(&text).map(plain_datetimes).map_err(|e| {
                 let line = e.span().map(|s| line_at(&text, s.start));
                 error("TOML", e.message().trim().replace('\n', "; "), line)
             }),
             // An empty YAML document is null; say so plainly rather than "EOF".
-            Format::Yaml if text.trim().is_empty() => Ok(Value::Null),
-            Format::Yaml => serde_yaml::from_str(&text)
+            FileFormat::Yaml if text.trim().is_empty() => Ok(Value::Null),
+            FileFormat::Yaml => serde_yaml::from_str(&text)
                 .map_err(|e| error("YAML", e.to_string(), e.location().map(|l| l.line()))),
-            Format::Json => serde_json::from_str(&text)
+            FileFormat::Json => serde_json::from_str(&text)
                 .map_err(|e| error("JSON", e.to_string(), Some(e.line()).filter(|&l| l > 0))),
         }?;
         let text = Some((text, format));
@@ -159,17 +160,17 @@ impl Document {
             return None;
         }
         match format {
-            Format::Toml => {
+            FileFormat::Toml => {
                 let e = seek.deserialize(toml::Deserializer::new(text)).err()?;
                 e.span().map(|s| line_at(text, s.start))
             }
-            Format::Yaml => {
+            FileFormat::Yaml => {
                 let e = seek
                     .deserialize(serde_yaml::Deserializer::from_str(text))
                     .err()?;
                 e.location().map(|l| l.line())
             }
-            Format::Json => {
+            FileFormat::Json => {
                 let e = seek
                     .deserialize(&mut serde_json::Deserializer::from_str(text))
                     .err()?;

@@ -1,4 +1,4 @@
-//! Child environments (SPEC §5): dotenv files, `KEY=VALUE` entries, layering and `${VAR}` expansion.
+//! Child environments (`docs/configuration.md`): dotenv files, `KEY=VALUE` entries, layering and `${VAR}` expansion.
 //!
 //! Layers, later wins: base (the daemon's environment, or only `PATH` and `HOME` without
 //! `use_os_env`) → `env_files` in order → global `env` → program `env`. Each value is expanded

@@ -11,16 +11,19 @@
 //! every unknown key; `settings` (the main config) and `program` (a program) apply the rules;
 //! `scan` runs them over the programs and checks across programs. Lines come from the parsers.
 
+mod cronjob;
 mod document;
 pub mod env;
 pub mod error;
 mod identity;
+mod lifecycle_keys;
 mod program;
 mod raw;
 mod scan;
 mod settings;
 
 pub use error::{render_errors, ConfigError};
+pub use lifecycle_keys::request_dependency_errors;
 pub use scan::{
     is_program_file_name, load, program_from_json, scan_programs, FileOutcome, LoadedConfig,
     ProgramsScan,

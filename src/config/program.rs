@@ -13,8 +13,12 @@ use super::document::{did_you_mean, k, Document, KeyPath, Seg};
 use super::env::EnvLayers;
 use super::error::ConfigError;
 use super::identity::{self, RawAccount, RawLimits};
+use super::lifecycle_keys::{self, RawDepends, RawHooks, RawProbe};
 use super::raw::{known_keys, set, Check, RawEnv, RawLog, Val};
-use super::{check_name, DetectorKind, DetectorSpec, Dur, Exec, LogSpec, ProgramSpec};
+use super::{check_name, Concurrency, DetectorKind, DetectorSpec, Dur, Exec, LogSpec, ProgramSpec};
+
+/// The most instances one program may run: each is a process, pipes, an actor and records.
+pub const MAX_INSTANCES: u32 = 10_000;
 
 /// A program: the flat form, or the `spec` table of the wrapped form. Counts are `i64` so that
 /// `instances = 0` or `-1` reach validation and get a clear message.
@@ -30,11 +34,11 @@ pub struct RawProgram {
     env: Val<RawEnv>,
     priority: Val<i64>,
     autostart: Val<bool>,
-    instances: Val<i64>,
+    pub(super) instances: Val<i64>,
     start_duration: Val<String>,
     retry_count: Val<i64>,
     retry_interval: Val<String>,
-    auto_restart: Val<bool>,
+    pub(super) auto_restart: Val<bool>,
     autorestart: Val<bool>,
     restart_interval: Val<String>,
     restart_max_interval: Val<String>,
@@ -49,6 +53,19 @@ pub struct RawProgram {
     pub(super) nice: Val<i64>,
     pub(super) oom_score_adj: Val<i64>,
     pub(super) limits: Val<RawLimits>,
+    pub(super) depends_on: Val<RawDepends>,
+    pub(super) readiness: Val<RawProbe>,
+    pub(super) liveness: Val<RawProbe>,
+    pub(super) hooks: Val<RawHooks>,
+    pub(super) pid_file: Val<String>,
+    pub(super) schedule: Val<String>,
+    pub(super) time_zone: Val<String>,
+    pub(super) concurrency: Val<Concurrency>,
+    pub(super) suspend: Val<bool>,
+    pub(super) starting_deadline: Val<String>,
+    pub(super) history_limit: Val<i64>,
+    pub(super) timeout: Val<String>,
+    pub(super) retries: Val<i64>,
 }
 
 /// The top level of the wrapped form.
@@ -125,8 +142,8 @@ pub fn validate(doc: &Document, tree: &Value, at: KeyPath, pc: &ProgramContext) 
         Some(spec) => wrapped_form(&mut c, tree, spec, pc),
         None => {
             let raw: RawProgram = c.read(tree, |_| None);
-            check_type(&mut c, &raw.kind);
-            build(&mut c, &raw, pc)
+            let kind = check_type(&mut c, &raw.kind);
+            build(&mut c, &raw, pc, kind.as_deref())
         }
     };
     ProgramOutcome {
@@ -150,7 +167,7 @@ fn wrapped_form(
         }
         _ => None,
     });
-    check_type(c, &raw.kind);
+    let kind = check_type(c, &raw.kind);
     c.at = c.at.key("spec");
     let (Val::Ok(raw), true) = (&raw.spec, spec.is_object()) else {
         c.err(
@@ -164,7 +181,7 @@ fn wrapped_form(
         c.err("type", message)
             .help("`type` belongs next to `spec`, at the top of the file");
     }
-    build(c, raw, pc)
+    build(c, raw, pc, kind.as_deref())
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -178,15 +195,27 @@ fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-fn check_type(c: &mut Check, kind: &Val<String>) {
-    if let Some(kind) = c.get(kind, "type").filter(|t| *t != "process") {
-        let message = format!("`type` is {kind:?}, but only \"process\" is supported");
-        c.err("type", message).help("write type = \"process\"");
+/// The file's `type`, when it is one provisr knows: `process` or `cronjob`.
+fn check_type(c: &mut Check, kind: &Val<String>) -> Option<String> {
+    let kind = c.get(kind, "type")?;
+    if kind != "process" && kind != "cronjob" {
+        let message =
+            format!("`type` is {kind:?}, but only \"process\" and \"cronjob\" are supported");
+        let hint = did_you_mean(kind, &["process", "cronjob"])
+            .unwrap_or_else(|| "write type = \"process\" or type = \"cronjob\"".to_string());
+        c.err("type", message).help(hint);
+        return None;
     }
+    Some(kind.clone())
 }
 
 /// Applies the rules and defaults; `None` when something required is missing or invalid.
-fn build(c: &mut Check, raw: &RawProgram, pc: &ProgramContext) -> Option<ProgramSpec> {
+fn build(
+    c: &mut Check,
+    raw: &RawProgram,
+    pc: &ProgramContext,
+    kind: Option<&str>,
+) -> Option<ProgramSpec> {
     let name = match (c.get(&raw.name, "name"), &pc.fallback_name) {
         (Some(name), _) => match check_name(name) {
             Ok(()) => Some(name.clone()),
@@ -238,11 +267,17 @@ fn build(c: &mut Check, raw: &RawProgram, pc: &ProgramContext) -> Option<Program
     }
     if let Some(&n) = c.get(&raw.instances, "instances") {
         match u32::try_from(n) {
-            Ok(n) if n >= 1 => spec.instances = n,
+            Ok(n) if (1..=MAX_INSTANCES).contains(&n) => spec.instances = n,
+            _ if n > i64::from(MAX_INSTANCES) => c
+                .bad(
+                    "instances",
+                    format_args!("must be at most {MAX_INSTANCES}, got {n}"),
+                )
+                .help("split the work over several programs"),
             _ => c
                 .bad("instances", format_args!("must be at least 1, got {n}"))
                 .help("to keep a program from running, set autostart = false or stop it"),
-        }
+        };
     }
     set!(c.dur(raw => spec): start_duration, retry_interval, restart_interval);
     set!(c.dur(raw => spec): restart_max_interval, stop_timeout);
@@ -267,6 +302,8 @@ fn build(c: &mut Check, raw: &RawProgram, pc: &ProgramContext) -> Option<Program
     }
     spec.log = c.log(&raw.log, pc.log_defaults.clone(), pc.base_dir);
     identity::apply(c, raw, &mut spec);
+    lifecycle_keys::apply(c, raw, &mut spec, pc.base_dir);
+    super::cronjob::apply(c, raw, &mut spec, kind);
     for (i, d) in c
         .get(&raw.detectors, "detectors")
         .into_iter()

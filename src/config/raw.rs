@@ -176,7 +176,13 @@ impl<'d> Check<'d> {
             Val::Ok(v) => return Some(v),
             Val::Bad(why) => why,
         };
-        let e = self.bad(rel, format_args!("has the wrong type: {why}"));
+        // An enum's unknown value is a value error, not a type error.
+        let what = if why.starts_with("unknown variant") {
+            "has an unknown value"
+        } else {
+            "has the wrong type"
+        };
+        let e = self.bad(rel, format_args!("{what}: {why}"));
         if why.contains("expected i64") {
             e.help("write a whole number");
         } else if why.contains("expected a boolean") {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::document::{did_you_mean, k, Document, Format, KeyPath};
+use super::document::{did_you_mean, k, Document, FileFormat, KeyPath};
 use super::env::{base_environment, parse_dotenv, EnvLayers};
 use super::error::ConfigError;
 use super::program::{self, ProgramContext, ProgramOutcome};
@@ -100,6 +100,11 @@ struct Scanned {
     name_file: PathBuf,
     name_at: KeyPath,
     name_line: Option<usize>,
+    /// Where the program's keys are: its place, or its `spec` table in the wrapped form.
+    spec_at: KeyPath,
+    /// The document, kept only for a valid program with dependencies: the check across programs
+    /// names the line of each one it refuses.
+    deps_doc: Option<Document>,
     /// How errors about another program refer to this one: its file, or `processes[2]`.
     label: String,
     /// `None` for an inline process.
@@ -117,11 +122,15 @@ impl Scanned {
         o: ProgramOutcome,
     ) -> Scanned {
         let name_at = at.join(&o.name_path);
+        let spec_at = super::lifecycle_keys::spec_at(doc, at);
         let (name, result) = (o.name, o.result);
+        let deps = result.as_ref().is_ok_and(|s| !s.depends_on.is_empty());
         Scanned {
+            deps_doc: deps.then(|| doc.clone()),
             name_file: doc.file.clone(),
             name_line: doc.line_of(&name_at),
             name_at,
+            spec_at,
             label,
             file,
             name,
@@ -135,6 +144,8 @@ impl Scanned {
             name_file: path.clone(),
             name_at: valid.name_path,
             name_line: valid.name_line,
+            spec_at: valid.spec_at,
+            deps_doc: None,
             label: path.display().to_string(),
             file: Some(path),
             name: valid.name,
@@ -231,6 +242,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
                 name: s.name.clone(),
                 name_path: s.name_at.clone(),
                 name_line: s.name_line,
+                spec_at: s.spec_at.clone(),
                 spec: spec.clone(),
             };
             session.remember(&path, key, &valid);
@@ -239,6 +251,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
     }
     session.close();
     check_unique_names(&mut scanned);
+    check_dependencies(&mut scanned);
 
     let (mut programs, mut files, mut claimed) = (Vec::new(), Vec::new(), Vec::new());
     for s in scanned {
@@ -286,7 +299,7 @@ fn read_error(path: &Path, e: std::io::Error) -> ConfigError {
 }
 
 fn parse_program_file(path: &Path, text: String) -> Result<Document, ConfigError> {
-    let format = Format::of(path).unwrap_or(Format::Toml);
+    let format = FileFormat::of(path).unwrap_or(FileFormat::Toml);
     Document::parse(path.to_path_buf(), text, format)
 }
 
@@ -339,6 +352,29 @@ fn check_unique_names(scanned: &mut [Scanned]) {
                 "instance name `{instance}` of program `{this}` is also an instance of {others}"
             );
             scanned[i].fail(message, hint);
+        }
+    }
+}
+
+/// Dependencies name programs of the scan, on no later priority level, in no cycle: each
+/// program in error fails (and keeps its last good spec).
+fn check_dependencies(scanned: &mut [Scanned]) {
+    use super::lifecycle_keys::{check_dependencies, Node};
+    let nodes: Vec<Node<'_>> = scanned
+        .iter()
+        .map(|s| Node {
+            doc: s.deps_doc.as_ref(),
+            spec_at: s.spec_at.clone(),
+            name: s.name.as_deref(),
+            spec: s.result.as_ref().ok(),
+        })
+        .collect();
+    let errors = check_dependencies(&nodes);
+    drop(nodes);
+    for (i, e) in errors {
+        match &mut scanned[i].result {
+            Ok(_) => scanned[i].result = Err(vec![e]),
+            Err(list) => list.push(e),
         }
     }
 }
@@ -484,7 +520,7 @@ pub fn is_program_file_name(path: &Path) -> bool {
         || [".swp", ".swo", ".swx", ".tmp", ".bak"]
             .iter()
             .any(|ext| name.ends_with(ext));
-    !temp && Format::of(path).is_some()
+    !temp && FileFormat::of(path).is_some()
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::document::{k, Document, Format, KeyPath};
+use super::document::{k, Document, FileFormat, KeyPath};
 use super::error::ConfigError;
 use super::raw::{set, Check, RawEnv, RawLog, Val};
 use super::{check_name, GroupSpec, LogSpec};
@@ -301,7 +301,7 @@ pub fn read_main(
     let fail = |message: String| vec![ConfigError::new(&path, message)];
     let text = std::fs::read_to_string(&path);
     let text = text.map_err(|e| fail(format!("cannot read the config file: {e}")))?;
-    let format = Format::of(&path).unwrap_or(Format::Toml);
+    let format = FileFormat::of(&path).unwrap_or(FileFormat::Toml);
     let mut doc = Document::parse(path.clone(), text, format).map_err(|e| vec![e])?;
     if doc.tree.is_null() {
         doc.tree = Value::Object(Default::default());

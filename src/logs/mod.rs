@@ -1,4 +1,4 @@
-//! Output capture (SPEC §6): each instance's stdout and stderr, into files with size rotation,
+//! Output capture (`docs/logs.md`): each instance's stdout and stderr, into files with size rotation,
 //! into a bounded in-memory tail, and out to live followers.
 //!
 //! One [`InstanceLog`] exists per instance and outlives its restarts: the runtime hands it the
@@ -328,6 +328,39 @@ impl Drop for Active {
 impl crate::supervisor::OutputSink for InstanceLog {
     fn attach(&self, stdout: OwnedFd, stderr: OwnedFd) {
         InstanceLog::attach(self, stdout, stderr);
+    }
+
+    /// A hook's line goes where the instance's output goes: file, memory tail, followers.
+    fn note(&self, stream: crate::supervisor::OutputStream, line: &str) {
+        let stream = match stream {
+            crate::supervisor::OutputStream::Stdout => Stream::Stdout,
+            crate::supervisor::OutputStream::Stderr => Stream::Stderr,
+        };
+        let mut data = Vec::with_capacity(line.len() + 1);
+        data.extend_from_slice(line.as_bytes());
+        data.push(b'\n');
+        self.inner.deliver(stream, &data);
+    }
+
+    /// New lines of both streams, read by followers of the memory tail like `logs -f`.
+    fn lines(&self) -> crate::supervisor::LineStream {
+        use futures_util::StreamExt;
+        let lines = |follow: Follow| {
+            futures_util::stream::unfold(follow, |mut f| async move {
+                loop {
+                    match f.next().await? {
+                        FollowEvent::Lines(lines) => {
+                            return Some((futures_util::stream::iter(lines), f))
+                        }
+                        FollowEvent::Skipped { .. } => continue,
+                    }
+                }
+            })
+            .flatten()
+        };
+        let (_, out) = self.follow(Stream::Stdout, 0);
+        let (_, err) = self.follow(Stream::Stderr, 0);
+        Box::pin(futures_util::stream::select(lines(out), lines(err)))
     }
 }
 

@@ -44,7 +44,7 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// The settings of SPEC §6: `max_size_mb` MiB, `max_backups`, `max_age_days` (0 = no age
+    /// The settings of `docs/logs.md`: `max_size_mb` MiB, `max_backups`, `max_age_days` (0 = no age
     /// limit), `compress`.
     pub fn from_spec(spec: &LogSpec) -> Rotation {
         Rotation {

@@ -60,6 +60,7 @@ pub(super) fn takeover(
     programs: &Programs,
     records: Vec<(String, InstanceRecord)>,
     tagged: &[Tagged],
+    launched: &BTreeMap<String, u64>,
     boot: Option<&str>,
     alive: impl Fn(i32, u64) -> bool,
 ) -> Takeover {
@@ -129,6 +130,17 @@ pub(super) fn takeover(
         match (claim, process) {
             (Some((program, id)), process) => {
                 let wanted = program.instance_desired(&name).seq;
+                // A tombstone of a program that was deleted and has come back since: the
+                // requests it carried out and how its run ended were the old program's.
+                let record = record.map(|r| match r.removed {
+                    true => InstanceRecord {
+                        seq: None,
+                        finished: None,
+                        starting: None,
+                        ..r
+                    },
+                    false => r,
+                });
                 let seq = record.as_ref().and_then(|r| r.seq).unwrap_or(wanted);
                 let (spec, generation, initial, found_by) = match process {
                     Some((pid, start_time, spec, found_by, _)) => {
@@ -147,7 +159,12 @@ pub(super) fn takeover(
                         let finished = record
                             .as_ref()
                             .filter(|r| r.boot_id.is_some() && this_boot(r))
-                            .and_then(|r| r.finished.clone().or_else(|| ended(r, program)));
+                            .and_then(|r| {
+                                let carried_out = started_since_written(r, launched.get(&name));
+                                r.finished
+                                    .clone()
+                                    .or_else(|| ended(r, program, carried_out))
+                            });
                         let initial = match finished {
                             Some(f) => Initial::Finished {
                                 restarts,
@@ -229,10 +246,17 @@ pub(super) fn takeover(
 /// A process of this boot that the record names (or whose start it wrote ahead) and that is gone:
 /// it ended while no daemon ran. Without `auto_restart` nothing restarts a process that ended, so
 /// the instance is `exited`, as it would be had a daemon seen the exit — a job that ran is not
-/// run again. (Had the daemon died between writing a start ahead and spawning, which takes a few
-/// milliseconds, that start is lost: a process is never started twice.)
-fn ended(r: &InstanceRecord, program: &ProgramRecord) -> Option<Finished> {
-    (r.may_run() && !program.spec.auto_restart).then(|| Finished {
+/// run again. A start written ahead that the launch journal shows no process for was never
+/// carried out (the daemon died before spawning, or while the old process of a restart was
+/// stopping): it is carried out now, so an acknowledged start is never lost either.
+fn ended(r: &InstanceRecord, program: &ProgramRecord, carried_out: bool) -> Option<Finished> {
+    // A start written ahead that no process of it carried out (the launch journal has no launch
+    // since) was cut short by the crash: nothing ended, the start is carried out now.
+    let cut_short = r.starting.is_some() && !carried_out;
+    // A tombstone's process, or one the daemon had ordered stopped, did not end on its own.
+    let stopped_by_daemon = r.removed || r.stopping;
+    let on_its_own = !cut_short && !stopped_by_daemon;
+    (r.may_run() && !program.spec.auto_restart && on_its_own).then(|| Finished {
         failed: false,
         code: None,
         signal: None,
@@ -243,6 +267,15 @@ fn ended(r: &InstanceRecord, program: &ProgramRecord) -> Option<Finished> {
     })
 }
 
+/// Whether the instance began a spawn after its start was written ahead, as the launch journal
+/// says (`latest`: when its latest spawn began, in nanoseconds after boot). A record written
+/// before starts were timed counts as carried out: a process is never started twice.
+fn started_since_written(r: &InstanceRecord, latest: Option<&u64>) -> bool {
+    match r.starting.as_ref().and_then(|l| l.written_ns) {
+        Some(written) => latest.is_some_and(|&spawned| spawned > written),
+        None => true,
+    }
+}
 /// The id of an instance no program claims, named `name`: instance `index` of `program` when
 /// that spells `name`, else a single instance of a program called `name`. Only its name and
 /// program matter: it is stopped and forgotten.
@@ -326,13 +359,87 @@ mod tests {
     }
 
     #[test]
+    fn a_start_written_ahead_is_carried_out_unless_the_journal_shows_its_launch() {
+        // A job (no auto_restart) whose start was written ahead at 100 ns; no process found.
+        let p = programs(&[spec("job", "true", 1)]);
+        let written = |at: Option<u64>| {
+            let mut r = record("job", None);
+            r.starting = Some(Launch {
+                generation: 5,
+                spec: spec("job", "true", 1),
+                written_ns: at,
+            });
+            vec![("job".to_string(), r)]
+        };
+        let initial = |records, launched: &[(&str, u64)]| {
+            let launched = launched.iter().map(|(n, t)| (n.to_string(), *t)).collect();
+            let t = takeover(&p, records, &[], &launched, Some("this"), alive);
+            t.adopted[0].initial.clone()
+        };
+        // Never launched: cut short by the crash, so it is started now.
+        assert!(matches!(
+            initial(written(Some(100)), &[]),
+            Initial::Fresh { .. }
+        ));
+        // Spawned before this start was written: an earlier run, not this one.
+        let before = initial(written(Some(100)), &[("job", 90)]);
+        assert!(matches!(before, Initial::Fresh { .. }), "{before:?}");
+        // Spawned since: it ran, and ended while no daemon ran. Not run twice.
+        let ran = initial(written(Some(100)), &[("job", 101)]);
+        assert!(matches!(ran, Initial::Finished { .. }), "{ran:?}");
+        // A record from before launches were timed: taken as carried out.
+        assert!(matches!(
+            initial(written(None), &[]),
+            Initial::Finished { .. }
+        ));
+    }
+
+    #[test]
+    fn a_tombstone_says_nothing_about_a_program_of_its_name_that_came_back() {
+        // `job` was deleted while its process stopped, then registered again; the process is gone.
+        let p = programs(&[spec("job", "true", 1)]);
+        let mut r = record("job", Some(500));
+        r.removed = true;
+        r.seq = Some(RunSeq {
+            start: 3,
+            restart: 1,
+        });
+        let t = takeover(
+            &p,
+            vec![("job".into(), r)],
+            &[],
+            &BTreeMap::new(),
+            Some("this"),
+            alive,
+        );
+        let a = &t.adopted[0];
+        assert!(
+            matches!(a.initial, Initial::Fresh { .. }),
+            "{:?}",
+            a.initial
+        );
+        assert_eq!(
+            a.seq,
+            RunSeq::default(),
+            "the new program's requests, not the old one's"
+        );
+    }
+
+    #[test]
     fn a_recorded_live_process_is_adopted_with_the_spec_it_runs() {
         let old = spec("web", "sleep 1", 1);
         let p = programs(&[spec("web", "sleep 2", 1)]);
         let mut r = record("web", Some(10));
         r.spec = Some(old.clone());
         r.generation = Some(4);
-        let t = takeover(&p, vec![("web".into(), r)], &[], Some("this"), alive);
+        let t = takeover(
+            &p,
+            vec![("web".into(), r)],
+            &[],
+            &BTreeMap::new(),
+            Some("this"),
+            alive,
+        );
         let a = &t.adopted[0];
         assert_eq!(
             (pid_of(a), a.found_by, a.orphan),
@@ -347,12 +454,20 @@ mod tests {
         let mut r = record("web", Some(500)); // dead
         r.spec = Some(spec("web", "sleep 1", 1));
         r.starting = Some(Launch {
+            written_ns: None,
             generation: 5,
             spec: spec("web", "sleep 2", 1),
         });
         // The leader, a member of its group, and a younger leader (a setsid escapee of it).
         let tagged = [tag(20, "web", 20), tag(21, "web", 20), tag(30, "web", 30)];
-        let t = takeover(&p, vec![("web".into(), r)], &tagged, Some("this"), alive);
+        let t = takeover(
+            &p,
+            vec![("web".into(), r)],
+            &tagged,
+            &BTreeMap::new(),
+            Some("this"),
+            alive,
+        );
         let a = &t.adopted[0];
         assert_eq!((pid_of(a), a.found_by), (Some(20), Some("tag")));
         assert_eq!(a.spec.exec, Exec::Command("sleep 2".into()));
@@ -368,6 +483,7 @@ mod tests {
                 &programs(&[program]),
                 vec![("web".into(), replaced.clone())],
                 &[tag(20, "web", 20)],
+                &BTreeMap::new(),
                 Some("this"),
                 |_, _| false,
             );
@@ -376,7 +492,7 @@ mod tests {
             );
         }
         // Without any record at all, the desired spec is assumed.
-        let t = takeover(&p, vec![], &tagged, Some("this"), alive);
+        let t = takeover(&p, vec![], &tagged, &BTreeMap::new(), Some("this"), alive);
         assert_eq!(pid_of(&t.adopted[0]), Some(20));
         assert_eq!(t.adopted[0].generation, Some(5));
     }
@@ -400,6 +516,7 @@ mod tests {
             &p,
             vec![("web".into(), web), ("job".into(), job)],
             &[],
+            &BTreeMap::new(),
             Some("this"),
             alive,
         );
@@ -409,7 +526,14 @@ mod tests {
         assert!(
             matches!(&by["job"].initial, Initial::Finished { failed: false, exit: Some(e), .. } if e.code == Some(0))
         );
-        let t = takeover(&p, vec![("job".into(), old_job)], &[], Some("this"), alive);
+        let t = takeover(
+            &p,
+            vec![("job".into(), old_job)],
+            &[],
+            &BTreeMap::new(),
+            Some("this"),
+            alive,
+        );
         assert_eq!(t.adopted[0].initial, Initial::Fresh { restarts: 2 });
     }
 
@@ -424,7 +548,7 @@ mod tests {
                 ("svc".to_string(), record("svc", Some(501))),
             ]
         };
-        let t = takeover(&p, records(), &[], Some("this"), alive);
+        let t = takeover(&p, records(), &[], &BTreeMap::new(), Some("this"), alive);
         let by: BTreeMap<&str, &Adopted> =
             t.adopted.iter().map(|a| (a.id.name.as_str(), a)).collect();
         assert!(
@@ -432,7 +556,7 @@ mod tests {
         );
         assert_eq!(by["svc"].initial, Initial::Fresh { restarts: 2 });
         // After a reboot everything starts again.
-        let t = takeover(&p, records(), &[], Some("next"), alive);
+        let t = takeover(&p, records(), &[], &BTreeMap::new(), Some("next"), alive);
         assert!(t
             .adopted
             .iter()
@@ -454,7 +578,7 @@ mod tests {
         ];
         let mut stray = tag(40, "x-2", 40);
         stray.index = Some(2);
-        let t = takeover(&p, records, &[stray], Some("this"), alive);
+        let t = takeover(&p, records, &[stray], &BTreeMap::new(), Some("this"), alive);
         let orphans: Vec<(&str, &str, u32, &str)> = t
             .adopted
             .iter()
@@ -492,7 +616,7 @@ mod tests {
             tag(62, "web", 60),
             probe,
         ];
-        let t = takeover(&p, vec![], &tagged, Some("this"), alive);
+        let t = takeover(&p, vec![], &tagged, &BTreeMap::new(), Some("this"), alive);
         let pids: Vec<i32> = t.leftovers.iter().map(|t| t.pid).collect();
         assert_eq!(pids, [61, 62, 50]);
         assert_eq!(pid_of(&t.adopted[0]), Some(20));

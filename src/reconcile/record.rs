@@ -22,8 +22,12 @@ pub(super) struct Facts {
     pub spec: Option<(Arc<ProgramSpec>, Option<u64>)>,
     /// A start written ahead: the spec its process will run.
     pub starting: Option<(Arc<ProgramSpec>, Option<u64>)>,
+    /// When that start was written ahead, in clock ticks after boot.
+    pub starting_at: Option<u64>,
     pub seq: RunSeq,
     pub finished: Option<Finished>,
+    /// The loop ordered the process stopped (and has not started one since).
+    pub stopping: bool,
 }
 
 fn same(
@@ -43,7 +47,9 @@ impl PartialEq for Facts {
             == (other.pid, other.start_time, other.restarts, other.seq)
             && same(&self.spec, &other.spec)
             && same(&self.starting, &other.starting)
+            && self.starting_at == other.starting_at
             && self.finished == other.finished
+            && self.stopping == other.stopping
     }
 }
 
@@ -60,8 +66,10 @@ impl Facts {
                 .starting
                 .clone()
                 .map(|l| (Arc::new(l.spec), Some(l.generation))),
+            starting_at: r.starting.as_ref().and_then(|l| l.written_ns),
             seq: r.seq.unwrap_or_default(),
             finished: r.finished.clone(),
+            stopping: r.stopping,
         }
     }
 
@@ -73,8 +81,10 @@ impl Facts {
             restarts,
             spec: None,
             starting: None,
+            starting_at: None,
             seq,
             finished,
+            stopping: false,
         }
     }
 
@@ -100,9 +110,12 @@ impl Facts {
             starting: self.starting.as_ref().map(|(s, g)| Launch {
                 generation: g.unwrap_or(0),
                 spec: (**s).clone(),
+                written_ns: self.starting_at,
             }),
             seq: Some(self.seq),
             finished: self.finished.clone(),
+            removed: false,
+            stopping: self.stopping,
         }
     }
 }

@@ -45,29 +45,38 @@ impl FromStr for Dur {
             input: input.to_string(),
             why,
         };
-        let s = input.trim();
+        let mut s = input.trim();
         if s.is_empty() {
             return Err(err("it is empty"));
         }
-        let split = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| err("the unit is missing"))?;
-        let (num, unit) = s.split_at(split);
-        if num.is_empty() {
-            return Err(err("the number is missing"));
+        // One or more number-unit pairs, as Go's `time.ParseDuration` reads them: "1m30s".
+        let mut secs = 0.0;
+        while !s.is_empty() {
+            let split = s
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .ok_or_else(|| err("the unit is missing"))?;
+            let (num, rest) = s.split_at(split);
+            if num.is_empty() {
+                return Err(err("the number is missing"));
+            }
+            let value: f64 = num.parse().map_err(|_| err("the number is not valid"))?;
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == '.')
+                .unwrap_or(rest.len());
+            let (unit, next) = rest.split_at(unit_len);
+            let unit_secs = match unit.trim() {
+                "ns" => 1e-9,
+                "us" | "µs" => 1e-6,
+                "ms" => 1e-3,
+                "s" | "sec" => 1.0,
+                "m" | "min" => 60.0,
+                "h" => 3600.0,
+                "d" => 86400.0,
+                _ => return Err(err("the unit is not one of ms, s, m, h, d")),
+            };
+            secs += value * unit_secs;
+            s = next.trim_start();
         }
-        let value: f64 = num.parse().map_err(|_| err("the number is not valid"))?;
-        let unit_secs = match unit.trim() {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" | "sec" => 1.0,
-            "m" | "min" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(err("the unit is not one of ms, s, m, h, d")),
-        };
-        let secs = value * unit_secs;
         if !secs.is_finite() || secs > 1e12 {
             return Err(err("it is too large"));
         }
@@ -128,6 +137,8 @@ mod tests {
             ("1h", Duration::from_secs(3600)),
             ("0s", Duration::ZERO),
             ("10s", Duration::from_secs(10)),
+            ("1m30s", Duration::from_secs(90)),
+            ("1h 30m", Duration::from_secs(5400)),
         ];
         for (input, want) in cases {
             assert_eq!(input.parse::<Dur>().unwrap().0, want, "{input}");
@@ -136,7 +147,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_forms_with_a_reason() {
-        for input in ["", "10", "s", "1x", "1..5s", "-1s", "abc"] {
+        for input in ["", "10", "s", "1x", "1..5s", "-1s", "abc", "1m30", "1s x"] {
             let e = input.parse::<Dur>().unwrap_err();
             assert!(e.to_string().contains("invalid duration"), "{input}: {e}");
         }

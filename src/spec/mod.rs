@@ -4,19 +4,25 @@
 //! A value of these types has passed validation: names match the name rule, `command`/`args` are
 //! exclusive, durations parsed, `${VAR}` expanded. They serialize to JSON for the store and the API.
 
+pub mod cron;
 pub mod duration;
+pub mod lifecycle;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use cron::{Concurrency, CronSpec, Schedule, TimeZone};
 pub use duration::Dur;
+pub use lifecycle::{
+    Condition, HookPhase, HookSpec, Hooks, OnFailure, ProbeCheck, ProbeSpec, StatusCodes,
+};
 
-/// Longest program or group name (SPEC §1.2: `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`).
+/// Longest program or group name (`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`, `docs/configuration.md`).
 pub const MAX_NAME_LEN: usize = 64;
 
-/// Checks a program, instance or group name against SPEC §1.2.
+/// Checks a program, instance or group name against the name rule of `docs/configuration.md`.
 ///
 /// The rule keeps every name safe to use as a file name and a URL segment: no `/`, no leading `.`.
 pub fn check_name(name: &str) -> Result<(), String> {
@@ -76,7 +82,7 @@ impl Exec {
     }
 }
 
-/// Where a program's desired state came from (SPEC §4).
+/// Where a program's desired state came from (`docs/store.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "path")]
 pub enum Source {
@@ -98,7 +104,7 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// Log settings of one program after `[log]` defaults were applied (SPEC §6).
+/// Log settings of one program after `[log]` defaults were applied (`docs/logs.md`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogSpec {
     pub stdout: Option<PathBuf>,
@@ -124,7 +130,7 @@ impl Default for LogSpec {
     }
 }
 
-/// What a health detector checks (SPEC §7).
+/// What a health detector checks (`docs/configuration.md`, "Detectors").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum DetectorKind {
@@ -157,7 +163,7 @@ impl DetectorSpec {
     }
 }
 
-/// A validated program: every field of SPEC §2 with defaults applied and values expanded.
+/// A validated program: every field of `docs/configuration.md` with defaults applied and values expanded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramSpec {
     pub name: String,
@@ -202,6 +208,25 @@ pub struct ProgramSpec {
     pub oom_score_adj: Option<i32>,
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// Programs that must meet a condition before this one starts (`docs/configuration.md`,
+    /// "Dependencies"), by program name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub depends_on: BTreeMap<String, Condition>,
+    /// Sets `ready`; a `healthy` dependency waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<ProbeSpec>,
+    /// Failing, restarts the instance under its restart policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<ProbeSpec>,
+    #[serde(default, skip_serializing_if = "Hooks::is_empty")]
+    pub hooks: Hooks,
+    /// A file the daemon writes the process's pid into at each start (mode 0644) and removes
+    /// when it has stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_file: Option<PathBuf>,
+    /// Present for a cron job: run on this schedule instead of kept running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<CronSpec>,
 }
 
 /// `[limits]`: resource limits of the process, each setting the soft and the hard limit.
@@ -269,7 +294,7 @@ mod unlimited {
 }
 
 impl ProgramSpec {
-    /// A spec with every default of SPEC §2, for `exec`.
+    /// A spec with every default of `docs/configuration.md`, for `exec`.
     pub fn new(name: impl Into<String>, exec: Exec) -> ProgramSpec {
         ProgramSpec {
             name: name.into(),
@@ -297,7 +322,18 @@ impl ProgramSpec {
             nice: None,
             oom_score_adj: None,
             limits: Limits::default(),
+            depends_on: BTreeMap::new(),
+            readiness: None,
+            liveness: None,
+            hooks: Hooks::default(),
+            pid_file: None,
+            cron: None,
         }
+    }
+
+    /// A cron job: run on its schedule, not kept running.
+    pub fn is_cron(&self) -> bool {
+        self.cron.is_some()
     }
 
     /// The instances this program runs, in order: `name` for one, `name-1..N` for more.
@@ -307,7 +343,7 @@ impl ProgramSpec {
             .collect()
     }
 
-    /// The stdout and stderr files of one instance (SPEC §6), or `None` for memory-only capture.
+    /// The stdout and stderr files of one instance (`docs/logs.md`), or `None` for memory-only capture.
     ///
     /// Explicit files get the instance number before the extension when there are several
     /// instances, so two instances never share a file.

@@ -1,4 +1,4 @@
-//! The state directory's `daemon.lock`: one daemon per state directory (SPEC §11).
+//! The state directory's `daemon.lock`: one daemon per state directory (`docs/reliability.md`).
 //!
 //! An exclusive, non-blocking `flock` on the file is held for the store's lifetime and dies with
 //! the process, so a crashed daemon never leaves a stale lock behind. The holder writes its pid in

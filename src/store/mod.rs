@@ -1,8 +1,10 @@
 //! The desired-state store: what should run, kept in an embedded sled database under
-//! `[daemon] state_dir` (SPEC §4, §11).
+//! `[daemon] state_dir` (`docs/store.md`).
 //!
-//! Config files and API calls only write here; the reconcile loop reads it and is woken by
-//! [`DesiredStore::subscribe`] after every committed write. Layout of `state_dir`:
+//! Config files and API calls only write here, through `desired::DesiredState`, which refreshes
+//! its in-memory mirror after each write and then wakes the reconcile loop; the store itself only
+//! counts its commits ([`DesiredStore::subscribe`]), so a caller can tell a write that committed
+//! nothing. Layout of `state_dir`:
 //!
 //! - `daemon.lock` — `flock`ed for the store's lifetime: one daemon per state directory.
 //! - `db2/` — the sled 1.x database: one keyspace whose keys carry the record kind as a prefix,
@@ -39,8 +41,9 @@ pub use error::StoreError;
 pub use lock::LOCK_FILE;
 pub use migrations::{SchemaOutcome, CURRENT_SCHEMA};
 pub use records::{
-    resolve_instance, DesiredRun, Finished, InstanceDesired, InstanceRecord, Launch, Owner,
-    ProgramRecord, RunRequest, RunSeq, StoreWrite,
+    resolve_instance, CronChange, CronRun, CronState, DesiredRun, Finished, InstanceDesired,
+    InstanceRecord, Launch, Owner, ProgramRecord, RunCause, RunRequest, RunResult, RunSeq,
+    StoreWrite,
 };
 
 /// The sled 1.x database's directory inside the state directory (schema version 2 on).
@@ -540,8 +543,8 @@ impl Handle {
             .collect()
     }
 
-    /// Stages every write, commits the net result as one atomic sled batch, flushes, then wakes
-    /// subscribers. Returns, per write, whether it changed something. Runs on the writer thread
+    /// Stages every write, commits the net result as one atomic sled batch, flushes, then counts
+    /// the commit for subscribers. Returns, per write, whether it changed something. Runs on the writer thread
     /// only, so nothing else writes in between.
     fn write(
         &self,
@@ -571,97 +574,27 @@ impl Handle {
         self.db()
             .apply_batch(batch(raw))
             .map_err(|e| self.sled_error(format!("commit {records} records"), e))?;
-        // Committed means visible to readers: wake the reconcile loop even if the flush fails,
-        // so it looks at what it can already read.
+        // Committed means visible to readers: count it even if the flush fails, so a subscriber
+        // looks at what it can already read.
         let flushed = self.flush();
         commits.send_modify(|n| *n += 1);
         flushed.map(|()| changed)
     }
 
     fn stage(&self, pending: &mut Pending, write: StoreWrite) -> Result<bool, StoreError> {
+        if let Some(name) = write.program() {
+            let slot = self.program_slot(pending, name)?;
+            let removed = match &write {
+                StoreWrite::DeleteProgram { .. } => slot.now.clone(),
+                _ => None,
+            };
+            let mut changed = write.apply_to_program(&mut slot.now)?;
+            if let StoreWrite::DeleteProgram { name } = &write {
+                changed |= self.retire_instances(pending, name, removed)?;
+            }
+            return Ok(changed);
+        }
         match write {
-            StoreWrite::PutProgram { spec, source } => {
-                let slot = self.program_slot(pending, &spec.name)?;
-                let next = match &slot.now {
-                    None => ProgramRecord::new(spec, source),
-                    Some(old) => ProgramRecord {
-                        generation: if old.spec == spec {
-                            old.generation
-                        } else {
-                            old.generation.saturating_add(1)
-                        },
-                        spec,
-                        source,
-                        error: None,
-                        ..old.clone()
-                    },
-                };
-                let changed = slot.now.as_ref() != Some(&next);
-                slot.now = Some(next);
-                Ok(changed)
-            }
-            StoreWrite::SetError { name, error } => {
-                let slot = self.program_slot(pending, &name)?;
-                let record = slot.now.as_mut().ok_or_else(|| not_found(&name))?;
-                let changed = record.error != error;
-                record.error = error;
-                Ok(changed)
-            }
-            StoreWrite::SetDesired { name, desired } => {
-                let slot = self.program_slot(pending, &name)?;
-                let record = slot.now.as_mut().ok_or_else(|| not_found(&name))?;
-                let changed = record.desired != desired;
-                record.desired = desired;
-                Ok(changed)
-            }
-            StoreWrite::Request {
-                name,
-                instance,
-                request,
-            } => {
-                let slot = self.program_slot(pending, &name)?;
-                let record = slot.now.as_mut().ok_or_else(|| not_found(&name))?;
-                Ok(record.request(instance.as_deref(), request))
-            }
-            StoreWrite::DeleteProgram { name } => {
-                let removed = self.program_slot(pending, &name)?.now.take();
-                let mut changed = removed.is_some();
-                self.load_all_instances(pending)?;
-                for slot in pending.instances.values_mut() {
-                    let Some(record) = slot.now.as_mut().filter(|r| r.program == name) else {
-                        continue;
-                    };
-                    if !record.may_run() {
-                        slot.now = None;
-                        changed = true;
-                    } else if record.spec.is_none() {
-                        // A tombstone: its process may still be stopping, or a crash may have
-                        // left it running. It keeps what a later daemon needs to stop it.
-                        record.spec = removed.as_ref().map(|p| p.spec.clone());
-                        changed |= record.spec.is_some();
-                    }
-                }
-                Ok(changed)
-            }
-            StoreWrite::Expect { name, owner } => {
-                let slot = self.program_slot(pending, &name)?;
-                let source = slot.now.as_ref().map(|r| &r.source);
-                match (owner, source) {
-                    (Owner::Nobody | Owner::NobodyOrApi, None) => Ok(false),
-                    (Owner::Api | Owner::NobodyOrApi, Some(Source::Api)) => Ok(false),
-                    (Owner::Api, None) => Err(not_found(&name)),
-                    (Owner::Nobody, Some(source)) => Err(StoreError::ProgramExists {
-                        name,
-                        owner: source.to_string(),
-                    }),
-                    (Owner::Api | Owner::NobodyOrApi, Some(source)) => {
-                        Err(StoreError::NotApiOwned {
-                            name,
-                            owner: source.to_string(),
-                        })
-                    }
-                }
-            }
             StoreWrite::PutInstance { name, record } => {
                 let slot = self.instance_slot(pending, &name)?;
                 let changed = slot.now.as_ref() != Some(&record);
@@ -671,7 +604,37 @@ impl Handle {
             StoreWrite::DeleteInstance { name } => {
                 Ok(self.instance_slot(pending, &name)?.now.take().is_some())
             }
+            _ => Ok(false),
         }
+    }
+
+    /// The instance records of a deleted program: those without a process go; those that may
+    /// still have one stay as tombstones, carrying the spec a later daemon needs to stop it.
+    fn retire_instances(
+        &self,
+        pending: &mut Pending,
+        program: &str,
+        removed: Option<ProgramRecord>,
+    ) -> Result<bool, StoreError> {
+        let mut changed = false;
+        self.load_all_instances(pending)?;
+        for slot in pending.instances.values_mut() {
+            let Some(record) = slot.now.as_mut().filter(|r| r.program == program) else {
+                continue;
+            };
+            if !record.may_run() {
+                slot.now = None;
+                changed = true;
+            } else {
+                changed |= !record.removed;
+                record.removed = true;
+                if record.spec.is_none() {
+                    record.spec = removed.as_ref().map(|p| p.spec.clone());
+                    changed |= record.spec.is_some();
+                }
+            }
+        }
+        Ok(changed)
     }
 
     /// The program's slot, loaded from the store on first touch.
@@ -759,12 +722,6 @@ impl Handle {
             }
         }
         Ok(())
-    }
-}
-
-fn not_found(name: &str) -> StoreError {
-    StoreError::ProgramNotFound {
-        name: name.to_string(),
     }
 }
 

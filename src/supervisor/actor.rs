@@ -1,10 +1,11 @@
 //! The actor of one instance: the only code that touches its process.
 //!
-//! It waits on five things at once — a command, the child's exit (pidfd), its one lifecycle timer,
-//! and (only when the program has such detectors) a health probe or the probe that precedes a
-//! first spawn — turns each into an [`Input`] for the pure [`state::next`], and carries out the
-//! decision. Nothing here polls: an instance with no detectors and no pending timer costs one
-//! parked task and one pidfd.
+//! It waits on a handful of things at once — a command, the child's exit (pidfd), its one
+//! lifecycle timer, and only when the program has them: a detector's health probe or the probe
+//! that precedes a first spawn, a readiness or liveness probe (`probe.rs`), a batch of hooks
+//! (`hooks.rs`) — turns each into an [`Input`] for the pure [`state::next`], and carries out the
+//! decision. Nothing here polls: an instance with no detectors, no probes and no pending timer
+//! costs one parked task and one pidfd.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -15,18 +16,20 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::{InstanceId, ProgramSpec};
+use crate::config::{HookPhase, InstanceId, ProgramSpec};
 
 use super::health::{probe_detectors, Health, HealthChange, ProbeResult};
+use super::hooks::{HookContext, HookRunner};
+use super::probe::{ProbeChange, Probes, Which};
 use super::process::{
-    is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
-    Group, ProcessWatch,
+    boot_nanos_now, is_alive, kill_group, parse_signal, proc_pgid, proc_start_time,
+    start_time_to_wall, ExitInfo, Group, ProcessWatch,
 };
 use super::reaper::{kill_escapees, poke_reaper, set_ended};
 use super::spawn::{
     spawn_instance, PipeReservation, SpawnError, STDERR_KEEPALIVE_FD, STDOUT_KEEPALIVE_FD,
 };
-use super::state::{self, Action, Input, InstanceState, Lifecycle, Origin, Policy};
+use super::state::{self, Input, InstanceState, Lifecycle, Origin, Policy, ProcessOp};
 use super::tag::signal_instance;
 use super::{Command, Event, Initial, InstanceStatus, RuntimeContext};
 
@@ -60,6 +63,10 @@ pub(super) struct Actor {
     /// The probe before a first spawn (`Origin::Probing`): the label of the detector that passed.
     /// Dropping the handle abandons the probe; it still runs to its end and reaps its shell.
     probe: Option<JoinHandle<Option<String>>>,
+    /// Readiness and liveness probes, armed while `running`.
+    probes: Probes,
+    hooks: HookRunner,
+    hook_ctx: HookContext,
     /// The working copy of the status; published through `tx` when it changes.
     status: InstanceStatus,
     tx: watch::Sender<InstanceStatus>,
@@ -87,13 +94,22 @@ impl Actor {
         let policy = Policy::of(&spec);
         let status = tx.borrow().clone();
         let stop_signal = stop_signal_of(&spec);
-        group.set_stop_signal(stop_signal);
+        group.set_stop_signal(direct_stop(&spec, stop_signal));
+        let hook_ctx = HookContext {
+            id: id.clone(),
+            state_dir: ctx.state_dir.clone(),
+            sink: Arc::clone(&ctx.output),
+            counters: Arc::clone(&ctx.counters),
+        };
         Actor {
             stop_signal,
             group,
             stop_sent: false,
             leftovers: false,
             health: Health::new(&spec.detectors),
+            probes: Probes::new(&spec),
+            hooks: HookRunner::default(),
+            hook_ctx,
             life: Lifecycle::new(restarts, &policy),
             policy,
             id,
@@ -137,11 +153,17 @@ impl Actor {
 
     pub(super) async fn run(mut self) {
         loop {
-            if self.shutting_down && self.child.is_none() && !self.life.state.has_process() {
+            // A shutdown ends the actor once the process is gone and its post_stop hooks ran.
+            if self.shutting_down
+                && self.child.is_none()
+                && !self.life.state.has_process()
+                && self.hooks.idle()
+            {
                 return;
             }
             let deadline = self.life.deadline;
             let probe_due = self.health.next_due();
+            let readiness_due = self.probes.next_due();
             tokio::select! {
                 command = self.inbox.recv() => match command {
                     Some(command) => self.command(command).await,
@@ -170,6 +192,17 @@ impl Actor {
                 }
                 () = sleep_until(probe_due) => {
                     self.health.start_due(&self.spec, &self.id, self.ctx.state_dir.as_ref())
+                }
+                () = sleep_until(readiness_due) => {
+                    let dir = self.ctx.state_dir.clone();
+                    self.probes.start_due(Instant::now(), &self.spec, &self.id, dir.as_ref());
+                }
+                (which, result) = self.probes.finished() => {
+                    self.on_probe_result(which, result).await
+                }
+                (phase, result) = self.hooks.finished() => {
+                    self.on_hooks(phase, result).await;
+                    self.hooks.start_next(&self.hook_ctx);
                 }
             }
         }
@@ -227,6 +260,8 @@ impl Actor {
         let from = self.life.state;
         let restarts = self.life.restarts;
         let was_elsewhere = matches!(self.life.origin, Origin::Elsewhere(_));
+        let was_hooks = self.life.origin == Origin::Hooks;
+        let came_up = matches!(input, Input::Spawned | Input::StartDurationElapsed);
         let decision = state::next(&self.life, &input, &self.policy, Instant::now());
         let transition = decision.is_transition(from);
         let facts = Facts {
@@ -238,7 +273,7 @@ impl Actor {
             // Only a running instance is probed, and only the first crossing of the threshold
             // is an input: every `Unhealthy` the machine accepts is a change of health.
             healthy: matches!(input, Input::Unhealthy { .. }).then_some(false),
-            spawn: decision.action == Action::Spawn,
+            spawn: decision.action == ProcessOp::Spawn,
         };
         self.life = decision.next;
         match (was_elsewhere, &self.life.origin) {
@@ -252,12 +287,28 @@ impl Actor {
         if self.life.origin != Origin::Probing {
             self.probe = None;
         }
+        if was_hooks && self.life.origin != Origin::Hooks && decision.action != ProcessOp::Spawn {
+            // Stopped (or failed) while the hooks before a spawn ran: they are abandoned.
+            self.hooks.abandon(HookPhase::PreStart, &self.hook_ctx);
+        }
         match decision.action {
-            Action::Nothing | Action::Spawn => {}
-            Action::SignalGroup if std::mem::take(&mut self.stop_sent) => {}
-            Action::SignalGroup => self.signal(self.stop_signal),
-            Action::KillGroup => self.signal(Signal::SIGKILL),
-            Action::Probe => self.start_probe(),
+            ProcessOp::Nothing | ProcessOp::Spawn => {}
+            ProcessOp::SignalGroup if std::mem::take(&mut self.stop_sent) => {}
+            ProcessOp::SignalGroup => self.signal(self.stop_signal),
+            ProcessOp::KillGroup => self.signal(Signal::SIGKILL),
+            ProcessOp::Probe => self.start_probe(),
+            ProcessOp::RunHooks => self
+                .hooks
+                .push(HookPhase::PreStart, &self.spec, &self.hook_ctx),
+            ProcessOp::PreStop => self
+                .hooks
+                .push(HookPhase::PreStop, &self.spec, &self.hook_ctx),
+        }
+        let up = came_up && from != InstanceState::Running;
+        if up && self.life.state == InstanceState::Running && !self.spec.hooks.post_start.is_empty()
+        {
+            self.hooks
+                .push(HookPhase::PostStart, &self.spec, &self.hook_ctx);
         }
         if let Some(reason) = decision.reason {
             let to = self.life.state;
@@ -270,7 +321,80 @@ impl Actor {
         }
         self.sync_health();
         self.publish();
-        decision.action == Action::Spawn
+        decision.action == ProcessOp::Spawn
+    }
+
+    /// A batch of hooks has run: its phase's step of the lifecycle follows.
+    async fn on_hooks(&mut self, phase: HookPhase, result: Result<(), String>) {
+        match (phase, result) {
+            (HookPhase::PreStart, Ok(())) => self.apply(Input::HooksDone).await,
+            (HookPhase::PreStart, Err(detail)) => self.apply(Input::HookFailed { detail }).await,
+            (HookPhase::PostStart, Err(detail)) => {
+                self.apply(Input::PostStartFailed { detail }).await
+            }
+            (HookPhase::PreStop, result) => {
+                if let Err(detail) = result {
+                    tracing::warn!(instance = %self.id.name, "{detail}; stopping anyway");
+                }
+                self.apply(Input::PreStopDone).await;
+            }
+            (HookPhase::PostStop, Err(detail)) => {
+                tracing::warn!(instance = %self.id.name, "{detail}");
+                if !self.life.state.has_process() {
+                    let before = self.status.message.take().unwrap_or_default();
+                    self.status.message = Some(format!("{before}; {detail}"));
+                    self.publish();
+                }
+            }
+            (HookPhase::PostStart | HookPhase::PostStop, Ok(())) => {}
+        }
+    }
+
+    /// A probe result: readiness changes `ready` (and `healthy`) with an event; a failing
+    /// liveness probe is an input of the lifecycle.
+    async fn on_probe_result(&mut self, which: Which, result: Result<(), String>) {
+        if self.life.state != InstanceState::Running {
+            return;
+        }
+        let counters = Arc::clone(&self.ctx.counters);
+        let change = self.probes.record(which, result, Instant::now(), &counters);
+        let state = self.life.state;
+        match (which, change) {
+            (_, ProbeChange::Unchanged) | (Which::Liveness, ProbeChange::Passing(_)) => {}
+            (Which::Liveness, ProbeChange::Failing(detail)) => {
+                self.apply(Input::LivenessFailed { detail }).await
+            }
+            (Which::Readiness, ProbeChange::Passing(reason)) => {
+                let facts = Facts {
+                    healthy: Some(true),
+                    ..Facts::default()
+                };
+                let reason = format!("ready: {reason}");
+                self.emit(state, state, &reason, facts);
+                self.status.message = Some(reason);
+                self.publish();
+            }
+            (Which::Readiness, ProbeChange::Failing(detail)) => {
+                let facts = Facts {
+                    healthy: Some(false),
+                    ..Facts::default()
+                };
+                let reason = format!("not ready: readiness probe {detail}");
+                self.emit(state, state, &reason, facts);
+                self.status.message = Some(reason);
+                self.publish();
+            }
+        }
+    }
+
+    /// Readiness and liveness probes run exactly while the instance is `running`.
+    fn sync_probes(&mut self) {
+        let running = self.life.state == InstanceState::Running;
+        if running && !self.probes.armed() {
+            self.probes.arm(Instant::now());
+        } else if !running && self.probes.armed() {
+            self.probes.disarm();
+        }
     }
 
     /// Probes the detectors of the current spec, abandoning any probe still running.
@@ -287,15 +411,25 @@ impl Actor {
             // What the last process left outside its group, before anything starts again.
             self.kill_leftovers(true);
         }
+        let begun = boot_nanos_now();
         let mut spawned =
             spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref()).await?;
         spawned.watch.share_group(self.group.clone());
+        if let (Some(journal), Some(start_time)) = (&self.ctx.launches, spawned.start_time) {
+            journal.launched(&self.id.name, spawned.pid, start_time, begun);
+        }
+        self.probes.process_started(&self.ctx.output);
         self.ctx.output.attach(spawned.stdout, spawned.stderr);
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;
         self.status.spawned_spec = Some(Arc::clone(&self.spec));
         self.status.started_at = Some(SystemTime::now());
         self.set_ended(false);
+        if let Some(path) = &self.spec.pid_file {
+            if let Err(e) = write_pid_file(path, spawned.pid) {
+                tracing::warn!(instance = %self.id.name, path = %path.display(), "cannot write the pid_file: {e}");
+            }
+        }
         self.child = Some(LiveChild {
             watch: spawned.watch,
             started: Instant::now(),
@@ -353,6 +487,14 @@ impl Actor {
             poke_reaper();
         } else {
             self.kill_leftovers(false);
+        }
+        if let Some(path) = &self.spec.pid_file {
+            remove_pid_file(path, child.watch.pid());
+        }
+        if !self.spec.hooks.post_stop.is_empty() {
+            // Queued before anything the exit leads to, so a restart's pre_start runs after it.
+            self.hooks
+                .push(HookPhase::PostStop, &self.spec, &self.hook_ctx);
         }
         self.status.pid = None;
         self.status.pid_start_time = None;
@@ -435,6 +577,7 @@ impl Actor {
         } else if !running && self.health.armed() {
             self.health.disarm();
         }
+        self.sync_probes();
     }
 
     async fn update_spec(&mut self, spec: Arc<ProgramSpec>) {
@@ -447,9 +590,19 @@ impl Actor {
         }
         self.policy = Policy::of(&self.spec);
         self.stop_signal = stop_signal_of(&self.spec);
-        self.group.set_stop_signal(self.stop_signal);
+        self.group
+            .set_stop_signal(direct_stop(&self.spec, self.stop_signal));
         if old.restart_interval != self.spec.restart_interval {
             self.life.restart_delay = self.policy.restart_interval;
+        }
+        if old.readiness != self.spec.readiness || old.liveness != self.spec.liveness {
+            self.probes.disarm();
+            self.probes = Probes::new(&self.spec);
+            if self.child.is_some() {
+                self.probes.process_started(&self.ctx.output);
+            }
+            self.sync_probes();
+            self.publish();
         }
         if old.detectors != self.spec.detectors {
             self.health = Health::new(&self.spec.detectors);
@@ -500,9 +653,12 @@ impl Actor {
         st.restarts = self.life.restarts;
         let elsewhere = match &self.life.origin {
             Origin::Elsewhere(label) => Some(label),
-            Origin::Own | Origin::Probing => None,
+            Origin::Own | Origin::Probing | Origin::Hooks => None,
         };
-        st.healthy = (self.child.is_some() || elsewhere.is_some()) && self.health.healthy();
+        st.ready = self.life.state == InstanceState::Running && self.probes.ready();
+        st.healthy = (self.child.is_some() || elsewhere.is_some())
+            && self.health.healthy()
+            && self.probes.ready();
         st.detected_by = match (&self.child, elsewhere) {
             (Some(_), _) => Some("exec:pid".to_string()),
             (None, label) => label.cloned(),
@@ -558,6 +714,7 @@ impl Actor {
         if proc_pgid(pid) != Some(pid) {
             tracing::warn!(instance = %self.id.name, pid, "adopted process no longer leads its process group; stop signals go to it alone");
         }
+        self.probes.process_started(&self.ctx.output);
         match reopen_output(pid) {
             Ok((stdout, stderr)) => self.ctx.output.attach(stdout, stderr),
             Err(why) => {
@@ -613,6 +770,36 @@ fn reopen_pipe(pid: i32, keep: i32, stream: i32) -> Result<OwnedFd, String> {
     Ok(OwnedFd::from(file))
 }
 
+/// Writes `pid` into `path` (mode 0644), whole: a reader never sees half a pid.
+fn write_pid_file(path: &std::path::Path, pid: i32) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("pid.provisr-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)?;
+    f.write_all(format!("{pid}\n").as_bytes())?;
+    // The mode asked for above went through the daemon's umask.
+    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Removes `path` if it still names `pid`: a file someone rewrote since is not ours to remove.
+fn remove_pid_file(path: &std::path::Path, pid: i32) {
+    let ours = std::fs::read_to_string(path).is_ok_and(|t| t.trim() == pid.to_string());
+    if ours {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(path = %path.display(), "cannot remove the pid_file: {e}");
+        }
+    }
+}
+
 /// Whether two specs start the same process: what a change that restarts (command or args,
 /// work_dir, env, use_os_env; `docs/hot-reload.md`) would differ in.
 fn same_launch(a: &ProgramSpec, b: &ProgramSpec) -> bool {
@@ -624,6 +811,12 @@ fn stop_signal_of(spec: &ProgramSpec) -> Signal {
         tracing::warn!(program = %spec.name, signal = %spec.stop_signal, "unknown stop_signal; using TERM");
         Signal::SIGTERM
     })
+}
+
+/// The stop signal a handle may send at once, for a stop batched with others: none when
+/// `pre_stop` hooks must run before it (the actor signals once they have).
+fn direct_stop(spec: &ProgramSpec, signal: Signal) -> Option<Signal> {
+    spec.hooks.pre_stop.is_empty().then_some(signal)
 }
 
 /// The child's exit, or never when there is no child.

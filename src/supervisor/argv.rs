@@ -1,4 +1,4 @@
-//! The argv a program's `exec` turns into (SPEC §2).
+//! The argv a program's `exec` turns into (`docs/configuration.md`).
 //!
 //! `command` goes through `/bin/sh -c` only when it needs a shell; a plain `prog arg arg` is split on
 //! whitespace and exec'd directly, so the supervised pid is the program itself, not a shell wrapped

@@ -1,4 +1,4 @@
-//! Health detectors (SPEC §7): is an instance's program alive beyond "its pid exists"?
+//! Health detectors (`docs/configuration.md`, "Detectors"): is an instance's program alive beyond "its pid exists"?
 //!
 //! `exec:pid` needs no code here: it is the pidfd the actor already waits on, so it costs nothing
 //! and notices an exit at once. `pidfile` and `command` detectors are probed every `interval`, and
@@ -56,7 +56,7 @@ pub(crate) async fn probe(
 /// Probes every detector other than `exec:pid` once and returns the label of the first that passes.
 ///
 /// A daemon that knows no live pid for an instance uses this to decide the instance is "already
-/// running elsewhere" (SPEC §7) and must not be started twice. `state_dir` tags the probing
+/// running elsewhere" (`docs/configuration.md`, "Detectors") and must not be started twice. `state_dir` tags the probing
 /// shells as the daemon's children (`PROVISR_STATE_DIR`, see `docs/runtime.md`).
 pub async fn probe_detectors(
     spec: &ProgramSpec,
@@ -96,7 +96,7 @@ async fn check_pidfile(path: &Path) -> ProbeResult {
 ///
 /// The shell leads its own process group, so a timeout kills the whole probe (a pipeline, a
 /// backgrounded helper) and the shell is always reaped, timeout or not.
-async fn run_command(
+pub(crate) async fn run_command(
     command: &str,
     timeout: Duration,
     spec: &ProgramSpec,

@@ -19,9 +19,12 @@
 mod actor;
 pub mod argv;
 pub mod health;
+pub mod hooks;
 mod identity;
 mod launch;
+pub mod launches;
 pub mod output;
+mod probe;
 mod process;
 pub mod reaper;
 pub mod spawn;
@@ -30,6 +33,7 @@ pub mod state;
 pub mod tag;
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -41,10 +45,10 @@ use crate::config::{InstanceId, ProgramSpec};
 
 pub use argv::argv;
 pub use health::probe_detectors;
-pub use output::OutputSink;
+pub use output::{LineStream, OutputSink, OutputStream};
 pub use process::{
-    boot_id, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit, signal_group_of,
-    ExitInfo, FdLimit, FdLimitError,
+    boot_id, boot_nanos_now, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit,
+    signal_group_of, ExitInfo, FdLimit, FdLimitError,
 };
 pub use spawn::{SpawnError, DAEMON_ONLY_ENV, INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
 pub use state::InstanceState;
@@ -62,6 +66,19 @@ pub struct RuntimeContext {
     /// `PROVISR_STATE_DIR` so a later daemon can find it in `/proc` (`docs/runtime.md`). `None`
     /// spawns untagged processes: a runtime used without a daemon.
     pub state_dir: Option<Arc<Path>>,
+    /// Where each spawn is noted as it succeeds (`launches.rs`); `None` notes nothing.
+    pub launches: Option<Arc<launches::LaunchJournal>>,
+    /// Counts of what no event carries: probe results, hook failures.
+    pub counters: Arc<RuntimeCounters>,
+}
+
+/// Counts every actor adds to and the metrics module reads (`docs/metrics.md`).
+#[derive(Debug, Default)]
+pub struct RuntimeCounters {
+    /// Probe results: `[readiness, liveness]` × `[success, failure]`.
+    pub probes: [[AtomicU64; 2]; 2],
+    /// Failed hook runs by phase, in [`crate::config::HookPhase::ALL`] order.
+    pub hook_failures: [AtomicU64; 4],
 }
 
 /// How an actor begins.
@@ -108,8 +125,12 @@ pub struct InstanceStatus {
     #[serde(with = "rfc3339_opt")]
     pub stopped_at: Option<SystemTime>,
     pub last_exit: Option<ExitInfo>,
-    /// The process is alive and no detector has reached its failure threshold.
+    /// The process is alive, no detector has reached its failure threshold, and the readiness
+    /// probe (if any) passes.
     pub healthy: bool,
+    /// `running` and the readiness probe (if any) passes.
+    #[serde(default)]
+    pub ready: bool,
     /// Which detector says the instance runs: `exec:pid` for a process this runtime watches.
     pub detected_by: Option<String>,
     #[serde(with = "rfc3339_opt")]
@@ -134,6 +155,7 @@ impl InstanceStatus {
             stopped_at: None,
             last_exit: None,
             healthy: false,
+            ready: false,
             detected_by: None,
             next_retry_at: None,
             message: None,
@@ -141,10 +163,10 @@ impl InstanceStatus {
     }
 }
 
-/// One state transition of one instance (SPEC §9.3), or a change of its health (then `from` and
+/// One state transition of one instance (`docs/api.md`), or a change of its health (then `from` and
 /// `to` are both `running` and `healthy` says which way it went).
 ///
-/// Besides the SPEC's `{time, name, from, to, reason}` an event carries what consumers such as the
+/// Besides `{time, name, from, to, reason}` (`docs/api.md`) an event carries what consumers such as the
 /// metrics module would otherwise have to parse out of `reason`: the program, the exit behind it,
 /// whether it spawns a process, whether that is an automatic restart, the new health.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -168,7 +190,7 @@ pub struct Event {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
     /// A new process is spawned with this event: a start, a retry of a failed start, a restart.
-    /// False when an instance enters `starting` only to probe its detectors first (SPEC §7); the
+    /// False when an instance enters `starting` only to probe its detectors first (`docs/configuration.md`, "Detectors"); the
     /// spawn that may follow is an event of its own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spawn: bool,

@@ -4,6 +4,17 @@
 //! module in the daemon, a small file writer in tests) implements [`OutputSink`].
 
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
+
+/// New complete lines of an instance's output, both streams, oldest first.
+pub type LineStream = Pin<Box<dyn futures_util::Stream<Item = String> + Send>>;
+
+/// One of an instance's two output streams, as the runtime names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
 
 /// Where an instance's output goes. The logs module implements this; tests can use a file sink.
 ///
@@ -17,4 +28,16 @@ use std::os::fd::OwnedFd;
 pub trait OutputSink: Send + Sync + 'static {
     /// Take over the read ends of a new child's stdout and stderr pipes; called once per spawn/adoption.
     fn attach(&self, stdout: OwnedFd, stderr: OwnedFd);
+
+    /// Adds a line of the runtime's own to the instance's output: a hook's output, prefixed
+    /// with its name (`docs/configuration.md`, "Hooks"). A sink that keeps nothing drops it.
+    fn note(&self, stream: OutputStream, line: &str) {
+        let _ = (stream, line);
+    }
+
+    /// Every complete line either stream gets from now on, for a `log` probe. A sink that
+    /// keeps nothing yields none.
+    fn lines(&self) -> LineStream {
+        Box::pin(futures_util::stream::pending())
+    }
 }

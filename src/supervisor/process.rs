@@ -186,9 +186,9 @@ impl Group {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The instance's stop signal from now on.
-    pub(crate) fn set_stop_signal(&self, sig: Signal) {
-        self.lock().stop_signal = Some(sig);
+    /// The stop signal a handle sends from now on; `None`: only the actor signals.
+    pub(crate) fn set_stop_signal(&self, sig: Option<Signal>) {
+        self.lock().stop_signal = sig;
     }
 
     /// Sends the stop signal to the group, unless it was sent to this leader already; the
@@ -507,6 +507,13 @@ pub fn proc_start_time(pid: i32) -> Option<u64> {
         return None;
     }
     stat_fields(pid)?.get(22 - 3)?.parse().ok()
+}
+
+/// Now, in nanoseconds after boot (`CLOCK_BOOTTIME`): fine enough that a start written ahead
+/// and a spawn that carries it out, one after the other, never read the same value.
+pub fn boot_nanos_now() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    (now.tv_sec as u64) * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// True when `pid` is alive (not a zombie) and started at `start_time`: still that process.

@@ -25,7 +25,7 @@ use super::process::{
     child_fd_limit, kill_group, proc_start_time, reap_owned, spawn_owned, ProcessWatch,
 };
 
-/// `PATH` of a child when `use_os_env = false` (SPEC §5).
+/// `PATH` of a child when `use_os_env = false` (`docs/configuration.md`).
 pub const MINIMAL_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The capacity asked for each output pipe: a child writing bursts keeps running while the log

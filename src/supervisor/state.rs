@@ -1,7 +1,7 @@
 //! The lifecycle of one instance as data: states, the allowed transitions, and a pure [`next`].
 //!
 //! Nothing here touches a process or a clock: [`next`] maps (lifecycle, input, policy, now) to a
-//! [`Decision`] — the new lifecycle, what the actor must do, and why — so every rule of SPEC §2/§3.1
+//! [`Decision`] — the new lifecycle, what the actor must do, and why — so every rule of `docs/configuration.md` and `docs/runtime.md`
 //! is a table row tested below. The actor (`actor.rs`) only feeds inputs and performs actions.
 //!
 //! The one timer an instance may have lives in [`Lifecycle::deadline`]; which input it produces
@@ -10,8 +10,15 @@
 //! deadline of the next lifecycle.
 //!
 //! [`Lifecycle::origin`] says whose process a `starting`/`running` instance has: ours, none yet
-//! (probing the detectors before a first spawn), or one running elsewhere that a detector found
-//! (SPEC §7). The rules for the last two are [`probing`] and [`elsewhere`].
+//! (probing the detectors before a first spawn, or running the hooks before a spawn), or one
+//! running elsewhere that a detector found (`docs/configuration.md`, "Detectors"). The rules for
+//! those are [`probing`], [`hooks`] and [`elsewhere`].
+//!
+//! Hooks (`docs/configuration.md`, "Hooks") are steps of the lifecycle too: a spawn of a program
+//! with `pre_start` (or `post_stop`) hooks first runs them ([`ProcessOp::RunHooks`], then
+//! [`Input::HooksDone`] or [`Input::HookFailed`]); a stop of one with `pre_stop` hooks runs them
+//! before the stop signal ([`ProcessOp::PreStop`], then [`Input::PreStopDone`]), its
+//! `stop_timeout` counted from the signal.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -21,10 +28,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Dur, ProgramSpec};
 
 /// How long a process must have run, beyond `start_duration`, for a crash to count as "after
-/// stable running", resetting the restart delay (SPEC §2 `restart_interval`).
+/// stable running", resetting the restart delay (`restart_interval`, `docs/configuration.md`).
 pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
-/// Where an instance is in its lifecycle (SPEC §3.1).
+/// Where an instance is in its lifecycle (`docs/runtime.md`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
@@ -105,6 +112,10 @@ pub const TRANSITIONS: &[(InstanceState, InstanceState)] = {
         (Running, Exited),
         // Stop of an instance running elsewhere: forgotten, never signalled.
         (Running, Stopped),
+        // Stopped for a failing liveness probe without auto_restart, or a failing post_start
+        // hook.
+        (Stopping, Exited),
+        (Stopping, Failed),
         (Backoff, Starting),
         (Backoff, Stopped),
         (Stopping, Stopped),
@@ -133,8 +144,12 @@ pub struct Policy {
     pub restart_max_interval: Duration,
     pub stop_timeout: Duration,
     /// The program has detectors besides `exec:pid`, so a start that knows no process of the
-    /// instance probes them first (SPEC §7 "already running elsewhere").
+    /// instance probes them first ("already running elsewhere", `docs/runtime.md`).
     pub probes: bool,
+    /// The program has `pre_start` or `post_stop` hooks: every spawn waits for them.
+    pub hooks_before_spawn: bool,
+    /// The program has `pre_stop` hooks: every stop signal waits for them.
+    pub pre_stop: bool,
 }
 
 impl Policy {
@@ -151,6 +166,9 @@ impl Policy {
                 .detectors
                 .iter()
                 .any(|d| d.kind != crate::config::DetectorKind::ExecPid),
+            hooks_before_spawn: !(spec.hooks.pre_start.is_empty()
+                && spec.hooks.post_stop.is_empty()),
+            pre_stop: !spec.hooks.pre_stop.is_empty(),
         }
     }
 }
@@ -197,11 +215,27 @@ pub enum Input {
     ElsewhereGone {
         detail: String,
     },
+    /// The hooks before a spawn (`post_stop` of the last process, `pre_start`) have run.
+    HooksDone,
+    /// A `pre_start` hook failed and may not be ignored: the instance does not start.
+    HookFailed {
+        detail: String,
+    },
+    /// The `pre_stop` hooks have run: time for the stop signal.
+    PreStopDone,
+    /// A `post_start` hook failed and may not be ignored: the instance is stopped, `failed`.
+    PostStartFailed {
+        detail: String,
+    },
+    /// The liveness probe failed `failure_threshold` times in a row.
+    LivenessFailed {
+        detail: String,
+    },
 }
 
 /// What the actor must do to carry out a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum ProcessOp {
     Nothing,
     /// Spawn a new process; the result comes back as `Spawned` or `SpawnFailed`.
     Spawn,
@@ -212,6 +246,10 @@ pub enum Action {
     /// Probe the detectors other than `exec:pid` once; the result comes back as
     /// `DetectedElsewhere` or `NotDetected`.
     Probe,
+    /// Run the hooks before a spawn; the result comes back as `HooksDone` or `HookFailed`.
+    RunHooks,
+    /// Run the `pre_stop` hooks; `PreStopDone` follows, and the stop signal with it.
+    PreStop,
 }
 
 /// Whose process a `starting` or `running` instance has.
@@ -222,6 +260,8 @@ pub enum Origin {
     Own,
     /// `starting` with no process yet: the detectors are being probed before the first spawn.
     Probing,
+    /// `starting` with no process yet: the hooks before a spawn run.
+    Hooks,
     /// `running` with no process of ours: the detector with this label says the program runs
     /// elsewhere. Nothing is ever signalled; a stop only forgets it.
     Elsewhere(String),
@@ -236,6 +276,10 @@ pub enum AfterStop {
     Start,
     /// Start again as an automatic restart (unhealthy with `auto_restart`): counts in `restarts`.
     Restart,
+    /// End `exited` (a failing liveness probe without `auto_restart`).
+    Exit,
+    /// End `failed` (a failing `post_start` hook).
+    Fail,
 }
 
 /// What a `backoff` is waiting for.
@@ -251,7 +295,7 @@ pub enum BackoffFor {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lifecycle {
     pub state: InstanceState,
-    /// Automatic restarts so far (SPEC §9.2 `restarts`).
+    /// Automatic restarts so far (`restarts`, `docs/api.md`).
     pub restarts: u64,
     /// Retries of failed starts used since the last explicit start or successful start.
     pub retries: u32,
@@ -266,6 +310,10 @@ pub struct Lifecycle {
     /// or since it forgot a process running elsewhere: an explicit start probes the detectors
     /// first, when the program has any. Cleared by every spawn, so restarts never probe.
     pub probe_on_start: bool,
+    /// `stopping` while the `pre_stop` hooks run: the stop signal is still to be sent.
+    pub pre_stop: bool,
+    /// Why the instance is being restarted automatically, for the message once it runs again.
+    pub cause: Option<String>,
 }
 
 impl Lifecycle {
@@ -281,6 +329,8 @@ impl Lifecycle {
             deadline: None,
             origin: Origin::Own,
             probe_on_start: true,
+            pre_stop: false,
+            cause: None,
         }
     }
 
@@ -300,7 +350,7 @@ impl Lifecycle {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub next: Lifecycle,
-    pub action: Action,
+    pub action: ProcessOp,
     /// Why, for the event and the status message; `None` when the input changed nothing.
     pub reason: Option<String>,
 }
@@ -309,7 +359,7 @@ impl Decision {
     /// True when this decision is a transition worth an event: the state changed, or a new process
     /// is spawned in the same state (an immediate retry).
     pub fn is_transition(&self, from: InstanceState) -> bool {
-        self.next.state != from || self.action == Action::Spawn
+        self.next.state != from || matches!(self.action, ProcessOp::Spawn | ProcessOp::RunHooks)
     }
 }
 
@@ -334,25 +384,65 @@ pub fn next(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> D
     let mut d = match &life.origin {
         Origin::Own => own(life, input, policy, now),
         Origin::Probing => probing(life, input),
+        Origin::Hooks => hooks(life, input),
         Origin::Elsewhere(label) => elsewhere(life, label, input, policy, now),
     };
-    if d.action == Action::Spawn {
+    if d.action == ProcessOp::Spawn {
         // Whatever ran elsewhere is forgotten once we spawn our own; later starts never probe.
         d.next.origin = Origin::Own;
         d.next.probe_on_start = false;
+        // Every spawn waits for the hooks before it, except the one they just made way for.
+        if policy.hooks_before_spawn && *input != Input::HooksDone {
+            d.next.origin = Origin::Hooks;
+            d.next.deadline = None;
+            d.action = ProcessOp::RunHooks;
+        }
     }
     d
+}
+
+/// `starting` with no process: the hooks before a spawn run.
+fn hooks(life: &Lifecycle, input: &Input) -> Decision {
+    use InstanceState::*;
+    let mut n = life.clone();
+    match input {
+        Input::HooksDone => go(
+            n,
+            Starting,
+            ProcessOp::Spawn,
+            "hooks done; spawning".to_string(),
+        ),
+        Input::HookFailed { detail } => {
+            n.origin = Origin::Own;
+            n.deadline = None;
+            n.cause = None;
+            go(
+                n,
+                Failed,
+                ProcessOp::Nothing,
+                format!("{detail}; not started"),
+            )
+        }
+        Input::StopRequested => {
+            n.origin = Origin::Own;
+            n.deadline = None;
+            n.cause = None;
+            go(n, Stopped, ProcessOp::Nothing, "stop requested".to_string())
+        }
+        // Already starting; nothing runs that a timer, an exit or a probe could be about.
+        _ => ignore(life),
+    }
 }
 
 fn ignore(life: &Lifecycle) -> Decision {
     Decision {
         next: life.clone(),
-        action: Action::Nothing,
+        action: ProcessOp::Nothing,
         reason: None,
     }
 }
 
-fn go(mut n: Lifecycle, state: InstanceState, action: Action, reason: String) -> Decision {
+fn go(mut n: Lifecycle, state: InstanceState, action: ProcessOp, reason: String) -> Decision {
     n.state = state;
     Decision {
         next: n,
@@ -373,20 +463,20 @@ fn probing(life: &Lifecycle, input: &Input) -> Decision {
             go(
                 n,
                 Running,
-                Action::Nothing,
+                ProcessOp::Nothing,
                 format!("already running elsewhere (detected by {label}); not started again"),
             )
         }
         Input::NotDetected => go(
             n,
             Starting,
-            Action::Spawn,
+            ProcessOp::Spawn,
             "not running elsewhere (no detector passed); spawning".to_string(),
         ),
         Input::StopRequested => {
             n.origin = Origin::Own;
             n.deadline = None;
-            go(n, Stopped, Action::Nothing, "stop requested".to_string())
+            go(n, Stopped, ProcessOp::Nothing, "stop requested".to_string())
         }
         // A start or restart is already under way and there is nothing to stop; the spawn that
         // may follow uses the spec of that moment. Timers, exits and health cannot happen here.
@@ -411,7 +501,7 @@ fn elsewhere(
             go(
                 n,
                 Stopped,
-                Action::Nothing,
+                ProcessOp::Nothing,
                 format!(
                     "stop requested; the process running elsewhere (detected by {label}) was not \
                      started by provisr and is left alone"
@@ -426,16 +516,16 @@ fn elsewhere(
             go(
                 n,
                 Starting,
-                Action::Probe,
+                ProcessOp::Probe,
                 format!(
                     "restart requested; the process running elsewhere (detected by {label}) is \
                      not provisr's to restart: probing the detectors again"
                 ),
             )
         }
-        Input::Unhealthy { detail } => Decision {
+        Input::Unhealthy { detail } | Input::LivenessFailed { detail } => Decision {
             next: n,
-            action: Action::Nothing,
+            action: ProcessOp::Nothing,
             reason: Some(format!(
                 "unhealthy: {detail} (running elsewhere: not restarted)"
             )),
@@ -461,8 +551,14 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
     let mut n = life.clone();
     let stop = |mut n: Lifecycle, after: AfterStop, reason: &str| {
         n.after_stop = after;
+        if policy.pre_stop {
+            // The stop signal, and stop_timeout with it, waits for the pre_stop hooks.
+            n.pre_stop = true;
+            n.deadline = None;
+            return go(n, Stopping, ProcessOp::PreStop, reason.to_string());
+        }
         n.deadline = Some(now + policy.stop_timeout);
-        go(n, Stopping, Action::SignalGroup, reason.to_string())
+        go(n, Stopping, ProcessOp::SignalGroup, reason.to_string())
     };
 
     match (life.state, input) {
@@ -472,6 +568,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             n.restart_delay = policy.restart_interval;
             n.deadline = None;
             n.after_stop = AfterStop::Stay;
+            n.cause = None;
             let why = match input {
                 Input::RestartRequested => "restart requested",
                 _ => "start requested",
@@ -481,11 +578,11 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
                 return go(
                     n,
                     Starting,
-                    Action::Probe,
+                    ProcessOp::Probe,
                     format!("{why}; probing the detectors first: is it already running elsewhere?"),
                 );
             }
-            go(n, Starting, Action::Spawn, why.to_string())
+            go(n, Starting, ProcessOp::Spawn, why.to_string())
         }
         (Starting | Running, Input::StartRequested) => ignore(life),
         (Starting | Running, Input::RestartRequested) => {
@@ -495,7 +592,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             n.after_stop = AfterStop::Start;
             Decision {
                 next: n,
-                action: Action::Nothing,
+                action: ProcessOp::Nothing,
                 reason: Some("start requested; starting again once stopped".to_string()),
             }
         }
@@ -509,25 +606,26 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             n.after_stop = AfterStop::Stay;
             Decision {
                 next: n,
-                action: Action::Nothing,
+                action: ProcessOp::Nothing,
                 reason: Some("stop requested".to_string()),
             }
         }
         (Backoff | Exited | Failed, Input::StopRequested) => {
             n.deadline = None;
-            go(n, Stopped, Action::Nothing, "stop requested".to_string())
+            go(n, Stopped, ProcessOp::Nothing, "stop requested".to_string())
         }
 
         (Starting, Input::Spawned) => {
             if policy.start_duration.is_zero() {
                 n.retries = 0;
                 n.deadline = None;
-                go(n, Running, Action::Nothing, "started".to_string())
+                let reason = started(&mut n, "started".to_string());
+                go(n, Running, ProcessOp::Nothing, reason)
             } else {
                 n.deadline = Some(now + policy.start_duration);
                 Decision {
                     next: n,
-                    action: Action::Nothing,
+                    action: ProcessOp::Nothing,
                     reason: Some(format!(
                         "spawned; running once up for start_duration {}",
                         dur(policy.start_duration)
@@ -541,12 +639,9 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
         (Starting, Input::StartDurationElapsed) => {
             n.retries = 0;
             n.deadline = None;
-            go(
-                n,
-                Running,
-                Action::Nothing,
-                format!("up for start_duration {}", dur(policy.start_duration)),
-            )
+            let reason = format!("up for start_duration {}", dur(policy.start_duration));
+            let reason = started(&mut n, reason);
+            go(n, Running, ProcessOp::Nothing, reason)
         }
         (
             Starting,
@@ -577,8 +672,38 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
                 uptime,
             },
         ) => started_exit(n, describe_exit(*code, *signal), *uptime, policy, now),
+        (Running, Input::LivenessFailed { detail }) => {
+            if policy.auto_restart {
+                n.cause = Some(format!("liveness probe failed: {detail}"));
+                stop(
+                    n,
+                    AfterStop::Restart,
+                    &format!("liveness probe failed: {detail}; restarting"),
+                )
+            } else {
+                stop(
+                    n,
+                    AfterStop::Exit,
+                    &format!("liveness probe failed: {detail}; stopping (auto_restart is off)"),
+                )
+            }
+        }
+        (Running, Input::PostStartFailed { detail }) => {
+            n.cause = None;
+            stop(n, AfterStop::Fail, &format!("{detail}; stopping"))
+        }
+        (Stopping, Input::PreStopDone) if n.pre_stop => {
+            n.pre_stop = false;
+            n.deadline = Some(now + policy.stop_timeout);
+            Decision {
+                next: n,
+                action: ProcessOp::SignalGroup,
+                reason: Some("pre_stop hooks done; stop signal sent".to_string()),
+            }
+        }
         (Running, Input::Unhealthy { detail }) => {
             if policy.auto_restart {
+                n.cause = Some(format!("unhealthy: {detail}"));
                 stop(
                     n,
                     AfterStop::Restart,
@@ -587,7 +712,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             } else {
                 Decision {
                     next: n,
-                    action: Action::Nothing,
+                    action: ProcessOp::Nothing,
                     reason: Some(format!("unhealthy: {detail}")),
                 }
             }
@@ -602,14 +727,14 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
                 }
                 BackoffFor::Retry => "retrying",
             };
-            go(n, Starting, Action::Spawn, why.to_string())
+            go(n, Starting, ProcessOp::Spawn, why.to_string())
         }
 
         (Stopping, Input::StopTimeout) => {
             n.deadline = None;
             Decision {
                 next: n,
-                action: Action::KillGroup,
+                action: ProcessOp::KillGroup,
                 reason: Some(format!(
                     "still running stop_timeout {} after the stop signal; sent SIGKILL to the group",
                     dur(policy.stop_timeout)
@@ -618,17 +743,20 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
         }
         (Stopping, Input::Exited { code, signal, .. }) => {
             n.deadline = None;
+            n.pre_stop = false;
             let after = std::mem::replace(&mut n.after_stop, AfterStop::Stay);
             let exit = describe_exit(*code, *signal);
             match after {
-                AfterStop::Stay => go(n, Stopped, Action::Nothing, format!("stopped ({exit})")),
+                AfterStop::Stay => go(n, Stopped, ProcessOp::Nothing, format!("stopped ({exit})")),
+                AfterStop::Exit => go(n, Exited, ProcessOp::Nothing, format!("stopped ({exit})")),
+                AfterStop::Fail => go(n, Failed, ProcessOp::Nothing, format!("stopped ({exit})")),
                 AfterStop::Start => {
                     n.retries = 0;
                     n.restart_delay = policy.restart_interval;
                     go(
                         n,
                         Starting,
-                        Action::Spawn,
+                        ProcessOp::Spawn,
                         format!("stopped ({exit}); starting again"),
                     )
                 }
@@ -637,7 +765,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
                     go(
                         n,
                         Starting,
-                        Action::Spawn,
+                        ProcessOp::Spawn,
                         format!("stopped ({exit}); restarting"),
                     )
                 }
@@ -649,7 +777,7 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
             go(
                 n,
                 Running,
-                Action::Nothing,
+                ProcessOp::Nothing,
                 format!("adopted pid {pid}, started by an earlier daemon"),
             )
         }
@@ -657,6 +785,14 @@ fn own(life: &Lifecycle, input: &Input, policy: &Policy, now: Instant) -> Decisi
         // Everything else cannot happen or no longer matters (a stale timer, an exit with no
         // process, unhealthy outside `running`, a start while already starting).
         _ => ignore(life),
+    }
+}
+
+/// The reason for reaching `running`, with the cause of the automatic restart that led here.
+fn started(n: &mut Lifecycle, reason: String) -> String {
+    match n.cause.take() {
+        Some(cause) => format!("{reason} again after {cause}"),
+        None => reason,
     }
 }
 
@@ -670,7 +806,7 @@ fn failed_start(mut n: Lifecycle, what: String, policy: &Policy, now: Instant) -
             n.state = InstanceState::Starting;
             return Decision {
                 next: n,
-                action: Action::Spawn,
+                action: ProcessOp::Spawn,
                 reason: Some(reason),
             };
         }
@@ -679,7 +815,7 @@ fn failed_start(mut n: Lifecycle, what: String, policy: &Policy, now: Instant) -
         n.state = InstanceState::Backoff;
         Decision {
             next: n,
-            action: Action::Nothing,
+            action: ProcessOp::Nothing,
             reason: Some(reason),
         }
     } else {
@@ -692,7 +828,7 @@ fn failed_start(mut n: Lifecycle, what: String, policy: &Policy, now: Instant) -
         };
         Decision {
             next: n,
-            action: Action::Nothing,
+            action: ProcessOp::Nothing,
             reason: Some(reason),
         }
     }
@@ -712,7 +848,7 @@ fn started_exit(
         n.state = InstanceState::Exited;
         return Decision {
             next: n,
-            action: Action::Nothing,
+            action: ProcessOp::Nothing,
             reason: Some(exit),
         };
     }
@@ -731,7 +867,7 @@ fn started_exit(
         n.state = InstanceState::Starting;
         return Decision {
             next: n,
-            action: Action::Spawn,
+            action: ProcessOp::Spawn,
             reason: Some(format!("{exit}; restarting")),
         };
     }
@@ -740,7 +876,7 @@ fn started_exit(
     n.state = InstanceState::Backoff;
     Decision {
         next: n,
-        action: Action::Nothing,
+        action: ProcessOp::Nothing,
         reason: Some(format!("{exit}; restarting in {}", dur(delay))),
     }
 }
@@ -760,6 +896,8 @@ mod tests {
             restart_max_interval: Duration::from_secs(5),
             stop_timeout: Duration::from_secs(10),
             probes: false,
+            hooks_before_spawn: false,
+            pre_stop: false,
         }
     }
 
@@ -831,6 +969,17 @@ mod tests {
             },
             Input::NotDetected,
             gone(),
+            Input::HooksDone,
+            Input::HookFailed {
+                detail: "pre_start hook `migrate` failed: exited with code 1".into(),
+            },
+            Input::PreStopDone,
+            Input::PostStartFailed {
+                detail: "post_start hook `warm` failed: exited with code 2".into(),
+            },
+            Input::LivenessFailed {
+                detail: "http:http://x failed 3 times in a row: 500".into(),
+            },
         ]
     }
 
@@ -851,13 +1000,18 @@ mod tests {
             Input::DetectedElsewhere { .. } => "detected",
             Input::NotDetected => "not_detected",
             Input::ElsewhereGone { .. } => "gone",
+            Input::HooksDone => "hooks_done",
+            Input::HookFailed { .. } => "hook_failed",
+            Input::PreStopDone => "pre_stop_done",
+            Input::PostStartFailed { .. } => "post_start_failed",
+            Input::LivenessFailed { .. } => "liveness",
         }
     }
 
     /// The whole table: (from, input) → (to, action), with retries left and `auto_restart` on.
     /// `None` means "ignored": same lifecycle, nothing to do, no reason.
-    fn expected(from: InstanceState, input: &str) -> Option<(InstanceState, Action)> {
-        use Action::*;
+    fn expected(from: InstanceState, input: &str) -> Option<(InstanceState, ProcessOp)> {
+        use ProcessOp::*;
         Some(match (from, input) {
             (Stopped | Exited | Failed | Backoff, "start" | "restart") => (Starting, Spawn),
             (Starting | Running, "restart") => (Stopping, SignalGroup),
@@ -870,7 +1024,7 @@ mod tests {
             (Starting, "exit_early") => (Backoff, Nothing),
             (Starting, "exit_late") => (Backoff, Nothing),
             (Running, "exit_early" | "exit_late") => (Backoff, Nothing),
-            (Running, "unhealthy") => (Stopping, SignalGroup),
+            (Running, "unhealthy" | "liveness" | "post_start_failed") => (Stopping, SignalGroup),
             (Backoff, "backoff_elapsed") => (Starting, Spawn),
             (Stopping, "stop_timeout") => (Stopping, KillGroup),
             (Stopping, "exit_early" | "exit_late") => (Stopped, Nothing),
@@ -884,8 +1038,8 @@ mod tests {
     fn expected_without_process(
         origin: &Origin,
         input: &str,
-    ) -> Option<(InstanceState, Action, Origin)> {
-        use Action::*;
+    ) -> Option<(InstanceState, ProcessOp, Origin)> {
+        use ProcessOp::*;
         let own = Origin::Own;
         Some(match (origin, input) {
             (Origin::Probing, "detected") => (Running, Nothing, Origin::Elsewhere(LABEL.into())),
@@ -893,7 +1047,10 @@ mod tests {
             (Origin::Probing, "stop") => (Stopped, Nothing, own),
             (Origin::Elsewhere(_), "stop") => (Stopped, Nothing, own),
             (Origin::Elsewhere(_), "restart") => (Starting, Probe, Origin::Probing),
-            (Origin::Elsewhere(_), "unhealthy") => (Running, Nothing, origin.clone()),
+            (Origin::Elsewhere(_), "unhealthy" | "liveness") => (Running, Nothing, origin.clone()),
+            (Origin::Hooks, "hooks_done") => (Starting, Spawn, own),
+            (Origin::Hooks, "hook_failed") => (Failed, Nothing, own),
+            (Origin::Hooks, "stop") => (Stopped, Nothing, own),
             (Origin::Elsewhere(_), "gone") => (Backoff, Nothing, own),
             _ => return None,
         })
@@ -902,7 +1059,11 @@ mod tests {
     #[test]
     fn instances_without_a_process_of_ours_follow_their_table() {
         let now = Instant::now();
-        let lives = [with_origin(Starting, Origin::Probing), elsewhere_running()];
+        let lives = [
+            with_origin(Starting, Origin::Probing),
+            with_origin(Starting, Origin::Hooks),
+            elsewhere_running(),
+        ];
         for life in lives {
             for input in all_inputs() {
                 let d = next(&life, &input, &probing_policy(), now);
@@ -915,7 +1076,7 @@ mod tests {
                     }
                     None => {
                         assert_eq!(d.next, life, "{what} is ignored");
-                        assert_eq!((d.action, d.reason), (Action::Nothing, None), "{what}");
+                        assert_eq!((d.action, d.reason), (ProcessOp::Nothing, None), "{what}");
                     }
                 }
                 assert!(
@@ -932,12 +1093,12 @@ mod tests {
         let now = Instant::now();
         let p = probing_policy();
         let d = next(&at(Stopped), &Input::StartRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Probe));
         assert_eq!(d.next.origin, Origin::Probing);
         assert_eq!(d.next.deadline, None, "no timer while probing");
         assert!(d.is_transition(Stopped));
         let d = next(&d.next, &Input::NotDetected, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert!(
             d.is_transition(Starting),
             "the spawn is an event of its own"
@@ -953,12 +1114,12 @@ mod tests {
         // Once spawned, neither an explicit restart nor a stop and start probes again.
         let d = next(&life, &Input::RestartRequested, &p, now);
         let d = next(&d.next, &exited(143, 100), &p, now);
-        assert_eq!(d.action, Action::Spawn);
+        assert_eq!(d.action, ProcessOp::Spawn);
         let d = next(&at_after(d.next, Running), &Input::StopRequested, &p, now);
         let d = next(&d.next, &exited(143, 100), &p, now);
         assert_eq!(d.next.state, Stopped);
         let d = next(&d.next, &Input::StartRequested, &p, now);
-        assert_eq!(d.action, Action::Spawn);
+        assert_eq!(d.action, ProcessOp::Spawn);
 
         // A spawn that failed still counts as one: its retries do not probe.
         let d = next(&at(Stopped), &Input::StartRequested, &p, now);
@@ -973,11 +1134,11 @@ mod tests {
         );
         assert_eq!(d.next.state, Backoff);
         let d = next(&d.next, &Input::StartRequested, &p, now);
-        assert_eq!(d.action, Action::Spawn);
+        assert_eq!(d.action, ProcessOp::Spawn);
 
         // Nothing to probe, or a process adopted by pid: spawn at once.
         let d = next(&at(Stopped), &Input::StartRequested, &policy(), now);
-        assert_eq!(d.action, Action::Spawn);
+        assert_eq!(d.action, ProcessOp::Spawn);
         let d = next(&at(Stopped), &Input::Adopted { pid: 42 }, &p, now);
         assert!(!d.next.probe_on_start);
     }
@@ -1006,7 +1167,7 @@ mod tests {
             &p,
             now,
         );
-        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Running, ProcessOp::Nothing));
         assert_eq!(
             d.reason.as_deref(),
             Some("already running elsewhere (detected by command:pgrep -f 'sleep 300'); not started again")
@@ -1030,7 +1191,7 @@ mod tests {
             )
         );
         let d = next(&d.next, &Input::BackoffElapsed, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert_eq!(d.next.restarts, 1, "counted as an automatic restart");
         assert!(!d.next.probe_on_start);
 
@@ -1038,16 +1199,16 @@ mod tests {
         let mut zero = probing_policy();
         zero.restart_interval = Duration::ZERO;
         let d = next(&running, &gone(), &zero, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert_eq!((d.next.restarts, d.next.origin.clone()), (1, Origin::Own));
 
         // Without auto_restart: exited, and a later start probes again (nothing of ours ran).
         let mut manual = probing_policy();
         manual.auto_restart = false;
         let d = next(&running, &gone(), &manual, now);
-        assert_eq!((d.next.state, d.action), (Exited, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Exited, ProcessOp::Nothing));
         let d = next(&d.next, &Input::StartRequested, &manual, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Probe));
     }
 
     #[test]
@@ -1055,21 +1216,21 @@ mod tests {
         let now = Instant::now();
         let p = probing_policy();
         let d = next(&elsewhere_running(), &Input::StopRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Stopped, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Stopped, ProcessOp::Nothing));
         assert_eq!(d.next.deadline, None);
         assert!(d.reason.unwrap().ends_with("is left alone"));
         let d = next(&d.next, &Input::StartRequested, &p, now);
         assert_eq!(
             d.action,
-            Action::Probe,
+            ProcessOp::Probe,
             "a start after the stop probes again"
         );
 
         let d = next(&elsewhere_running(), &Input::RestartRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Probe));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Probe));
         assert_eq!(d.next.restarts, 0, "an explicit restart is not counted");
         let d = next(&d.next, &Input::RestartRequested, &p, now);
-        assert_eq!(d.action, Action::Nothing, "already probing");
+        assert_eq!(d.action, ProcessOp::Nothing, "already probing");
 
         // Another detector failing makes it unhealthy but cannot restart what is not ours.
         let d = next(
@@ -1080,7 +1241,7 @@ mod tests {
             &p,
             now,
         );
-        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Running, ProcessOp::Nothing));
         assert_eq!(
             d.reason.as_deref(),
             Some(
@@ -1104,7 +1265,7 @@ mod tests {
                     }
                     None => {
                         assert_eq!(d.next, life, "{what} is ignored");
-                        assert_eq!(d.action, Action::Nothing, "{what}");
+                        assert_eq!(d.action, ProcessOp::Nothing, "{what}");
                         assert_eq!(d.reason, None, "{what}");
                     }
                 }
@@ -1133,12 +1294,18 @@ mod tests {
         let origins = [
             Origin::Own,
             Origin::Probing,
+            Origin::Hooks,
             Origin::Elsewhere(LABEL.into()),
         ];
         for &(from, to) in TRANSITIONS {
             let mut found = false;
             for p in &policies {
-                for after in [AfterStop::Stay, AfterStop::Start] {
+                for after in [
+                    AfterStop::Stay,
+                    AfterStop::Start,
+                    AfterStop::Exit,
+                    AfterStop::Fail,
+                ] {
                     for origin in &origins {
                         for input in all_inputs() {
                             let mut life = Lifecycle::new(0, p);
@@ -1161,7 +1328,7 @@ mod tests {
         let now = Instant::now();
         let p = policy();
         let d = next(&at(Stopped), &Input::StartRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         let d = next(&d.next, &Input::Spawned, &p, now);
         assert_eq!(d.next.state, Starting);
         assert_eq!(d.next.deadline, Some(now + Duration::from_secs(1)));
@@ -1196,7 +1363,7 @@ mod tests {
                 )
             );
             let d = next(&d.next, &Input::BackoffElapsed, &p, now);
-            assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+            assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
             assert_eq!(d.next.restarts, 0, "retries are not restarts");
             life = d.next;
         }
@@ -1228,7 +1395,7 @@ mod tests {
         let mut p = policy();
         p.retry_interval = Duration::ZERO;
         let d = next(&at(Starting), &exited(1, 1), &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert!(d.is_transition(Starting));
         p.retry_count = 0;
         let d = next(&at(Starting), &exited(1, 1), &p, now);
@@ -1297,7 +1464,7 @@ mod tests {
         life.state = Running;
         for i in 1..=3u64 {
             let d = next(&life, &exited(137, 1), &p, now);
-            assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+            assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
             assert_eq!(d.next.deadline, None);
             assert_eq!(d.next.restarts, i);
             life = next(&d.next, &Input::Spawned, &p, now).next;
@@ -1338,11 +1505,11 @@ mod tests {
         let now = Instant::now();
         let p = policy();
         let d = next(&at(Running), &Input::StopRequested, &p, now);
-        assert_eq!(d.action, Action::SignalGroup);
+        assert_eq!(d.action, ProcessOp::SignalGroup);
         assert_eq!(d.next.deadline, Some(now + p.stop_timeout));
         assert_eq!(d.next.timer_input(), Some(Input::StopTimeout));
         let d = next(&d.next, &Input::StopTimeout, &p, now);
-        assert_eq!((d.next.state, d.action), (Stopping, Action::KillGroup));
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::KillGroup));
         assert_eq!(d.next.deadline, None);
         assert!(!d.is_transition(Stopping));
         let d = next(
@@ -1364,9 +1531,9 @@ mod tests {
         let now = Instant::now();
         let p = policy();
         let d = next(&at(Running), &Input::RestartRequested, &p, now);
-        assert_eq!((d.next.state, d.action), (Stopping, Action::SignalGroup));
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::SignalGroup));
         let d = next(&d.next, &exited(143, 100), &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert_eq!(d.next.restarts, 0);
         assert_eq!(d.next.after_stop, AfterStop::Stay);
 
@@ -1378,7 +1545,7 @@ mod tests {
             now,
         );
         let d = next(&d.next, &exited(143, 100), &p, now);
-        assert_eq!((d.next.state, d.action), (Starting, Action::Spawn));
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
         assert_eq!(d.next.restarts, 1);
     }
 
@@ -1395,7 +1562,7 @@ mod tests {
             &p,
             now,
         );
-        assert_eq!((d.next.state, d.action), (Running, Action::Nothing));
+        assert_eq!((d.next.state, d.action), (Running, ProcessOp::Nothing));
         assert_eq!(
             d.reason.as_deref(),
             Some("unhealthy: pidfile:/x failed 3 times in a row")
@@ -1410,6 +1577,120 @@ mod tests {
         p.auto_restart = false;
         let d = next(&at(Starting), &exited(0, 1500), &p, now);
         assert_eq!(d.next.state, Exited);
+    }
+
+    /// [`policy`] for a program with hooks around its starts and stops.
+    fn hooks_policy() -> Policy {
+        Policy {
+            hooks_before_spawn: true,
+            pre_stop: true,
+            ..policy()
+        }
+    }
+
+    #[test]
+    fn every_spawn_waits_for_the_hooks_before_it_and_a_failing_one_keeps_it_from_starting() {
+        let now = Instant::now();
+        let p = hooks_policy();
+        let d = next(&at(Stopped), &Input::StartRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::RunHooks));
+        assert_eq!(
+            (d.next.origin.clone(), d.next.deadline),
+            (Origin::Hooks, None)
+        );
+        assert!(d.is_transition(Stopped));
+        let d = next(&d.next, &Input::HooksDone, &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
+        assert_eq!(d.next.origin, Origin::Own);
+        // A crash restart with no delay waits for the hooks too (post_stop, then pre_start).
+        let mut zero = hooks_policy();
+        zero.restart_interval = Duration::ZERO;
+        let d = next(&at(Running), &exited(1, 20_000), &zero, now);
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::RunHooks));
+        assert_eq!(d.next.restarts, 1);
+        // A failing pre_start hook: failed at once, no retries, with the hook's words.
+        let d = next(
+            &d.next,
+            &Input::HookFailed {
+                detail: "pre_start hook `migrate` failed: exited with code 1: no table".into(),
+            },
+            &p,
+            now,
+        );
+        assert_eq!((d.next.state, d.action), (Failed, ProcessOp::Nothing));
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("pre_start hook `migrate` failed: exited with code 1: no table; not started")
+        );
+        // A stop while the hooks run: stopped, nothing to signal.
+        let d = next(&at(Stopped), &Input::StartRequested, &p, now);
+        let d = next(&d.next, &Input::StopRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopped, ProcessOp::Nothing));
+        assert_eq!(d.next.origin, Origin::Own);
+    }
+
+    #[test]
+    fn the_stop_signal_waits_for_the_pre_stop_hooks_and_stop_timeout_counts_from_it() {
+        let now = Instant::now();
+        let p = hooks_policy();
+        let d = next(&at(Running), &Input::StopRequested, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::PreStop));
+        assert_eq!(d.next.deadline, None, "no stop_timeout while the hooks run");
+        let later = now + Duration::from_secs(3);
+        let d = next(&d.next, &Input::PreStopDone, &p, later);
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::SignalGroup));
+        assert_eq!(d.next.deadline, Some(later + p.stop_timeout));
+        // A late or second PreStopDone signals nothing more.
+        let again = next(&d.next, &Input::PreStopDone, &p, later);
+        assert_eq!(again.action, ProcessOp::Nothing);
+        // The process may exit while the hooks still run.
+        let d = next(&at(Running), &Input::StopRequested, &p, now);
+        let d = next(&d.next, &exited(0, 5000), &p, now);
+        assert_eq!(d.next.state, Stopped);
+        assert!(!d.next.pre_stop);
+    }
+
+    #[test]
+    fn a_failing_liveness_probe_restarts_under_the_restart_policy() {
+        let now = Instant::now();
+        let p = policy();
+        let failed = Input::LivenessFailed {
+            detail: "tcp:127.0.0.1:9 failed 3 times in a row: connection refused".into(),
+        };
+        let d = next(&at(Running), &failed, &p, now);
+        assert_eq!((d.next.state, d.action), (Stopping, ProcessOp::SignalGroup));
+        assert!(d
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("liveness probe failed: tcp:"));
+        let d = next(&d.next, &exited(143, 20_000), &p, now);
+        assert_eq!((d.next.state, d.action), (Starting, ProcessOp::Spawn));
+        assert_eq!(d.next.restarts, 1, "an automatic restart");
+        let d = next(&d.next, &Input::Spawned, &p, now);
+        let d = next(&d.next, &Input::StartDurationElapsed, &p, now);
+        assert_eq!(
+            d.reason.as_deref(),
+            Some("up for start_duration 1s again after liveness probe failed: tcp:127.0.0.1:9 failed 3 times in a row: connection refused")
+        );
+        // Without auto_restart: stopped, and it stays exited.
+        let mut manual = policy();
+        manual.auto_restart = false;
+        let d = next(&at(Running), &failed, &manual, now);
+        assert_eq!(d.next.after_stop, AfterStop::Exit);
+        let d = next(&d.next, &exited(143, 20_000), &manual, now);
+        assert_eq!((d.next.state, d.action), (Exited, ProcessOp::Nothing));
+        // A failing post_start hook: stopped and failed.
+        let d = next(
+            &at(Running),
+            &Input::PostStartFailed {
+                detail: "post_start hook `warm` failed: timed out after 30s".into(),
+            },
+            &p,
+            now,
+        );
+        let d = next(&d.next, &exited(143, 100), &p, now);
+        assert_eq!(d.next.state, Failed);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Finding the daemon's own processes in `/proc` by their tag, and signalling them safely.
 //!
 //! Every child carries `PROVISR_STATE_DIR`, `PROVISR_NAME` and `PROVISR_INSTANCE` in its
-//! environment (`spawn.rs`), and detector commands `PROVISR_DETECTOR_COMMAND` besides, so
+//! environment (`spawn.rs`), and detector commands `PROVISR_DETECTOR_COMMAND` besides (hooks
+//! `PROVISR_HOOK`), so
 //! `/proc/PID/environ` tells which daemon a process belongs to and which instance it is part of,
 //! whether or not the store recorded it (`docs/runtime.md`, "The tag every child carries").
 //! A scan reads every process's environment, so it runs when a daemon starts and when an adopted
@@ -12,6 +13,7 @@ use std::path::Path;
 use nix::sys::signal::Signal;
 
 use super::health::DETECTOR_COMMAND_ENV;
+use super::hooks::HOOK_ENV;
 use super::process::{pidfd, proc_start_time, proc_stat};
 use super::spawn::{INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
 
@@ -27,7 +29,7 @@ pub struct Tagged {
     pub name: String,
     /// `PROVISR_INSTANCE`, when it parses.
     pub index: Option<u32>,
-    /// A detector command (or one of its descendants), not the instance's process.
+    /// A detector command or a hook (or one of their descendants), not the instance's process.
     pub detector: bool,
 }
 
@@ -54,7 +56,7 @@ fn tag_of(pid: i32, state_dir: &Path) -> Option<(String, Option<u32>, bool)> {
             name = Some(String::from_utf8_lossy(value).into_owned());
         } else if key == INSTANCE_ENV.as_bytes() {
             index = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-        } else if key == DETECTOR_COMMAND_ENV.as_bytes() {
+        } else if key == DETECTOR_COMMAND_ENV.as_bytes() || key == HOOK_ENV.as_bytes() {
             detector = true;
         }
     }
@@ -131,33 +133,38 @@ mod tests {
     fn a_scan_finds_exactly_the_processes_tagged_with_its_state_dir() {
         let dir = tempfile::tempdir().unwrap();
         let ours = dir.path().join("ours");
-        let spawn = |state: &Path, name: &str, detector: bool| {
+        let spawn = |state: &Path, name: &str, helper: Option<&str>| {
             let mut cmd = std::process::Command::new("sleep");
             cmd.arg("300")
                 .env(STATE_DIR_ENV, state)
                 .env(NAME_ENV, name)
                 .env(INSTANCE_ENV, "2")
                 .process_group(0);
-            if detector {
-                cmd.env(DETECTOR_COMMAND_ENV, "true");
+            if let Some(var) = helper {
+                cmd.env(var, "true");
             }
             cmd.spawn().unwrap()
         };
         let mut children = [
-            spawn(&ours, "web-2", false),
-            spawn(&ours, "web-2", true),
-            spawn(&dir.path().join("other"), "web-2", false),
+            spawn(&ours, "web-2", None),
+            spawn(&ours, "web-2", Some(DETECTOR_COMMAND_ENV)),
+            spawn(&dir.path().join("other"), "web-2", None),
+            spawn(&ours, "web-2", Some(HOOK_ENV)),
         ];
         let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
         let found = scan(&ours);
         let mine: Vec<&Tagged> = found.iter().filter(|t| pids.contains(&t.pid)).collect();
-        assert_eq!(mine.len(), 2, "{found:?}");
+        assert_eq!(mine.len(), 3, "{found:?}");
         assert_eq!(
             (mine[0].pid, &*mine[0].name, mine[0].index, mine[0].detector),
             (pids[0], "web-2", Some(2), false)
         );
         assert!(mine[0].leads_group());
         assert!(mine[1].detector);
+        assert!(
+            mine[2].detector,
+            "a hook is a helper too, never the instance"
+        );
         assert_eq!(signal_instance(&ours, "web-2", Signal::SIGKILL), 1);
         assert!(children[0].wait().is_ok());
         for c in &mut children[1..] {

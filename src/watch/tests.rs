@@ -41,102 +41,102 @@ const CLOSE_WRITE: EventKind = EventKind::Access(AccessKind::Close(AccessMode::W
 #[test]
 fn event_rules() {
     let p = "/srv/app/programs";
-    let cases: Vec<(&str, notify::Result<Event>, Effect)> = vec![
+    let cases: Vec<(&str, notify::Result<Event>, Reaction)> = vec![
         // Program files, every kind of change.
         (
             "create",
             ev(CREATE, &["/srv/app/programs/web.toml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "write",
             ev(WRITE, &["/srv/app/programs/web.yaml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "close after write",
             ev(CLOSE_WRITE, &["/srv/app/programs/web.yml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "chmod",
             ev(CHMOD, &["/srv/app/programs/web.json"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "delete",
             ev(REMOVE, &["/srv/app/programs/web.toml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         // Reads never count: the rescan itself opens every file and the directory.
         (
             "open",
             ev(OPEN, &["/srv/app/programs/web.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "close after read",
             ev(CLOSE_READ, &["/srv/app/programs/web.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
-        ("open the directory", ev(OPEN, &[p]), Effect::Ignore),
-        ("read the directory", ev(CLOSE_READ, &[p]), Effect::Ignore),
+        ("open the directory", ev(OPEN, &[p]), Reaction::Ignore),
+        ("read the directory", ev(CLOSE_READ, &[p]), Reaction::Ignore),
         // Editor temp names alone.
         (
             "vim probe",
             ev(CREATE, &["/srv/app/programs/4913"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "vim probe removed",
             ev(REMOVE, &["/srv/app/programs/4913"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "backup",
             ev(CREATE, &["/srv/app/programs/web.toml~"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "backup removed",
             ev(REMOVE, &["/srv/app/programs/web.toml~"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "swap file",
             ev(WRITE, &["/srv/app/programs/.web.toml.swp"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "sed temp",
             ev(WRITE, &["/srv/app/programs/sedAb12Cd"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "hidden temp",
             ev(WRITE, &["/srv/app/programs/.web.toml.tmp"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "emacs lock",
             ev(CREATE, &["/srv/app/programs/.#web.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "other extension",
             ev(WRITE, &["/srv/app/programs/README.md"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         // Renames: a temp name becoming a program name, and a program name going away.
         (
             "temp renamed over",
             ev(MOVED_TO, &["/srv/app/programs/web.toml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "program renamed away",
             ev(MOVED_FROM, &["/srv/app/programs/web.toml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "rename pair, temp to program",
@@ -144,7 +144,7 @@ fn event_rules() {
                 MOVED,
                 &["/srv/app/programs/sedXy", "/srv/app/programs/web.toml"],
             ),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "rename pair, program to backup",
@@ -152,7 +152,7 @@ fn event_rules() {
                 MOVED,
                 &["/srv/app/programs/web.toml", "/srv/app/programs/web.toml~"],
             ),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "rename pair between temp names",
@@ -160,135 +160,139 @@ fn event_rules() {
                 MOVED,
                 &["/srv/app/programs/4913", "/srv/app/programs/web.toml~"],
             ),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "temp moved in",
             ev(MOVED_TO, &["/srv/app/programs/web.toml~"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         // Not directly in the programs directory.
         (
             "subdirectory named like a program",
             ev(MKDIR, &["/srv/app/programs/old.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "such a subdirectory removed",
             ev(RMDIR, &["/srv/app/programs/old.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "subdirectory",
             ev(WRITE, &["/srv/app/programs/old/web.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "sibling directory",
             ev(WRITE, &["/srv/app/programs2/web.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "program-like file beside the config",
             ev(WRITE, &["/srv/app/web.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         // The watched files, by full path.
         (
             "config written",
             ev(WRITE, &["/srv/app/config.toml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "config renamed over",
             ev(MOVED_TO, &["/srv/app/config.toml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "config deleted",
             ev(REMOVE, &["/srv/app/config.toml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "config backup",
             ev(CREATE, &["/srv/app/config.toml~"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "env file",
             ev(CLOSE_WRITE, &["/srv/env/vars.env"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "other env file",
             ev(WRITE, &["/srv/env/other.env"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         (
             "config read",
             ev(OPEN, &["/srv/app/config.toml"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         // The programs directory itself, seen through its parent or its own watch.
-        ("directory removed", ev(RMDIR, &[p]), Effect::RewatchDir),
-        ("directory created", ev(MKDIR, &[p]), Effect::RewatchDir),
+        ("directory removed", ev(RMDIR, &[p]), Reaction::RewatchDir),
+        ("directory created", ev(MKDIR, &[p]), Reaction::RewatchDir),
         (
             "directory moved away",
             ev(MOVED_FROM, &[p]),
-            Effect::RewatchDir,
+            Reaction::RewatchDir,
         ),
-        ("directory moved in", ev(MOVED_TO, &[p]), Effect::RewatchDir),
+        (
+            "directory moved in",
+            ev(MOVED_TO, &[p]),
+            Reaction::RewatchDir,
+        ),
         (
             "directory renamed in the parent",
             ev(MOVED, &["/srv/app/programs.new", p]),
-            Effect::RewatchDir,
+            Reaction::RewatchDir,
         ),
         (
             "directory deleted (self)",
             ev(EventKind::Remove(RemoveKind::Other), &[p]),
-            Effect::RewatchDir,
+            Reaction::RewatchDir,
         ),
-        ("directory chmod", ev(CHMOD, &[p]), Effect::Rescan),
+        ("directory chmod", ev(CHMOD, &[p]), Reaction::Rescan),
         (
             "other directory in the parent",
             ev(RMDIR, &["/srv/app/logs"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
         // When in doubt, rescan.
         (
             "queue overflow",
             Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan)),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "rescan flag on an ignorable event",
             ev(OPEN, &["/srv/app/programs/4913"]).map(|e| e.set_flag(Flag::Rescan)),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "watcher error",
             Err(notify::Error::generic("inotify read failed")),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "unnamed kind, no path",
             ev(EventKind::Any, &[]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "other kind, no path",
             ev(EventKind::Other, &[]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "unnamed kind on a program",
             ev(EventKind::Any, &["/srv/app/programs/a.toml"]),
-            Effect::Rescan,
+            Reaction::Rescan,
         ),
         (
             "unnamed kind on a temp file",
             ev(EventKind::Any, &["/srv/app/programs/a~"]),
-            Effect::Ignore,
+            Reaction::Ignore,
         ),
     ];
     let t = targets();
@@ -322,7 +326,7 @@ fn a_file_inside_the_programs_directory_adds_no_second_watch() {
     let got = t.classify(&ev(WRITE, &["/srv/programs/common.env"]));
     assert_eq!(
         got,
-        Effect::Rescan,
+        Reaction::Rescan,
         "a target file counts whatever its name"
     );
 }

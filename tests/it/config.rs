@@ -36,7 +36,7 @@ fn relative_to(spec: &ProgramSpec, dir: &Path) -> ProgramSpec {
     spec
 }
 
-/// SPEC §1.2's `long-sleeper`, as every fixture writes it.
+/// The `long-sleeper` example of `docs/configuration.md`, as every fixture writes it.
 fn long_sleeper() -> ProgramSpec {
     let mut spec = ProgramSpec::new("long-sleeper", Exec::Command("sleep 300".into()));
     spec.priority = 10;

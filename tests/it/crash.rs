@@ -231,6 +231,11 @@ fn a_restart_the_killed_daemon_had_not_recorded_is_adopted_and_counted() {
     let d = p.start();
     let mut guard = GroupGuard::default();
     let old = running(&d, &mut guard, "web");
+    // One more pass records web's process (a kill right after `running` could come before
+    // that, and then nothing says the old process was ever recorded: no restart to count).
+    provisr::client::ApiClient::new(&d.url, None)
+        .post::<Value>("/debug/reconcile", &[], None)
+        .unwrap();
     d.kill9();
     // The daemon had restarted web (a process tagged like its own) and died before recording it.
     let state = std::fs::canonicalize(&p.state).unwrap();
@@ -816,6 +821,39 @@ fn a_finished_job_does_not_run_again_when_the_daemon_restarts() {
         runs(),
         2,
         "the job ran again after kill -9 of the daemon: {s}"
+    );
+}
+
+/// Found by `provisr-torture --only kill9`: a restart (here, an edit of `args`) whose old process
+/// takes a while to stop, with the daemon killed meanwhile. The old process is gone when the next
+/// daemon looks and the new one was never spawned: that is an unfinished restart to carry out,
+/// not a job that ended on its own.
+#[test]
+fn a_restart_interrupted_while_the_old_process_stops_is_carried_out() {
+    let p = Project::new();
+    let svc = |n: u32| {
+        format!(
+            "args = [\"sh\", \"-c\", \"trap 'sleep 1; exit 0' TERM; sleep {n} & wait\"]\nstop_timeout = \"5s\"\n"
+        )
+    };
+    p.save("svc.toml", &svc(3600));
+    let d = p.start();
+    let mut guard = GroupGuard::default();
+    let old = running(&d, &mut guard, "svc");
+    p.save("svc.toml", &svc(3601));
+    wait_for(WAIT, "the restart under way", || {
+        status(&d, "svc").filter(|s| s["state"] == "stopping")
+    });
+    d.kill9();
+    wait_gone(old, WAIT);
+    let d = p.start();
+    let new = running_where(&d, &mut guard, "svc", |pid| pid != old);
+    let s = status(&d, "svc").unwrap();
+    assert_eq!(s["desired"], "running", "{s}");
+    let cmdline = std::fs::read_to_string(format!("/proc/{new}/cmdline")).unwrap_or_default();
+    assert!(
+        cmdline.contains("sleep 3601"),
+        "the edited spec runs: {cmdline:?}"
     );
 }
 

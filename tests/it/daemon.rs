@@ -1,5 +1,5 @@
 //! The daemon end to end, as a user drives it: the real `provisr` binary serving on
-//! 127.0.0.1 port 0, the CLI as a separate process, real children, real files (issue 4).
+//! 127.0.0.1 port 0, the CLI as a separate process, real children, real files.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{alive, wait_for, GroupGuard};
+use crate::util::{alive, group_written_bytes, wait_for, GroupGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provisr");
 
@@ -522,9 +522,16 @@ fn kill_9_of_the_daemon_loses_and_duplicates_nothing() {
         let text = std::fs::read_to_string(&counter_log).unwrap_or_default();
         (text.lines().count() >= 10).then_some(())
     });
+    let counter = by_name(&before)["counter"]["pid"].as_i64().unwrap() as i32;
+    let written = group_written_bytes(counter);
     d.kill9();
-    // The children live on while no daemon runs; the counter blocks at worst, never dies.
-    std::thread::sleep(Duration::from_millis(300));
+    // The children live on while no daemon runs: the counter goes on writing into its pipe
+    // (it blocks at worst, never dies of SIGPIPE).
+    wait_for(
+        Duration::from_secs(10),
+        "the counter writing with no daemon",
+        || (group_written_bytes(counter) >= written + 20).then_some(()),
+    );
     for s in &before {
         let pid = s["pid"].as_i64().unwrap() as i32;
         assert!(alive(pid), "{} died with the daemon", s["name"]);
@@ -674,6 +681,28 @@ fn embedded_default_serves_the_repository_programs() {
     assert_eq!(code, 0);
     assert!(out.starts_with("NAME"), "{out}");
     assert!(out.contains("database"), "{out}");
+    // The examples of dependencies, probes, hooks and cron jobs work as their comments say.
+    let m = by_name(&all);
+    assert_eq!(m["database"]["ready"], true);
+    assert_eq!(m["migrate"]["state"], "exited");
+    assert_eq!(m["migrate"]["last_exit"]["code"], 0);
+    let api = &m["api-1"];
+    assert!(
+        humantime::parse_rfc3339_weak(api["started_at"].as_str().unwrap()).unwrap()
+            >= humantime::parse_rfc3339_weak(m["migrate"]["stopped_at"].as_str().unwrap()).unwrap()
+    );
+    let (_, logs, _) = d.cli(&["logs", "api-1"]);
+    assert!(
+        logs.contains("[check-config] config of api-1 looks fine"),
+        "{logs}"
+    );
+    for job in ["report", "cleanup"] {
+        assert!(m[job]["next_schedule_time"].is_string(), "{}", m[job]);
+    }
+    let (code, out, err) = d.cli(&["cron", "list", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let jobs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(jobs.len(), 2, "{out}");
 }
 
 #[test]

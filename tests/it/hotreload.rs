@@ -1,4 +1,4 @@
-//! Hot reload and dry-run diffs against a real daemon (issue 5): the `provisr` binary serving on
+//! Hot reload and dry-run diffs against a real daemon: the `provisr` binary serving on
 //! 127.0.0.1 port 0 with a watched programs directory, files saved the ways editors save them,
 //! and the CLI's `diff` and `start --dry-run` run as separate processes.
 //!
@@ -733,4 +733,36 @@ fn diff_and_dry_run_show_the_plan_and_change_nothing() {
         "{table}"
     );
     assert_eq!(fingerprint(&d), before);
+}
+
+/// A dry run is the loop's own plan: a restart the loop has not carried out yet (held back by a
+/// priority level still coming up) shows in the dry run as the deferred restart the next passes
+/// then make — not as "unchanged", which a plan built outside the loop, from desired state's
+/// request counters, would show.
+#[test]
+fn a_dry_run_shows_a_held_back_restart_that_the_next_passes_carry_out() {
+    let p = Project::new("");
+    p.save("web.toml", "command = \"sleep 300\"\npriority = 10\n");
+    let d = p.start();
+    let mut guard = GroupGuard::default();
+    let web = running(&d, &mut guard, "web");
+    // A first level that keeps coming up for a while holds back every later level.
+    p.save(
+        "blocker.toml",
+        "command = \"sleep 300\"\npriority = 0\nstart_duration = \"6s\"\n",
+    );
+    wait_for(WAIT, "blocker starting", || {
+        (statuses(&d).get("blocker")?["state"] == "starting").then_some(())
+    });
+    let (code, _, err) = d.cli(&["restart", "--name", "web", "--wait", "0s"]);
+    assert_eq!(code, 0, "{err}");
+    let dry = api(&d)
+        .post::<Value>("/reload", &[("dry_run", "true".to_string())], None)
+        .unwrap();
+    let web_step = step(&dry, "web");
+    assert_eq!(web_step["action"], "restart", "{dry}");
+    assert_eq!(web_step["deferred"], true, "{dry}");
+    assert_eq!(statuses(&d)["web"]["pid"], web["pid"], "not yet restarted");
+    // Once the first level is up, the passes do exactly that.
+    restarted(&d, &mut guard, "web", pid(&web));
 }

@@ -6,12 +6,15 @@
 // Test helpers outside #[test] functions unwrap too: a failed helper is a failed test.
 #![allow(clippy::unwrap_used)]
 mod api;
+mod badinput;
 mod browser;
 mod config;
 mod crash;
+mod cron;
 mod daemon;
 mod host;
 mod hotreload;
+mod lifecycle;
 mod logs;
 mod metrics;
 mod observe;
@@ -20,6 +23,7 @@ mod store;
 mod supervisor;
 mod systemd;
 mod tls;
+mod torture;
 mod ui;
 mod util;
 mod watch;

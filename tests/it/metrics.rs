@@ -64,6 +64,8 @@ async fn a_crash_a_restart_and_an_exit_show_up_in_the_metrics() {
         changed: Arc::new(Notify::new()),
         output: Arc::new(Discard),
         state_dir: None,
+        launches: None,
+        counters: Default::default(),
     };
     let metrics = Arc::new(Metrics::new());
     let feeder = {

@@ -1,4 +1,4 @@
-//! Observability against a real daemon: `/metrics`, `/events`, `logs -f` (issue 6).
+//! Observability against a real daemon: `/metrics`, `/events`, `logs -f`.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -312,3 +312,59 @@ fn an_unknown_user_in_allow_users_is_a_config_error() {
         "{err}"
     );
 }
+
+#[test]
+fn cron_job_reads_need_the_read_scope_and_trigger_suspend_resume_the_operate_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path();
+    write(&d0.join("viewer.token"), "look-only\n");
+    write(&d0.join("ops.token"), "hands-on\n");
+    std::fs::set_permissions(
+        d0.join("viewer.token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::set_permissions(d0.join("ops.token"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = config(
+        d0,
+        "tokens = [{ name = \"viewer\", file = \"viewer.token\", scope = \"read\" }, { name = \"ops\", file = \"ops.token\", scope = \"operate\" }]\n",
+    );
+    write(
+        &d0.join("programs/job.toml"),
+        "schedule = \"@hourly\"\ncommand = \"true\"\n",
+    );
+    let d = TestDaemon::start(d0, Some(&cfg), &d0.join("state"));
+    let url = |path: &str| format!("{}{path}", d.url);
+    for read in ["/cronjobs", "/cronjobs/job/history"] {
+        let (code, body) = curl_as_nobody("GET", &url(read), None, None, Some("look-only"));
+        assert_eq!(code, 200, "{read}: {body}");
+    }
+    for action in ["suspend", "resume", "trigger"] {
+        let path = url(&format!("/cronjobs/job/{action}"));
+        let (code, body) = curl_as_nobody("POST", &path, None, None, Some("look-only"));
+        assert_eq!(code, 403, "{action} with a read token: {body}");
+        assert!(body.contains("operate"), "{body}");
+        let (code, body) = curl_as_nobody("POST", &path, None, None, None);
+        assert_eq!(code, 403, "{action} as nobody without a token: {body}");
+        let (code, body) = curl_as_nobody("POST", &path, None, None, Some("hands-on"));
+        assert!(
+            code == 200 || code == 201,
+            "{action} with an operate token: {code} {body}"
+        );
+    }
+    let mut guard = GroupGuard::default();
+    wait_for(Duration::from_secs(20), "the triggered run done", || {
+        let (_, body) = curl_as_nobody(
+            "GET",
+            &url("/cronjobs/job/history"),
+            None,
+            None,
+            Some("look-only"),
+        );
+        let runs: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (runs[0]["result"] == "succeeded").then_some(())
+    });
+    if let Some(pid) = d.status("job")["pid"].as_i64() {
+        guard.add(pid as i32);
+    }
+}

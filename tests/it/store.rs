@@ -260,6 +260,7 @@ async fn instances_round_trip_and_leave_with_their_program_once_they_have_no_pro
     assert!(store.delete_program("web").await.unwrap());
     let tombstone = |pid| InstanceRecord {
         spec: Some(web.clone()),
+        removed: true,
         ..instance("web", pid)
     };
     assert_eq!(
@@ -442,7 +443,7 @@ async fn a_second_open_of_one_state_dir_is_refused_naming_the_holder() {
 
 #[test]
 fn children_do_not_inherit_the_lock() {
-    // After `kill -9` the daemon's children keep running (SPEC §11); if they had inherited the
+    // After `kill -9` the daemon's children keep running (`docs/reliability.md`); if they had inherited the
     // lock file (or sled's file) the next daemon could never open the state directory.
     let dir = tempfile::tempdir().unwrap();
     let store = DesiredStore::open(dir.path()).unwrap();
@@ -696,6 +697,7 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
         ProgramRecord {
             spec: worker,
@@ -705,6 +707,7 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
     ];
     (programs, Vec::new())
@@ -754,6 +757,7 @@ fn v3_instance() -> InstanceRecord {
         generation: Some(1),
         spec: Some(worker),
         starting: Some(Launch {
+            written_ns: None,
             generation: 2,
             spec: next,
         }),
@@ -783,6 +787,7 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: Some(vec!["web.toml:4: unknown key \"prot\"".into()]),
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
         ProgramRecord {
             spec: worker,
@@ -792,6 +797,7 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             error: None,
             seq: RunSeq::default(),
             instances: Default::default(),
+            cron: None,
         },
     ];
     let instances = vec![

@@ -22,7 +22,7 @@ use provisr::supervisor::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::{broadcast, Notify};
 
-use crate::util::{alive, group_members, wait_for_async, zombies_of, GroupGuard};
+use crate::util::{alive, group_members, wait_for_async, written_bytes, zombies_of, GroupGuard};
 
 /// Generous: the machine is small and shared.
 const WAIT: Duration = Duration::from_secs(30);
@@ -105,6 +105,8 @@ fn fixture() -> Fixture {
         changed: Arc::new(Notify::new()),
         output: sink.clone(),
         state_dir: None,
+        launches: None,
+        counters: Default::default(),
     };
     Fixture {
         dir,
@@ -572,8 +574,12 @@ async fn a_detached_child_keeps_printing_and_is_adopted_without_losing_a_line() 
     // The daemon "dies": the actor ends without stopping the child, the read ends are closed.
     h.detach();
     f.sink.close();
-    // Let the child write into the pipe with no reader but its own fd 3 (not an assertion).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The child goes on writing into the pipe with no reader but its own fd 3.
+    let written = written_bytes(pid).expect("/proc/PID/io");
+    wait_for_async(WAIT, "the child writing with no daemon", || {
+        (written_bytes(pid)? >= written + 20).then_some(())
+    })
+    .await;
     assert!(alive(pid), "no SIGPIPE without the daemon's read end");
 
     // A reused pid is never taken for ours.
@@ -914,7 +920,7 @@ async fn stop_during_backoff_cancels_the_restart_and_spec_updates_apply_in_place
     assert_clean(&[pid, second]).await;
 }
 
-// ---- "already running elsewhere" (SPEC §7) ----------------------------------------------------
+// ---- "already running elsewhere" (`docs/runtime.md`) ----------------------------------------------------
 
 /// A process the test starts itself, standing for a program started outside provisr: it leads a
 /// process group of its own so the fixture's guard can kill it should the test fail.

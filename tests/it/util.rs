@@ -36,6 +36,24 @@ pub async fn wait_for_async<T>(
     }
 }
 
+/// The bytes a process has written so far (`wchar` of `/proc/PID/io`): it grows while the
+/// process writes, which proves it alive and writing without reading what it wrote.
+pub fn written_bytes(pid: i32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// [`written_bytes`] summed over the live members of process group `pgid` (a shell's children
+/// write for it).
+pub fn group_written_bytes(pgid: i32) -> u64 {
+    group_members(pgid)
+        .into_iter()
+        .filter_map(written_bytes)
+        .sum()
+}
+
 /// True while a process with this pid exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -349,6 +349,25 @@ fn a_writer_slower_than_the_quiet_period_in_total_is_waited_for() {
 }
 
 #[test]
+fn a_writer_pausing_mid_file_is_waited_for_until_it_closes() {
+    // The pause is far longer than the quiet period, and the first half is a valid program on
+    // its own: only the writer's close says the file is complete.
+    check_save("pause mid-file", |path| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(path)
+            .expect("open for rewrite");
+        let (head, tail) = AFTER.split_at(AFTER.find('\n').expect("a line") + 1);
+        f.write_all(head.as_bytes()).expect("write the first line");
+        f.flush().expect("flush");
+        std::thread::sleep(SLOW.quiet * 3);
+        f.write_all(tail.as_bytes()).expect("write the rest");
+        f.sync_all().expect("fsync");
+    });
+}
+
+#[test]
 fn default_debounce_applies_a_save_promptly() {
     let h = Harness::new(Debounce::default());
     let path = h.path("api.yaml");

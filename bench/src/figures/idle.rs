@@ -1,5 +1,6 @@
-//! Idle cost with 1000 running children: the daemon's CPU and wakeups over a window with no API
-//! connection open, against an idle `sleep` over the same window.
+//! Idle cost with 1000 running children and 10 cron jobs due hourly: the daemon's CPU and
+//! wakeups over a window between runs with no API connection open, against an idle `sleep`
+//! over the same window.
 
 use std::thread;
 use std::time::Duration;
@@ -60,7 +61,11 @@ impl Idle {
         let w = self.window.as_secs_f64();
         let pct = |d: Duration| d.as_secs_f64() / w * 100.0;
         rows.push(Row {
-            figure: format!("idle CPU, 1000 children, {:.0} s (vs idle sleep)", w),
+            figure: format!(
+                "idle CPU, 1000 children + {} hourly cron jobs, {:.0} s (vs idle sleep)",
+                crate::phases::CRON_JOBS,
+                w
+            ),
             value: format!("{:.4} % core", pct(self.daemon_cpu)),
             baseline: format!("{:.4} % core", pct(self.sleep_cpu)),
             ratio: ratio(pct(self.daemon_cpu), pct(self.sleep_cpu)),
@@ -69,7 +74,11 @@ impl Idle {
         });
         let rate = |n: u64| n as f64 / w;
         rows.push(Row {
-            figure: format!("idle wakeups, 1000 children, {:.0} s (vs idle sleep)", w),
+            figure: format!(
+                "idle wakeups, 1000 children + {} hourly cron jobs, {:.0} s (vs idle sleep)",
+                crate::phases::CRON_JOBS,
+                w
+            ),
             value: format!("{:.2} /s", rate(self.daemon_switches)),
             baseline: format!("{:.2} /s", rate(self.sleep_switches)),
             ratio: ratio(rate(self.daemon_switches), rate(self.sleep_switches)),

@@ -13,7 +13,7 @@ fn path(s: &[&str]) -> KeyPath {
     )
 }
 
-fn doc(text: &str, format: Format) -> Document {
+fn doc(text: &str, format: FileFormat) -> Document {
     Document::parse("f".into(), text.to_string(), format).unwrap()
 }
 
@@ -44,7 +44,7 @@ type = "command"
 type = "pidfile"
 intervall = "1s"
 "#;
-    let t = doc(text, Format::Toml);
+    let t = doc(text, FileFormat::Toml);
     let cases: &[(&[&str], Option<usize>)] = &[
         (&["type"], Some(2)),
         (&["spec"], Some(3)),
@@ -66,7 +66,7 @@ intervall = "1s"
 #[test]
 fn finds_toml_lines_of_inline_processes() {
     let text = "[[processes]]\nname = \"a\"\n\n[[processes]]\nname = \"b\"\n[processes.log]\ndirr = \"x\"\n";
-    let t = doc(text, Format::Toml);
+    let t = doc(text, FileFormat::Toml);
     assert_eq!(t.line_of(&path(&["processes", "1", "name"])), Some(5));
     assert_eq!(
         t.line_of(&path(&["processes", "1", "log", "dirr"])),
@@ -78,7 +78,7 @@ fn finds_toml_lines_of_inline_processes() {
 #[test]
 fn finds_yaml_lines() {
     let text = "name: web\ncommand: |\n  echo a: b\nenv:\n  - A=1\n  - B=2\ndetectors:\n- type: command\n  command: x\n- type: pidfile\n  path: /p\nlog:\n  dir: logs\n";
-    let t = doc(text, Format::Yaml);
+    let t = doc(text, FileFormat::Yaml);
     let cases: &[(&[&str], Option<usize>)] = &[
         (&["name"], Some(1)),
         (&["command"], Some(2)),
@@ -101,7 +101,7 @@ fn finds_yaml_lines() {
 #[test]
 fn finds_json_lines() {
     let text = "{\n  \"name\": \"web\",\n  \"args\": [\"a\",\n    \"b\"],\n  \"detectors\": [\n    {\"type\": \"command\"},\n    {\n      \"type\": \"pidfile\"\n    }\n  ]\n}\n";
-    let t = doc(text, Format::Json);
+    let t = doc(text, FileFormat::Json);
     assert_eq!(t.line_of(&path(&["name"])), Some(2));
     assert_eq!(t.line_of(&path(&["args", "1"])), Some(4));
     assert_eq!(t.line_of(&path(&["detectors", "0", "type"])), Some(6));
@@ -134,10 +134,11 @@ fn suggests_close_keys_only() {
 
 #[test]
 fn syntax_errors_carry_the_parser_line() {
-    let e = Document::parse("x.toml".into(), "a = 1\nb = = 2\n".into(), Format::Toml).unwrap_err();
+    let e =
+        Document::parse("x.toml".into(), "a = 1\nb = = 2\n".into(), FileFormat::Toml).unwrap_err();
     assert_eq!(e.line, Some(2), "{e}");
     assert!(e.message.starts_with("TOML syntax error"), "{e}");
     // TOML datetimes become strings, so validation can name their type.
-    let d = doc("at = 1979-05-27T07:32:00Z\n", Format::Toml);
+    let d = doc("at = 1979-05-27T07:32:00Z\n", FileFormat::Toml);
     assert_eq!(d.tree, serde_json::json!({"at": "1979-05-27T07:32:00Z"}));
 }

@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::*;
-use crate::config::document::Format;
+use crate::config::document::FileFormat;
 use crate::config::LogSpec;
+use crate::config::{Concurrency, Condition, OnFailure};
 
 struct Fixture {
     log: LogSpec,
@@ -28,8 +29,12 @@ impl Fixture {
     /// Validates `text` as the file `/etc/provisr/programs/<file>`.
     fn check(&self, file: &str, text: &str) -> Result<ProgramSpec, Vec<ConfigError>> {
         let path = Path::new("/etc/provisr/programs").join(file);
-        let doc = Document::parse(path.clone(), text.to_string(), Format::of(&path).unwrap())
-            .map_err(|e| vec![e])?;
+        let doc = Document::parse(
+            path.clone(),
+            text.to_string(),
+            FileFormat::of(&path).unwrap(),
+        )
+        .map_err(|e| vec![e])?;
         let pc = ProgramContext {
             log_defaults: &self.log,
             use_os_env: true,
@@ -134,6 +139,11 @@ const CASES: &[Case] = &[
         &[(Some("instances"), Some(2), "at least 1, got -2", "")],
     ),
     (
+        "instances too many",
+        "command = \"x\"\ninstances = 4000000000\n",
+        &[(Some("instances"), Some(2), "at most 10000, got 4000000000", "split the work")],
+    ),
+    (
         "bad signal name and number",
         "command = \"x\"\nstop_signal = \"TERMINATE\"\n",
         &[(Some("stop_signal"), Some(2), "\"TERMINATE\" is not a known signal", "\"TERM\"")],
@@ -174,7 +184,7 @@ const CASES: &[Case] = &[
     (
         "type other than process",
         "type = \"cron\"\n[spec]\ncommand = \"x\"\n",
-        &[(Some("type"), Some(1), "only \"process\" is supported", "type = \"process\"")],
+        &[(Some("type"), Some(1), "only \"process\" and \"cronjob\"", "`cronjob`")],
     ),
     (
         "autorestart and auto_restart together",
@@ -247,6 +257,78 @@ const CASES: &[Case] = &[
         &[
             (Some("log"), Some(2), "`log` has the wrong type", ""),
             (Some("detectors"), Some(3), "`detectors` has the wrong type", ""),
+        ],
+    ),
+    (
+        "dependencies: an unknown condition, itself, a condition that is not a string",
+        "command = \"x\"\n[depends_on]\ndb = \"healty\"\nweb = \"running\"\ncache = 3\n",
+        &[
+            (Some("depends_on.db"), Some(3), "not a dependency condition", "`healthy`"),
+            (Some("depends_on.web"), Some(4), "cannot depend on itself", "remove"),
+            (Some("depends_on.cache"), Some(5), "must be a condition", "completed_successfully"),
+        ],
+    ),
+    (
+        "probes: no type, a key of another type, a bad pattern, no port, zero interval",
+        "command = \"x\"\n[readiness]\nurl = \"http://x\"\n[liveness]\ntype = \"log\"\npattern = \"(\"\naddress = \"h:1\"\ninterval = \"0s\"\n",
+        &[
+            (Some("readiness"), Some(2), "`readiness.type` is required", "\"tcp\""),
+            (Some("liveness.pattern"), Some(6), "not a regular expression", ""),
+            (Some("liveness.address"), Some(7), "does not apply to a `log` probe", ""),
+            (Some("liveness.interval"), Some(8), "more than 0s", ""),
+        ],
+    ),
+    (
+        "probes: unknown type, tcp without a port, http without a scheme",
+        "command = \"x\"\n[readiness]\ntype = \"tpc\"\n[liveness]\ntype = \"tcp\"\naddress = \"localhost\"\n",
+        &[
+            (Some("readiness.type"), Some(3), "not a probe type", "`tcp`"),
+            (Some("liveness.address"), Some(6), "has no port", "host:port"),
+        ],
+    ),
+    (
+        "hooks: no name, no command, a duplicate name, an unknown on_failure",
+        "command = \"x\"\n[[hooks.pre_start]]\ncommand = \"true\"\n[[hooks.pre_start]]\nname = \"a\"\n[[hooks.post_stop]]\nname = \"b\"\ncommand = \"true\"\non_failure = \"panic\"\n[[hooks.pre_stop]]\nname = \"c\"\ncommand = \"true\"\n[[hooks.post_start]]\nname = \"c\"\ncommand = \"true\"\n",
+        &[
+            (Some("hooks.pre_start[0]"), Some(2), "`hooks.pre_start[0].name` is required", "prefixes"),
+            (Some("hooks.pre_start[1]"), Some(4), "`hooks.pre_start[1].command` is required", "/bin/sh"),
+            (Some("hooks.post_stop[0].on_failure"), Some(9), "has an unknown value: unknown variant `panic`", ""),
+            (Some("hooks.pre_stop[0].name"), Some(11), "also used by `hooks.post_start[0]`", "unique"),
+        ],
+    ),
+    (
+        "cron: a bad schedule and time zone, allow with one instance",
+        "schedule = \"61 * * * *\"\ncommand = \"x\"\ntime_zone = \"Mars/Base\"\nconcurrency = \"allow\"\n",
+        &[
+            (Some("schedule"), Some(1), "not a cron schedule", "@every 30s"),
+            (Some("time_zone"), Some(3), "not a time zone", "Europe/Berlin"),
+            (Some("concurrency"), Some(4), "`instances` is 1", "instances = 3"),
+        ],
+    ),
+    (
+        "cron keys without a schedule",
+        "command = \"x\"\nhistory_limit = 3\nretries = 1\n",
+        &[
+            (Some("history_limit"), Some(2), "applies only to cron jobs", "add `schedule`"),
+            (Some("retries"), Some(3), "applies only to cron jobs", ""),
+        ],
+    ),
+    (
+        "a cronjob file without a schedule",
+        "type = \"cronjob\"\n[spec]\ncommand = \"x\"\n",
+        &[(Some("spec"), Some(2), "`spec.schedule` is required for a cron job", "@hourly")],
+    ),
+    (
+        "a process with a schedule, a cron job with auto_restart and two instances",
+        "type = \"process\"\n[spec]\ncommand = \"x\"\nschedule = \"@hourly\"\n",
+        &[(Some("spec.schedule"), Some(4), "makes a cron job", "type = \"cronjob\"")],
+    ),
+    (
+        "a cron job that restarts, and forbid with instances",
+        "schedule = \"@hourly\"\ncommand = \"x\"\nauto_restart = true\ninstances = 2\n",
+        &[
+            (Some("auto_restart"), Some(3), "does not apply to a cron job", "`retries`"),
+            (Some("instances"), Some(4), "must be 1 with concurrency = \"forbid\"", "allow"),
         ],
     ),
 ];
@@ -546,4 +628,114 @@ fn every_format_gives_the_same_keys_and_lines() {
             crate::config::render_errors(&errors)
         );
     }
+}
+
+#[test]
+fn dependencies_probes_hooks_and_pid_file_are_read() {
+    let f = Fixture::new();
+    let spec = f.ok(r#"
+command = "x"
+depends_on = ["db", "cache"]
+pid_file = "run/web.pid"
+[readiness]
+type = "http"
+url = "http://127.0.0.1:8000/health"
+expect_status = [200, "300-302"]
+initial_delay = "1s"
+interval = "2s"
+timeout = "500ms"
+success_threshold = 2
+failure_threshold = 4
+[liveness]
+type = "tcp"
+address = "127.0.0.1:8000"
+[[hooks.pre_start]]
+name = "migrate"
+command = "./migrate.sh"
+timeout = "1m"
+on_failure = "retry"
+[[hooks.post_stop]]
+name = "cleanup"
+command = "rm -f /tmp/x"
+on_failure = "ignore"
+"#);
+    assert_eq!(
+        spec.depends_on,
+        BTreeMap::from([
+            ("db".to_string(), Condition::Running),
+            ("cache".to_string(), Condition::Running)
+        ])
+    );
+    assert_eq!(
+        spec.pid_file.as_deref(),
+        Some(Path::new("/etc/provisr/programs/run/web.pid"))
+    );
+    let r = spec.readiness.unwrap();
+    assert_eq!(r.label(), "http:http://127.0.0.1:8000/health");
+    assert_eq!(
+        (r.initial_delay, r.interval, r.timeout),
+        (Dur::from_secs(1), Dur::from_secs(2), Dur::from_millis(500))
+    );
+    assert_eq!((r.success_threshold, r.failure_threshold), (2, 4));
+    let crate::config::ProbeCheck::Http { expect_status, .. } = r.check else {
+        panic!("http");
+    };
+    assert!(expect_status.accepts(301) && !expect_status.accepts(204));
+    let l = spec.liveness.unwrap();
+    assert_eq!(l.label(), "tcp:127.0.0.1:8000");
+    assert_eq!(
+        (l.interval, l.failure_threshold, l.success_threshold),
+        (Dur::from_secs(10), 3, 1)
+    );
+    assert_eq!(spec.hooks.pre_start[0].name, "migrate");
+    assert_eq!(spec.hooks.pre_start[0].timeout, Dur::from_secs(60));
+    assert_eq!(spec.hooks.pre_start[0].on_failure, OnFailure::Retry);
+    assert_eq!(spec.hooks.post_stop[0].timeout, Dur::from_secs(30));
+    assert_eq!(spec.hooks.post_stop[0].on_failure, OnFailure::Ignore);
+    let table = f.ok("command = \"x\"\ndepends_on = { db = \"healthy\", migrate = \"completed_successfully\" }\n");
+    assert_eq!(
+        table.depends_on["migrate"],
+        Condition::CompletedSuccessfully
+    );
+    assert_eq!(table.depends_on["db"], Condition::Healthy);
+}
+
+#[test]
+fn cron_jobs_in_the_wrapped_and_the_flat_form() {
+    let f = Fixture::new();
+    let wrapped = f.ok(r#"
+type = "cronjob"
+[spec]
+name = "backup"
+schedule = "0 3 * * *"
+time_zone = "Europe/Berlin"
+concurrency = "replace"
+suspend = true
+starting_deadline = "10m"
+history_limit = 3
+timeout = "1h"
+retries = 2
+command = "./backup.sh"
+"#);
+    let cron = wrapped.cron.clone().unwrap();
+    assert_eq!(cron.schedule.as_str(), "0 3 * * *");
+    assert_eq!(cron.time_zone.unwrap().to_string(), "Europe/Berlin");
+    assert_eq!(cron.concurrency, Concurrency::Replace);
+    assert!(cron.suspend);
+    assert_eq!(cron.starting_deadline, Some(Dur::from_secs(600)));
+    assert_eq!((cron.history_limit, cron.retries), (3, 2));
+    assert_eq!(cron.timeout, Some(Dur::from_secs(3600)));
+    let flat = f.ok("schedule = \"@every 30s\"\ncommand = \"true\"\n");
+    let cron = flat.cron.unwrap();
+    assert_eq!(cron.concurrency, Concurrency::Forbid);
+    assert_eq!(
+        (cron.history_limit, cron.retries, cron.suspend),
+        (10, 0, false)
+    );
+    let allow = f
+        .ok("schedule = \"@hourly\"\ncommand = \"true\"\nconcurrency = \"allow\"\ninstances = 3\n");
+    assert_eq!(allow.instances, 3);
+    // The spec goes through the store as JSON and comes back equal.
+    let json = serde_json::to_string(&wrapped).unwrap();
+    assert_eq!(serde_json::from_str::<ProgramSpec>(&json).unwrap(), wrapped);
 }

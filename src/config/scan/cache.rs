@@ -79,6 +79,8 @@ pub(super) struct Valid {
     pub name_path: KeyPath,
     /// The line of `name_path` in the file, for errors about the name.
     pub name_line: Option<usize>,
+    /// Where the program's keys are in the file.
+    pub spec_at: KeyPath,
     pub spec: ProgramSpec,
 }
 
@@ -212,7 +214,10 @@ impl Session {
     /// docs).
     pub fn remember(&mut self, path: &Path, key: Key, valid: &Valid) {
         let spec = &valid.spec;
-        if spec.user.is_some() || spec.group.is_some() || spec.supplementary_groups.is_some() {
+        // An account is looked up anew at each scan; dependencies are checked against the
+        // other programs with the document at hand, to name their lines.
+        let account = spec.user.is_some() || spec.group.is_some();
+        if account || spec.supplementary_groups.is_some() || !spec.depends_on.is_empty() {
             return;
         }
         let entry = Entry {
@@ -259,6 +264,7 @@ mod tests {
             name: Some(name.into()),
             name_path: KeyPath::default(),
             name_line: None,
+            spec_at: KeyPath::default(),
             spec: ProgramSpec::new(name, Exec::Command("sleep 1".into())),
         }
     }

@@ -296,7 +296,7 @@ fn syntax_errors_name_the_line_in_every_format() {
         let e = Document::parse(
             file.into(),
             text.into(),
-            Format::of(Path::new(file)).unwrap(),
+            FileFormat::of(Path::new(file)).unwrap(),
         )
         .unwrap_err();
         let line = e.line.unwrap_or_else(|| panic!("{file}: no line in {e}"));
@@ -651,4 +651,80 @@ fn a_parsed_config_keeps_its_text_out_of_debug_output() {
     let shown = format!("{:?}", loaded.settings.document);
     assert!(shown.contains("c.toml"), "{shown}");
     assert!(!shown.contains("secret-token"), "{shown}");
+}
+
+#[test]
+fn dependencies_must_name_programs_on_no_later_level_and_form_no_cycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(
+        d,
+        "programs/web.toml",
+        "command = \"a\"\npriority = 10\n[depends_on]\ndb = \"healthy\"\nmigrate = \"completed_successfully\"\n",
+    );
+    write(d, "programs/db.toml", "command = \"a\"\n");
+    write(
+        d,
+        "programs/migrate.yaml",
+        "command: a\ndepends_on:\n  - db\n  - cahce\n",
+    );
+    write(
+        d,
+        "programs/early.toml",
+        "command = \"a\"\npriority = -5\ndepends_on = [\"db\"]\n",
+    );
+    write(
+        d,
+        "config.toml",
+        "[[processes]]\nname = \"a\"\ncommand = \"x\"\ndepends_on = [\"b\"]\n[[processes]]\nname = \"b\"\ncommand = \"x\"\ndepends_on = [\"c\"]\n[[processes]]\nname = \"c\"\ncommand = \"x\"\ndepends_on = [\"a\"]\n",
+    );
+    let settings = read_main(&d.join("config.toml"), d).unwrap().0;
+    let scan = scan_programs(&settings, &daemon_env());
+    let shown = show(&scan.errors);
+    let names: Vec<_> = scan.programs.iter().map(|p| p.spec.name.as_str()).collect();
+    // `web` waits for `migrate`, which is invalid; it is still valid itself.
+    assert_eq!(names, ["db", "web"], "{shown}");
+    let unknown = scan
+        .errors
+        .iter()
+        .find(|e| e.file.ends_with("migrate.yaml"))
+        .unwrap();
+    assert_eq!(
+        (unknown.key.as_deref(), unknown.line),
+        (Some("depends_on[1]"), Some(4)),
+        "{shown}"
+    );
+    assert!(
+        unknown.message.contains("no program is named `cahce`"),
+        "{shown}"
+    );
+    assert!(
+        unknown
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("add a program named `cahce`"),
+        "{shown}"
+    );
+    let early = scan
+        .errors
+        .iter()
+        .find(|e| e.file.ends_with("early.toml"))
+        .unwrap();
+    assert!(
+        early
+            .message
+            .contains("`early` (priority -5) depends on `db`, which has the later priority 0"),
+        "{shown}"
+    );
+    assert_eq!(early.key.as_deref(), Some("depends_on[0]"));
+    let cycle: Vec<_> = scan
+        .errors
+        .iter()
+        .filter(|e| e.message.contains("dependency cycle"))
+        .collect();
+    assert_eq!(cycle.len(), 3, "{shown}");
+    assert!(cycle[0].message.contains("a → b → c → a"), "{shown}");
+    assert_eq!(cycle[0].key.as_deref(), Some("processes[0].depends_on[0]"));
+    assert_eq!(cycle[0].line, Some(4));
 }

@@ -1,0 +1,127 @@
+//! The keys of a cron job (`docs/configuration.md`, "Cron jobs"): a `type = "cronjob"` file, or a
+//! program with a `schedule`. `schedule`, `time_zone`, `concurrency`, `suspend`,
+//! `starting_deadline`, `history_limit`, `timeout`, `retries`; the job itself is the rest of the
+//! program's keys.
+
+use super::program::RawProgram;
+use super::raw::{Check, Val};
+use super::{Concurrency, CronSpec, Dur, ProgramSpec, Schedule, TimeZone};
+
+/// The keys only a cron job takes.
+const CRON_ONLY: &[&str] = &[
+    "time_zone",
+    "concurrency",
+    "suspend",
+    "starting_deadline",
+    "history_limit",
+    "timeout",
+    "retries",
+];
+
+/// Applies the keys to `spec`; `kind` is the file's `type`, when it says one.
+pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Option<&str>) {
+    let cron_only = [
+        raw.time_zone.is_absent(),
+        raw.concurrency.is_absent(),
+        raw.suspend.is_absent(),
+        raw.starting_deadline.is_absent(),
+        raw.history_limit.is_absent(),
+        raw.timeout.is_absent(),
+        raw.retries.is_absent(),
+    ];
+    let declared = kind == Some("cronjob");
+    if kind == Some("process") && !raw.schedule.is_absent() {
+        c.bad("schedule", "makes a cron job, but `type` is \"process\"")
+            .help("write type = \"cronjob\", or remove `schedule`");
+        return;
+    }
+    if !declared && raw.schedule.is_absent() {
+        for (key, absent) in CRON_ONLY.iter().zip(cron_only) {
+            if !absent {
+                c.bad(*key, "applies only to cron jobs")
+                    .help("add `schedule` (e.g. schedule = \"@hourly\") to make this a cron job");
+            }
+        }
+        return;
+    }
+    let schedule = match c.get(&raw.schedule, "schedule") {
+        Some(text) => match text.parse::<Schedule>() {
+            Ok(s) => Some(s),
+            Err(why) => {
+                c.err("schedule", format!("`{}`: {why}", c.at.key("schedule")))
+                    .help("write 5 fields (\"*/5 * * * *\"), 6 with seconds first, \"@hourly\", \"@daily\", … or \"@every 30s\"");
+                None
+            }
+        },
+        None if raw.schedule.is_absent() => {
+            let shown = c.at.key("schedule");
+            c.err("", format!("`{shown}` is required for a cron job"))
+                .help("schedule = \"@hourly\", \"*/5 * * * *\" or \"@every 30s\"");
+            None
+        }
+        None => None,
+    };
+    let time_zone = c
+        .get(&raw.time_zone, "time_zone")
+        .and_then(|z| match z.parse::<TimeZone>() {
+            Ok(z) => Some(z),
+            Err(why) => {
+                c.err("time_zone", format!("`{}`: {why}", c.at.key("time_zone")))
+                    .help("name a zone such as \"UTC\" or \"Europe/Berlin\"");
+                None
+            }
+        });
+    let concurrency = c.value(&raw.concurrency, "concurrency").unwrap_or_default();
+    let instances_given = !raw.instances.is_absent();
+    match concurrency {
+        Concurrency::Allow if spec.instances < 2 => {
+            c.bad("concurrency", "\"allow\" runs overlapping runs each in an instance of its own, and `instances` is 1")
+                .help("set `instances` to how many runs may overlap, e.g. instances = 3");
+        }
+        Concurrency::Forbid | Concurrency::Replace if instances_given && spec.instances > 1 => {
+            c.bad(
+                "instances",
+                format_args!(
+                    "must be 1 with concurrency = \"{}\": only one run is under way at a time",
+                    concurrency.as_str()
+                ),
+            )
+            .help("set concurrency = \"allow\" for overlapping runs");
+        }
+        _ => {}
+    }
+    if spec.auto_restart {
+        c.bad(
+            "auto_restart",
+            "does not apply to a cron job: a run that ends is done",
+        )
+        .help("use `retries` to run a failed run again");
+    }
+    let positive_dur = |c: &mut Check, v: &Val<String>, key: &str| {
+        let d = c.dur(v, key)?;
+        if d == Dur::ZERO {
+            c.bad(key, "must be more than 0s");
+            return None;
+        }
+        Some(d)
+    };
+    let starting_deadline = positive_dur(c, &raw.starting_deadline, "starting_deadline");
+    let timeout = positive_dur(c, &raw.timeout, "timeout");
+    let history_limit = match raw.history_limit {
+        Val::Absent => Some(CronSpec::DEFAULT_HISTORY_LIMIT),
+        _ => c.count(&raw.history_limit, "history_limit"),
+    };
+    let retries = c.count(&raw.retries, "retries").unwrap_or(0);
+    if let (Some(schedule), Some(history_limit)) = (schedule, history_limit) {
+        spec.cron = Some(CronSpec {
+            schedule,
+            time_zone,
+            concurrency,
+            suspend: c.value(&raw.suspend, "suspend").unwrap_or(false),
+            starting_deadline,
+            history_limit,
+            timeout,
+            retries,
+        });
+    }
+}
