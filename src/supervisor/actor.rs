@@ -76,6 +76,8 @@ pub(super) struct Actor {
     group: Arc<Group>,
     /// The stop signal of the stop being applied was sent already (by the handle).
     stop_sent: bool,
+    /// The launch of the latest start or restart taken in, which the next spawn carries out.
+    launch: Option<u64>,
     /// Our own last process exited and what it left outside its group may still run: killed
     /// before the next spawn (the orphan reaper, woken at the exit, usually has already).
     leftovers: bool,
@@ -106,6 +108,7 @@ impl Actor {
             group,
             stop_sent: false,
             leftovers: false,
+            launch: None,
             health: Health::new(&spec.detectors),
             probes: Probes::new(&spec),
             hooks: HookRunner::default(),
@@ -211,9 +214,15 @@ impl Actor {
     async fn command(&mut self, command: Command) {
         match command {
             // Once shutting down, nothing starts again.
-            Command::Start | Command::Restart if self.shutting_down => {}
-            Command::Start => self.apply(Input::StartRequested).await,
-            Command::Restart => self.apply(Input::RestartRequested).await,
+            Command::Start(_) | Command::Restart(_) if self.shutting_down => {}
+            Command::Start(launch) => {
+                self.launch = launch;
+                self.apply(Input::StartRequested).await
+            }
+            Command::Restart(launch) => {
+                self.launch = launch;
+                self.apply(Input::RestartRequested).await
+            }
             Command::Stop => self.stop().await,
             Command::Shutdown => {
                 self.shutting_down = true;
@@ -423,6 +432,7 @@ impl Actor {
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;
         self.status.spawned_spec = Some(Arc::clone(&self.spec));
+        self.status.launch = self.launch;
         self.status.started_at = Some(SystemTime::now());
         self.set_ended(false);
         if let Some(path) = &self.spec.pid_file {
@@ -499,6 +509,7 @@ impl Actor {
         self.status.pid = None;
         self.status.pid_start_time = None;
         self.status.spawned_spec = None;
+        self.status.launch = None;
         self.status.last_exit = Some(exit);
         self.status.stopped_at = Some(SystemTime::now());
         self.apply(Input::Exited {

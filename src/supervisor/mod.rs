@@ -118,6 +118,11 @@ pub struct InstanceStatus {
     /// daemon knows what the process runs. Not part of the wire form.
     #[serde(skip)]
     pub spawned_spec: Option<Arc<ProgramSpec>>,
+    /// The launch (a caller's token, [`InstanceHandle::start_launch`]) whose start or restart
+    /// the process `pid` carries out: the spawn that followed the actor taking it in, or a
+    /// later one (a retry, an automatic restart). Not part of the wire form.
+    #[serde(skip)]
+    pub launch: Option<u64>,
     /// Automatic restarts (crash restarts and unhealthy restarts, not explicit ones).
     pub restarts: u64,
     #[serde(with = "rfc3339_opt")]
@@ -150,6 +155,7 @@ impl InstanceStatus {
             pid: None,
             pid_start_time: None,
             spawned_spec: None,
+            launch: None,
             restarts,
             started_at: None,
             stopped_at: None,
@@ -199,9 +205,10 @@ pub struct Event {
 /// Commands an actor accepts.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Start,
+    /// With the launch it carries out, if any (see [`InstanceStatus::launch`]).
+    Start(Option<u64>),
     Stop,
-    Restart,
+    Restart(Option<u64>),
     UpdateSpec(Arc<ProgramSpec>),
     Shutdown,
 }
@@ -260,7 +267,13 @@ impl InstanceHandle {
     /// `exec:pid` has them probed first: if one passes, the program already runs elsewhere and is
     /// `running` without a process of ours (`pid: None`, `detected_by` naming the detector).
     pub fn start(&self) {
-        self.send(Command::Start);
+        self.send(Command::Start(None));
+    }
+
+    /// [`start`](Self::start), carrying out launch `token`: the process it spawns says so in
+    /// its status ([`InstanceStatus::launch`]).
+    pub fn start_launch(&self, token: u64) {
+        self.send(Command::Start(Some(token)));
     }
 
     /// Stop the process group: stop signal, `stop_timeout`, then `SIGKILL`. Cancels any backoff.
@@ -286,7 +299,12 @@ impl InstanceHandle {
     /// Stop, then start again. Not counted in `restarts` (it was asked for). An instance running
     /// elsewhere is forgotten and its detectors probed again, so it is never started twice.
     pub fn restart(&self) {
-        self.send(Command::Restart);
+        self.send(Command::Restart(None));
+    }
+
+    /// [`restart`](Self::restart), carrying out launch `token` (see [`start_launch`](Self::start_launch)).
+    pub fn restart_launch(&self, token: u64) {
+        self.send(Command::Restart(Some(token)));
     }
 
     /// Use `spec` from now on. Restart policy, stop settings and detectors apply at once; `exec`,

@@ -40,6 +40,8 @@ pub const STATE_DIR_ENV: &str = "PROVISR_STATE_DIR";
 pub const NAME_ENV: &str = "PROVISR_NAME";
 /// The 1-based instance index in every child's environment.
 pub const INSTANCE_ENV: &str = "PROVISR_INSTANCE";
+/// The digest of the spec a child was spawned with ([`ProgramSpec::digest`], hex), in its tag.
+pub const SPEC_ENV: &str = "PROVISR_SPEC";
 
 /// The child's fd holding the read end of its own stdout pipe.
 pub const STDOUT_KEEPALIVE_FD: RawFd = 3;
@@ -222,6 +224,7 @@ pub(crate) fn environment(
     }
     env.insert(NAME_ENV.into(), id.name.clone().into());
     env.insert(INSTANCE_ENV.into(), id.index.to_string().into());
+    env.insert(SPEC_ENV.into(), format!("{:016x}", spec.digest()).into());
     if let Some(dir) = state_dir {
         env.insert(STATE_DIR_ENV.into(), dir.as_os_str().to_owned());
     }
