@@ -31,6 +31,7 @@ pub fn run(args: &ServeArgs) -> i32 {
         api_listen: args.api_listen.clone(),
         state_dir: args.state_dir.clone(),
     };
+    crate::memory::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

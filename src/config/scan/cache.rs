@@ -89,7 +89,8 @@ struct Entry {
     hash: u64,
     /// The identity alone says the file is unchanged (see the module docs).
     settled: bool,
-    valid: Valid,
+    /// Boxed: the table holds one entry per file, most of it the spec.
+    valid: Box<Valid>,
 }
 
 /// What is known of one directory's files, by file name.
@@ -205,7 +206,7 @@ impl Session {
     }
 
     fn keep(&mut self, path: &Path, entry: Entry) -> Lookup {
-        let valid = Box::new(entry.valid.clone());
+        let valid = entry.valid.clone();
         self.found.insert(file_name(path).to_owned(), entry);
         Lookup::Unchanged(valid)
     }
@@ -224,7 +225,7 @@ impl Session {
             identity: key.identity,
             hash: key.hash,
             settled: key.settled,
-            valid: valid.clone(),
+            valid: Box::new(valid.clone()),
         };
         self.found.insert(file_name(path).to_owned(), entry);
     }
