@@ -217,7 +217,7 @@ pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
     // records stay as tombstones, so the loop stops what still runs of them.
     desired.apply(writes).await?;
 
-    let (events, _) = broadcast::channel(1024);
+    let (events, _) = broadcast::channel(event_capacity(&desired.snapshot()));
     tokio::spawn(count_events(events.subscribe(), metrics.clone()));
     let reconciler = reconcile::start(desired.clone(), events.clone(), wake, metrics.clone());
     // Loopback names always pass; besides them, the listen address and `[server] allowed_hosts`.
@@ -407,6 +407,8 @@ pub async fn run(
     // Ready for systemd once every listener is bound and the first pass ran (docs/systemd.md).
     let mut passes = state.reconciler.passes();
     let _ = passes.wait_for(|n| *n >= 1).await;
+    // What loading and the first pass allocated and freed goes back to the OS.
+    crate::memory::release_freed();
     let api_url = format!("{scheme}://{local}{}", opened.base_path);
     notifier.ready_at(&api_url, &notify::status_line(&state.reconciler));
     let status_updates = tokio::spawn(notify::status_worker(
@@ -569,6 +571,20 @@ fn access_policy(
         server.allow_groups.clone(),
         config_file.clone(),
     )
+}
+
+/// The capacity of the transition channel. Starting every instance at once (the daemon's boot,
+/// a start of everything) sends two transitions per instance in a burst, while the daemon is
+/// busy spawning and a subscriber may not be scheduled until it ends; a subscriber that keeps up
+/// must still see every one (`GET /events`, the metrics). So the channel holds the burst of the
+/// instances that run at start, twice over, and at least 1024; each slot costs about 150 bytes.
+fn event_capacity(programs: &desired::Programs) -> usize {
+    let running: usize = programs
+        .values()
+        .filter(|r| r.desired == crate::store::DesiredRun::Running)
+        .map(|r| r.spec.instances as usize)
+        .sum();
+    (4 * running).clamp(1024, 1 << 16).next_power_of_two()
 }
 
 /// Feeds every transition to the metrics; ends with the daemon.

@@ -204,6 +204,12 @@ pub fn sync_writes(
     let mut produced: BTreeSet<&str> = BTreeSet::new();
     for p in programs {
         produced.insert(p.spec.name.as_str());
+        // A put of what is stored already changes nothing (the store would drop it): left out,
+        // so that a rescan of an unchanged directory writes, compares and plans nothing.
+        let stored = current.get(&p.spec.name);
+        if stored.is_some_and(|r| r.spec == p.spec && r.source == p.source && r.error.is_none()) {
+            continue;
+        }
         writes.push(StoreWrite::PutProgram {
             spec: p.spec.clone(),
             source: p.source.clone(),

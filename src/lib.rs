@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod desired;
 pub mod logs;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod plan;

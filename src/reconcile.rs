@@ -95,7 +95,8 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// The instances as of the last pass.
+    /// The instances as of the last pass (or the one under way, once it has written its starts
+    /// ahead).
     pub fn live(&self) -> LiveTable {
         self.live.borrow().clone()
     }
@@ -202,7 +203,7 @@ struct Managed {
     /// A start or restart this loop ordered whose process has not been seen yet: the spec (the
     /// very `Arc` the actor spawns with) and its generation. Recorded as the record's `starting`.
     launch: Option<(Arc<ProgramSpec>, Option<u64>)>,
-    /// When `launch` was written ahead, in clock ticks after boot.
+    /// When `launch` was written ahead, in nanoseconds after boot.
     launch_at: Option<u64>,
     /// A stop or removal of its process was ordered, and no start since.
     stop_ordered: bool,
@@ -543,6 +544,9 @@ impl ReconcileLoop {
             }
         }
         self.write_ahead(&actions).await;
+        // New instances show in `GET /status` from now on, `starting`, not only once the pass
+        // that starts them (a thousand at boot) has ended.
+        self.publish_table();
         let mut done = Vec::with_capacity(actions.len());
         for (step, target) in actions {
             self.run_logs(&programs, &step);
@@ -551,27 +555,33 @@ impl ReconcileLoop {
         }
         self.persist(None).await;
         self.arm_cron(&programs);
-        if self.table_dirty {
-            self.table_dirty = false;
-            let table: BTreeMap<String, LiveInstance> = self
-                .entries
-                .iter()
-                .map(|(name, e)| {
-                    (
-                        name.clone(),
-                        LiveInstance {
-                            id: e.id.clone(),
-                            spec: e.spec.clone(),
-                            status: e.status.clone(),
-                            log: e.log.clone(),
-                        },
-                    )
-                })
-                .collect();
-            self.live_tx.send_replace(Arc::new(table));
-        }
+        self.publish_table();
         self.passes_tx.send_modify(|n| *n += 1);
         Plan { steps: done }
+    }
+
+    /// Publishes the live table if the instance set (or a spec) changed since it last was.
+    fn publish_table(&mut self) {
+        if !self.table_dirty {
+            return;
+        }
+        self.table_dirty = false;
+        let table: BTreeMap<String, LiveInstance> = self
+            .entries
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name.clone(),
+                    LiveInstance {
+                        id: e.id.clone(),
+                        spec: e.spec.clone(),
+                        status: e.status.clone(),
+                        log: e.log.clone(),
+                    },
+                )
+            })
+            .collect();
+        self.live_tx.send_replace(Arc::new(table));
     }
 
     /// Publishes which starts wait for dependencies, when that changed.
@@ -784,12 +794,12 @@ impl ReconcileLoop {
                     // The spec the actor will spawn with, as the very `Arc` it holds, so the
                     // spawn is recognised (see `Managed::settle_launch`).
                     e.launch = Some((e.spec.clone(), e.generation));
-                    let send = if step.action == Action::Start {
-                        InstanceHandle::start
-                    } else {
-                        InstanceHandle::restart
-                    };
-                    e.send_awaited(send);
+                    let token = e.launch_at.unwrap_or_default();
+                    let restart = step.action == Action::Restart;
+                    e.send_awaited(|h| match restart {
+                        false => h.start_launch(token),
+                        true => h.restart_launch(token),
+                    });
                 }
             }
             (Action::Update, Some((spec, _, generation))) => {
@@ -986,7 +996,7 @@ impl Managed {
     /// Sends a start or restart and remembers to treat the instance as starting until the
     /// actor publishes. Every start or restart the plan sends changes the published status
     /// (a start from `stopped`/`exited`/`failed`, a restart of an active instance).
-    fn send_awaited(&mut self, send: fn(&InstanceHandle)) {
+    fn send_awaited(&mut self, send: impl FnOnce(&InstanceHandle)) {
         let mut ack = self.status.clone();
         ack.borrow_and_update();
         send(&self.handle);
@@ -1014,16 +1024,14 @@ impl Managed {
         }
         // Until the actor has taken the command in, its status says nothing about it.
         self.observed_state();
-        let (Some((launch, _)), None) = (&self.launch, &self.awaiting) else {
+        let (Some(_), None) = (&self.launch, &self.awaiting) else {
             return;
         };
         let s = self.status.borrow();
-        // Usually the very `Arc`; an equal spec (a change applied in place before the spawn
-        // gives the actor a new one) starts the same process.
-        let spawned = s
-            .spawned_spec
-            .as_ref()
-            .is_some_and(|spec| Arc::ptr_eq(spec, launch) || **spec == **launch);
+        // The process the actor spawned for this very start (the command carried the time it
+        // was written ahead as its token): not one spawned for an earlier start, nor the old
+        // process of a restart, which may run the same spec.
+        let spawned = s.pid.is_some() && s.launch.is_some() && s.launch == self.launch_at;
         let settled = s.pid.is_none()
             && matches!(
                 s.state,

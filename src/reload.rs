@@ -174,6 +174,8 @@ impl Reloader {
         }
         let errors = loaded.errors.clone();
         self.set_loaded(loaded);
+        // A reload of thousands of programs allocates tens of MiB it frees at once.
+        crate::memory::release_freed();
         ReloadReport {
             dry_run,
             changed,

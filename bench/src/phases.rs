@@ -215,7 +215,8 @@ fn thousand(ctx: &Ctx, res: &mut Results) -> Result<()> {
         res.idle = Some(idle::measure(ctx, d, res)?);
     }
     if ctx.opts.want("api") {
-        res.api = Some(api::measure(ctx, d, n, res)?);
+        // Each cron job's instance is listed too, `stopped` between runs.
+        res.api = Some(api::measure(ctx, d, n + CRON_JOBS, res)?);
     }
     if ctx.opts.want("rss") {
         res.rss.thousand = Some(rss_kib(d.pid)?);

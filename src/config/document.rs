@@ -93,6 +93,7 @@ impl fmt::Display for KeyPath {
 }
 
 /// A file (or an API request body): its name for errors, its tree, and the text lines come from.
+#[derive(Clone)]
 pub struct Document {
     pub file: PathBuf,
     pub tree: Value,

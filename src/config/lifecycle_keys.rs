@@ -357,7 +357,8 @@ fn hook(c: &mut Check, raw: &RawHook) -> Option<HookSpec> {
 /// One program as the cross-program check sees it: where errors about it go, and its spec
 /// when it is valid.
 pub struct Node<'a> {
-    pub doc: &'a Document,
+    /// The program's document; every node with dependencies has it.
+    pub doc: Option<&'a Document>,
     /// Where its spec's keys are (`spec` in the wrapped form).
     pub spec_at: KeyPath,
     pub name: Option<&'a str>,
@@ -376,9 +377,11 @@ pub fn check_dependencies(nodes: &[Node<'_>]) -> Vec<(usize, ConfigError)> {
     let candidates: Vec<&str> = by_name.keys().copied().collect();
     let mut errors = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        let Some(spec) = n.spec else { continue };
+        let (Some(spec), Some(doc)) = (n.spec, n.doc) else {
+            continue;
+        };
         for dep in spec.depends_on.keys() {
-            let at = n.spec_at.join(&dep_key(n.doc, &n.spec_at, dep));
+            let at = n.spec_at.join(&dep_key(doc, &n.spec_at, dep));
             let shown = at.to_string();
             match by_name.get(dep.as_str()).map(|&j| &nodes[j]) {
                 None => {
@@ -386,7 +389,7 @@ pub fn check_dependencies(nodes: &[Node<'_>]) -> Vec<(usize, ConfigError)> {
                         format!("add a program named `{dep}` or remove it from `depends_on`")
                     });
                     let message = format!("`{shown}`: no program is named `{dep}`");
-                    errors.push((i, n.doc.error(&at, message).with_hint(hint)));
+                    errors.push((i, doc.error(&at, message).with_hint(hint)));
                 }
                 Some(Node {
                     spec: Some(other), ..
@@ -399,7 +402,7 @@ pub fn check_dependencies(nodes: &[Node<'_>]) -> Vec<(usize, ConfigError)> {
                         "give `{dep}` a priority of {} or lower, or `{}` one of {} or higher",
                         spec.priority, spec.name, other.priority
                     );
-                    errors.push((i, n.doc.error(&at, message).with_hint(hint)));
+                    errors.push((i, doc.error(&at, message).with_hint(hint)));
                 }
                 Some(_) => {}
             }
@@ -415,10 +418,12 @@ pub fn check_dependencies(nodes: &[Node<'_>]) -> Vec<(usize, ConfigError)> {
         for (pos, &i) in cycle.iter().enumerate() {
             let next = nodes[cycle[(pos + 1) % cycle.len()]].name.unwrap_or("?");
             let n = &nodes[i];
-            let at = n.spec_at.join(&dep_key(n.doc, &n.spec_at, next));
+            // A node in a cycle has dependencies, so its document.
+            let Some(doc) = n.doc else { continue };
+            let at = n.spec_at.join(&dep_key(doc, &n.spec_at, next));
             let message = format!("dependency cycle: {shown}");
             let hint = "remove one of these dependencies";
-            errors.push((i, n.doc.error(&at, message).with_hint(hint)));
+            errors.push((i, doc.error(&at, message).with_hint(hint)));
         }
     }
     errors
@@ -514,13 +519,13 @@ fn cycles(nodes: &[Node<'_>], by_name: &BTreeMap<&str, usize>) -> Vec<Vec<usize>
 pub fn request_dependency_errors(spec: &ProgramSpec, others: &[&ProgramSpec]) -> Vec<String> {
     let doc = Document::without_text(super::scan::REQUEST_FILE, Value::Null);
     let mut nodes = vec![Node {
-        doc: &doc,
+        doc: Some(&doc),
         spec_at: KeyPath::default(),
         name: Some(&spec.name),
         spec: Some(spec),
     }];
     nodes.extend(others.iter().filter(|o| o.name != spec.name).map(|o| Node {
-        doc: &doc,
+        doc: Some(&doc),
         spec_at: KeyPath::default(),
         name: Some(&o.name),
         spec: Some(*o),

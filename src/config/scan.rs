@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -19,6 +18,8 @@ use super::program::{self, ProgramContext, ProgramOutcome};
 use super::raw::{Check, RawEnv};
 use super::settings::{read_main, Settings};
 use super::{GroupSpec, Program, ProgramSpec, Source};
+
+mod cache;
 
 /// The file name shown for errors in an API request body.
 pub const REQUEST_FILE: &str = "<request>";
@@ -94,10 +95,16 @@ pub fn load(
 
 /// One program of a scan, valid or not, and where its name is written.
 struct Scanned {
-    doc: Arc<Document>,
+    /// Where the name is written, for errors about it: the file (or the main config), the key
+    /// and its line. The document itself is dropped once validated.
+    name_file: PathBuf,
     name_at: KeyPath,
+    name_line: Option<usize>,
     /// Where the program's keys are: its place, or its `spec` table in the wrapped form.
     spec_at: KeyPath,
+    /// The document, kept only for a valid program with dependencies: the check across programs
+    /// names the line of each one it refuses.
+    deps_doc: Option<Document>,
     /// How errors about another program refer to this one: its file, or `processes[2]`.
     label: String,
     /// `None` for an inline process.
@@ -108,17 +115,20 @@ struct Scanned {
 
 impl Scanned {
     fn new(
-        doc: Arc<Document>,
+        doc: &Document,
         at: &KeyPath,
         label: String,
         file: Option<PathBuf>,
         o: ProgramOutcome,
     ) -> Scanned {
         let name_at = at.join(&o.name_path);
-        let spec_at = super::lifecycle_keys::spec_at(&doc, at);
+        let spec_at = super::lifecycle_keys::spec_at(doc, at);
         let (name, result) = (o.name, o.result);
+        let deps = result.as_ref().is_ok_and(|s| !s.depends_on.is_empty());
         Scanned {
-            doc,
+            deps_doc: deps.then(|| doc.clone()),
+            name_file: doc.file.clone(),
+            name_line: doc.line_of(&name_at),
             name_at,
             spec_at,
             label,
@@ -128,9 +138,28 @@ impl Scanned {
         }
     }
 
+    /// A valid program file an earlier scan validated and that has not changed since.
+    fn unchanged(path: PathBuf, valid: cache::Valid) -> Scanned {
+        Scanned {
+            name_file: path.clone(),
+            name_at: valid.name_path,
+            name_line: valid.name_line,
+            spec_at: valid.spec_at,
+            deps_doc: None,
+            label: path.display().to_string(),
+            file: Some(path),
+            name: valid.name,
+            result: Ok(valid.spec),
+        }
+    }
+
     /// Marks the program invalid with an error about its name.
     fn fail(&mut self, message: String, hint: &str) {
-        let e = self.doc.error(&self.name_at, message).with_hint(hint);
+        let mut e = ConfigError::new(&self.name_file, message).at_line(self.name_line);
+        if !self.name_at.0.is_empty() {
+            e = e.with_key(self.name_at.to_string());
+        }
+        let e = e.with_hint(hint);
         match &mut self.result {
             Ok(_) => self.result = Err(vec![e]),
             Err(list) => list.push(e),
@@ -156,49 +185,71 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
     for (i, tree) in settings.processes.iter().enumerate() {
         let at = k("processes").index(i);
         let o = program::validate(&main, tree, at.clone(), &inline);
-        scanned.push(Scanned::new(main.clone(), &at, at.to_string(), None, o));
+        scanned.push(Scanned::new(&main, &at, at.to_string(), None, o));
     }
     let paths = program_files(&settings.programs_directory).unwrap_or_else(|e| {
         c.errors.push(e);
         Vec::new()
     });
+    // Files unchanged since the last scan of this directory are not parsed again.
+    let context = cache::Context {
+        log_defaults: settings.log.clone(),
+        use_os_env: settings.use_os_env,
+        env: env.clone(),
+    };
+    let mut session = cache::Session::open(&settings.programs_directory, context);
     for path in paths {
+        let read = match session.lookup(&path) {
+            Ok(cache::Lookup::Unchanged(valid)) => {
+                scanned.push(Scanned::unchanged(path, *valid));
+                continue;
+            }
+            Ok(cache::Lookup::Read(read)) => Ok(read),
+            Err(e) => Err(e),
+        };
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
             .map(str::to_string);
-        let (doc, o) = match read_program_file(&path) {
-            Ok(doc) => {
+        let (doc, o, key) = match read.map_err(|e| read_error(&path, e)).and_then(|read| {
+            let doc = parse_program_file(&path, read.text)?;
+            Ok((doc, read.key))
+        }) {
+            Ok((doc, key)) => {
                 let pc = ProgramContext {
                     base_dir: path.parent(),
                     fallback_name: stem,
                     ..inline
                 };
                 let o = program::validate(&doc, &doc.tree, KeyPath::default(), &pc);
-                (doc, o)
+                (doc, o, Some(key))
             }
             Err(e) => {
                 let (name_path, result) = (KeyPath::default(), Err(vec![e]));
                 let doc = Document::without_text(&path, Value::Null);
-                (
-                    doc,
-                    ProgramOutcome {
-                        name: stem,
-                        name_path,
-                        result,
-                    },
-                )
+                let o = ProgramOutcome {
+                    name: stem,
+                    name_path,
+                    result,
+                };
+                (doc, o, None)
             }
         };
         let label = path.display().to_string();
-        scanned.push(Scanned::new(
-            Arc::new(doc),
-            &KeyPath::default(),
-            label,
-            Some(path),
-            o,
-        ));
+        let s = Scanned::new(&doc, &KeyPath::default(), label, Some(path.clone()), o);
+        if let (Some(key), Ok(spec)) = (key, &s.result) {
+            let valid = cache::Valid {
+                name: s.name.clone(),
+                name_path: s.name_at.clone(),
+                name_line: s.name_line,
+                spec_at: s.spec_at.clone(),
+                spec: spec.clone(),
+            };
+            session.remember(&path, key, &valid);
+        }
+        scanned.push(s);
     }
+    session.close();
     check_unique_names(&mut scanned);
     check_dependencies(&mut scanned);
 
@@ -243,9 +294,11 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
     }
 }
 
-fn read_program_file(path: &Path) -> Result<Document, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(path, format!("cannot read the program file: {e}")))?;
+fn read_error(path: &Path, e: std::io::Error) -> ConfigError {
+    ConfigError::new(path, format!("cannot read the program file: {e}"))
+}
+
+fn parse_program_file(path: &Path, text: String) -> Result<Document, ConfigError> {
     let format = FileFormat::of(path).unwrap_or(FileFormat::Toml);
     Document::parse(path.to_path_buf(), text, format)
 }
@@ -310,7 +363,7 @@ fn check_dependencies(scanned: &mut [Scanned]) {
     let nodes: Vec<Node<'_>> = scanned
         .iter()
         .map(|s| Node {
-            doc: &s.doc,
+            doc: s.deps_doc.as_ref(),
             spec_at: s.spec_at.clone(),
             name: s.name.as_deref(),
             spec: s.result.as_ref().ok(),
@@ -440,9 +493,16 @@ fn program_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
             return Err(ConfigError::new(dir, message));
         }
     };
-    let paths = entries.filter_map(Result::ok).map(|entry| entry.path());
-    let mut files: Vec<PathBuf> = paths
-        .filter(|p| is_program_file_name(p) && p.is_file())
+    // The entry's type comes with the directory listing: only a symlink needs a `stat`.
+    let is_file = |entry: &std::fs::DirEntry| match entry.file_type() {
+        Ok(t) if t.is_symlink() => entry.path().is_file(),
+        Ok(t) => t.is_file(),
+        Err(_) => false,
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| is_program_file_name(Path::new(&entry.file_name())) && is_file(entry))
+        .map(|entry| entry.path())
         .collect();
     files.sort();
     Ok(files)

@@ -81,6 +81,8 @@ pub(super) fn takeover(
         .chain(leaders.keys().map(|n| n.to_string()))
         .collect();
     let mut out = Takeover::default();
+    // Leaders of processes spawned with a spec a later start written ahead replaced.
+    let mut superseded: Vec<i32> = Vec::new();
     for name in names {
         let record = records.remove(&name);
         let this_boot = |r: &InstanceRecord| match (r.boot_id.as_deref(), boot) {
@@ -104,17 +106,21 @@ pub(super) fn takeover(
             None => leaders
                 .get(name.as_str())
                 .and_then(|found| found.iter().min_by_key(|t| (t.start_time, t.pid)))
-                .map(|t| {
-                    let spec = record.as_ref().and_then(|r| match &r.starting {
-                        Some(l) => Some((l.spec.clone(), Some(l.generation))),
-                        None => Some((r.spec.clone()?, r.generation)),
-                    });
+                .and_then(|t| {
+                    let spec = match record.as_ref().map(|r| spec_of_tagged(r, t.spec)) {
+                        Some(Ok(spec)) => spec,
+                        Some(Err(Superseded)) => {
+                            superseded.push(t.pid);
+                            return None;
+                        }
+                        None => None,
+                    };
                     let replaced = record.as_ref().is_some_and(|r| {
                         this_boot(r)
                             && r.starting.is_none()
                             && r.start_time.is_some_and(|before| before < t.start_time)
                     });
-                    (t.pid, t.start_time, spec, "tag", replaced)
+                    Some((t.pid, t.start_time, spec, "tag", replaced))
                 }),
         };
         let mut restarts = record.as_ref().map_or(0, |r| r.restarts);
@@ -237,7 +243,11 @@ pub(super) fn takeover(
     };
     out.leftovers = tagged
         .iter()
-        .filter(|t| t.detector || (!t.leads_group() && !leads(t.pgid, &t.name)))
+        .filter(|t| {
+            t.detector
+                || (!t.leads_group() && !leads(t.pgid, &t.name))
+                || superseded.contains(&t.pgid)
+        })
         .cloned()
         .collect();
     out
@@ -276,6 +286,40 @@ fn started_since_written(r: &InstanceRecord, latest: Option<&u64>) -> bool {
         None => true,
     }
 }
+/// A process found by its tag that runs none of the specs its record names: a spawn that was
+/// under way when the start of a newer spec was written ahead. It is killed and the start
+/// written ahead carried out.
+struct Superseded;
+
+/// What a process found by its tag runs: the spec its tag's digest matches, the start written
+/// ahead or the recorded one. Without a digest (a process of an older provisr), the start
+/// written ahead, else the recorded spec, as the record is all there is to go by.
+fn spec_of_tagged(
+    r: &InstanceRecord,
+    digest: Option<u64>,
+) -> Result<Option<(ProgramSpec, Option<u64>)>, Superseded> {
+    let starting = r
+        .starting
+        .as_ref()
+        .map(|l| (l.spec.clone(), Some(l.generation)));
+    let recorded = r.spec.clone().map(|s| (s, r.generation));
+    let Some(digest) = digest else {
+        return Ok(starting.or(recorded));
+    };
+    let matches = |c: &Option<(ProgramSpec, Option<u64>)>| {
+        c.as_ref().is_some_and(|(s, _)| s.digest() == digest)
+    };
+    if matches(&starting) {
+        Ok(starting)
+    } else if matches(&recorded) {
+        Ok(recorded)
+    } else if starting.is_none() && recorded.is_none() {
+        Ok(None)
+    } else {
+        Err(Superseded)
+    }
+}
+
 /// The id of an instance no program claims, named `name`: instance `index` of `program` when
 /// that spells `name`, else a single instance of a program called `name`. Only its name and
 /// program matter: it is stopped and forgotten.
@@ -343,7 +387,62 @@ mod tests {
             name: name.into(),
             index: None,
             detector: false,
+            spec: None,
         }
+    }
+
+    #[test]
+    fn a_process_found_by_its_tag_runs_the_spec_its_digest_names() {
+        // `web` ran "sleep 1" (recorded) and the start of "sleep 3" was written ahead; the
+        // process found by its tag (no recorded pid) was spawned with one of three specs.
+        let p = programs(&[spec("web", "sleep 3", 1)]);
+        let (one, two, three) = (
+            spec("web", "sleep 1", 1),
+            spec("web", "sleep 2", 1),
+            spec("web", "sleep 3", 1),
+        );
+        let take = |digest: Option<u64>| {
+            let mut r = record("web", None);
+            r.spec = Some(one.clone());
+            r.starting = Some(Launch {
+                generation: 7,
+                spec: three.clone(),
+                written_ns: Some(100),
+            });
+            let mut t = tag(40, "web", 40);
+            t.spec = digest;
+            let tagged = [t, tag(41, "web", 40)];
+            takeover(
+                &p,
+                vec![("web".into(), r)],
+                &tagged,
+                &BTreeMap::new(),
+                Some("this"),
+                alive,
+            )
+        };
+        let runs = |t: &Takeover| t.adopted[0].spec.exec.clone();
+        // The start written ahead, or the recorded spec, as its digest says.
+        let t = take(Some(three.digest()));
+        assert_eq!(
+            (pid_of(&t.adopted[0]), runs(&t)),
+            (Some(40), three.exec.clone())
+        );
+        let t = take(Some(one.digest()));
+        assert_eq!(
+            (pid_of(&t.adopted[0]), runs(&t)),
+            (Some(40), one.exec.clone())
+        );
+        // Neither: spawned before the newer start was written; killed with its group, and the
+        // start written ahead is carried out.
+        let t = take(Some(two.digest()));
+        assert_eq!(pid_of(&t.adopted[0]), None);
+        assert!(matches!(t.adopted[0].initial, Initial::Fresh { .. }));
+        let killed: Vec<i32> = t.leftovers.iter().map(|l| l.pid).collect();
+        assert_eq!(killed, [40, 41]);
+        // No digest (an older provisr's process): the start written ahead, as before.
+        let t = take(None);
+        assert_eq!(runs(&t), three.exec);
     }
 
     /// Every pid below 100 lives, with start time pid × 10.

@@ -294,6 +294,17 @@ mod unlimited {
 }
 
 impl ProgramSpec {
+    /// A digest of every field, which a child carries in its tag (`PROVISR_SPEC`): a daemon
+    /// taking over a process tells which of the specs its record names the process runs. Stable
+    /// for one build of provisr (the standard hasher over the spec's JSON); after an upgrade a
+    /// digest matches nothing, and the record's spec is assumed, as before there were digests.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_vec(self).unwrap_or_default().hash(&mut h);
+        h.finish()
+    }
+
     /// A spec with every default of `docs/configuration.md`, for `exec`.
     pub fn new(name: impl Into<String>, exec: Exec) -> ProgramSpec {
         ProgramSpec {

@@ -23,9 +23,9 @@ use super::hooks::{HookContext, HookRunner};
 use super::probe::{ProbeChange, Probes, Which};
 use super::process::{
     boot_nanos_now, is_alive, kill_group, parse_signal, proc_pgid, proc_start_time,
-    start_time_to_wall, ExitInfo, ProcessWatch,
+    start_time_to_wall, ExitInfo, Group, ProcessWatch,
 };
-use super::reaper::{kill_escapees, set_ended};
+use super::reaper::{kill_escapees, poke_reaper, set_ended};
 use super::spawn::{
     spawn_instance, PipeReservation, SpawnError, STDERR_KEEPALIVE_FD, STDOUT_KEEPALIVE_FD,
 };
@@ -72,6 +72,15 @@ pub(super) struct Actor {
     tx: watch::Sender<InstanceStatus>,
     inbox: mpsc::UnboundedReceiver<Command>,
     shutting_down: bool,
+    /// The group of our own child, shared with the handle that may send the stop signal.
+    group: Arc<Group>,
+    /// The stop signal of the stop being applied was sent already (by the handle).
+    stop_sent: bool,
+    /// The launch of the latest start or restart taken in, which the next spawn carries out.
+    launch: Option<u64>,
+    /// Our own last process exited and what it left outside its group may still run: killed
+    /// before the next spawn (the orphan reaper, woken at the exit, usually has already).
+    leftovers: bool,
 }
 
 impl Actor {
@@ -82,9 +91,12 @@ impl Actor {
         restarts: u64,
         tx: watch::Sender<InstanceStatus>,
         inbox: mpsc::UnboundedReceiver<Command>,
+        group: Arc<Group>,
     ) -> Actor {
         let policy = Policy::of(&spec);
         let status = tx.borrow().clone();
+        let stop_signal = stop_signal_of(&spec);
+        group.set_stop_signal(direct_stop(&spec, stop_signal));
         let hook_ctx = HookContext {
             id: id.clone(),
             state_dir: ctx.state_dir.clone(),
@@ -92,7 +104,11 @@ impl Actor {
             counters: Arc::clone(&ctx.counters),
         };
         Actor {
-            stop_signal: stop_signal_of(&spec),
+            stop_signal,
+            group,
+            stop_sent: false,
+            leftovers: false,
+            launch: None,
             health: Health::new(&spec.detectors),
             probes: Probes::new(&spec),
             hooks: HookRunner::default(),
@@ -153,16 +169,18 @@ impl Actor {
             let readiness_due = self.probes.next_due();
             tokio::select! {
                 command = self.inbox.recv() => match command {
-                    Some(command) => self.command(command),
+                    Some(command) => self.command(command).await,
                     // The handle is gone (detach): end without touching the child.
                     None => return,
                 },
-                exit = wait_exit(self.child.as_ref()) => self.on_exit(exit),
+                exit = wait_exit(self.child.as_ref()) => self.on_exit(exit).await,
                 () = sleep_until(deadline) => match self.life.timer_input() {
-                    Some(input) => self.apply(input),
+                    Some(input) => self.apply(input).await,
                     None => self.life.deadline = None,
                 },
-                (index, result) = self.health.probe_finished() => self.on_probe(index, result),
+                (index, result) = self.health.probe_finished() => {
+                    self.on_probe(index, result).await
+                }
                 found = wait_probe(self.probe.as_mut()) => {
                     self.probe = None;
                     let input = match found {
@@ -173,7 +191,7 @@ impl Actor {
                             Input::NotDetected
                         }
                     };
-                    self.apply(input);
+                    self.apply(input).await;
                 }
                 () = sleep_until(probe_due) => {
                     self.health.start_due(&self.spec, &self.id, self.ctx.state_dir.as_ref())
@@ -182,125 +200,152 @@ impl Actor {
                     let dir = self.ctx.state_dir.clone();
                     self.probes.start_due(Instant::now(), &self.spec, &self.id, dir.as_ref());
                 }
-                (which, result) = self.probes.finished() => self.on_probe_result(which, result),
+                (which, result) = self.probes.finished() => {
+                    self.on_probe_result(which, result).await
+                }
                 (phase, result) = self.hooks.finished() => {
-                    self.on_hooks(phase, result);
+                    self.on_hooks(phase, result).await;
                     self.hooks.start_next(&self.hook_ctx);
                 }
             }
         }
     }
 
-    fn command(&mut self, command: Command) {
+    async fn command(&mut self, command: Command) {
         match command {
             // Once shutting down, nothing starts again.
-            Command::Start | Command::Restart if self.shutting_down => {}
-            Command::Start => self.apply(Input::StartRequested),
-            Command::Restart => self.apply(Input::RestartRequested),
-            Command::Stop => self.apply(Input::StopRequested),
+            Command::Start(_) | Command::Restart(_) if self.shutting_down => {}
+            Command::Start(launch) => {
+                self.launch = launch;
+                self.apply(Input::StartRequested).await
+            }
+            Command::Restart(launch) => {
+                self.launch = launch;
+                self.apply(Input::RestartRequested).await
+            }
+            Command::Stop => self.stop().await,
             Command::Shutdown => {
                 self.shutting_down = true;
-                self.apply(Input::StopRequested);
+                self.stop().await;
             }
-            Command::UpdateSpec(spec) => self.update_spec(spec),
+            Command::UpdateSpec(spec) => self.update_spec(spec).await,
         }
+    }
+
+    /// A stop: the stop signal goes to the group unless whoever asked sent it already.
+    async fn stop(&mut self) {
+        self.stop_sent = self.stop_was_sent();
+        self.apply(Input::StopRequested).await;
+        self.stop_sent = false;
+    }
+
+    /// Whether the handle sent the stop signal to our current child (forgetting it).
+    fn stop_was_sent(&self) -> bool {
+        self.child
+            .as_ref()
+            .is_some_and(|c| self.group.take_stop_sent(c.watch.pid()))
     }
 
     /// Feeds `input` to the state machine and carries out the decisions, following up spawn
-    /// results until the machine settles, publishing the status after each step.
-    fn apply(&mut self, input: Input) {
-        let mut pending = Some(input);
-        while let Some(input) = pending.take() {
-            let from = self.life.state;
-            let restarts = self.life.restarts;
-            let was_elsewhere = matches!(self.life.origin, Origin::Elsewhere(_));
-            let was_hooks = self.life.origin == Origin::Hooks;
-            let came_up = matches!(input, Input::Spawned | Input::StartDurationElapsed);
-            let decision = state::next(&self.life, &input, &self.policy, Instant::now());
-            let transition = decision.is_transition(from);
-            let facts = Facts {
-                exit: match input {
-                    Input::Exited { code, signal, .. } => Some(ExitInfo { code, signal }),
-                    _ => None,
-                },
-                restart: decision.next.restarts > restarts,
-                // Only a running instance is probed, and only the first crossing of the threshold
-                // is an input: every `Unhealthy` the machine accepts is a change of health.
-                healthy: matches!(input, Input::Unhealthy { .. }).then_some(false),
-                spawn: decision.action == ProcessOp::Spawn,
-            };
-            self.life = decision.next;
-            match (was_elsewhere, &self.life.origin) {
-                (false, Origin::Elsewhere(_)) => {
-                    // Not our process: when it started is unknown.
-                    self.status.started_at = None;
-                }
-                (true, Origin::Elsewhere(_)) | (false, _) => {}
-                (true, _) => self.status.stopped_at = Some(SystemTime::now()),
+    /// results until the machine settles.
+    async fn apply(&mut self, input: Input) {
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            if self.step(input) {
+                next = Some(match self.spawn().await {
+                    Ok(()) => Input::Spawned,
+                    Err(e) => Input::SpawnFailed {
+                        error: e.to_string(),
+                    },
+                });
             }
-            if self.life.origin != Origin::Probing {
-                self.probe = None;
-            }
-            if was_hooks && self.life.origin != Origin::Hooks && decision.action != ProcessOp::Spawn
-            {
-                // Stopped (or failed) while the hooks before a spawn ran: they are abandoned.
-                self.hooks.abandon(HookPhase::PreStart, &self.hook_ctx);
-            }
-            match decision.action {
-                ProcessOp::Nothing => {}
-                ProcessOp::Spawn => {
-                    pending = Some(match self.spawn() {
-                        Ok(()) => Input::Spawned,
-                        Err(e) => Input::SpawnFailed {
-                            error: e.to_string(),
-                        },
-                    })
-                }
-                ProcessOp::SignalGroup => self.signal(self.stop_signal),
-                ProcessOp::KillGroup => self.signal(Signal::SIGKILL),
-                ProcessOp::Probe => self.start_probe(),
-                ProcessOp::RunHooks => {
-                    self.hooks
-                        .push(HookPhase::PreStart, &self.spec, &self.hook_ctx)
-                }
-                ProcessOp::PreStop => {
-                    self.hooks
-                        .push(HookPhase::PreStop, &self.spec, &self.hook_ctx)
-                }
-            }
-            let up = came_up && from != InstanceState::Running;
-            if up
-                && self.life.state == InstanceState::Running
-                && !self.spec.hooks.post_start.is_empty()
-            {
-                self.hooks
-                    .push(HookPhase::PostStart, &self.spec, &self.hook_ctx);
-            }
-            if let Some(reason) = decision.reason {
-                let to = self.life.state;
-                if transition || facts.healthy.is_some() {
-                    self.emit(from, to, &reason, facts);
-                } else {
-                    tracing::info!(instance = %self.id.name, state = %to, %reason, "instance update");
-                }
-                self.status.message = Some(reason);
-            }
-            self.sync_health();
-            self.publish();
         }
     }
 
+    /// One input: the decision and its action, the event, the published status. A spawn is
+    /// left to the caller, after the status says `starting` (it may wait for the spawner), and
+    /// its result is the next input; returns whether the decision is to spawn.
+    fn step(&mut self, input: Input) -> bool {
+        let from = self.life.state;
+        let restarts = self.life.restarts;
+        let was_elsewhere = matches!(self.life.origin, Origin::Elsewhere(_));
+        let was_hooks = self.life.origin == Origin::Hooks;
+        let came_up = matches!(input, Input::Spawned | Input::StartDurationElapsed);
+        let decision = state::next(&self.life, &input, &self.policy, Instant::now());
+        let transition = decision.is_transition(from);
+        let facts = Facts {
+            exit: match input {
+                Input::Exited { code, signal, .. } => Some(ExitInfo { code, signal }),
+                _ => None,
+            },
+            restart: decision.next.restarts > restarts,
+            // Only a running instance is probed, and only the first crossing of the threshold
+            // is an input: every `Unhealthy` the machine accepts is a change of health.
+            healthy: matches!(input, Input::Unhealthy { .. }).then_some(false),
+            spawn: decision.action == ProcessOp::Spawn,
+        };
+        self.life = decision.next;
+        match (was_elsewhere, &self.life.origin) {
+            (false, Origin::Elsewhere(_)) => {
+                // Not our process: when it started is unknown.
+                self.status.started_at = None;
+            }
+            (true, Origin::Elsewhere(_)) | (false, _) => {}
+            (true, _) => self.status.stopped_at = Some(SystemTime::now()),
+        }
+        if self.life.origin != Origin::Probing {
+            self.probe = None;
+        }
+        if was_hooks && self.life.origin != Origin::Hooks && decision.action != ProcessOp::Spawn {
+            // Stopped (or failed) while the hooks before a spawn ran: they are abandoned.
+            self.hooks.abandon(HookPhase::PreStart, &self.hook_ctx);
+        }
+        match decision.action {
+            ProcessOp::Nothing | ProcessOp::Spawn => {}
+            ProcessOp::SignalGroup if std::mem::take(&mut self.stop_sent) => {}
+            ProcessOp::SignalGroup => self.signal(self.stop_signal),
+            ProcessOp::KillGroup => self.signal(Signal::SIGKILL),
+            ProcessOp::Probe => self.start_probe(),
+            ProcessOp::RunHooks => self
+                .hooks
+                .push(HookPhase::PreStart, &self.spec, &self.hook_ctx),
+            ProcessOp::PreStop => self
+                .hooks
+                .push(HookPhase::PreStop, &self.spec, &self.hook_ctx),
+        }
+        let up = came_up && from != InstanceState::Running;
+        if up && self.life.state == InstanceState::Running && !self.spec.hooks.post_start.is_empty()
+        {
+            self.hooks
+                .push(HookPhase::PostStart, &self.spec, &self.hook_ctx);
+        }
+        if let Some(reason) = decision.reason {
+            let to = self.life.state;
+            if transition || facts.healthy.is_some() {
+                self.emit(from, to, &reason, facts);
+            } else {
+                tracing::info!(instance = %self.id.name, state = %to, %reason, "instance update");
+            }
+            self.status.message = Some(reason);
+        }
+        self.sync_health();
+        self.publish();
+        decision.action == ProcessOp::Spawn
+    }
+
     /// A batch of hooks has run: its phase's step of the lifecycle follows.
-    fn on_hooks(&mut self, phase: HookPhase, result: Result<(), String>) {
+    async fn on_hooks(&mut self, phase: HookPhase, result: Result<(), String>) {
         match (phase, result) {
-            (HookPhase::PreStart, Ok(())) => self.apply(Input::HooksDone),
-            (HookPhase::PreStart, Err(detail)) => self.apply(Input::HookFailed { detail }),
-            (HookPhase::PostStart, Err(detail)) => self.apply(Input::PostStartFailed { detail }),
+            (HookPhase::PreStart, Ok(())) => self.apply(Input::HooksDone).await,
+            (HookPhase::PreStart, Err(detail)) => self.apply(Input::HookFailed { detail }).await,
+            (HookPhase::PostStart, Err(detail)) => {
+                self.apply(Input::PostStartFailed { detail }).await
+            }
             (HookPhase::PreStop, result) => {
                 if let Err(detail) = result {
                     tracing::warn!(instance = %self.id.name, "{detail}; stopping anyway");
                 }
-                self.apply(Input::PreStopDone);
+                self.apply(Input::PreStopDone).await;
             }
             (HookPhase::PostStop, Err(detail)) => {
                 tracing::warn!(instance = %self.id.name, "{detail}");
@@ -316,7 +361,7 @@ impl Actor {
 
     /// A probe result: readiness changes `ready` (and `healthy`) with an event; a failing
     /// liveness probe is an input of the lifecycle.
-    fn on_probe_result(&mut self, which: Which, result: Result<(), String>) {
+    async fn on_probe_result(&mut self, which: Which, result: Result<(), String>) {
         if self.life.state != InstanceState::Running {
             return;
         }
@@ -326,7 +371,7 @@ impl Actor {
         match (which, change) {
             (_, ProbeChange::Unchanged) | (Which::Liveness, ProbeChange::Passing(_)) => {}
             (Which::Liveness, ProbeChange::Failing(detail)) => {
-                self.apply(Input::LivenessFailed { detail })
+                self.apply(Input::LivenessFailed { detail }).await
             }
             (Which::Readiness, ProbeChange::Passing(reason)) => {
                 let facts = Facts {
@@ -370,9 +415,15 @@ impl Actor {
         }));
     }
 
-    fn spawn(&mut self) -> Result<(), SpawnError> {
+    async fn spawn(&mut self) -> Result<(), SpawnError> {
+        if std::mem::take(&mut self.leftovers) {
+            // What the last process left outside its group, before anything starts again.
+            self.kill_leftovers(true);
+        }
         let begun = boot_nanos_now();
-        let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref())?;
+        let mut spawned =
+            spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref()).await?;
+        spawned.watch.share_group(self.group.clone());
         if let (Some(journal), Some(start_time)) = (&self.ctx.launches, spawned.start_time) {
             journal.launched(&self.id.name, spawned.pid, start_time, begun);
         }
@@ -381,6 +432,7 @@ impl Actor {
         self.status.pid = Some(spawned.pid);
         self.status.pid_start_time = spawned.start_time;
         self.status.spawned_spec = Some(Arc::clone(&self.spec));
+        self.status.launch = self.launch;
         self.status.started_at = Some(SystemTime::now());
         self.set_ended(false);
         if let Some(path) = &self.spec.pid_file {
@@ -421,7 +473,15 @@ impl Actor {
         }
     }
 
-    fn on_exit(&mut self, exit: io::Result<ExitInfo>) {
+    async fn on_exit(&mut self, exit: io::Result<ExitInfo>) {
+        // A stop whose signal the handle sent is taken in first: the exit is its result, never
+        // a crash to restart from.
+        if self.stop_was_sent() {
+            self.stop_sent = true;
+            let spawn = self.step(Input::StopRequested);
+            debug_assert!(!spawn, "a stop never spawns");
+            self.stop_sent = false;
+        }
         let Some(child) = self.child.take() else {
             return;
         };
@@ -430,7 +490,14 @@ impl Actor {
             ExitInfo::default()
         });
         self.set_ended(true);
-        self.kill_leftovers(child.watch.own());
+        if child.watch.own() {
+            // Its escapees were re-parented to the daemon: the orphan reaper, asked now, kills
+            // those of an ended instance in one pass for many exits; the next spawn makes sure.
+            self.leftovers = true;
+            poke_reaper();
+        } else {
+            self.kill_leftovers(false);
+        }
         if let Some(path) = &self.spec.pid_file {
             remove_pid_file(path, child.watch.pid());
         }
@@ -442,13 +509,15 @@ impl Actor {
         self.status.pid = None;
         self.status.pid_start_time = None;
         self.status.spawned_spec = None;
+        self.status.launch = None;
         self.status.last_exit = Some(exit);
         self.status.stopped_at = Some(SystemTime::now());
         self.apply(Input::Exited {
             code: exit.code,
             signal: exit.signal,
             uptime: child.started.elapsed(),
-        });
+        })
+        .await;
     }
 
     /// Tells the orphan reaper whether this instance has a process (see `reaper.rs`).
@@ -462,7 +531,7 @@ impl Actor {
     /// group was killed already, if it was ours), before anything is spawned again, so nothing
     /// tagged with this instance's name is left but what the next spawn starts. Our own child's
     /// escapees were re-parented to the daemon (a subreaper); an adopted process's leftovers are
-    /// wherever they are, and found by a scan of `/proc`.
+    /// wherever they are, and found by a scan of `/proc` at its exit.
     fn kill_leftovers(&self, own: bool) {
         let Some(dir) = &self.ctx.state_dir else {
             return;
@@ -477,7 +546,7 @@ impl Actor {
         }
     }
 
-    fn on_probe(&mut self, index: usize, result: ProbeResult) {
+    async fn on_probe(&mut self, index: usize, result: ProbeResult) {
         if self.life.state != InstanceState::Running {
             return;
         }
@@ -487,7 +556,7 @@ impl Actor {
         if let Origin::Elsewhere(label) = &self.life.origin {
             if self.health.index_of(label) == Some(index) {
                 if let Some(detail) = self.health.just_reached_threshold(index) {
-                    self.apply(Input::ElsewhereGone { detail });
+                    self.apply(Input::ElsewhereGone { detail }).await;
                     return;
                 }
             }
@@ -495,7 +564,7 @@ impl Actor {
         match change {
             HealthChange::Unchanged => {}
             HealthChange::BecameUnhealthy(detail) => {
-                self.apply(Input::Unhealthy { detail });
+                self.apply(Input::Unhealthy { detail }).await;
             }
             HealthChange::BecameHealthy => {
                 let reason = "healthy again";
@@ -522,7 +591,7 @@ impl Actor {
         self.sync_probes();
     }
 
-    fn update_spec(&mut self, spec: Arc<ProgramSpec>) {
+    async fn update_spec(&mut self, spec: Arc<ProgramSpec>) {
         let old = std::mem::replace(&mut self.spec, spec);
         // A change that needs no restart applies to the running process at once; one that does
         // (command, environment, directory) only to the next spawn.
@@ -532,6 +601,8 @@ impl Actor {
         }
         self.policy = Policy::of(&self.spec);
         self.stop_signal = stop_signal_of(&self.spec);
+        self.group
+            .set_stop_signal(direct_stop(&self.spec, self.stop_signal));
         if old.restart_interval != self.spec.restart_interval {
             self.life.restart_delay = self.policy.restart_interval;
         }
@@ -553,7 +624,7 @@ impl Actor {
             if let Origin::Elsewhere(label) = &self.life.origin {
                 if self.health.index_of(label).is_none() {
                     let detail = format!("{label} is no longer one of the program's detectors");
-                    self.apply(Input::ElsewhereGone { detail });
+                    self.apply(Input::ElsewhereGone { detail }).await;
                     return;
                 }
             }
@@ -626,7 +697,10 @@ impl Actor {
     /// Takes over `pid` if it is still the process that started at `start_time`.
     fn adopt(&mut self, pid: i32, start_time: u64) {
         match self.try_adopt(pid, start_time) {
-            Ok(()) => self.apply(Input::Adopted { pid }),
+            Ok(()) => {
+                let spawn = self.step(Input::Adopted { pid });
+                debug_assert!(!spawn, "adopting never spawns");
+            }
             Err(why) => {
                 tracing::info!(instance = %self.id.name, pid, %why, "not adopted");
                 self.status.message = Some(why);
@@ -748,6 +822,12 @@ fn stop_signal_of(spec: &ProgramSpec) -> Signal {
         tracing::warn!(program = %spec.name, signal = %spec.stop_signal, "unknown stop_signal; using TERM");
         Signal::SIGTERM
     })
+}
+
+/// The stop signal a handle may send at once, for a stop batched with others: none when
+/// `pre_stop` hooks must run before it (the actor signals once they have).
+fn direct_stop(spec: &ProgramSpec, signal: Signal) -> Option<Signal> {
+    spec.hooks.pre_stop.is_empty().then_some(signal)
 }
 
 /// The child's exit, or never when there is no child.

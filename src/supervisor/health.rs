@@ -7,8 +7,8 @@
 //! task of their own, so a slow `command` never delays the instance's stop or exit handling, and a
 //! probe abandoned mid-way still reaps its shell.
 
+use std::ffi::OsString;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{DetectorKind, DetectorSpec, Dur, InstanceId, ProgramSpec};
 
-use super::process::{is_alive, kill_group, reap_owned, spawn_owned, ProcessWatch};
-use super::spawn::configure;
+use super::launch::Launch;
+use super::process::{child_fd_limit, is_alive, kill_group, reap_owned, spawn_owned, ProcessWatch};
+use super::spawn::environment;
 
 /// The shortest probe interval honoured, so a `0s` interval cannot turn into a busy loop.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -102,19 +103,27 @@ pub(crate) async fn run_command(
     id: &InstanceId,
     state_dir: Option<&Path>,
 ) -> ProbeResult {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(format!("eval \"${DETECTOR_COMMAND_ENV}\""))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    configure(&mut cmd, spec, id, state_dir)?;
-    cmd.env(DETECTOR_COMMAND_ENV, command);
-    let child =
-        spawn_owned(&mut cmd).map_err(|e| format!("cannot run the detector command: {e}"))?;
-    let pid = child.id() as i32;
-    drop(child);
+    let launch = Launch {
+        argv: [
+            "/bin/sh".into(),
+            "-c".into(),
+            OsString::from(format!("eval \"${DETECTOR_COMMAND_ENV}\"")),
+        ]
+        .into(),
+        env: environment(spec, id, state_dir, Some((DETECTOR_COMMAND_ENV, command))),
+        cwd: spec.work_dir.clone(),
+        fds: vec![None, None, None],
+        nofile: child_fd_limit(),
+        identity: super::identity::resolve(spec)?,
+    };
+    let started = spawn_owned(&launch).await.map_err(|e| {
+        format!(
+            "cannot run the detector command: cannot {} /bin/sh: {}",
+            e.stage.doing(),
+            e.source
+        )
+    })?;
+    let pid = started.pid;
     let watch = match ProcessWatch::open(pid) {
         Ok(w) => w,
         Err(e) => {

@@ -9,9 +9,8 @@
 //! runs in a task of its own: the actor keeps handling commands and exits meanwhile.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,9 +22,10 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Dur, HookPhase, HookSpec, InstanceId, OnFailure, ProgramSpec};
 
+use super::launch::Launch;
 use super::output::{OutputSink, OutputStream};
-use super::process::{kill_group, reap_owned, spawn_owned, ProcessWatch};
-use super::spawn::configure;
+use super::process::{child_fd_limit, kill_group, reap_owned, spawn_owned, ProcessWatch};
+use super::spawn::environment;
 use super::RuntimeCounters;
 
 /// The variable that marks a hook's process as a helper of its instance, `pre_start:migrate`.
@@ -173,19 +173,38 @@ async fn run_hook(
     ctx: &HookContext,
     cancelled: &mut watch::Receiver<()>,
 ) -> Result<(), String> {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(&hook.command)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    configure(&mut cmd, spec, &ctx.id, ctx.state_dir.as_deref())?;
-    cmd.env(HOOK_ENV, format!("{phase}:{}", hook.name));
-    let mut child = spawn_owned(&mut cmd).map_err(|e| format!("cannot run it: {e}"))?;
-    let pid = child.id() as i32;
-    let pipes = (child.stdout.take(), child.stderr.take());
-    drop(child);
+    let pipe = || -> Result<(OwnedFd, OwnedFd), String> {
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| format!("cannot make a pipe for it: {e}"))
+    };
+    let ((out_r, out_w), (err_r, err_w)) = (pipe()?, pipe()?);
+    let tag = format!("{phase}:{}", hook.name);
+    let launch = Launch {
+        argv: ["/bin/sh".into(), "-c".into(), hook.command.clone().into()].into(),
+        env: environment(
+            spec,
+            &ctx.id,
+            ctx.state_dir.as_deref(),
+            Some((HOOK_ENV, &tag)),
+        ),
+        cwd: spec.work_dir.clone(),
+        fds: vec![None, Some(out_w.as_fd()), Some(err_w.as_fd())],
+        nofile: child_fd_limit(),
+        identity: super::identity::resolve(spec)?,
+    };
+    let started = spawn_owned(&launch).await;
+    // The write ends go now, or the readers would never see end-of-file.
+    drop(launch);
+    drop((out_w, err_w));
+    let started = started.map_err(|e| {
+        format!(
+            "cannot run it: cannot {} /bin/sh: {}",
+            e.stage.doing(),
+            e.source
+        )
+    })?;
+    let pid = started.pid;
+    let pipes = (Some(out_r), Some(err_r));
     let watch = match ProcessWatch::open(pid) {
         Ok(w) => w,
         Err(e) => {
@@ -198,8 +217,8 @@ async fn run_hook(
         fd.and_then(|f| tokio::net::unix::pipe::Receiver::from_owned_fd(f).ok())
             .map(|rx| BufReader::new(rx).lines())
     };
-    let mut out = reader(pipes.0.map(OwnedFd::from));
-    let mut err = reader(pipes.1.map(OwnedFd::from));
+    let mut out = reader(pipes.0);
+    let mut err = reader(pipes.1);
     // The last line of each stream: a failure quotes stderr's, else stdout's (two pipes read
     // at once have no order between them).
     let mut last: [Option<String>; 2] = [None, None];

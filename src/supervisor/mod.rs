@@ -6,6 +6,8 @@
 //! looks again. Inside, the actor (`actor.rs`) feeds inputs to the pure state machine
 //! ([`state::next`]) and carries out its decisions: spawn (`spawn.rs`), signal the process group,
 //! wait for the exit through a pidfd and reap it (`process.rs`), probe detectors (`health.rs`).
+//! Children are started by a small spawner process (`spawner.rs`) running the code of
+//! `launch.rs`, or by that code in this process when no spawner is installed.
 //! Output pipes are handed to an [`OutputSink`] (`output.rs`), implemented by the logs module.
 //!
 //! Every child carries a tag (`spawn.rs`) by which `tag.rs` finds the daemon's processes in
@@ -19,12 +21,14 @@ pub mod argv;
 pub mod health;
 pub mod hooks;
 mod identity;
+mod launch;
 pub mod launches;
 pub mod output;
 mod probe;
 mod process;
 pub mod reaper;
 pub mod spawn;
+pub mod spawner;
 pub mod state;
 pub mod tag;
 
@@ -114,6 +118,11 @@ pub struct InstanceStatus {
     /// daemon knows what the process runs. Not part of the wire form.
     #[serde(skip)]
     pub spawned_spec: Option<Arc<ProgramSpec>>,
+    /// The launch (a caller's token, [`InstanceHandle::start_launch`]) whose start or restart
+    /// the process `pid` carries out: the spawn that followed the actor taking it in, or a
+    /// later one (a retry, an automatic restart). Not part of the wire form.
+    #[serde(skip)]
+    pub launch: Option<u64>,
     /// Automatic restarts (crash restarts and unhealthy restarts, not explicit ones).
     pub restarts: u64,
     #[serde(with = "rfc3339_opt")]
@@ -146,6 +155,7 @@ impl InstanceStatus {
             pid: None,
             pid_start_time: None,
             spawned_spec: None,
+            launch: None,
             restarts,
             started_at: None,
             stopped_at: None,
@@ -195,9 +205,10 @@ pub struct Event {
 /// Commands an actor accepts.
 #[derive(Debug)]
 pub(crate) enum Command {
-    Start,
+    /// With the launch it carries out, if any (see [`InstanceStatus::launch`]).
+    Start(Option<u64>),
     Stop,
-    Restart,
+    Restart(Option<u64>),
     UpdateSpec(Arc<ProgramSpec>),
     Shutdown,
 }
@@ -207,6 +218,8 @@ pub struct InstanceHandle {
     commands: mpsc::UnboundedSender<Command>,
     status: watch::Receiver<InstanceStatus>,
     task: JoinHandle<()>,
+    /// The group of the instance's own child, for sending the stop signal at once.
+    group: Arc<process::Group>,
 }
 
 impl InstanceHandle {
@@ -230,13 +243,15 @@ impl InstanceHandle {
         };
         let (tx, rx) = watch::channel(InstanceStatus::stopped(&id, restarts));
         let (commands, inbox) = mpsc::unbounded_channel();
-        let mut actor = actor::Actor::new(id, spec, ctx, restarts, tx, inbox);
+        let group = Arc::new(process::Group::default());
+        let mut actor = actor::Actor::new(id, spec, ctx, restarts, tx, inbox, group.clone());
         actor.begin(initial);
         let task = tokio::spawn(actor.run());
         InstanceHandle {
             commands,
             status: rx,
             task,
+            group,
         }
     }
 
@@ -252,19 +267,44 @@ impl InstanceHandle {
     /// `exec:pid` has them probed first: if one passes, the program already runs elsewhere and is
     /// `running` without a process of ours (`pid: None`, `detected_by` naming the detector).
     pub fn start(&self) {
-        self.send(Command::Start);
+        self.send(Command::Start(None));
+    }
+
+    /// [`start`](Self::start), carrying out launch `token`: the process it spawns says so in
+    /// its status ([`InstanceStatus::launch`]).
+    pub fn start_launch(&self, token: u64) {
+        self.send(Command::Start(Some(token)));
     }
 
     /// Stop the process group: stop signal, `stop_timeout`, then `SIGKILL`. Cancels any backoff.
     /// An instance running elsewhere is only forgotten (`stopped`): its process is not ours.
+    ///
+    /// The stop signal goes to a running process of ours from here, before the actor takes the
+    /// command in: a caller stopping many instances signals every group in one sweep, and each
+    /// actor only observes its process exit.
     pub fn stop(&self) {
+        self.send_stop_now();
         self.send(Command::Stop);
+    }
+
+    /// Sends the stop signal to the group of the instance's running (or starting) process of
+    /// ours, once; the actor learns it was sent (`process::Group`).
+    fn send_stop_now(&self) {
+        let state = self.status.borrow().state;
+        if matches!(state, InstanceState::Running | InstanceState::Starting) {
+            self.group.send_stop();
+        }
     }
 
     /// Stop, then start again. Not counted in `restarts` (it was asked for). An instance running
     /// elsewhere is forgotten and its detectors probed again, so it is never started twice.
     pub fn restart(&self) {
-        self.send(Command::Restart);
+        self.send(Command::Restart(None));
+    }
+
+    /// [`restart`](Self::restart), carrying out launch `token` (see [`start_launch`](Self::start_launch)).
+    pub fn restart_launch(&self, token: u64) {
+        self.send(Command::Restart(Some(token)));
     }
 
     /// Use `spec` from now on. Restart policy, stop settings and detectors apply at once; `exec`,
@@ -285,6 +325,7 @@ impl InstanceHandle {
 
     /// Stops the child per its stop settings, then ends the actor; returns once both are done.
     pub async fn shutdown(self) {
+        self.send_stop_now();
         self.send(Command::Shutdown);
         let _ = self.task.await;
     }

@@ -7,16 +7,16 @@
 //! statuses) and no SIGCHLD-driven sweep over all children (tokio::process's orphan reaping costs
 //! O(children) per signal, which adds up with a thousand instances).
 //!
-//! Every child this runtime forks goes through [`spawn_owned`], which records its pid as *owned*:
-//! reaped by whoever watches it. The orphan reaper (`reaper.rs`) reaps only children that are
-//! not owned — processes re-parented to the daemon — so it never takes an exit status from an
-//! actor.
+//! Every child this runtime starts goes through [`spawn_owned`] (through the spawner process when
+//! one is installed, `spawner.rs`, else from this process, `launch.rs`), which records its pid as
+//! *owned*: reaped by whoever watches it. The orphan reaper (`reaper.rs`) reaps only children
+//! that are not owned — processes re-parented to the daemon — so it never takes an exit status
+//! from an actor.
 
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::process::{Child, Command};
-use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -28,6 +28,8 @@ use rustix::process::PidfdFlags;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
+
+use super::launch::{Launch, LaunchError, Parent, Started};
 
 /// How a process ended: `code` for a normal exit, `signal` when killed; both `None` when unknown
 /// (an adopted process is not our child, so its status goes to whoever reaps it).
@@ -47,22 +49,90 @@ impl std::fmt::Display for ExitInfo {
 /// failed spawn. A std lock: held for a set operation only, never across an `.await`.
 static OWNED: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
 
-/// Held (shared) by every fork from [`spawn_owned`] until the child's pid is in [`OWNED`], and
-/// (exclusive) by the orphan reaper while it picks zombies: a child that dies before it is
-/// recorded is never mistaken for an orphan — std itself reaps a child whose `exec` failed, and
-/// asserts that it could.
-pub(crate) static SPAWN_GATE: RwLock<()> = RwLock::new(());
+/// Spawns in flight, and whether the orphan reaper wants to run once there are none: a child
+/// that dies before it is recorded as owned (a failed `exec`, which the spawn reaps itself) is
+/// never mistaken for an orphan. A std lock: held for a count, or for one reaper pass.
+struct Gate {
+    in_flight: usize,
+    reap_wanted: bool,
+}
 
-/// Spawns `cmd` and records the child as owned (see the module docs).
-pub(crate) fn spawn_owned(cmd: &mut Command) -> io::Result<Child> {
-    let _gate = SPAWN_GATE.read().unwrap_or_else(PoisonError::into_inner);
-    let child = cmd.spawn()?;
+static GATE: Mutex<Gate> = Mutex::new(Gate {
+    in_flight: 0,
+    reap_wanted: false,
+});
+
+fn gate() -> std::sync::MutexGuard<'static, Gate> {
+    GATE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts a spawn in flight, until its child is recorded as owned (or the spawn failed and
+/// reaped it): call [`end_spawn`] then. Waits for a reaper pass that is running.
+pub(crate) fn begin_spawn() {
+    gate().in_flight += 1;
+}
+
+/// The end of a spawn counted by [`begin_spawn`]. The last one lets a deferred reaper pass run,
+/// by raising `SIGCHLD` (what wakes the reaper).
+pub(crate) fn end_spawn() {
+    let wanted = {
+        let mut g = gate();
+        g.in_flight = g.in_flight.saturating_sub(1);
+        g.in_flight == 0 && std::mem::take(&mut g.reap_wanted)
+    };
+    if wanted {
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGCHLD);
+    }
+}
+
+/// Runs `pass` (the orphan reaper's) when no spawn is in flight, with none starting until it
+/// returns; otherwise defers it to the end of the spawns in flight and returns `None`.
+pub(crate) fn when_no_spawn_in_flight<R>(pass: impl FnOnce() -> R) -> Option<R> {
+    let mut g = gate();
+    if g.in_flight > 0 {
+        g.reap_wanted = true;
+        return None;
+    }
+    Some(pass())
+}
+
+/// Starts the child `launch` describes and records it as owned (see the module docs): through
+/// the spawner when one is installed, else from this process. A child that was created but
+/// failed before its `exec` is reaped before this returns.
+pub(crate) async fn spawn_owned(launch: &Launch<'_>) -> Result<Started, LaunchError> {
+    if let Some(spawner) = super::spawner::installed() {
+        // The spawner's reader records the child (or reaps a failed one) and ends the spawn.
+        if let Some(result) = spawner.launch(launch).await {
+            return result;
+        }
+    }
+    begin_spawn();
+    let result = super::launch::start(launch, Parent::Caller);
+    settle_spawn(&result);
+    end_spawn();
+    result
+}
+
+/// Records a started child as owned, or reaps one that failed after it was created.
+pub(crate) fn settle_spawn(result: &Result<Started, LaunchError>) {
+    match result {
+        Ok(started) => own(started.pid),
+        Err(e) => {
+            if let Some(pid) = e.pid {
+                // It has exited already (a vfork child resumes its caller only by exec or exit).
+                let _ = waitpid(Pid::from_raw(pid), None);
+            }
+        }
+    }
+}
+
+/// Records `pid`, a child of this process, as reaped by its own watcher.
+pub(crate) fn own(pid: i32) {
     OWNED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .get_or_insert_with(HashSet::new)
-        .insert(child.id() as i32);
-    Ok(child)
+        .insert(pid);
 }
 
 /// Whether `pid` is a child this process reaps itself.
@@ -91,6 +161,62 @@ pub(crate) fn reap_owned(pid: i32) {
     disown(pid);
 }
 
+/// The process group an instance's own child leads, shared by the instance's actor and its
+/// handle, so that whoever asks for a stop sends the stop signal at once — a stop of many
+/// instances signals every group in one sweep — while the actor still observes the exit.
+///
+/// The group id is known here from the spawn until the moment the leader is reaped, which
+/// happens under this lock ([`ProcessWatch::exited`]): while it is known, the leader is an
+/// unreaped child of ours, so the number cannot name anyone else's group.
+#[derive(Debug, Default)]
+pub(crate) struct Group(Mutex<GroupState>);
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Our own child, unreaped.
+    leader: Option<i32>,
+    /// The instance's stop signal, kept current by its actor.
+    stop_signal: Option<Signal>,
+    /// The leader the stop signal was sent to, until the actor takes note.
+    stop_sent: Option<i32>,
+}
+
+impl Group {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The stop signal a handle sends from now on; `None`: only the actor signals.
+    pub(crate) fn set_stop_signal(&self, sig: Option<Signal>) {
+        self.lock().stop_signal = sig;
+    }
+
+    /// Sends the stop signal to the group, unless it was sent to this leader already; the
+    /// leader it went to. `None` without a live child of ours.
+    pub(crate) fn send_stop(&self) -> Option<i32> {
+        let mut g = self.lock();
+        let (Some(leader), Some(sig), None) = (g.leader, g.stop_signal, g.stop_sent) else {
+            return None;
+        };
+        if !kill_group(leader, sig) {
+            return None;
+        }
+        g.stop_sent = Some(leader);
+        Some(leader)
+    }
+
+    /// Whether the stop signal was sent to the group of `leader` by [`Group::send_stop`];
+    /// forgets it.
+    pub(crate) fn take_stop_sent(&self, leader: i32) -> bool {
+        let mut g = self.lock();
+        if g.stop_sent == Some(leader) {
+            g.stop_sent = None;
+            return true;
+        }
+        false
+    }
+}
+
 /// An exit watch on one process that leads its own process group.
 pub(crate) struct ProcessWatch {
     pid: i32,
@@ -98,6 +224,8 @@ pub(crate) struct ProcessWatch {
     /// Our own child, which this watch reaps; else a process adopted from an earlier daemon,
     /// whose parent reaps it and whose group id may be reused once it is reaped.
     own: bool,
+    /// Where the group of our own child is known until it is reaped.
+    group: Option<Arc<Group>>,
 }
 
 impl ProcessWatch {
@@ -111,7 +239,19 @@ impl ProcessWatch {
             pid,
             pidfd: register(pidfd(pid)?)?,
             own: true,
+            group: None,
         })
+    }
+
+    /// Makes this child the leader `group` knows, until it is reaped (our own child only).
+    pub(crate) fn share_group(&mut self, group: Arc<Group>) {
+        if self.own {
+            let mut g = group.lock();
+            g.leader = Some(self.pid);
+            g.stop_sent = None;
+            drop(g);
+            self.group = Some(group);
+        }
     }
 
     /// A watch on a process that is not our child (adopted): see [`ProcessWatch::own`].
@@ -164,10 +304,21 @@ impl ProcessWatch {
     pub(crate) async fn exited(&self) -> io::Result<ExitInfo> {
         loop {
             let guard = self.pidfd.readable().await?;
-            if self.own {
-                kill_group(self.pid, Signal::SIGKILL);
-            }
-            match waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG)) {
+            let reaped = {
+                // Nobody signals the group by its number from here until it is reaped.
+                let mut group = self.group.as_ref().map(|g| g.lock());
+                if self.own {
+                    kill_group(self.pid, Signal::SIGKILL);
+                }
+                let reaped = waitpid(Pid::from_raw(self.pid), Some(WaitPidFlag::WNOHANG));
+                if let (Some(g), Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
+                    (group.as_mut(), &reaped)
+                {
+                    g.leader = None;
+                }
+                reaped
+            };
+            match reaped {
                 Ok(WaitStatus::Exited(_, code)) => {
                     disown(self.pid);
                     return Ok(ExitInfo {

@@ -7,8 +7,9 @@
 //! nobody else would reap them. Reaping must not take an exit status from an actor, which reaps
 //! its own child by pid (`process.rs`): on every SIGCHLD the reaper looks at the daemon's
 //! children, skips every pid the runtime owns, and reaps only the zombies among the rest, each by
-//! its own pid. There is still no `waitpid(-1)`. Spawns hold [`SPAWN_GATE`] until their child is
-//! recorded as owned, so a child that dies at once is never taken for an orphan.
+//! its own pid. There is still no `waitpid(-1)`. A pass waits until no spawn is in flight (it is
+//! deferred to the end of the spawns in flight, `process.rs`), so a child that dies before it is
+//! recorded as owned is never taken for an orphan.
 //!
 //! What an exited instance left outside its process group reaches the daemon in two ways: already
 //! re-parented when its process exits (its parent was that process), killed then by the actor
@@ -17,6 +18,7 @@
 //! until they spawn or adopt again, and the reaper, woken by that intermediate's SIGCHLD, kills
 //! whatever re-parented child carries an ended instance's tag.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,26 +27,41 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::process::{is_owned, proc_stat, SPAWN_GATE};
+use super::process::{is_owned, proc_stat, when_no_spawn_in_flight};
 use super::tag::{signal_tagged, tagged, Tagged};
 
-/// Instances (state directory, name) whose process has exited and that run none now. A std
-/// lock: held to copy or change the short list, never across an `.await`.
-static ENDED: Mutex<Vec<(Arc<Path>, String)>> = Mutex::new(Vec::new());
+/// Instances (name, state directory) whose process has exited and that run none now: after a
+/// stop of everything, every instance. A std lock: held to change or look up one entry, never
+/// across an `.await`.
+static ENDED: Mutex<Option<HashSet<Ended>>> = Mutex::new(None);
+
+/// An instance's name and its daemon's state directory.
+type Ended = (String, Arc<Path>);
 
 /// Marks instance `name` of `state_dir` as having no process (`ended`) or one again.
 pub(crate) fn set_ended(state_dir: &Arc<Path>, name: &str, ended: bool) {
-    let mut list = ENDED.lock().unwrap_or_else(PoisonError::into_inner);
-    let at = list
-        .iter()
-        .position(|(dir, n)| n == name && **dir == **state_dir);
-    match (ended, at) {
-        (true, None) => list.push((state_dir.clone(), name.to_string())),
-        (false, Some(i)) => {
-            list.swap_remove(i);
-        }
-        _ => {}
+    let mut set = ENDED.lock().unwrap_or_else(PoisonError::into_inner);
+    let set = set.get_or_insert_with(HashSet::new);
+    let key = (name.to_string(), state_dir.clone());
+    if ended {
+        set.insert(key);
+    } else {
+        set.remove(&key);
     }
+}
+
+/// Whether instance `name` of `state_dir` is marked as having no process.
+fn is_ended(state_dir: &Arc<Path>, name: &str) -> bool {
+    let set = ENDED.lock().unwrap_or_else(PoisonError::into_inner);
+    let key = (name.to_string(), state_dir.clone());
+    set.as_ref().is_some_and(|set| set.contains(&key))
+}
+
+/// Asks for a pass of the orphan reaper, as a `SIGCHLD` does: after an instance's process
+/// exited and the instance was marked ended, so that what it left and what reached the daemon
+/// before the mark is killed too. Many asks while a pass is due make one pass.
+pub(crate) fn poke_reaper() {
+    let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGCHLD);
 }
 
 /// Makes this process the subreaper of its descendants. Call it before spawning anything.
@@ -75,10 +92,10 @@ fn children_of(pid: i32) -> Vec<i32> {
 
 /// Reaps every zombie child of this process that the runtime does not own, and kills the live
 /// ones that carry an ended instance's tag (see the module docs); returns how many it reaped.
+/// With spawns in flight it does nothing yet: the last of them raises `SIGCHLD` again.
 pub fn reap_orphans() -> usize {
     let me = std::process::id() as i32;
-    let (reaped, orphans) = {
-        let _gate = SPAWN_GATE.write().unwrap_or_else(PoisonError::into_inner);
+    let pass = when_no_spawn_in_flight(|| {
         let orphans: Vec<i32> = children_of(me)
             .into_iter()
             .filter(|&pid| !is_owned(pid))
@@ -89,15 +106,22 @@ pub fn reap_orphans() -> usize {
             .filter(|&&pid| waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok())
             .count();
         (reaped, orphans)
+    });
+    let Some((reaped, orphans)) = pass else {
+        return 0;
     };
-    let ended = ENDED.lock().unwrap_or_else(PoisonError::into_inner).clone();
-    if !ended.is_empty() {
-        for pid in orphans {
-            for (dir, name) in &ended {
-                if let Some(t) = tagged(pid, dir).filter(|t| &t.name == name && !t.detector) {
-                    kill_tree(&t, dir);
-                    break;
-                }
+    let dirs: Vec<Arc<Path>> = {
+        let set = ENDED.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut dirs: Vec<Arc<Path>> = set.iter().flatten().map(|(_, d)| d.clone()).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    };
+    for pid in orphans {
+        for dir in &dirs {
+            if let Some(t) = tagged(pid, dir).filter(|t| !t.detector && is_ended(dir, &t.name)) {
+                kill_tree(&t, dir);
+                break;
             }
         }
     }

@@ -1,4 +1,6 @@
-//! Spawning one instance's process: argv, working directory, environment, process group, pipes.
+//! Spawning one instance's process: argv, working directory, environment, process group, pipes,
+//! described as a [`Launch`] and started through [`spawn_owned`] (the spawner process, or this
+//! process without one).
 //!
 //! Every descriptor the daemon opens is `O_CLOEXEC`, and the child additionally marks everything
 //! above fd 4 close-on-exec before `exec`, so nothing of the daemon leaks into a child — except,
@@ -7,17 +9,18 @@
 //! raise `SIGPIPE`: if the daemon is killed, the pipe simply fills and the child blocks until the
 //! next daemon reopens `/proc/PID/fd/3` and `/proc/PID/fd/4` and drains them (see `docs/runtime.md`).
 
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use crate::config::{InstanceId, ProgramSpec};
 
 use super::argv::argv;
+use super::launch::{Launch, LaunchError};
 use super::process::{
     child_fd_limit, kill_group, proc_start_time, reap_owned, spawn_owned, ProcessWatch,
 };
@@ -37,6 +40,8 @@ pub const STATE_DIR_ENV: &str = "PROVISR_STATE_DIR";
 pub const NAME_ENV: &str = "PROVISR_NAME";
 /// The 1-based instance index in every child's environment.
 pub const INSTANCE_ENV: &str = "PROVISR_INSTANCE";
+/// The digest of the spec a child was spawned with ([`ProgramSpec::digest`], hex), in its tag.
+pub const SPEC_ENV: &str = "PROVISR_SPEC";
 
 /// The child's fd holding the read end of its own stdout pipe.
 pub const STDOUT_KEEPALIVE_FD: RawFd = 3;
@@ -58,12 +63,13 @@ pub enum SpawnError {
     WorkDirNotADirectory { program: String, path: PathBuf },
     #[error("program {program}: cannot create the output pipes: {source}")]
     Pipes { program: String, source: io::Error },
-    #[error("program {program}: cannot execute {argv0:?}{applying}: {source}")]
+    #[error("program {program}: cannot {doing} {argv0:?}: {source}")]
     Exec {
         program: String,
         argv0: String,
-        /// What else the child did before exec, when it did more than the usual.
-        applying: &'static str,
+        /// The step that failed, as words that end before the program's name: `execute`,
+        /// `switch to the user of`, …
+        doing: &'static str,
         source: io::Error,
     },
     #[error("program {program}: {why}")]
@@ -89,18 +95,22 @@ pub(crate) struct Spawned {
 
 /// Spawns the process of instance `id` of `spec`: its own process group, stdin from `/dev/null`,
 /// stdout and stderr into fresh pipes whose read ends are returned (and also kept by the child at
-/// fd 3 and 4), tagged with `state_dir` (see [`configure`]).
-pub(crate) fn spawn_instance(
+/// fd 3 and 4), tagged with `state_dir` (see [`environment`]).
+pub(crate) async fn spawn_instance(
     spec: &ProgramSpec,
     id: &InstanceId,
     state_dir: Option<&Path>,
 ) -> Result<Spawned, SpawnError> {
     let program = || spec.name.clone();
     let argv = argv(&spec.exec);
-    let Some((argv0, args)) = argv.split_first() else {
+    let Some(argv0) = argv.first() else {
         return Err(SpawnError::EmptyCommand { program: program() });
     };
     check_work_dir(spec)?;
+    let identity = super::identity::resolve(spec).map_err(|why| SpawnError::Identity {
+        program: program(),
+        why,
+    })?;
 
     let pipes_err = |source| SpawnError::Pipes {
         program: program(),
@@ -110,37 +120,35 @@ pub(crate) fn spawn_instance(
     let (out_r, out_w) = output_pipe(&mut pipes).map_err(pipes_err)?;
     let (err_r, err_w) = output_pipe(&mut pipes).map_err(pipes_err)?;
 
-    let mut cmd = Command::new(argv0);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_w))
-        .stderr(Stdio::from(err_w))
-        .process_group(0);
-    configure(&mut cmd, spec, id, state_dir).map_err(|why| SpawnError::Identity {
-        program: program(),
-        why,
-    })?;
-    keep_output_read_ends(&mut cmd, out_r.as_raw_fd(), err_r.as_raw_fd());
-
-    let spawned = spawn_owned(&mut cmd);
-    // The Command owns the parent's copies of the write ends: drop it now, or the sink would never
-    // see end-of-file after the child exits.
-    drop(cmd);
-    let child = spawned.map_err(|source| SpawnError::Exec {
-        program: program(),
-        argv0: argv0.clone(),
-        applying: if super::identity::has_identity(spec) {
-            " (or apply its user, groups, umask, nice, oom_score_adj or limits)"
-        } else {
-            ""
-        },
-        source,
-    })?;
-    let pid = child.id() as i32;
-    // `std::process::Child` neither waits nor kills on drop; this module reaps through the pidfd.
-    drop(child);
-
-    let start_time = proc_start_time(pid);
+    let launch = Launch {
+        argv: argv.iter().map(OsString::from).collect(),
+        env: environment(spec, id, state_dir, None),
+        cwd: spec.work_dir.clone(),
+        fds: vec![
+            None,
+            Some(out_w.as_fd()),
+            Some(err_w.as_fd()),
+            Some(out_r.as_fd()),
+            Some(err_r.as_fd()),
+        ],
+        nofile: child_fd_limit(),
+        identity,
+    };
+    let mut started = spawn_owned(&launch).await;
+    if let (Err(e), Some(dir)) = (&started, state_dir) {
+        if e.maybe_started {
+            // The spawner died holding this request: what it may have started carries this
+            // instance's tag and is nobody's; end it before starting the instance again.
+            super::reaper::kill_escapees(dir, &id.name);
+            started = spawn_owned(&launch).await;
+        }
+    }
+    // The parent's copies of the write ends go now, or the sink would never see end-of-file
+    // after the child exits.
+    drop(launch);
+    drop((out_w, err_w));
+    let started = started.map_err(|e| exec_error(program(), argv0, e))?;
+    let pid = started.pid;
     let watch = match ProcessWatch::open(pid) {
         Ok(w) => w,
         Err(source) => {
@@ -156,12 +164,22 @@ pub(crate) fn spawn_instance(
     };
     Ok(Spawned {
         pid,
-        start_time,
+        start_time: started.start_time.or_else(|| proc_start_time(pid)),
         watch,
         stdout: out_r,
         stderr: err_r,
         pipes,
     })
+}
+
+/// A failed start as a [`SpawnError`].
+pub(crate) fn exec_error(program: String, argv0: &str, e: LaunchError) -> SpawnError {
+    SpawnError::Exec {
+        program,
+        argv0: argv0.to_string(),
+        doing: e.stage.doing(),
+        source: e.source,
+    }
 }
 
 /// Variables of the daemon's own environment its children never inherit: the service manager's
@@ -175,65 +193,52 @@ pub const DAEMON_ONLY_ENV: &[&str] = &[
     "LISTEN_FDNAMES",
 ];
 
-/// Applies `work_dir`, the environment (`docs/configuration.md`), the open-file limit the daemon
-/// started with, and the user, groups and limits of the spec to `cmd` (for instances and for
-/// detector commands alike, so a detector sees what the program sees). `Err` when the spec's
-/// user or groups no longer resolve.
+/// The environment of a process of instance `id` of `spec` (`docs/configuration.md`), for
+/// instances and detector commands alike, so a detector sees what the program sees; `extra`
+/// is one more variable (a detector's command).
 ///
 /// The environment ends with the tag: `PROVISR_NAME`, `PROVISR_INSTANCE` and, when the daemon
 /// gives one, `PROVISR_STATE_DIR` (its canonical state directory). Set last, a program's own
-/// `env` cannot change them.
-pub(crate) fn configure(
-    cmd: &mut Command,
+/// `env` cannot change them. Variables are sorted by name.
+pub(crate) fn environment(
     spec: &ProgramSpec,
     id: &InstanceId,
     state_dir: Option<&Path>,
-) -> Result<(), String> {
-    if let Some(dir) = &spec.work_dir {
-        cmd.current_dir(dir);
-    }
-    for var in DAEMON_ONLY_ENV {
-        cmd.env_remove(var);
-    }
-    if !spec.use_os_env {
-        cmd.env_clear();
-        cmd.env("PATH", MINIMAL_PATH);
+    extra: Option<(&str, &str)>,
+) -> Vec<OsString> {
+    let mut env: BTreeMap<OsString, OsString> = if spec.use_os_env {
+        std::env::vars_os().collect()
+    } else {
+        let mut minimal = BTreeMap::new();
+        minimal.insert("PATH".into(), MINIMAL_PATH.into());
         if let Some(home) = std::env::var_os("HOME") {
-            cmd.env("HOME", home);
+            minimal.insert("HOME".into(), home);
         }
+        minimal
+    };
+    for var in DAEMON_ONLY_ENV {
+        env.remove(OsStr::new(var));
     }
-    cmd.envs(&spec.env);
-    cmd.env(NAME_ENV, &id.name);
-    cmd.env(INSTANCE_ENV, id.index.to_string());
+    for (k, v) in &spec.env {
+        env.insert(k.into(), v.into());
+    }
+    env.insert(NAME_ENV.into(), id.name.clone().into());
+    env.insert(INSTANCE_ENV.into(), id.index.to_string().into());
+    env.insert(SPEC_ENV.into(), format!("{:016x}", spec.digest()).into());
     if let Some(dir) = state_dir {
-        cmd.env(STATE_DIR_ENV, dir);
+        env.insert(STATE_DIR_ENV.into(), dir.as_os_str().to_owned());
     }
-    if let Some((soft, hard)) = child_fd_limit() {
-        restore_fd_limit(cmd, soft, hard);
+    if let Some((k, v)) = extra {
+        env.insert(k.into(), v.into());
     }
-    // After the daemon's own limit is restored, so `[limits] nofile` wins.
-    super::identity::set_identity(cmd, spec)
-}
-
-/// Gives the child the open-file soft limit the daemon started with (see `raise_fd_limit`).
-// `pre_exec` is unsafe because the closure runs in the forked child of a multi-threaded process,
-// where only async-signal-safe operations are allowed. The closure makes one `setrlimit` system
-// call with two integers computed in the parent: no allocation, no lock.
-#[allow(unsafe_code)]
-fn restore_fd_limit(cmd: &mut Command, soft: u64, hard: u64) {
-    // SAFETY: see the comment on this function: one async-signal-safe system call.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Lowering a soft limit cannot be refused; should it be anyway, a child with the
-            // daemon's higher limit still runs fine, so this never fails the spawn.
-            let _ = nix::sys::resource::setrlimit(
-                nix::sys::resource::Resource::RLIMIT_NOFILE,
-                soft,
-                hard,
-            );
-            Ok(())
-        });
-    }
+    env.into_iter()
+        .map(|(mut k, v)| {
+            k.reserve_exact(v.len() + 1);
+            k.push("=");
+            k.push(v);
+            k
+        })
+        .collect()
 }
 
 /// Reports a missing or non-directory `work_dir` as itself, rather than as the `ENOENT` the child's
@@ -256,37 +261,6 @@ fn check_work_dir(spec: &ProgramSpec) -> Result<(), SpawnError> {
     }
 }
 
-/// Sets up the child side of the fd-3/4 design, between `fork` and `exec`.
-// `pre_exec` is unsafe because the closure runs in the forked child of a multi-threaded process,
-// where only async-signal-safe operations are allowed. The closure only calls `dup2` and
-// `close_range`, two plain system calls that neither allocate nor take locks, on descriptors
-// that are valid in the child (copied from the parent by fork).
-#[allow(unsafe_code)]
-fn keep_output_read_ends(cmd: &mut Command, stdout_read: RawFd, stderr_read: RawFd) {
-    // Both read ends are above fd 4 (see `output_pipe`), so placing one at 3 can never overwrite
-    // the other, and dup2 never sees equal descriptors (which would leave FD_CLOEXEC set).
-    debug_assert!(stdout_read > STDERR_KEEPALIVE_FD && stderr_read > STDERR_KEEPALIVE_FD);
-    // SAFETY: see the comment on this function: async-signal-safe system calls only.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 gives the new descriptor no FD_CLOEXEC, so 3 and 4 survive exec.
-            nix::unistd::dup2(stdout_read, STDOUT_KEEPALIVE_FD)?;
-            nix::unistd::dup2(stderr_read, STDERR_KEEPALIVE_FD)?;
-            // Mark every descriptor from 5 up close-on-exec: the daemon opens everything
-            // O_CLOEXEC, but a descriptor inherited from whoever started the daemon might not be.
-            // std's own exec-error pipe is CLOEXEC already, so exec errors are still reported.
-            // Kernels before 5.11 lack the flag; the daemon's own descriptors are CLOEXEC anyway.
-            let _ = nix::libc::syscall(
-                nix::libc::SYS_close_range,
-                5 as nix::libc::c_uint,
-                nix::libc::c_uint::MAX,
-                nix::libc::CLOSE_RANGE_CLOEXEC,
-            );
-            Ok(())
-        });
-    }
-}
-
 /// A close-on-exec pipe with both ends above fd 4, enlarged to [`PIPE_SIZE`] when the budget allows.
 fn output_pipe(pipes: &mut PipeReservation) -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
@@ -295,8 +269,9 @@ fn output_pipe(pipes: &mut PipeReservation) -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// Moves a descriptor numbered 0..=4 above 4, so the child's fd 3/4 setup cannot clobber it (a
-/// daemon started with stdin closed gets pipes at fd 0, and std places stdio before `pre_exec`).
+/// Moves a descriptor numbered 0..=4 above 4, so that the daemon's own copies (the read ends it
+/// keeps) never sit where a child's descriptors go (a daemon started with stdin closed gets
+/// pipes at fd 0).
 fn above_keepalive_fds(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > STDERR_KEEPALIVE_FD {
         return Ok(fd);
@@ -408,7 +383,7 @@ mod tests {
         }
         let spec = ProgramSpec::new("fds", Exec::Command("sleep 300".into()));
         let id = InstanceId::new("fds", 1, 1);
-        let child = spawn_instance(&spec, &id, None).unwrap();
+        let child = spawn_instance(&spec, &id, None).await.unwrap();
         let pid = child.pid;
         let fds_now = || {
             let mut v: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -432,31 +407,35 @@ mod tests {
         assert_eq!(fds, [0, 1, 2, 3, 4], "leaky fds {leaky_r:?} {leaky_w:?}");
     }
 
-    #[test]
-    fn empty_commands_and_bad_work_dirs_are_typed_errors() {
+    #[tokio::test]
+    async fn empty_commands_and_bad_work_dirs_are_typed_errors() {
         let id = InstanceId::new("x", 1, 1);
-        let err = |spec: &ProgramSpec| {
-            spawn_instance(spec, &id, None)
-                .err()
-                .expect("spawn must fail")
+        let err = |spec: ProgramSpec| {
+            let id = id.clone();
+            async move {
+                spawn_instance(&spec, &id, None)
+                    .await
+                    .err()
+                    .expect("spawn must fail")
+            }
         };
         let spec = ProgramSpec::new("x", Exec::Command("  ".into()));
-        assert!(matches!(err(&spec), SpawnError::EmptyCommand { .. }));
+        assert!(matches!(err(spec).await, SpawnError::EmptyCommand { .. }));
         let spec = ProgramSpec::new("x", Exec::Args(vec![]));
-        assert!(matches!(err(&spec), SpawnError::EmptyCommand { .. }));
+        assert!(matches!(err(spec).await, SpawnError::EmptyCommand { .. }));
         let mut spec = ProgramSpec::new("x", Exec::Command("true".into()));
         spec.work_dir = Some("/definitely/not/here".into());
-        let e = err(&spec);
+        let e = err(spec.clone()).await;
         assert!(matches!(e, SpawnError::WorkDir { .. }), "{e}");
         assert!(e.to_string().contains("/definitely/not/here"), "{e}");
         let file = tempfile::NamedTempFile::new().unwrap();
         spec.work_dir = Some(file.path().to_path_buf());
         assert!(matches!(
-            err(&spec),
+            err(spec).await,
             SpawnError::WorkDirNotADirectory { .. }
         ));
         let spec = ProgramSpec::new("x", Exec::Args(vec!["/definitely/not/a/binary".into()]));
-        let e = err(&spec);
+        let e = err(spec).await;
         assert!(matches!(e, SpawnError::Exec { .. }), "{e}");
         assert!(e.to_string().contains("/definitely/not/a/binary"), "{e}");
     }

@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use super::health::DETECTOR_COMMAND_ENV;
 use super::hooks::HOOK_ENV;
 use super::process::{pidfd, proc_start_time, proc_stat};
-use super::spawn::{INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
+use super::spawn::{INSTANCE_ENV, NAME_ENV, SPEC_ENV, STATE_DIR_ENV};
 
 /// A live process carrying a daemon's tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub struct Tagged {
     pub index: Option<u32>,
     /// A detector command or a hook (or one of their descendants), not the instance's process.
     pub detector: bool,
+    /// `PROVISR_SPEC`: the digest of the spec it was spawned with, when it carries one.
+    pub spec: Option<u64>,
 }
 
 impl Tagged {
@@ -40,11 +42,20 @@ impl Tagged {
     }
 }
 
-/// The tag of `pid` if it carries `state_dir`'s: `(name, index, detector)`.
-fn tag_of(pid: i32, state_dir: &Path) -> Option<(String, Option<u32>, bool)> {
+/// What a process's tag says.
+struct Tag {
+    name: String,
+    index: Option<u32>,
+    detector: bool,
+    spec: Option<u64>,
+}
+
+/// The tag of `pid` if it carries `state_dir`'s.
+fn tag_of(pid: i32, state_dir: &Path) -> Option<Tag> {
     let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let dir = state_dir.as_os_str().as_encoded_bytes();
     let (mut ours, mut name, mut index, mut detector) = (false, None, None, false);
+    let mut spec = None;
     for entry in environ.split(|b| *b == 0) {
         let Some(eq) = entry.iter().position(|b| *b == b'=') else {
             continue;
@@ -56,6 +67,10 @@ fn tag_of(pid: i32, state_dir: &Path) -> Option<(String, Option<u32>, bool)> {
             name = Some(String::from_utf8_lossy(value).into_owned());
         } else if key == INSTANCE_ENV.as_bytes() {
             index = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if key == SPEC_ENV.as_bytes() {
+            spec = std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| u64::from_str_radix(v, 16).ok());
         } else if key == DETECTOR_COMMAND_ENV.as_bytes() || key == HOOK_ENV.as_bytes() {
             detector = true;
         }
@@ -63,21 +78,27 @@ fn tag_of(pid: i32, state_dir: &Path) -> Option<(String, Option<u32>, bool)> {
     if !ours {
         return None;
     }
-    Some((name?, index, detector))
+    Some(Tag {
+        name: name?,
+        index,
+        detector,
+        spec,
+    })
 }
 
 /// The tagged process `pid`, if it is alive (not a zombie) and carries `state_dir`'s tag.
 pub fn tagged(pid: i32, state_dir: &Path) -> Option<Tagged> {
     let stat = proc_stat(pid).filter(|s| !s.zombie)?;
-    let (name, index, detector) = tag_of(pid, state_dir)?;
+    let tag = tag_of(pid, state_dir)?;
     Some(Tagged {
         pid,
         ppid: stat.ppid,
         pgid: stat.pgid,
         start_time: stat.start_time,
-        name,
-        index,
-        detector,
+        name: tag.name,
+        index: tag.index,
+        detector: tag.detector,
+        spec: tag.spec,
     })
 }
 

@@ -788,3 +788,95 @@ fn every_child_is_tagged_with_the_canonical_state_dir_its_name_and_index() {
     let line = format!("PROVISR_STATE_DIR={}", canonical.display());
     assert!(text.lines().any(|l| l == line), "{text}");
 }
+
+/// The daemon's live children whose command line holds `needle`.
+fn children_with(daemon: i32, needle: &str) -> Vec<i32> {
+    crate::util::proc_stats()
+        .filter(|s| s.ppid == daemon && s.state != 'Z')
+        .map(|s| s.pid)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn open_fds(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+#[test]
+fn children_come_from_a_spawner_with_few_descriptors_that_is_started_again_when_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    let names: Vec<String> = (1..=30).map(|i| format!("s{i:02}")).collect();
+    for n in &names {
+        write(
+            &dir.path().join(format!("programs/{n}.toml")),
+            "command = \"sleep 300\"\n",
+        );
+    }
+    write(
+        &dir.path().join("programs/later.toml"),
+        "command = \"sleep 301\"\nautostart = false\n",
+    );
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &dir.path().join("state"));
+    let mut guard = GroupGuard::default();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let all = wait_for(Duration::from_secs(30), "30 programs running", || {
+        all_running(&d, &refs)
+    });
+    guard_pids(&mut guard, &all);
+    let spawners = children_with(d.pid(), "__provisr-spawner");
+    assert_eq!(spawners.len(), 1, "one spawner: {spawners:?}");
+    let spawner = spawners[0];
+    // The daemon holds a pidfd and two pipe read ends per instance; the spawner none of them,
+    // and each child only its own five.
+    let (daemon_fds, spawner_fds) = (open_fds(d.pid()).len(), open_fds(spawner).len());
+    assert!(daemon_fds > 90, "the daemon holds {daemon_fds} descriptors");
+    assert!(
+        spawner_fds < 12,
+        "the spawner holds {:?}",
+        open_fds(spawner)
+    );
+    for s in all.iter().filter(|s| s["name"] != "later") {
+        let pid = s["pid"].as_i64().unwrap() as i32;
+        let ppid = crate::util::proc_stats()
+            .find(|p| p.pid == pid)
+            .map(|p| p.ppid);
+        assert_eq!(ppid, Some(d.pid()), "{pid} is the daemon's own child");
+        assert_eq!(open_fds(pid), [0, 1, 2, 3, 4], "descriptors of {pid}");
+    }
+
+    // Killed, it is reaped and the next start brings a new one.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(spawner),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "the spawner reaped", || {
+        (!crate::util::proc_stats().any(|p| p.pid == spawner)).then_some(())
+    });
+    let (code, _, err) = d.cli(&["start", "--name", "later"]);
+    assert_eq!(code, 0, "start later: {err}");
+    let later = wait_for(Duration::from_secs(20), "later running", || {
+        all_running(&d, &["later"])
+    });
+    guard_pids(&mut guard, &later);
+    let again = children_with(d.pid(), "__provisr-spawner");
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_ne!(again[0], spawner);
+    assert!(crate::util::zombies_of(d.pid()).is_empty());
+    assert_eq!(d.terminate(), Some(0));
+    // The spawner ends with the daemon.
+    assert!(!alive(again[0]), "the spawner outlived the daemon");
+}

@@ -496,6 +496,8 @@ async fn the_child_sees_its_name_index_and_overlay_and_a_minimal_env_without_os_
         ..f.ctx.clone()
     };
     s.use_os_env = false;
+    // The tag's digest of the spec the child was spawned with.
+    let digest = format!("PROVISR_SPEC={:016x}", s.digest());
     let h = InstanceHandle::spawn(id, Arc::new(s), ctx, Initial::Fresh { restarts: 0 });
     h.start();
     wait_status(&h, "exited", |s| s.state == InstanceState::Exited).await;
@@ -510,6 +512,7 @@ async fn the_child_sees_its_name_index_and_overlay_and_a_minimal_env_without_os_
         path.as_str(),
         "PROVISR_INSTANCE=2",
         "PROVISR_NAME=envy-2",
+        digest.as_str(),
     ];
     if let Ok(home) = &home {
         want.push(home.as_str());
