@@ -277,12 +277,13 @@ fn ended(r: &InstanceRecord, program: &ProgramRecord, carried_out: bool) -> Opti
     })
 }
 
-/// Whether the instance began a spawn after its start was written ahead, as the launch journal
-/// says (`latest`: when its latest spawn began, in nanoseconds after boot). A record written
-/// before starts were timed counts as carried out: a process is never started twice.
+/// Whether the instance's latest spawn carried out the start written ahead, as the launch
+/// journal says (`latest`: the launch token of its latest spawn, the `written_ns` of the start
+/// it carried out). A record written before starts were timed counts as carried out: a process
+/// is never started twice.
 fn started_since_written(r: &InstanceRecord, latest: Option<&u64>) -> bool {
     match r.starting.as_ref().and_then(|l| l.written_ns) {
-        Some(written) => latest.is_some_and(|&spawned| spawned > written),
+        Some(written) => latest == Some(&written),
         None => true,
     }
 }
@@ -459,7 +460,7 @@ mod tests {
 
     #[test]
     fn a_start_written_ahead_is_carried_out_unless_the_journal_shows_its_launch() {
-        // A job (no auto_restart) whose start was written ahead at 100 ns; no process found.
+        // A job (no auto_restart) whose start was written ahead with token 100; no process found.
         let p = programs(&[spec("job", "true", 1)]);
         let written = |at: Option<u64>| {
             let mut r = record("job", None);
@@ -480,11 +481,12 @@ mod tests {
             initial(written(Some(100)), &[]),
             Initial::Fresh { .. }
         ));
-        // Spawned before this start was written: an earlier run, not this one.
+        // The latest spawn carried out an earlier start: not this one.
         let before = initial(written(Some(100)), &[("job", 90)]);
         assert!(matches!(before, Initial::Fresh { .. }), "{before:?}");
-        // Spawned since: it ran, and ended while no daemon ran. Not run twice.
-        let ran = initial(written(Some(100)), &[("job", 101)]);
+        // The latest spawn carried out this start: it ran, and ended while no daemon ran. Not
+        // run twice.
+        let ran = initial(written(Some(100)), &[("job", 100)]);
         assert!(matches!(ran, Initial::Finished { .. }), "{ran:?}");
         // A record from before launches were timed: taken as carried out.
         assert!(matches!(

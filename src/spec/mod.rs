@@ -294,14 +294,25 @@ mod unlimited {
 }
 
 impl ProgramSpec {
-    /// A digest of every field, which a child carries in its tag (`PROVISR_SPEC`): a daemon
-    /// taking over a process tells which of the specs its record names the process runs. Stable
-    /// for one build of provisr (the standard hasher over the spec's JSON); after an upgrade a
-    /// digest matches nothing, and the record's spec is assumed, as before there were digests.
+    /// A digest of what a process of this spec runs and runs as — command, directory,
+    /// environment, account and limits: the fields whose change restarts it — which a child
+    /// carries in its tag (`PROVISR_SPEC`), so a daemon taking over a process tells which of the
+    /// specs its record names the process runs. Changes applied in place (`instances`, logs,
+    /// restart policy) leave it alone. Stable for one build of provisr (the standard hasher over
+    /// those fields' JSON): after an upgrade, a process found only by its tag (never recorded)
+    /// may match nothing and is started again.
     pub fn digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
+        let launch = (
+            &self.exec,
+            &self.work_dir,
+            self.use_os_env,
+            &self.env,
+            (&self.user, &self.group, &self.supplementary_groups),
+            (&self.umask, self.nice, self.oom_score_adj, &self.limits),
+        );
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_vec(self).unwrap_or_default().hash(&mut h);
+        serde_json::to_vec(&launch).unwrap_or_default().hash(&mut h);
         h.finish()
     }
 

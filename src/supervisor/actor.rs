@@ -22,8 +22,8 @@ use super::health::{probe_detectors, Health, HealthChange, ProbeResult};
 use super::hooks::{HookContext, HookRunner};
 use super::probe::{ProbeChange, Probes, Which};
 use super::process::{
-    boot_nanos_now, is_alive, kill_group, parse_signal, proc_pgid, proc_start_time,
-    start_time_to_wall, ExitInfo, Group, ProcessWatch,
+    is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
+    Group, ProcessWatch,
 };
 use super::reaper::{kill_escapees, poke_reaper, set_ended};
 use super::spawn::{
@@ -420,12 +420,16 @@ impl Actor {
             // What the last process left outside its group, before anything starts again.
             self.kill_leftovers(true);
         }
-        let begun = boot_nanos_now();
         let mut spawned =
             spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref()).await?;
         spawned.watch.share_group(self.group.clone());
         if let (Some(journal), Some(start_time)) = (&self.ctx.launches, spawned.start_time) {
-            journal.launched(&self.id.name, spawned.pid, start_time, begun);
+            journal.launched(
+                &self.id.name,
+                spawned.pid,
+                start_time,
+                self.launch.unwrap_or(0),
+            );
         }
         self.probes.process_started(&self.ctx.output);
         self.ctx.output.attach(spawned.stdout, spawned.stderr);
@@ -812,9 +816,9 @@ fn remove_pid_file(path: &std::path::Path, pid: i32) {
 }
 
 /// Whether two specs start the same process: what a change that restarts (command or args,
-/// work_dir, env, use_os_env; `docs/hot-reload.md`) would differ in.
+/// work_dir, env, use_os_env, the account and limits; `docs/hot-reload.md`) would differ in.
 fn same_launch(a: &ProgramSpec, b: &ProgramSpec) -> bool {
-    a.exec == b.exec && a.work_dir == b.work_dir && a.env == b.env && a.use_os_env == b.use_os_env
+    a.digest() == b.digest()
 }
 
 fn stop_signal_of(spec: &ProgramSpec) -> Signal {

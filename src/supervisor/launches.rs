@@ -3,10 +3,12 @@
 //! carried out (the process may have run and ended since) from one it never got to
 //! (`docs/reliability.md`, "A start written ahead").
 //!
-//! Each line is `name pid start_time spawned_ns`: the process, and when (nanoseconds after boot)
-//! its spawn began. A start written ahead before that moment was carried out by it; one
-//! written after was not (a process start time, in 10 ms ticks, could not tell the two apart
-//! when the previous process was spawned in the tick the start was written).
+//! Each line is `name pid start_time launch`: the process, and the launch it carried out — the
+//! token of the start or restart the actor had taken in when it spawned it, which is when that
+//! start was written ahead (`written_ns`, nanoseconds after boot). A start written ahead was
+//! carried out exactly when the instance's latest launch carries its token: neither a process
+//! spawned for an earlier start, nor one whose spawn was still under way when a newer start
+//! was written, is taken for it. `0`: a spawn that carried out no start written ahead.
 //!
 //! One `write` per spawn to `<state_dir>/launches`, never flushed: it must survive the daemon's
 //! death, not the machine's (after a reboot no record is adopted anyway). The file keeps the
@@ -29,22 +31,22 @@ const MAX_BYTES: u64 = 1 << 20;
 struct Launch {
     pid: i32,
     start_time: u64,
-    spawned_ns: u64,
+    launch: u64,
 }
 
-/// When the latest spawn of each instance the journal at `path` names began (nanoseconds after
-/// boot); empty when there is none.
+/// The launch each instance the journal at `path` names carried out last; empty when there is
+/// none.
 pub fn read_latest(path: &Path) -> BTreeMap<String, u64> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let mut latest = BTreeMap::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split(' ').collect();
-        let [name, _pid, _start, spawned] = f[..] else {
+        let [name, _pid, _start, launch] = f[..] else {
             continue;
         };
-        if let Ok(spawned) = spawned.parse::<u64>() {
-            let at = latest.entry(name.to_string()).or_insert(spawned);
-            *at = (*at).max(spawned);
+        // Lines are appended in the order of the spawns: the last one of a name is the latest.
+        if let Ok(launch) = launch.parse::<u64>() {
+            latest.insert(name.to_string(), launch);
         }
     }
     latest
@@ -67,9 +69,9 @@ impl Launch {
         let Launch {
             pid,
             start_time,
-            spawned_ns,
+            launch,
         } = self;
-        format!("{instance} {pid} {start_time} {spawned_ns}\n")
+        format!("{instance} {pid} {start_time} {launch}\n")
     }
 }
 
@@ -84,9 +86,9 @@ impl LaunchJournal {
         })
     }
 
-    /// Notes that `instance` launched process `pid`, started at `start_time`, by a spawn begun
-    /// at `spawned_ns` (nanoseconds after boot).
-    pub fn launched(&self, instance: &str, pid: i32, start_time: u64, spawned_ns: u64) {
+    /// Notes that `instance` launched process `pid`, started at `start_time`, carrying out
+    /// `launch` (0: none).
+    pub fn launched(&self, instance: &str, pid: i32, start_time: u64, launch: u64) {
         let mut inner = match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -95,7 +97,7 @@ impl LaunchJournal {
         let launch = Launch {
             pid,
             start_time,
-            spawned_ns,
+            launch,
         };
         latest.insert(instance.to_string(), launch);
         let line = launch.line(instance);
@@ -140,9 +142,12 @@ mod tests {
         j.launched("web", 10, 90, 100);
         j.launched("web", 11, 90, 105);
         j.launched("db", 12, 90, 101);
+        // An automatic restart of db's that carried out no start written ahead: the last line
+        // is the latest launch, whatever its token.
+        j.launched("db", 14, 95, 0);
         let latest = read_latest(&path);
         assert_eq!(latest["web"], 105);
-        assert_eq!(latest["db"], 101);
+        assert_eq!(latest["db"], 0);
         // A line of an older format (no spawn time) says nothing.
         std::fs::write(dir.path().join("old"), "web 10 100\n").unwrap();
         assert!(read_latest(&dir.path().join("old")).is_empty());
@@ -155,5 +160,6 @@ mod tests {
         let latest = read_latest(&path);
         assert_eq!(latest["busy"], 200 + 39_999);
         assert_eq!(latest["web"], 105);
+        assert_eq!(latest["db"], 0);
     }
 }
