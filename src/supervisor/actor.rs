@@ -420,8 +420,12 @@ impl Actor {
             // What the last process left outside its group, before anything starts again.
             self.kill_leftovers(true);
         }
-        let mut spawned =
-            spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref()).await?;
+        // Marked as having a process before it exists: what it forks and orphans at once (a
+        // double fork) reaches the daemon, and the orphan reaper kills the orphans of ended
+        // instances only.
+        self.set_ended(false);
+        let spawned = spawn_instance(&self.spec, &self.id, self.ctx.state_dir.as_deref()).await;
+        let mut spawned = spawned.inspect_err(|_| self.set_ended(true))?;
         spawned.watch.share_group(self.group.clone());
         if let (Some(journal), Some(start_time)) = (&self.ctx.launches, spawned.start_time) {
             journal.launched(
@@ -438,7 +442,6 @@ impl Actor {
         self.status.spawned_spec = Some(Arc::clone(&self.spec));
         self.status.launch = self.launch;
         self.status.started_at = Some(SystemTime::now());
-        self.set_ended(false);
         if let Some(path) = &self.spec.pid_file {
             if let Err(e) = write_pid_file(path, spawned.pid) {
                 tracing::warn!(instance = %self.id.name, path = %path.display(), "cannot write the pid_file: {e}");
