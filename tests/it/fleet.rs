@@ -1,0 +1,393 @@
+//! A fleet end to end (`docs/fleet.md`): a real etcd on a free loopback port with its data in
+//! a temp directory, and three real `provisr serve` nodes on it. Placement by node name and by
+//! labels, `spread`, a `movable` program moving when its node is killed with `kill -9` and not
+//! running twice when that node comes back, and a 30 s etcd outage that nothing notices but
+//! writes. Every process is stopped by pid when a test ends, failed or not.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::daemon::TestDaemon;
+use crate::util::{alive, wait_for, GroupGuard};
+
+const ETCD: &str = "/usr/bin/etcd";
+
+/// An etcd server on two free loopback ports; killed (by pid) when dropped.
+struct Etcd {
+    child: Option<Child>,
+    data: PathBuf,
+    client: u16,
+    peer: u16,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    fn start(dir: &Path) -> Etcd {
+        let mut e = Etcd {
+            child: None,
+            data: dir.join("etcd-data"),
+            client: free_port(),
+            peer: free_port(),
+        };
+        e.run();
+        e
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// Starts the server on its ports and data; returns once it answers `/health`.
+    fn run(&mut self) {
+        assert!(
+            Path::new(ETCD).exists(),
+            "the fleet tests need etcd: apt-get install etcd-server"
+        );
+        let peer = format!("http://127.0.0.1:{}", self.peer);
+        let child = Command::new(ETCD)
+            .arg("--name=t")
+            .arg(format!("--data-dir={}", self.data.display()))
+            .arg(format!("--listen-client-urls={}", self.url()))
+            .arg(format!("--advertise-client-urls={}", self.url()))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=t={peer}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        self.child = Some(child);
+        let health = format!("{}/health", self.url());
+        wait_for(Duration::from_secs(30), "etcd to answer /health", || {
+            let body = ureq::get(&health)
+                .call()
+                .ok()?
+                .into_body()
+                .read_to_string()
+                .ok()?;
+            body.contains("true").then_some(())
+        });
+    }
+
+    /// Stops the server (SIGKILL by pid) and waits until it is gone.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One node's directory and config.
+struct NodeDir {
+    dir: PathBuf,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+fn node_dir(root: &Path, etcd: &Etcd, name: &str, labels: &[(&str, &str)], ttl: &str) -> NodeDir {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("programs")).unwrap();
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k} = {v:?}")).collect();
+    let config = dir.join("provisr.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nbackend = \"etcd\"\nendpoints = [{:?}]\nprefix = \"/fleet-test\"\n\n\
+             [node]\nname = {name:?}\nlabels = {{ {} }}\nlease_ttl = {ttl:?}\n",
+            etcd.url(),
+            labels.join(", ")
+        ),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    NodeDir { dir, config, state }
+}
+
+fn start(n: &NodeDir) -> TestDaemon {
+    TestDaemon::start(&n.dir, Some(&n.config), &n.state)
+}
+
+/// The running instances of each node (by its own API): program → pid.
+fn running(d: &TestDaemon) -> BTreeMap<String, i64> {
+    d.all_status()
+        .into_iter()
+        .filter(|s| s["state"] == "running")
+        .map(|s| {
+            (
+                s["program"].as_str().unwrap().to_string(),
+                s["pid"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn register(d: &TestDaemon, spec: Value) {
+    let resp = ureq::post(&format!("{}/register", d.url))
+        .send_json(&spec)
+        .unwrap_or_else(|e| panic!("register {spec}: {e}"));
+    assert_eq!(resp.status(), 201);
+}
+
+/// Waits until `/nodes` of `d` shows `n` live nodes.
+fn wait_nodes(d: &TestDaemon, n: usize) {
+    wait_for(Duration::from_secs(30), "every node registered", || {
+        let v: Value = ureq::get(&format!("{}/nodes", d.url))
+            .call()
+            .ok()?
+            .into_body()
+            .read_json()
+            .ok()?;
+        let live = v["nodes"]
+            .as_array()?
+            .iter()
+            .filter(|n| n["alive"] == true)
+            .count();
+        (live == n).then_some(())
+    });
+}
+
+fn guard_running(guard: &mut GroupGuard, nodes: &[&TestDaemon]) {
+    for d in nodes {
+        for pid in running(d).values() {
+            guard.add(*pid as i32);
+        }
+    }
+}
+
+#[test]
+fn programs_run_on_the_nodes_their_placement_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path());
+    let web = [("role", "web")];
+    let n1 = start(&node_dir(tmp.path(), &etcd, "n1", &web, "10s"));
+    let n2 = start(&node_dir(tmp.path(), &etcd, "n2", &web, "10s"));
+    let n3 = start(&node_dir(tmp.path(), &etcd, "n3", &[("role", "db")], "10s"));
+    let mut guard = GroupGuard::default();
+    wait_nodes(&n1, 3);
+    register(
+        &n1,
+        json!({"name": "pinned", "command": "sleep 300", "placement": {"node": "n2"}}),
+    );
+    register(
+        &n1,
+        json!({"name": "db", "command": "sleep 301", "placement": {"labels": {"role": "db"}}}),
+    );
+    register(
+        &n3,
+        json!({"name": "web", "command": "sleep 302",
+               "placement": {"labels": {"role": "web"}}, "spread": 2}),
+    );
+    let nodes = [&n1, &n2, &n3];
+    let expected: [(&str, &[&str]); 3] = [
+        ("n1", &["web"]),
+        ("n2", &["pinned", "web"]),
+        ("n3", &["db"]),
+    ];
+    wait_for(Duration::from_secs(30), "each program on its nodes", || {
+        guard_running(&mut guard, &nodes);
+        let ok = nodes.iter().zip(expected).all(|(d, (_, want))| {
+            let have: Vec<String> = running(d).into_keys().collect();
+            have == want.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        });
+        ok.then_some(())
+    });
+    // The pids are real, distinct processes.
+    let pids: Vec<i64> = nodes
+        .iter()
+        .flat_map(|d| running(d).into_values())
+        .collect();
+    assert_eq!(pids.len(), 4);
+    assert!(pids.iter().all(|p| alive(*p as i32)));
+    // The fleet view agrees from any node.
+    let (code, out, err) = n2.cli(&["-o", "json", "status", "--all-nodes"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let programs = |node: &str| -> Vec<String> {
+        let n = v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == node)
+            .unwrap();
+        serde_json::from_value(n["programs"].clone()).unwrap()
+    };
+    assert_eq!(programs("n1"), ["web"]);
+    assert_eq!(programs("n2"), ["pinned", "web"]);
+    assert_eq!(programs("n3"), ["db"]);
+}
+
+#[test]
+fn a_movable_program_moves_when_its_node_dies_and_runs_once_when_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path());
+    let ttl = Duration::from_secs(3);
+    let web = [("role", "web")];
+    let dirs = [
+        node_dir(tmp.path(), &etcd, "n1", &web, "3s"),
+        node_dir(tmp.path(), &etcd, "n2", &web, "3s"),
+        node_dir(tmp.path(), &etcd, "n3", &[("role", "db")], "3s"),
+    ];
+    let mut nodes: Vec<Option<TestDaemon>> = dirs.iter().map(|d| Some(start(d))).collect();
+    let mut guard = GroupGuard::default();
+    wait_nodes(nodes[0].as_ref().unwrap(), 3);
+    register(
+        nodes[2].as_ref().unwrap(),
+        json!({"name": "mover", "command": "sleep 303",
+               "placement": {"labels": {"role": "web"}}, "movable": true}),
+    );
+    let (home, pid) = wait_for(Duration::from_secs(30), "mover running", || {
+        nodes.iter().enumerate().find_map(|(i, d)| {
+            let pid = *running(d.as_ref()?).get("mover")?;
+            Some((i, pid))
+        })
+    });
+    guard.add(pid as i32);
+    assert!(home < 2, "a web node runs it");
+    let other = 1 - home;
+    let killed = Instant::now();
+    nodes[home].take().unwrap().kill9();
+    let moved = wait_for(
+        Duration::from_secs(30),
+        "mover on the other web node",
+        || {
+            running(nodes[other].as_ref().unwrap())
+                .get("mover")
+                .copied()
+        },
+    );
+    let took = killed.elapsed();
+    guard.add(moved as i32);
+    assert_ne!(moved, pid);
+    assert!(
+        took <= ttl + Duration::from_secs(2),
+        "moved after {took:?}, more than lease TTL + 2 s"
+    );
+    // n3 does not match the placement: it never runs it.
+    assert!(!running(nodes[2].as_ref().unwrap()).contains_key("mover"));
+    // The dead node comes back: its stale child is stopped, nothing is started twice.
+    assert!(alive(pid as i32), "kill -9 of the daemon leaves its child");
+    let back = start(&dirs[home]);
+    wait_for(Duration::from_secs(30), "the stale child stopped", || {
+        (!alive(pid as i32)).then_some(())
+    });
+    wait_for(Duration::from_secs(10), "the returned node settled", || {
+        let s = back.all_status();
+        s.iter()
+            .all(|s| s["program"] != "mover" || s["pid"].is_null())
+            .then_some(())
+    });
+    assert_eq!(
+        running(nodes[other].as_ref().unwrap()).get("mover"),
+        Some(&moved),
+        "the copy that moved keeps running, untouched"
+    );
+    assert!(!running(&back).contains_key("mover"));
+    nodes[home] = Some(back);
+}
+
+#[test]
+fn an_etcd_outage_keeps_every_child_and_refuses_writes_then_resyncs_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(tmp.path());
+    let dirs = [
+        node_dir(tmp.path(), &etcd, "n1", &[], "10s"),
+        node_dir(tmp.path(), &etcd, "n2", &[], "10s"),
+        node_dir(tmp.path(), &etcd, "n3", &[], "10s"),
+    ];
+    let nodes: Vec<TestDaemon> = dirs.iter().map(start).collect();
+    let mut guard = GroupGuard::default();
+    wait_nodes(&nodes[0], 3);
+    for i in 0..6 {
+        register(
+            &nodes[i % 3],
+            json!({"name": format!("p{i}"), "command": format!("sleep {}", 310 + i)}),
+        );
+    }
+    let all = |nodes: &[TestDaemon]| -> BTreeMap<String, i64> {
+        nodes.iter().flat_map(running).collect()
+    };
+    let before = wait_for(Duration::from_secs(30), "six programs running", || {
+        let r = all(&nodes);
+        (r.len() == 6).then_some(r)
+    });
+    for pid in before.values() {
+        guard.add(*pid as i32);
+    }
+
+    etcd.stop();
+    let outage = Instant::now();
+    // A write through another path meanwhile: a program file on n1.
+    std::fs::write(
+        dirs[0].dir.join("programs/late.toml"),
+        "command = \"sleep 320\"\n",
+    )
+    .unwrap();
+    let mut refused = 0;
+    while outage.elapsed() < Duration::from_secs(30) {
+        assert_eq!(
+            all(&nodes),
+            before,
+            "every child keeps running with the same pid"
+        );
+        let r = ureq::post(&format!("{}/register", nodes[1].url))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(json!({"name": "x", "command": "sleep 1"}))
+            .unwrap();
+        if r.status() == 503 {
+            let body = r.into_body().read_to_string().unwrap();
+            assert!(body.contains("unreachable"), "{body}");
+            refused += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        refused > 40,
+        "writes were refused during the outage ({refused})"
+    );
+
+    etcd.run();
+    let late = wait_for(
+        Duration::from_secs(30),
+        "the file written during the outage runs",
+        || {
+            let r = all(&nodes);
+            r.get("late").copied()
+        },
+    );
+    guard.add(late as i32);
+    // Applied once: one copy in the fleet, generation 1, never restarted; the others untouched.
+    let everywhere: Vec<Value> = nodes
+        .iter()
+        .flat_map(|d| d.all_status())
+        .filter(|s| s["program"] == "late")
+        .collect();
+    assert_eq!(everywhere.len(), 1, "{everywhere:?}");
+    assert_eq!(everywhere[0]["restarts"], 0);
+    let mut after = all(&nodes);
+    after.remove("late");
+    assert_eq!(after, before, "no restart after the resync");
+    // Writes work again.
+    register(&nodes[1], json!({"name": "after", "command": "sleep 321"}));
+}
