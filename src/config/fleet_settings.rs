@@ -223,3 +223,64 @@ pub(super) fn read_node(c: &mut Check, raw: &Val<RawNode>) -> NodeSettings {
     });
     n
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::settings::read_main;
+    use super::*;
+
+    fn read(text: &str) -> (crate::config::Settings, Vec<crate::config::ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("programs")).unwrap();
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        read_main(&dir.path().join("config.toml"), dir.path()).unwrap()
+    }
+
+    #[test]
+    fn store_and_node_are_read_with_defaults() {
+        let (s, errors) = read("");
+        assert!(errors.is_empty());
+        assert_eq!(s.store, StoreSettings::default());
+        assert_eq!(s.store.backend, StoreBackend::Sled);
+        assert_eq!(s.node.lease_ttl, Dur::from_secs(10));
+        let (s, errors) = read(
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefix = \"/prod/\"\n\
+             timeout = \"1s\"\nuser = \"u\"\npassword_file = \"pw\"\n\
+             [node]\nname = \"web-1\"\nlabels = { role = \"web\" }\nlease_ttl = \"3s\"\n",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(s.store.backend, StoreBackend::Etcd);
+        assert_eq!(s.store.prefix, "/prod");
+        assert_eq!(s.store.timeout, Dur::from_secs(1));
+        assert!(s.store.password_file.as_ref().unwrap().is_absolute());
+        assert_eq!(s.node.name, "web-1");
+        assert_eq!(s.node.labels["role"], "web");
+        assert_eq!(s.node.lease_ttl, Dur::from_secs(3));
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let (_, errors) = read(
+            "[store]\nbackend = \"etcd\"\nendpoints = [\"127.0.0.1:2379\"]\nprefix = \"x\"\n\
+             cert_file = \"c.pem\"\nuser = \"u\"\nbakend = 1\n\
+             [node]\nname = \"bad name\"\nlease_ttl = \"500ms\"\n",
+        );
+        let keys: Vec<&str> = errors.iter().filter_map(|e| e.key.as_deref()).collect();
+        for k in [
+            "store.endpoints[0]",
+            "store.prefix",
+            "store.cert_file",
+            "store.user",
+            "store.bakend",
+            "node.name",
+            "node.lease_ttl",
+        ] {
+            assert!(keys.contains(&k), "{k} not in {keys:?}");
+        }
+        let (_, errors) = read("[store]\nbackend = \"etcd\"\n");
+        assert!(
+            errors[0].to_string().contains("at least one endpoint"),
+            "{errors:?}"
+        );
+    }
+}

@@ -169,3 +169,62 @@ fn a_node_releases_what_no_longer_matches_it() {
         }]
     );
 }
+
+#[test]
+fn the_fleet_plan_names_the_node_of_each_step() {
+    let mut v = FleetView::default();
+    node(&mut v, "a", &[("role", "web")]);
+    node(&mut v, "b", &[("role", "db")]);
+    program(&mut v, "old", Placement::anywhere());
+    program(&mut v, "kept", Placement::anywhere());
+    assign(&mut v, "old", 0, "b", 3);
+    assign(&mut v, "kept", 0, "a", 4);
+    let record = |name: &str, command: &str, placement: Placement| {
+        let mut spec = ProgramSpec::new(name, Exec::Command(command.into()));
+        spec.placement = placement;
+        (
+            name.to_string(),
+            Arc::new(ProgramRecord::new(spec, Source::Api)),
+        )
+    };
+    let current: Programs = Arc::new(
+        [
+            record("old", "sleep 1", Placement::anywhere()),
+            record("kept", "sleep 1", Placement::anywhere()),
+        ]
+        .into(),
+    );
+    let db = Placement {
+        labels: [("role".to_string(), "db".to_string())].into(),
+        ..Placement::anywhere()
+    };
+    let nowhere = Placement {
+        node: Some("zz".into()),
+        ..Placement::anywhere()
+    };
+    let next: Programs = Arc::new(
+        [
+            record("kept", "sleep 2", Placement::anywhere()),
+            record("new", "sleep 1", db),
+            record("waits", "sleep 1", nowhere),
+        ]
+        .into(),
+    );
+    let p = plan(&v, &current, &next);
+    let steps: Vec<(&str, Option<&str>, Action)> = p
+        .steps
+        .iter()
+        .map(|s| (s.program.as_str(), s.node.as_deref(), s.action))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("kept", Some("a"), Action::Restart),
+            ("new", Some("b"), Action::Start),
+            ("old", Some("b"), Action::Stop),
+            ("waits", None, Action::Start),
+        ]
+    );
+    assert_eq!(p.steps[0].changes[0].field, "command");
+    assert!(p.steps[3].deferred);
+}

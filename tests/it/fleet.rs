@@ -391,3 +391,83 @@ fn an_etcd_outage_keeps_every_child_and_refuses_writes_then_resyncs_once() {
     // Writes work again.
     register(&nodes[1], json!({"name": "after", "command": "sleep 321"}));
 }
+
+/// `provisr apply DIR` and its dry run: the per-field plan against the whole fleet, each step
+/// with the node that would carry it out, then carried out on exactly those nodes.
+#[test]
+fn apply_plans_against_the_fleet_with_the_node_of_each_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path());
+    let n1 = start(&node_dir(
+        tmp.path(),
+        &etcd,
+        "n1",
+        &[("role", "web")],
+        "10s",
+    ));
+    let n2 = start(&node_dir(tmp.path(), &etcd, "n2", &[("role", "db")], "10s"));
+    let mut guard = GroupGuard::default();
+    wait_nodes(&n1, 2);
+    let dir = tmp.path().join("fleet-programs");
+    std::fs::create_dir(&dir).unwrap();
+    let web = "command = \"sleep 330\"\nplacement = { labels = { role = \"web\" } }\n";
+    std::fs::write(dir.join("web.toml"), web).unwrap();
+    std::fs::write(
+        dir.join("db.toml"),
+        "command = \"sleep 331\"\nplacement = { node = \"n2\" }\n",
+    )
+    .unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    let steps = |out: &str| -> Vec<(String, String, String)> {
+        let v: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let text = |k: &str| s[k].as_str().unwrap_or("-").to_string();
+                (text("program"), text("node"), text("action"))
+            })
+            .collect()
+    };
+    let (code, out, err) = n2.cli(&["-o", "json", "apply", dir_arg, "--dry-run"]);
+    assert_eq!(code, 1, "changes: {out} {err}");
+    let want = |a: &str, b: &str| {
+        vec![
+            ("db".to_string(), "n2".to_string(), a.to_string()),
+            ("web".to_string(), "n1".to_string(), b.to_string()),
+        ]
+    };
+    assert_eq!(steps(&out), want("start", "start"));
+    // The dry run changed nothing.
+    assert!(running(&n1).is_empty() && running(&n2).is_empty());
+    let (code, out, err) = n2.cli(&["-o", "json", "apply", dir_arg]);
+    assert_eq!(code, 0, "{out} {err}");
+    wait_for(Duration::from_secs(30), "web on n1, db on n2", || {
+        guard_running(&mut guard, &[&n1, &n2]);
+        let (a, b) = (running(&n1), running(&n2));
+        (a.keys().eq(["web"]) && b.keys().eq(["db"])).then_some(())
+    });
+    // A changed command restarts on the node that runs it; the table says which node.
+    std::fs::write(dir.join("web.toml"), web.replace("330", "332")).unwrap();
+    let (code, out, _) = n1.cli(&["-o", "table", "apply", dir_arg, "--dry-run"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("NODE") && out.contains("n1"), "{out}");
+    assert!(
+        out.contains("command: \"sleep 330\" → \"sleep 332\""),
+        "{out}"
+    );
+    let (code, out, _) = n1.cli(&["-o", "json", "apply", dir_arg, "--dry-run"]);
+    assert_eq!(code, 1);
+    assert_eq!(steps(&out), want("unchanged", "restart"));
+    // Gone from the directory: removed from the fleet, stopped on its node.
+    std::fs::remove_file(dir.join("db.toml")).unwrap();
+    let (code, _, err) = n1.cli(&["apply", dir_arg]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(Duration::from_secs(30), "db stopped, web restarted", || {
+        guard_running(&mut guard, &[&n1, &n2]);
+        let web_cmd = n1.status("web")["pid"].as_i64()?;
+        let cmdline = std::fs::read_to_string(format!("/proc/{web_cmd}/cmdline")).ok()?;
+        (running(&n2).is_empty() && cmdline.contains("332")).then_some(())
+    });
+}
