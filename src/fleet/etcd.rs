@@ -61,6 +61,8 @@ struct Inner {
     /// The newest revision the view has taken in.
     pending: AtomicI64,
     connected: AtomicBool,
+    /// Why the session last lost or failed to reach etcd, for the sentence of a refused write.
+    last_error: Mutex<String>,
     lease: AtomicI64,
     desired: Weak<DesiredState>,
     /// Poked when this node's observed state changed.
@@ -104,6 +106,7 @@ impl EtcdFleet {
             applied: watch::channel(0).0,
             pending: AtomicI64::new(0),
             connected: AtomicBool::new(false),
+            last_error: Mutex::new("not connected yet".into()),
             lease: AtomicI64::new(0),
             desired: Arc::downgrade(desired),
             publish: Notify::new(),
@@ -242,9 +245,10 @@ impl Inner {
         if !self.connected.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable {
                 why: format!(
-                    "node {} is not connected to etcd at {}",
+                    "node {} is not connected to etcd at {}: {}",
                     self.me(),
-                    self.endpoints.join(", ")
+                    self.endpoints.join(", "),
+                    lock(&self.last_error)
                 ),
             });
         }
@@ -383,6 +387,10 @@ async fn session(inner: Arc<Inner>) {
     loop {
         let started = Instant::now();
         let err = run_session(&inner, &mut was_connected).await;
+        *lock(&inner.last_error) = match &err {
+            StoreError::Unavailable { why } => why.clone(),
+            e => e.to_string(),
+        };
         if inner.connected.swap(false, Ordering::SeqCst) {
             tracing::warn!(
                 node = %inner.me(),

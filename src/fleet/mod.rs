@@ -39,8 +39,9 @@ impl Keys {
     pub fn node(&self, node: &str) -> String {
         format!("{}/nodes/{node}", self.prefix)
     }
+    /// Under the node's own key, and its lease: it goes with the node.
     pub fn observed(&self, node: &str) -> String {
-        format!("{}/observed/{node}", self.prefix)
+        format!("{}/nodes/{node}/observed", self.prefix)
     }
     /// Everything of the fleet: one watch covers it.
     pub fn all(&self) -> String {
@@ -53,8 +54,11 @@ impl Keys {
         let (kind, rest) = rest.split_once('/')?;
         match kind {
             "programs" => Some(Key::Program(rest)),
-            "nodes" => Some(Key::Node(rest)),
-            "observed" => Some(Key::Observed(rest)),
+            "nodes" => match rest.split_once('/') {
+                None => Some(Key::Node(rest)),
+                Some((node, "observed")) => Some(Key::Observed(node)),
+                Some(_) => None,
+            },
             "assign" => {
                 let (program, slot) = rest.split_once('/')?;
                 Some(Key::Assignment(program, slot.parse().ok()?))

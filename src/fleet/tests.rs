@@ -65,6 +65,7 @@ fn keys_parse_back() {
     assert_eq!(k.parse(&k.node("n1")), Some(Key::Node("n1")));
     assert_eq!(k.parse(&k.observed("n1")), Some(Key::Observed("n1")));
     assert_eq!(k.parse("/other/programs/web"), None);
+    assert_eq!(k.parse("/p/nodes/n1/other"), None);
     assert_eq!(k.parse("/p/assign/web/x"), None);
 }
 

@@ -439,7 +439,13 @@ fn apply_plans_against_the_fleet_with_the_node_of_each_step() {
         ]
     };
     assert_eq!(steps(&out), want("start", "start"));
-    // The dry run changed nothing.
+    // `diff --config` of a config whose programs directory it is: the same fleet-wide plan.
+    let conf = tmp.path().join("fleet.toml");
+    std::fs::write(&conf, format!("programs_directory = {dir:?}\n")).unwrap();
+    let (code, out, err) = n1.cli(&["-o", "json", "diff", "--config", conf.to_str().unwrap()]);
+    assert_eq!(code, 1, "changes: {out} {err}");
+    assert_eq!(steps(&out), want("start", "start"));
+    // The dry runs changed nothing.
     assert!(running(&n1).is_empty() && running(&n2).is_empty());
     let (code, out, err) = n2.cli(&["-o", "json", "apply", dir_arg]);
     assert_eq!(code, 0, "{out} {err}");
@@ -470,4 +476,72 @@ fn apply_plans_against_the_fleet_with_the_node_of_each_step() {
         let cmdline = std::fs::read_to_string(format!("/proc/{web_cmd}/cmdline")).ok()?;
         (running(&n2).is_empty() && cmdline.contains("332")).then_some(())
     });
+}
+
+/// `[store] user` and `password_file`: a node authenticates to an etcd with authentication on;
+/// a wrong password leaves it degraded (its writes refused), never running unauthenticated.
+#[test]
+fn a_node_authenticates_to_etcd_with_its_user_and_password_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(tmp.path());
+    // Authentication on, through etcd's JSON gateway: a root user with the root role.
+    for (path, body) in [
+        ("/v3/auth/role/add", json!({"name": "root"})),
+        (
+            "/v3/auth/user/add",
+            json!({"name": "root", "password": "s3cret"}),
+        ),
+        (
+            "/v3/auth/user/grant",
+            json!({"user": "root", "role": "root"}),
+        ),
+        ("/v3/auth/enable", json!({})),
+    ] {
+        ureq::post(&format!("{}{path}", etcd.url()))
+            .send_json(&body)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    let with_password = |name: &str, password: &str| {
+        let n = node_dir(tmp.path(), &etcd, name, &[], "10s");
+        let file = n.dir.join("etcd-password");
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        let mut text = std::fs::read_to_string(&n.config).unwrap();
+        text = text.replace(
+            "[node]",
+            &format!("user = \"root\"\npassword_file = {:?}\n\n[node]", file),
+        );
+        std::fs::write(&n.config, text).unwrap();
+        n
+    };
+    let good = start(&with_password("n1", "s3cret"));
+    let mut guard = GroupGuard::default();
+    wait_nodes(&good, 1);
+    register(&good, json!({"name": "authed", "command": "sleep 340"}));
+    let pid = wait_for(Duration::from_secs(30), "authed running", || {
+        running(&good).get("authed").copied()
+    });
+    guard.add(pid as i32);
+
+    let bad = start(&with_password("n2", "wrong"));
+    let r = ureq::post(&format!("{}/register", bad.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_json(json!({"name": "x", "command": "sleep 1"}))
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    // The good node never sees the bad one.
+    let v: Value = ureq::get(&format!("{}/nodes", good.url))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    let names: Vec<&str> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(names, ["n1"]);
 }

@@ -26,6 +26,7 @@ use crate::daemon::{toml_str, DaemonProc};
 use crate::events::{Events, Incoming};
 use crate::opts::Ctx;
 use crate::table::{median, ms, ratio, secs, verdict, Dist, Pair, Row};
+use crate::usage::{clock_tick, Usage};
 use crate::PATIENCE;
 
 const ETCD: &str = "/usr/bin/etcd";
@@ -41,6 +42,9 @@ pub struct Fleet {
     /// The same 1000 over three nodes, and one node taking all 1000 on the same CPUs: what
     /// the fleet's coordination costs when its nodes share a machine, as here.
     pub whole: Vec<Pair>,
+    /// The nodes' CPU time per program from the apply until all run: three nodes over 1000,
+    /// one node over its 333. Independent of how many CPUs the nodes share.
+    pub cpu: Vec<Pair>,
     pub put: Dist,
     pub range: Dist,
 }
@@ -74,6 +78,21 @@ impl Fleet {
             "-",
             None,
         ));
+        let c = Pair {
+            provisr: median(self.cpu.iter().map(|p| p.provisr).collect()),
+            baseline: median(self.cpu.iter().map(|p| p.baseline).collect()),
+        };
+        rows.push(Row {
+            figure: format!(
+                "fleet: the nodes' CPU per program ({NODES} nodes, {PROGRAMS}; baseline one node, {})",
+                PROGRAMS / NODES
+            ),
+            value: ms(c.provisr),
+            baseline: ms(c.baseline),
+            ratio: ratio(c.provisr.as_secs_f64(), c.baseline.as_secs_f64()),
+            target: "-".into(),
+            verdict: crate::table::Verdict::Info,
+        });
         for (what, d) in [
             ("etcd put (committed)", &self.put),
             ("etcd range read", &self.range),
@@ -180,7 +199,7 @@ fn node_config(dir: &Path, etcd: &Etcd, prefix: &str, name: &str) -> Result<std:
 }
 
 /// `nodes` nodes on `prefix`; `n` programs applied through the first; the time from the apply
-/// to the last `running` transition read on any node.
+/// to the last `running` transition read on any node, and the CPU time the nodes spent in it.
 fn apply_and_wait(
     ctx: &Ctx,
     scratch: &Scratch,
@@ -188,7 +207,7 @@ fn apply_and_wait(
     prefix: &str,
     nodes: usize,
     n: usize,
-) -> Result<Duration> {
+) -> Result<(Duration, Duration)> {
     let mut daemons = Vec::new();
     for i in 1..=nodes {
         let dir = scratch.join(&format!("{}-n{i}", prefix.trim_start_matches('/')));
@@ -229,6 +248,13 @@ fn apply_and_wait(
         })
         .collect();
     let mut waiting: HashSet<String> = (1..=n).map(|i| format!("f{i:05}")).collect();
+    let ticks = || -> Result<u64> {
+        daemons
+            .iter()
+            .map(|d| Ok(Usage::of(d.pid)?.ticks))
+            .sum::<Result<u64>>()
+    };
+    let ticks0 = ticks()?;
     let t0 = Instant::now();
     api.post_json("/apply", &json!({ "programs": programs }))?;
     let mut end = t0;
@@ -254,12 +280,13 @@ fn apply_and_wait(
             }
         }
     }
+    let cpu = clock_tick() * u32::try_from(ticks()? - ticks0).unwrap_or(u32::MAX);
     drop(events);
     drop(api);
     for d in daemons {
         d.terminate()?;
     }
-    Ok(end - t0)
+    Ok((end - t0, cpu))
 }
 
 pub fn measure(ctx: &Ctx) -> Result<Fleet> {
@@ -273,19 +300,20 @@ pub fn measure(ctx: &Ctx) -> Result<Fleet> {
         ms(range.p50),
         ms(range.p99)
     );
-    let (mut times, mut whole) = (Vec::new(), Vec::new());
+    let (mut times, mut whole, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=ctx.sizes.spawn_runs {
         let third = PROGRAMS / NODES;
-        let baseline = apply_and_wait(ctx, &scratch, &etcd, &format!("/solo{run}"), 1, third)?;
-        let fleet = apply_and_wait(
-            ctx,
-            &scratch,
-            &etcd,
-            &format!("/trio{run}"),
-            NODES,
-            PROGRAMS,
-        )?;
-        let all = apply_and_wait(ctx, &scratch, &etcd, &format!("/all{run}"), 1, PROGRAMS)?;
+        let solo = format!("/solo{run}");
+        let (baseline, cpu_third) = apply_and_wait(ctx, &scratch, &etcd, &solo, 1, third)?;
+        let trio = format!("/trio{run}");
+        let (fleet, cpu_fleet) = apply_and_wait(ctx, &scratch, &etcd, &trio, NODES, PROGRAMS)?;
+        let all = format!("/all{run}");
+        let (all, _) = apply_and_wait(ctx, &scratch, &etcd, &all, 1, PROGRAMS)?;
+        // Per program: the three nodes' CPU over 1000, one node's over its 333.
+        cpu.push(Pair {
+            provisr: cpu_fleet / PROGRAMS as u32,
+            baseline: cpu_third / third as u32,
+        });
         eprintln!(
             "  run {run}: {PROGRAMS} over {NODES} nodes {}, one node's {third} {}, one node's {PROGRAMS} {}",
             secs(fleet),
@@ -304,6 +332,7 @@ pub fn measure(ctx: &Ctx) -> Result<Fleet> {
     Ok(Fleet {
         times,
         whole,
+        cpu,
         put,
         range,
     })
