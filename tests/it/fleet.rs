@@ -545,3 +545,53 @@ fn a_node_authenticates_to_etcd_with_its_user_and_password_file() {
         .collect();
     assert_eq!(names, ["n1"]);
 }
+
+/// A node that restarts while etcd is down runs its last known share from its own store: its
+/// child is adopted with the same pid, and stays so when etcd is back.
+#[test]
+fn a_node_restarted_while_etcd_is_down_keeps_its_last_known_share() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(tmp.path());
+    let dir = node_dir(tmp.path(), &etcd, "n1", &[], "10s");
+    let node = start(&dir);
+    let mut guard = GroupGuard::default();
+    wait_nodes(&node, 1);
+    register(&node, json!({"name": "kept", "command": "sleep 350"}));
+    let pid = wait_for(Duration::from_secs(30), "kept running", || {
+        running(&node).get("kept").copied()
+    });
+    guard.add(pid as i32);
+    etcd.stop();
+    node.kill9();
+    let node = start(&dir);
+    assert_eq!(
+        running(&node).get("kept"),
+        Some(&pid),
+        "adopted, not restarted"
+    );
+    let v: Value = ureq::get(&format!("{}/nodes", node.url))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json()
+        .unwrap();
+    assert_eq!(v["connected"], false);
+    etcd.run();
+    // Resynced once a write goes through again and runs: the node has taken its share from
+    // etcd by then (a write returns once the node's watch has it).
+    wait_for(Duration::from_secs(30), "a write accepted again", || {
+        let r = ureq::post(&format!("{}/register", node.url))
+            .send_json(json!({"name": "probe", "command": "sleep 351"}))
+            .ok()?;
+        (r.status() == 201).then_some(())
+    });
+    let probe_pid = wait_for(Duration::from_secs(30), "probe running", || {
+        running(&node).get("probe").copied()
+    });
+    guard.add(probe_pid as i32);
+    assert_eq!(
+        running(&node).get("kept"),
+        Some(&pid),
+        "unchanged after the resync"
+    );
+}
