@@ -205,7 +205,9 @@ async fn act(
     pre: Vec<StoreWrite>,
     wait: Duration,
 ) -> ApiResult {
-    let programs = desired::simulate(&d.desired.snapshot(), &pre);
+    // On a fleet node the selection is of the fleet's programs: a request for one that runs on
+    // other nodes goes to the fleet's store like any write, and they carry it out.
+    let programs = desired::simulate(&d.desired.all_programs(), &pre);
     let picked = sel.pick(&programs, &d.reloader.groups())?;
     let mut writes = pre;
     let mut whole_programs: Vec<&str> = picked
@@ -251,15 +253,72 @@ async fn act(
         .apply(writes)
         .await
         .map_err(|e| write_error(e, "cannot record the request"))?;
-    wait_settled(d, &picked, &needs_change, request, t0, wait).await;
-    let programs = d.desired.snapshot();
-    Ok(Json(statuses(
-        &programs,
+    // This node waits only for the instances it runs (on one host: all of them).
+    let here = |picked: &[Picked]| -> Vec<Picked> {
+        let local = d.desired.snapshot();
+        (picked.iter())
+            .filter(|p| d.fleet.is_none() || local.contains_key(&p.id.program))
+            .cloned()
+            .collect()
+    };
+    wait_settled(d, &here(&picked), &needs_change, request, t0, wait).await;
+    let local = here(&picked);
+    let mut list = statuses(
+        &d.desired.snapshot(),
         &d.reconciler.live(),
         &LoopView::of(&d.reconciler),
-        &picked,
-    ))
-    .into_response())
+        &local,
+    );
+    if let Some(fleet) = &d.fleet {
+        let elsewhere: Vec<Picked> = picked.into_iter().filter(|p| !local.contains(p)).collect();
+        list.extend(elsewhere_statuses(d, fleet.as_ref(), &elsewhere));
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(Json(list).into_response())
+}
+
+/// The statuses of instances other nodes run, as those nodes last published them, each saying
+/// where it runs.
+fn elsewhere_statuses(
+    d: &AppState,
+    fleet: &dyn crate::fleet::FleetStatus,
+    picked: &[Picked],
+) -> Vec<super::status::StatusObject> {
+    let view = fleet.view();
+    let programs = d.desired.all_programs();
+    let none = LoopView::default();
+    picked
+        .iter()
+        .filter_map(|p| {
+            let record = programs.get(&p.id.program)?;
+            let mut s = super::status::status_of(record, &p.id, None, &none);
+            let nodes: Vec<String> = view
+                .placement_of(&p.id.program)
+                .into_iter()
+                .map(|(_, n)| n)
+                .collect();
+            let seen = nodes.iter().find_map(|n| {
+                let list = view.observed.get(n)?.as_array()?;
+                list.iter().find(|i| i["name"] == p.id.name.as_str())
+            });
+            if let Some(o) = seen {
+                if let Ok(state) = serde_json::from_value::<InstanceState>(o["state"].clone()) {
+                    s.state = state;
+                    s.running = state == InstanceState::Running;
+                }
+                s.pid = o["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+                s.restarts = o["restarts"].as_u64().unwrap_or(0);
+            }
+            s.message = Some(match nodes.is_empty() {
+                true => "no node runs it yet: none that matches its placement is alive".into(),
+                false => format!(
+                    "runs on node {} (as that node last published it)",
+                    nodes.join(", ")
+                ),
+            });
+            Some(s)
+        })
+        .collect()
 }
 
 /// Waits until every picked instance reached the state the request asked for, after a change

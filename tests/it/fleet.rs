@@ -234,6 +234,24 @@ fn programs_run_on_the_nodes_their_placement_names() {
     assert_eq!(programs("n1"), ["web"]);
     assert_eq!(programs("n2"), ["pinned", "web"]);
     assert_eq!(programs("n3"), ["db"]);
+    // Stop and start through a node that does not run the program: the node that runs it acts.
+    let (code, out, err) = n1.cli(&["-o", "json", "stop", "--name", "pinned"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("runs on node n2"), "{out}");
+    wait_for(Duration::from_secs(30), "pinned stopped on n2", || {
+        (!running(&n2).contains_key("pinned")).then_some(())
+    });
+    let (code, _, err) = n3.cli(&["start", "--name", "pinned"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(
+        Duration::from_secs(30),
+        "pinned running on n2 again",
+        || {
+            guard_running(&mut guard, &nodes);
+            running(&n2).contains_key("pinned").then_some(())
+        },
+    );
+    assert!(!running(&n1).contains_key("pinned") && !running(&n3).contains_key("pinned"));
 }
 
 #[test]
