@@ -75,6 +75,8 @@ pub enum DaemonError {
     },
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("{0}")]
+    Fleet(String),
 }
 
 impl DaemonError {
@@ -211,11 +213,32 @@ pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
     let desired = Arc::new(DesiredState::new(store, wake.clone(), metrics.clone())?);
-    let before = desired.snapshot();
-    let writes = desired::sync_writes(&before, &loaded.programs, &loaded.files, &loaded.errors);
-    // Programs whose file went away while no daemon ran are deleted here; their instance
-    // records stay as tombstones, so the loop stops what still runs of them.
-    desired.apply(writes).await?;
+    // In a fleet, the node's share is taken from etcd before the loop starts, so a node that
+    // comes back never starts what moved away while it was gone (`docs/fleet.md`).
+    let fleet = join_fleet(&loaded.settings, &listen, &desired, &rescan).await?;
+    match &fleet {
+        None => {
+            let before = desired.snapshot();
+            let writes =
+                desired::sync_writes(&before, &loaded.programs, &loaded.files, &loaded.errors);
+            // Programs whose file went away while no daemon ran are deleted here; their
+            // instance records stay as tombstones, so the loop stops what still runs of them.
+            desired.apply(writes).await?;
+        }
+        Some(_) => {
+            let before = desired.all_programs();
+            let writes = desired::additive(desired::sync_writes(
+                &before,
+                &loaded.programs,
+                &loaded.files,
+                &loaded.errors,
+            ));
+            // Degraded: the files are written when etcd is back (the fleet pokes a rescan).
+            if let Err(e) = desired.apply(writes).await {
+                tracing::warn!("fleet: the programs directory is not written yet: {e}");
+            }
+        }
+    }
 
     let (events, _) = broadcast::channel(event_capacity(&desired.snapshot()));
     tokio::spawn(count_events(events.subscribe(), metrics.clone()));
@@ -265,7 +288,11 @@ pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
         events,
         metrics,
         closing: tokio::sync::watch::channel(false).0,
+        fleet: fleet.as_ref().map(Joined::status),
     });
+    if let Some(f) = &fleet {
+        f.publish_observed(&state);
+    }
     Ok(Daemon {
         state,
         guard,
@@ -607,5 +634,84 @@ fn normalize_base(base: &str) -> String {
         String::new()
     } else {
         format!("/{trimmed}")
+    }
+}
+
+/// This daemon's membership of a fleet.
+#[cfg(feature = "etcd")]
+struct Joined(Arc<crate::fleet::etcd::EtcdFleet>);
+/// Without the `etcd` feature there is no fleet to join.
+#[cfg(not(feature = "etcd"))]
+enum Joined {}
+
+impl Joined {
+    fn status(&self) -> Arc<dyn crate::fleet::FleetStatus> {
+        #[cfg(feature = "etcd")]
+        return self.0.clone();
+        #[cfg(not(feature = "etcd"))]
+        match *self {}
+    }
+
+    /// Publishes this node's instances under its node key whenever one changes.
+    fn publish_observed(&self, state: &Arc<AppState>) {
+        #[cfg(feature = "etcd")]
+        {
+            let weak = Arc::downgrade(state);
+            self.0.set_observe(Box::new(move || match weak.upgrade() {
+                Some(d) => crate::api::fleet::observed(&d),
+                None => serde_json::Value::Null,
+            }));
+            let fleet = self.0.clone();
+            let mut events = state.events.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                            fleet.observed_changed()
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
+        #[cfg(not(feature = "etcd"))]
+        {
+            let _ = state;
+            match *self {}
+        }
+    }
+}
+
+/// Joins the fleet when `[store] backend = "etcd"`; `None` for the sled store.
+async fn join_fleet(
+    settings: &Settings,
+    listen: &str,
+    desired: &Arc<DesiredState>,
+    rescan: &Arc<Notify>,
+) -> Result<Option<Joined>, DaemonError> {
+    use crate::config::StoreBackend;
+    if settings.store.backend == StoreBackend::Sled {
+        return Ok(None);
+    }
+    #[cfg(feature = "etcd")]
+    {
+        let fleet = crate::fleet::etcd::EtcdFleet::join(
+            &settings.store,
+            &settings.node,
+            listen.to_string(),
+            desired,
+            rescan.clone(),
+        )
+        .await
+        .map_err(|e| DaemonError::Fleet(e.to_string()))?;
+        desired.use_shared(fleet.clone());
+        Ok(Some(Joined(fleet)))
+    }
+    #[cfg(not(feature = "etcd"))]
+    {
+        let _ = (listen, desired, rescan);
+        Err(DaemonError::Fleet(
+            "[store] backend = \"etcd\" needs provisr built with the `etcd` feature (cargo build --release --features etcd); this build has only the sled store".into(),
+        ))
     }
 }

@@ -5,14 +5,22 @@
 //! then the touched programs are re-read into the mirror and the reconcile loop is woken.
 //! Reading the mirror costs an `Arc` clone, so a reconcile pass never parses the store.
 //!
+//! Where desired state is kept is the [`Backend`]: the sled store of this host (the default), or
+//! a fleet's shared store ([`SharedStore`], etcd; `docs/fleet.md`). With a shared store, writes go
+//! there and are acknowledged once it has committed them; the fleet then hands this node its
+//! share ([`DesiredState::mirror_share`]), which is kept in the local store like any program, so
+//! the reconcile loop, the plan and the API work the same on either backend.
+//!
 //! The mirror follows the store under every failure: a write runs to its end in a task of its
 //! own even when its caller goes away (an HTTP client that hangs up drops the handler's future),
 //! a write the store refused changes nothing in either, and a mirror that could not be re-read
 //! after a committed write is re-read whole before the next write.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, RwLock};
 
 use tokio::sync::Notify;
 
@@ -23,9 +31,34 @@ use crate::store::{DesiredStore, ProgramRecord, StoreError, StoreWrite};
 /// Every program's record by name, shared without copying.
 pub type Programs = Arc<BTreeMap<String, Arc<ProgramRecord>>>;
 
+/// A future a [`SharedStore`] answers with.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A store of desired state shared by a fleet of nodes (etcd; `docs/fleet.md`).
+pub trait SharedStore: Send + Sync + 'static {
+    /// Commits the program writes of `writes` by the store's own rule
+    /// ([`StoreWrite::apply_to_program`]), all or nothing, and returns once the shared store has
+    /// committed them and this node has seen them; how many changed something.
+    fn apply(&self, writes: Vec<StoreWrite>) -> StoreFuture<'_, usize>;
+    /// A program's record wherever in the fleet it runs.
+    fn get(&self, name: &str) -> Option<Arc<ProgramRecord>>;
+    /// Every program of the fleet.
+    fn programs(&self) -> Programs;
+}
+
+/// Where desired state is kept.
+pub enum Backend<'a> {
+    /// This host's sled store (`docs/store.md`).
+    Sled,
+    /// A fleet's shared store; the local store keeps this node's share.
+    Shared(&'a Arc<dyn SharedStore>),
+}
+
 /// Desired state: the store plus its mirror and the reconcile wakeup.
 pub struct DesiredState {
     shared: Arc<Shared>,
+    /// Set once, when the daemon joins a fleet, before anything writes.
+    fleet: OnceLock<Arc<dyn SharedStore>>,
 }
 
 /// What a write, running in a task of its own, needs.
@@ -60,7 +93,53 @@ impl DesiredState {
                 wake,
                 metrics,
             }),
+            fleet: OnceLock::new(),
         })
+    }
+
+    /// Makes `store` the backend every later write goes to; false if one was set already.
+    pub fn use_shared(&self, store: Arc<dyn SharedStore>) -> bool {
+        self.fleet.set(store).is_ok()
+    }
+
+    pub fn backend(&self) -> Backend<'_> {
+        match self.fleet.get() {
+            Some(s) => Backend::Shared(s),
+            None => Backend::Sled,
+        }
+    }
+
+    /// Every program desired anywhere: the fleet's with a shared store, else this host's.
+    pub fn all_programs(&self) -> Programs {
+        match self.fleet.get() {
+            Some(s) => s.programs(),
+            None => self.snapshot(),
+        }
+    }
+
+    /// Makes this node's store and mirror hold exactly `share`, the fleet's records of the
+    /// programs this node runs, as they are: changed ones replaced, others left alone, ones no
+    /// longer in it deleted (their processes are stopped by the loop, `docs/fleet.md`). Writes
+    /// nothing when they agree already. Returns how many records changed.
+    pub async fn mirror_share(
+        &self,
+        share: BTreeMap<String, Arc<ProgramRecord>>,
+    ) -> Result<usize, StoreError> {
+        let current = self.snapshot();
+        let mut writes: Vec<StoreWrite> = current
+            .keys()
+            .filter(|name| !share.contains_key(*name))
+            .map(|name| StoreWrite::DeleteProgram { name: name.clone() })
+            .collect();
+        writes.extend(
+            share
+                .into_iter()
+                .filter(|(name, r)| current.get(name) != Some(r))
+                .map(|(_, r)| StoreWrite::Mirror {
+                    record: Box::new((*r).clone()),
+                }),
+        );
+        self.apply_local(writes).await
     }
 
     pub fn store(&self) -> &DesiredStore {
@@ -72,8 +151,12 @@ impl DesiredState {
         self.shared.snapshot()
     }
 
+    /// A program's record: this host's, or with a shared store the fleet's wherever it runs.
     pub fn get(&self, name: &str) -> Option<Arc<ProgramRecord>> {
-        self.snapshot().get(name).cloned()
+        match self.fleet.get() {
+            Some(s) => s.get(name),
+            None => self.snapshot().get(name).cloned(),
+        }
     }
 
     /// Commits `writes` as one flushed batch, refreshes the mirror and wakes the reconcile loop.
@@ -82,6 +165,17 @@ impl DesiredState {
     /// The write and the refresh run in a task of their own: once handed to the store, a write
     /// is carried through to the mirror even if this future is dropped.
     pub async fn apply(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
+        if writes.is_empty() {
+            return Ok(0);
+        }
+        if let Some(fleet) = self.fleet.get() {
+            return fleet.apply(writes).await;
+        }
+        self.apply_local(writes).await
+    }
+
+    /// [`DesiredState::apply`] to this host's store, whatever the backend.
+    async fn apply_local(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
         if writes.is_empty() {
             return Ok(0);
         }
@@ -175,6 +269,7 @@ impl Shared {
 fn program_touched(w: &StoreWrite) -> Option<String> {
     match w {
         StoreWrite::PutProgram { spec, .. } => Some(spec.name.clone()),
+        StoreWrite::Mirror { record } => Some(record.spec.name.clone()),
         StoreWrite::SetError { name, .. }
         | StoreWrite::SetDesired { name, .. }
         | StoreWrite::Request { name, .. }
@@ -253,6 +348,16 @@ pub fn sync_writes(
         }
     }
     writes
+}
+
+/// A sync of one node's programs directory into a fleet: it adds and changes programs but
+/// removes none, since other nodes' directories and `provisr apply` write the same store
+/// (`docs/fleet.md`, "Programs directories").
+pub fn additive(writes: Vec<StoreWrite>) -> Vec<StoreWrite> {
+    writes
+        .into_iter()
+        .filter(|w| !matches!(w, StoreWrite::DeleteProgram { .. }))
+        .collect()
 }
 
 /// The programs as they would be after `writes`, without writing: what dry runs plan against.

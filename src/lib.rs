@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod desired;
+pub mod fleet;
 pub mod logs;
 pub mod memory;
 pub mod metrics;

@@ -151,6 +151,10 @@ pub struct Step {
     /// dependents a deferred stop waits for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// In a fleet's plan, the node that would carry the step out (`docs/fleet.md`); `None` in a
+    /// daemon's own plan, or when no live node matches the program's placement yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The ordered steps: stops in descending priority, then starts in ascending priority, ties by name.
@@ -222,6 +226,15 @@ fn flat_fields(spec: &ProgramSpec) -> BTreeMap<String, serde_json::Value> {
                 ("cron", serde_json::Value::Object(cron)) => {
                     for (k, v) in cron {
                         flatten(k, v, &mut out);
+                    }
+                }
+                // `spread` and `movable` sit at the top of the file too, beside `placement`.
+                ("placement", serde_json::Value::Object(placement)) => {
+                    for (k, v) in placement {
+                        match k.as_str() {
+                            "spread" | "movable" => flatten(k, v, &mut out),
+                            _ => flatten(format!("placement.{k}"), v, &mut out),
+                        }
                     }
                 }
                 (_, v) => flatten(k, v, &mut out),
@@ -417,6 +430,7 @@ fn instance_step(
         reason,
         changes,
         waiting_for: Vec::new(),
+        node: None,
     };
     let cron = spec.is_cron();
     // A run asked for and not carried out: the instance's requests are behind the program's.
@@ -529,6 +543,7 @@ fn removals(desired: &[Desired<'_>], observed: &[Observed<'_>], wanted: &[Step])
                 reason,
                 changes,
                 waiting_for: Vec::new(),
+                node: None,
             }
         })
         .collect()

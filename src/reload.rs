@@ -13,10 +13,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::config::{self, ConfigError, GroupSpec, LoadedConfig, Settings};
-use crate::desired::{self, DesiredState};
+use crate::desired::{self, Backend, DesiredState};
 use crate::metrics::Metrics;
 use crate::plan::{Action, Step};
 use crate::reconcile::Reconciler;
+use crate::store::StoreWrite;
 use crate::watch::{self, Debounce, WatchHandle, WatchTargets};
 
 /// How often the configuration is rescanned with nothing else asking: the backstop for changes
@@ -144,10 +145,32 @@ impl Reloader {
         for e in &loaded.errors {
             tracing::error!("config: {e} (the program keeps its last good spec)");
         }
-        let current = self.desired.snapshot();
-        let writes =
-            desired::sync_writes(&current, &loaded.programs, &loaded.files, &loaded.errors);
-        let preview = desired::simulate(&current, &writes);
+        let (writes, preview) = match self.desired.backend() {
+            Backend::Sled => {
+                let current = self.desired.snapshot();
+                let writes =
+                    desired::sync_writes(&current, &loaded.programs, &loaded.files, &loaded.errors);
+                let preview = desired::simulate(&current, &writes);
+                (writes, preview)
+            }
+            // In a fleet this node's files add and change programs of the whole fleet; the
+            // preview is of the programs this node runs (`docs/fleet.md`).
+            Backend::Shared(_) => {
+                let current = self.desired.all_programs();
+                let writes = desired::additive(desired::sync_writes(
+                    &current,
+                    &loaded.programs,
+                    &loaded.files,
+                    &loaded.errors,
+                ));
+                let share = self.desired.snapshot();
+                let local: Vec<StoreWrite> = (writes.iter())
+                    .filter(|w| w.program().is_some_and(|n| share.contains_key(n)))
+                    .cloned()
+                    .collect();
+                (writes, desired::simulate(&share, &local))
+            }
+        };
         // The loop's own plan for the preview: what it shows is what the next passes do.
         let steps = match self.reconciler.preview(preview).await {
             Some(plan) => plan.steps,

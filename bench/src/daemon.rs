@@ -22,8 +22,9 @@ use crate::events::Events;
 use crate::usage::{alive, children_of};
 use crate::PATIENCE;
 
-/// `target/<profile>/provisr`, next to this executable; built first when run through cargo.
-pub fn provisr_binary() -> Result<PathBuf> {
+/// `target/<profile>/provisr`, next to this executable; built first when run through cargo,
+/// with the `etcd` feature when `etcd` (the fleet figure needs it).
+pub fn provisr_binary(etcd: bool) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating this executable")?;
     let bin = exe
         .parent()
@@ -35,16 +36,17 @@ pub fn provisr_binary() -> Result<PathBuf> {
         std::env::var_os("CARGO"),
         std::env::var_os("CARGO_MANIFEST_DIR"),
     ) {
-        eprintln!("building the daemon: cargo build --release -p provisr --bin provisr");
+        let mut args = vec!["build", "--release", "-p", "provisr", "--bin", "provisr"];
+        if etcd {
+            args.extend(["--features", "etcd"]);
+        }
+        eprintln!("building the daemon: cargo {}", args.join(" "));
         let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "provisr", "--bin", "provisr"])
+            .args(&args)
             .current_dir(manifest)
             .status()
             .context("running cargo build")?;
-        ensure!(
-            status.success(),
-            "cargo build --release -p provisr --bin provisr failed"
-        );
+        ensure!(status.success(), "cargo {} failed", args.join(" "));
     }
     ensure!(
         bin.is_file(),
@@ -229,6 +231,13 @@ impl Api {
         self.client
             .get_text(&self.path(path), query)
             .with_context(|| format!("GET {path}"))
+    }
+
+    /// `POST path` with a JSON body, decoded.
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        self.client
+            .post(&self.path(path), &[], Some(body))
+            .with_context(|| format!("POST {path}"))
     }
 
     /// `POST path?query` without a body, decoded.

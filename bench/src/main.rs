@@ -59,7 +59,7 @@ fn main() -> ExitCode {
         eprintln!("provisr-bench: {e:#}");
         return ExitCode::FAILURE;
     }
-    let bin = match daemon::provisr_binary() {
+    let bin = match daemon::provisr_binary(opts.want("fleet")) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("provisr-bench: {e:#}");

@@ -15,11 +15,17 @@ pub const FIGURES: &[&str] = &[
     "api",
     "rss",
     "saved",
+    "fleet",
 ];
+
+/// Figures a run has only when `--only` names them: `fleet` needs a `provisr` built with
+/// `--features etcd` and the distribution's etcd.
+pub const OPT_IN: &[&str] = &["fleet"];
 
 pub const USAGE: &str = "usage: provisr-bench [--quick] [--only NAME[,NAME...]]
   --quick       fewer repetitions and a 5 s idle window (same sizes)
-  --only NAMES  run only these figures: spawn, stop, restart, idle, logs, reconcile, api, rss, saved";
+  --only NAMES  run only these figures: spawn, stop, restart, idle, logs, reconcile, api, rss, saved,
+                and fleet (only when named: needs `cargo build --release --features etcd` and etcd)";
 
 /// Repetitions and windows; the sizes of the figures (N, MiB, programs) never change.
 pub struct Sizes {
@@ -72,7 +78,10 @@ pub struct Opts {
 
 impl Opts {
     pub fn want(&self, figure: &str) -> bool {
-        self.only.as_ref().is_none_or(|o| o.contains(figure))
+        match &self.only {
+            Some(o) => o.contains(figure),
+            None => !OPT_IN.contains(&figure),
+        }
     }
 
     pub fn want_any(&self, figures: &[&str]) -> bool {
@@ -147,12 +156,16 @@ mod tests {
     }
 
     #[test]
-    fn no_only_wants_every_figure() {
+    fn no_only_wants_every_figure_but_the_opt_in_ones() {
         let Ok(Mode::Bench(o)) = parse(&[]) else {
             panic!("not a bench run");
         };
         assert!(!o.quick);
-        assert!(FIGURES.iter().all(|f| o.want(f)));
+        assert!(FIGURES.iter().all(|f| o.want(f) != OPT_IN.contains(f)));
+        let Ok(Mode::Bench(o)) = parse(&["--only", "fleet"]) else {
+            panic!("not a bench run");
+        };
+        assert!(o.want("fleet") && !o.want("spawn"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::usage::rss_kib;
 type Phase = fn(&Ctx, &mut Results) -> Result<()>;
 
 /// What each phase is, the figures it serves, and the phase.
-pub const PHASES: [(&str, &[&str], Phase); 4] = [
+pub const PHASES: [(&str, &[&str], Phase); 5] = [
     (
         "empty daemon: restart, saved file, log capture, 0-program baselines",
         &["restart", "saved", "logs", "reconcile", "rss"],
@@ -34,7 +34,18 @@ pub const PHASES: [(&str, &[&str], Phase); 4] = [
         &["reconcile", "rss"],
         ten_thousand,
     ),
+    (
+        "a fleet on etcd: 1000 programs over 3 nodes, etcd round trips",
+        &["fleet"],
+        fleet_on_etcd,
+    ),
 ];
+
+/// The fleet figure (opt-in, `docs/fleet.md`).
+fn fleet_on_etcd(ctx: &Ctx, res: &mut Results) -> Result<()> {
+    res.fleet = Some(crate::figures::fleet::measure(ctx)?);
+    Ok(())
+}
 
 /// Runs the phases that serve a wanted figure; a phase's harness error is reported and the
 /// next phase runs.

@@ -32,7 +32,7 @@ const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 /// The longest wait a request may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(600);
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| {
         ApiError::bad_request(format!("the query string is invalid: {}", e.body_text()))
     })
@@ -43,7 +43,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 const DRAIN_LIMIT: usize = 64 << 20;
 
 /// Reads an optional JSON body of at most [`super::BODY_LIMIT`] bytes; an empty body is `None`.
-async fn json_body(body: Body) -> Result<Option<Value>, ApiError> {
+pub(super) async fn json_body(body: Body) -> Result<Option<Value>, ApiError> {
     let mut data = body.into_data_stream();
     let mut bytes: Vec<u8> = Vec::new();
     let mut seen = 0usize;
@@ -205,7 +205,9 @@ async fn act(
     pre: Vec<StoreWrite>,
     wait: Duration,
 ) -> ApiResult {
-    let programs = desired::simulate(&d.desired.snapshot(), &pre);
+    // On a fleet node the selection is of the fleet's programs: a request for one that runs on
+    // other nodes goes to the fleet's store like any write, and they carry it out.
+    let programs = desired::simulate(&d.desired.all_programs(), &pre);
     let picked = sel.pick(&programs, &d.reloader.groups())?;
     let mut writes = pre;
     let mut whole_programs: Vec<&str> = picked
@@ -251,15 +253,72 @@ async fn act(
         .apply(writes)
         .await
         .map_err(|e| write_error(e, "cannot record the request"))?;
-    wait_settled(d, &picked, &needs_change, request, t0, wait).await;
-    let programs = d.desired.snapshot();
-    Ok(Json(statuses(
-        &programs,
+    // This node waits only for the instances it runs (on one host: all of them).
+    let here = |picked: &[Picked]| -> Vec<Picked> {
+        let local = d.desired.snapshot();
+        (picked.iter())
+            .filter(|p| d.fleet.is_none() || local.contains_key(&p.id.program))
+            .cloned()
+            .collect()
+    };
+    wait_settled(d, &here(&picked), &needs_change, request, t0, wait).await;
+    let local = here(&picked);
+    let mut list = statuses(
+        &d.desired.snapshot(),
         &d.reconciler.live(),
         &LoopView::of(&d.reconciler),
-        &picked,
-    ))
-    .into_response())
+        &local,
+    );
+    if let Some(fleet) = &d.fleet {
+        let elsewhere: Vec<Picked> = picked.into_iter().filter(|p| !local.contains(p)).collect();
+        list.extend(elsewhere_statuses(d, fleet.as_ref(), &elsewhere));
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(Json(list).into_response())
+}
+
+/// The statuses of instances other nodes run, as those nodes last published them, each saying
+/// where it runs.
+fn elsewhere_statuses(
+    d: &AppState,
+    fleet: &dyn crate::fleet::FleetStatus,
+    picked: &[Picked],
+) -> Vec<super::status::StatusObject> {
+    let view = fleet.view();
+    let programs = d.desired.all_programs();
+    let none = LoopView::default();
+    picked
+        .iter()
+        .filter_map(|p| {
+            let record = programs.get(&p.id.program)?;
+            let mut s = super::status::status_of(record, &p.id, None, &none);
+            let nodes: Vec<String> = view
+                .placement_of(&p.id.program)
+                .into_iter()
+                .map(|(_, n)| n)
+                .collect();
+            let seen = nodes.iter().find_map(|n| {
+                let list = view.observed.get(n)?.as_array()?;
+                list.iter().find(|i| i["name"] == p.id.name.as_str())
+            });
+            if let Some(o) = seen {
+                if let Ok(state) = serde_json::from_value::<InstanceState>(o["state"].clone()) {
+                    s.state = state;
+                    s.running = state == InstanceState::Running;
+                }
+                s.pid = o["pid"].as_i64().and_then(|p| i32::try_from(p).ok());
+                s.restarts = o["restarts"].as_u64().unwrap_or(0);
+            }
+            s.message = Some(match nodes.is_empty() {
+                true => "no node runs it yet: none that matches its placement is alive".into(),
+                false => format!(
+                    "runs on node {} (as that node last published it)",
+                    nodes.join(", ")
+                ),
+            });
+            Some(s)
+        })
+        .collect()
 }
 
 /// Waits until every picked instance reached the state the request asked for, after a change
@@ -344,7 +403,7 @@ fn spec_from_body(d: &AppState, body: &Value) -> Result<ProgramSpec, ApiError> {
 /// A refused write as the API answers it: an ownership the store found different from what
 /// the request expected is a conflict (409) or an unknown name (404), as the early checks say
 /// it; anything else is the daemon's failure (500).
-fn write_error(e: StoreError, doing: &str) -> ApiError {
+pub(super) fn write_error(e: StoreError, doing: &str) -> ApiError {
     match e {
         StoreError::ProgramExists { name, owner } if owner == Source::Api.to_string() => {
             ApiError::conflict(format!(
@@ -358,6 +417,10 @@ fn write_error(e: StoreError, doing: &str) -> ApiError {
         }
         StoreError::ProgramNotFound { name } => {
             ApiError::not_found(format!("no program is named {name:?}; register it first"))
+        }
+        // Degraded fleet node (docs/fleet.md): a retry once etcd is back succeeds.
+        e @ StoreError::Unavailable { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{doing}: {e}"))
         }
         e => ApiError::internal(format!("{doing}: {e}")),
     }
@@ -512,6 +575,9 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
     for p in &req.programs {
         check_selector_name(&p.name)?;
     }
+    if let Some(fleet) = &d.fleet {
+        return fleet_plan(&d, fleet.as_ref(), req);
+    }
     let current = d.desired.snapshot();
     let programs: Vec<config::Program> = req
         .programs
@@ -548,6 +614,40 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
         .await
         .ok_or_else(|| ApiError::internal("the reconcile loop has stopped"))?;
     Ok(Json(json!({ "against": "daemon", "steps": plan.steps })).into_response())
+}
+
+/// `POST /plan` of a fleet node: the programs against the whole fleet, each step with the node
+/// that would carry it out.
+fn fleet_plan(d: &AppState, fleet: &dyn crate::fleet::FleetStatus, req: PlanRequest) -> ApiResult {
+    let current = d.desired.all_programs();
+    let programs = with_sources(&current, req.programs);
+    let writes = match req.mode {
+        PlanMode::Apply => desired::sync_writes(&current, &programs, &[], &[]),
+        PlanMode::Start => programs
+            .iter()
+            .map(|p| StoreWrite::PutProgram {
+                spec: p.spec.clone(),
+                source: p.source.clone(),
+            })
+            .collect(),
+    };
+    let next = desired::simulate(&current, &writes);
+    let plan = crate::fleet::plan(&fleet.view(), &current, &next);
+    Ok(Json(json!({ "against": "fleet", "steps": plan.steps })).into_response())
+}
+
+/// The programs of a plan request, each keeping the source it has now (`config` when new).
+fn with_sources(current: &desired::Programs, specs: Vec<ProgramSpec>) -> Vec<config::Program> {
+    specs
+        .into_iter()
+        .map(|spec| {
+            let source = current
+                .get(&spec.name)
+                .map(|r| r.source.clone())
+                .unwrap_or(Source::Config);
+            config::Program { spec, source }
+        })
+        .collect()
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 //! loop does the rest. Every error is an [`ApiError`]: a status code and one sentence.
 
 pub mod error;
+pub mod fleet;
 mod handlers;
 pub mod peer;
 pub mod security;
@@ -52,6 +53,8 @@ pub struct AppState {
     /// Set to `true` when the daemon begins to stop: the endless streams (`/events`,
     /// `/logs?follow`) end then, so the listeners' graceful shutdown does not wait on them.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// The fleet this daemon is a node of (`docs/fleet.md`); `None` with the sled store.
+    pub fleet: Option<Arc<dyn crate::fleet::FleetStatus>>,
 }
 
 /// The whole API under `base` (e.g. `/api`) and the dashboard at `/ui`, behind the security
@@ -68,6 +71,8 @@ pub fn router(state: Arc<AppState>, guard: Guard, base: &str, metrics: MetricsOn
         .route("/unregister", post(handlers::unregister))
         .route("/programs", get(handlers::programs))
         .route("/plan", post(handlers::plan))
+        .route("/nodes", get(fleet::nodes))
+        .route("/apply", post(fleet::apply))
         .route("/reload", post(handlers::reload))
         .route("/debug/reconcile", post(handlers::debug_reconcile))
         .route("/groups", get(handlers::groups))

@@ -128,6 +128,7 @@ pub fn required_scope(method: &Method, rel_path: &str, query: Option<&str>) -> T
     }
     match path {
         "/plan" => TokenScope::Read,
+        "/apply" if dry_run => TokenScope::Read,
         "/reload" if dry_run => TokenScope::Read,
         "/reload" | "/start" | "/stop" | "/restart" | "/group/start" | "/group/stop"
         | "/debug/reconcile" => TokenScope::Operate,

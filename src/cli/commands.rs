@@ -6,8 +6,9 @@ use serde_json::{json, Value};
 
 use super::plan_view;
 use super::{
-    config_path, exit, os_env, print_json_or_table, AdhocArgs, DiffArgs, GlobalArgs, GroupArgs,
-    LogsArgs, NameArgs, OutputFormat, RegisterArgs, StartArgs, StatusArgs, StopArgs, Table,
+    config_path, exit, os_env, print_json_or_table, AdhocArgs, ApplyArgs, DiffArgs, GlobalArgs,
+    GroupArgs, LogsArgs, NameArgs, OutputFormat, RegisterArgs, StartArgs, StatusArgs, StopArgs,
+    Table,
 };
 use crate::client::{ApiClient, ClientError};
 use crate::config::{self, LoadedConfig};
@@ -311,6 +312,12 @@ pub fn status(g: &GlobalArgs, a: &StatusArgs, format: OutputFormat) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if a.all_nodes {
+        return match api.get("/nodes", &[]) {
+            Ok(v) => print_nodes(&v, format),
+            Err(e) => fail(&e),
+        };
+    }
     let query: Vec<(&str, String)> = a.name.iter().map(|n| ("name", n.clone())).collect();
     match api.get("/status", &query) {
         Ok(v) => print_statuses(&v, format),
@@ -393,7 +400,11 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: OutputFormat) -> i32 {
             let Some(plan) = plan_view::plan_of(&v) else {
                 return exit::USAGE;
             };
-            plan_view::print_plan(&plan, &format!("the daemon at {}", api.location()), format);
+            let against = match v["against"].as_str() {
+                Some("fleet") => format!("the fleet, through {}", api.location()),
+                _ => format!("the daemon at {}", api.location()),
+            };
+            plan_view::print_plan(&plan, &against, format);
             if plan.is_empty() {
                 exit::OK
             } else {
@@ -404,6 +415,110 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: OutputFormat) -> i32 {
         Err(e) => match fail(&e) {
             exit::UNREACHABLE => exit::UNREACHABLE,
             _ => exit::USAGE,
+        },
+    }
+}
+
+/// `status --all-nodes`: one row per instance of every node (a node with none shows one row).
+fn print_nodes(value: &Value, format: OutputFormat) -> i32 {
+    print_json_or_table(format, value, || {
+        let mut t = Table::new(&["NODE", "ALIVE", "NAME", "STATE", "PID", "RESTARTS"]);
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".to_string(),
+            v => v.to_string(),
+        };
+        for n in value["nodes"].as_array().into_iter().flatten() {
+            let alive = if n["alive"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            };
+            let instances: Vec<&Value> = n["instances"].as_array().into_iter().flatten().collect();
+            if instances.is_empty() {
+                let row = [text(&n["name"]), alive.into(), "-".into(), "-".into()];
+                t.row(row.into_iter().chain(["-".into(), "-".into()]).collect());
+            }
+            for i in instances {
+                t.row(vec![
+                    text(&n["name"]),
+                    alive.to_string(),
+                    text(&i["name"]),
+                    text(&i["state"]),
+                    text(&i["pid"]),
+                    text(&i["restarts"]),
+                ]);
+            }
+        }
+        let mut out = String::new();
+        if value["connected"].as_bool() == Some(false) {
+            out.push_str("this node cannot reach the fleet's store: the view may be stale\n");
+        }
+        out.push_str(&t.render());
+        out
+    });
+    exit::OK
+}
+
+/// `apply DIR`: the directory's programs sent to `POST /apply`; the plan printed. With
+/// `--dry-run` exit 0 no change, 1 changes (as `diff`); else 0 once applied.
+pub fn apply(g: &GlobalArgs, a: &ApplyArgs, format: OutputFormat) -> i32 {
+    let dir = match std::fs::canonicalize(&a.dir) {
+        Ok(d) if d.is_dir() => d,
+        Ok(d) => {
+            eprintln!("provisr: {} is not a directory", d.display());
+            return exit::USAGE;
+        }
+        Err(e) => {
+            eprintln!("provisr: cannot read {}: {e}", a.dir.display());
+            return exit::USAGE;
+        }
+    };
+    let mut settings = config::Settings::embedded_default(&dir);
+    settings.programs_directory = dir.clone();
+    let scan = config::scan_programs(&settings, &os_env());
+    if !scan.errors.is_empty() {
+        return plan_view::print_config_errors(&scan.errors);
+    }
+    let api = match client(g, config_path(&a.config)) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let programs: Vec<Value> = scan
+        .programs
+        .iter()
+        .map(|p| {
+            let path = match &p.source {
+                config::Source::File(path) => path.clone(),
+                _ => dir.join(format!("{}.toml", p.spec.name)),
+            };
+            json!({ "spec": p.spec, "path": path })
+        })
+        .collect();
+    let query = if a.dry_run {
+        vec![("dry_run", "true".to_string())]
+    } else {
+        Vec::new()
+    };
+    match api.post("/apply", &query, Some(&json!({ "programs": programs }))) {
+        Ok(v) => {
+            let Some(plan) = plan_view::plan_of(&v) else {
+                return exit::USAGE;
+            };
+            let against = match v["against"].as_str() {
+                Some("fleet") => format!("the fleet, through {}", api.location()),
+                _ => format!("the daemon at {}", api.location()),
+            };
+            plan_view::print_plan(&plan, &against, format);
+            match (a.dry_run, plan.is_empty()) {
+                (true, false) => exit::FAILED,
+                _ => exit::OK,
+            }
+        }
+        Err(e) => match fail(&e) {
+            exit::UNREACHABLE => exit::UNREACHABLE,
+            code if a.dry_run => code.max(exit::USAGE),
+            code => code,
         },
     }
 }

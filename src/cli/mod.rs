@@ -90,6 +90,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// What applying --config would change: exit 0 no change, 1 changes, 2 error.
     Diff(DiffArgs),
+    /// Make a programs directory's programs the file-defined programs of the daemon, or of
+    /// the whole fleet on a fleet node, showing the per-field plan (with --dry-run, only that).
+    Apply(ApplyArgs),
     /// Register an API-source program (persisted) without starting it.
     Register(RegisterArgs),
     /// Remove an API-source program.
@@ -235,6 +238,9 @@ pub struct StatusArgs {
     /// Main config file: the status of its programs, from the daemon its [server] names.
     #[arg(long, value_parser = any_path)]
     pub config: Option<PathBuf>,
+    /// Every node of the fleet with its instances, as this node knows them (`GET /nodes`).
+    #[arg(long)]
+    pub all_nodes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +279,18 @@ pub struct DiffArgs {
     /// Main config file whose programs are compared with the daemon's.
     #[arg(long)]
     pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The programs directory (one file per program).
+    pub dir: PathBuf,
+    /// Show the plan only; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Main config file: the daemon its [server] names.
+    #[arg(long, value_parser = any_path)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -328,6 +346,7 @@ pub fn main() -> i32 {
         Command::GroupStatus(a) => commands::group(g, a, "/group/status", format),
         Command::Logs(a) => commands::logs(g, a),
         Command::Diff(a) => commands::diff(g, a, format),
+        Command::Apply(a) => commands::apply(g, a, format),
         Command::Register(a) => commands::register(g, a, format),
         Command::Unregister(a) => commands::unregister(g, a, format),
         Command::Events => commands::events(g, format),

@@ -112,21 +112,36 @@ fn render_table(plan: &Plan, against: &str) -> String {
     if changed.is_empty() {
         return out;
     }
-    let mut t = Table::new(&["LEVEL", "INSTANCE", "ACTION", "WHY"]);
+    // A fleet's plan says which node would do each step.
+    let fleet = plan.steps.iter().any(|s| s.node.is_some());
+    let header: &[&str] = if fleet {
+        &["NODE", "LEVEL", "INSTANCE", "ACTION", "WHY"]
+    } else {
+        &["LEVEL", "INSTANCE", "ACTION", "WHY"]
+    };
+    let mut t = Table::new(header);
     for s in changed {
-        t.row(vec![
+        let mut row = vec![
             s.priority.to_string(),
             s.instance.clone(),
             action_name(s.action).to_string(),
             s.reason.clone(),
-        ]);
+        ];
+        if fleet {
+            row.insert(0, s.node.clone().unwrap_or_else(|| "(none yet)".into()));
+        }
+        t.row(row);
         for c in &s.changes {
-            t.row(vec![
+            let mut row = vec![
                 String::new(),
                 String::new(),
                 String::new(),
                 format!("  {}", change_line(c)),
-            ]);
+            ];
+            if fleet {
+                row.insert(0, String::new());
+            }
+            t.row(row);
         }
     }
     out.push_str(&t.render());

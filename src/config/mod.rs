@@ -15,14 +15,19 @@ mod cronjob;
 mod document;
 pub mod env;
 pub mod error;
+mod fleet_settings;
 mod identity;
 mod lifecycle_keys;
+mod placement_keys;
 mod program;
 mod raw;
 mod scan;
 mod settings;
 
 pub use error::{render_errors, ConfigError};
+pub use fleet_settings::{
+    NodeSettings, StoreBackend, StoreSettings, DEFAULT_LEASE_TTL_SECS, DEFAULT_PREFIX,
+};
 pub use lifecycle_keys::request_dependency_errors;
 pub use scan::{
     is_program_file_name, load, program_from_json, scan_programs, FileOutcome, LoadedConfig,

@@ -66,6 +66,9 @@ pub struct RawProgram {
     pub(super) history_limit: Val<i64>,
     pub(super) timeout: Val<String>,
     pub(super) retries: Val<i64>,
+    pub(super) placement: Val<super::placement_keys::RawPlacement>,
+    pub(super) spread: Val<i64>,
+    pub(super) movable: Val<bool>,
 }
 
 /// The top level of the wrapped form.
@@ -304,6 +307,7 @@ fn build(
     identity::apply(c, raw, &mut spec);
     lifecycle_keys::apply(c, raw, &mut spec, pc.base_dir);
     super::cronjob::apply(c, raw, &mut spec, kind);
+    super::placement_keys::apply(c, raw, &mut spec);
     for (i, d) in c
         .get(&raw.detectors, "detectors")
         .into_iter()

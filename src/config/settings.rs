@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use super::document::{k, Document, FileFormat, KeyPath};
 use super::error::ConfigError;
+use super::fleet_settings::{
+    read_node, read_store, NodeSettings, RawNode, RawStore, StoreSettings,
+};
 use super::raw::{set, Check, RawEnv, RawLog, Val};
 use super::{check_name, GroupSpec, LogSpec};
 
@@ -163,6 +166,10 @@ pub struct Settings {
     pub server: ServerSettings,
     pub metrics: MetricsSettings,
     pub daemon: DaemonSettings,
+    /// `[store]`: sled, or a fleet's etcd (`docs/fleet.md`).
+    pub store: StoreSettings,
+    /// `[node]`: this daemon in a fleet.
+    pub node: NodeSettings,
     pub groups: Vec<GroupSpec>,
     /// `[[processes]]` entries as written, validated by every scan.
     pub processes: Vec<Value>,
@@ -186,6 +193,8 @@ impl Settings {
             daemon: DaemonSettings {
                 state_dir: dir.join(DEFAULT_STATE_DIR),
             },
+            store: StoreSettings::default(),
+            node: NodeSettings::default(),
             groups: Vec::new(),
             processes: Vec::new(),
             document: None,
@@ -237,6 +246,8 @@ struct RawMain {
     server: Val<RawServer>,
     metrics: Val<RawMetrics>,
     daemon: Val<RawDaemon>,
+    store: Val<RawStore>,
+    node: Val<RawNode>,
     /// Program trees, validated one by one like program files.
     processes: Val<Vec<Value>>,
 }
@@ -373,6 +384,8 @@ pub fn read_main(
         });
         s.daemon.state_dir = state_dir.unwrap_or(s.daemon.state_dir);
     }
+    s.store = read_store(&mut c, &raw.store, base);
+    s.node = read_node(&mut c, &raw.node);
     s.processes = c.value(&raw.processes, "processes").unwrap_or_default();
     let errors = c.errors;
     s.document = Some(doc);

@@ -7,6 +7,7 @@
 pub mod cron;
 pub mod duration;
 pub mod lifecycle;
+pub mod placement;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ pub use duration::Dur;
 pub use lifecycle::{
     Condition, HookPhase, HookSpec, Hooks, OnFailure, ProbeCheck, ProbeSpec, StatusCodes,
 };
+pub use placement::Placement;
 
 /// Longest program or group name (`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`, `docs/configuration.md`).
 pub const MAX_NAME_LEN: usize = 64;
@@ -227,6 +229,12 @@ pub struct ProgramSpec {
     /// Present for a cron job: run on this schedule instead of kept running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<CronSpec>,
+    /// Where it runs in a fleet (`docs/fleet.md`); a single daemon ignores it.
+    #[serde(
+        default = "Placement::anywhere",
+        skip_serializing_if = "Placement::is_anywhere"
+    )]
+    pub placement: Placement,
 }
 
 /// `[limits]`: resource limits of the process, each setting the soft and the hard limit.
@@ -350,6 +358,7 @@ impl ProgramSpec {
             hooks: Hooks::default(),
             pid_file: None,
             cron: None,
+            placement: Placement::anywhere(),
         }
     }
 

@@ -130,4 +130,13 @@ pub enum StoreError {
     /// was not acknowledged and may or may not have been committed.
     #[error("the store's writer has stopped; cannot {operation}")]
     WriterGone { operation: &'static str },
+
+    /// The fleet's store (etcd) could not be reached or did not answer in time: nothing was
+    /// written (`docs/fleet.md`, "Degraded mode").
+    #[error("the fleet's store is unreachable ({why}); nothing was written. This node keeps its programs running as last known; retry once etcd is back")]
+    Unavailable { why: String },
+
+    /// The fleet's store refused or lost a write for another reason.
+    #[error("the fleet's store refused the write: {why}")]
+    Fleet { why: String },
 }

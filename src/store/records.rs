@@ -508,6 +508,11 @@ pub enum StoreWrite {
         name: String,
         change: CronChange,
     },
+    /// Replaces a program's record with the fleet's copy of it, as it is (`docs/fleet.md`): a
+    /// node keeps the programs it runs in its own store, written by the fleet's rules elsewhere.
+    Mirror {
+        record: Box<ProgramRecord>,
+    },
 }
 
 impl StoreWrite {
@@ -515,6 +520,7 @@ impl StoreWrite {
     pub fn program(&self) -> Option<&str> {
         match self {
             StoreWrite::PutProgram { spec, .. } => Some(&spec.name),
+            StoreWrite::Mirror { record } => Some(&record.spec.name),
             StoreWrite::SetError { name, .. }
             | StoreWrite::SetDesired { name, .. }
             | StoreWrite::Request { name, .. }
@@ -586,6 +592,11 @@ impl StoreWrite {
                 Ok(r.request(instance.as_deref(), *request))
             }
             StoreWrite::DeleteProgram { .. } => Ok(record.take().is_some()),
+            StoreWrite::Mirror { record: copy } => {
+                let changed = record.as_ref() != Some(&**copy);
+                *record = Some((**copy).clone());
+                Ok(changed)
+            }
             StoreWrite::Cron { name, change } => {
                 let r = record.as_mut().ok_or_else(|| missing(name))?;
                 Ok(r.apply_cron(change))

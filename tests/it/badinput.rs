@@ -844,6 +844,22 @@ fn request() -> impl Strategy<Value = Request> {
                 }),
             }
         ),
+        1 => (prop::collection::vec(spec_tree(), 0..3), junk_json(), any::<bool>()).prop_map(
+            |(programs, junk, well_formed)| Request {
+                method: "POST",
+                path: "/apply",
+                query: vec![("dry_run", "true".to_string())],
+                body: Some(if well_formed {
+                    let programs: Vec<Value> = programs
+                        .into_iter()
+                        .map(|spec| json!({"spec": spec, "path": "/srv/programs/p.toml"}))
+                        .collect();
+                    json!({ "programs": programs }).to_string().into_bytes()
+                } else {
+                    junk.to_string().into_bytes()
+                }),
+            }
+        ),
         3 => (
             prop_oneof![Just("/start"), Just("/stop"), Just("/restart")],
             selector.clone(),
@@ -911,8 +927,10 @@ fn bad_api_requests_get_a_4xx_sentence_and_change_nothing() {
         *tally.borrow_mut().entry(status).or_default() += 1;
         let accepted = answer_ok(&what, status, &answer)?;
         // A reload that passed validation rescans unchanged files: not a write either.
-        let reads = matches!(req.path, "/plan" | "/status" | "/logs" | "/group/status")
-            || (req.path == "/reload" && status < 300);
+        let reads = matches!(
+            req.path,
+            "/plan" | "/apply" | "/status" | "/logs" | "/group/status"
+        ) || (req.path == "/reload" && status < 300);
         if !accepted || reads {
             t.unchanged(&what)?;
         } else {

@@ -12,6 +12,8 @@ mod config;
 mod crash;
 mod cron;
 mod daemon;
+#[cfg(feature = "etcd")]
+mod fleet;
 mod host;
 mod hotreload;
 mod lifecycle;

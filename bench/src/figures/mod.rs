@@ -2,6 +2,7 @@
 //! its rows of the table. Which daemon each runs against is `phases.rs`.
 
 pub mod api;
+pub mod fleet;
 pub mod idle;
 pub mod logs;
 pub mod reconcile;
@@ -25,6 +26,7 @@ pub struct Results {
     pub api: Option<api::Api>,
     pub rss: rss::Rss,
     pub saved: Option<saved::Saved>,
+    pub fleet: Option<fleet::Fleet>,
     /// Findings printed below the table.
     pub notes: Vec<String>,
 }
@@ -58,6 +60,9 @@ impl Results {
         self.rss.rows(&mut rows);
         if let Some(s) = &self.saved {
             s.rows(&mut rows);
+        }
+        if let Some(f) = &self.fleet {
+            f.rows(&mut rows);
         }
         rows
     }

@@ -67,6 +67,25 @@ type Case = (
 
 const CASES: &[Case] = &[
     (
+        "fleet placement: neither node nor labels, a bad node name, spread 0 and over a node",
+        "command = \"x\"\nplacement = {}\n",
+        &[(Some("placement"), Some(2), "names neither a node nor labels", "placement = { node")],
+    ),
+    (
+        "fleet placement: bad values",
+        "command = \"x\"\nplacement = { node = \"-n\" }\nspread = 0\nmovable = \"yes\"\n",
+        &[
+            (Some("placement.node"), Some(2), "not a valid node name", ""),
+            (Some("spread"), Some(3), "at least 1", ""),
+            (Some("movable"), Some(4), "wrong type", ""),
+        ],
+    ),
+    (
+        "fleet placement: spread over one named node",
+        "command = \"x\"\nplacement = { node = \"n1\" }\nspread = 2\n",
+        &[(Some("spread"), Some(3), "names one node", "place it by labels")],
+    ),
+    (
         "unknown key with a suggestion",
         "comand = \"x\"\nargs = [\"a\"]\n",
         &[(Some("comand"), Some(1), "unknown key `comand`", "did you mean `command`?")],
@@ -738,4 +757,21 @@ command = "./backup.sh"
     // The spec goes through the store as JSON and comes back equal.
     let json = serde_json::to_string(&wrapped).unwrap();
     assert_eq!(serde_json::from_str::<ProgramSpec>(&json).unwrap(), wrapped);
+}
+
+#[test]
+fn fleet_placement_is_read() {
+    let f = Fixture::new();
+    let spec = f.ok(
+        "command = \"x\"\nplacement = { labels = { role = \"web\", zone = \"a\" } }\nspread = 2\nmovable = true\n",
+    );
+    let p = &spec.placement;
+    assert_eq!(p.node, None);
+    assert_eq!(p.labels.len(), 2);
+    assert_eq!(p.labels["role"], "web");
+    assert_eq!((p.spread, p.movable), (2, true));
+    let pinned = f.ok("command = \"x\"\nplacement = { node = \"n1\" }\n");
+    assert_eq!(pinned.placement.node.as_deref(), Some("n1"));
+    assert_eq!(pinned.placement.spread, 1);
+    assert!(f.ok("command = \"x\"\n").placement.is_anywhere());
 }
