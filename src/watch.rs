@@ -462,6 +462,10 @@ impl Watching {
             // notify may already have dropped it (the directory was deleted or moved away).
             let _ = self.watcher.unwatch(&dir);
         }
+        // A writer's close in the directory may be lost with the old watch, or while the new one
+        // is not yet in place: no file there is held back as still being written (else a
+        // `rm -rf; mkdir; write` waited for the whole write hold).
+        self.writing.retain(|p| p.parent() != Some(dir.as_path()));
         // Identity first: if the directory is replaced between here and the watch, the recorded
         // inode is the old one and the next check watches again rather than trusting a stale one.
         let Some(id) = dir_identity(&dir) else {
