@@ -558,7 +558,7 @@ pub struct PlanRequest {
     mode: PlanMode,
 }
 
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 enum PlanMode {
     #[default]
@@ -579,27 +579,8 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
         return fleet_plan(&d, fleet.as_ref(), req);
     }
     let current = d.desired.snapshot();
-    let programs: Vec<config::Program> = req
-        .programs
-        .into_iter()
-        .map(|spec| {
-            let source = current
-                .get(&spec.name)
-                .map(|r| r.source.clone())
-                .unwrap_or(Source::Config);
-            config::Program { spec, source }
-        })
-        .collect();
-    let mut writes = match req.mode {
-        PlanMode::Apply => desired::sync_writes(&current, &programs, &[], &[]),
-        PlanMode::Start => programs
-            .iter()
-            .map(|p| StoreWrite::PutProgram {
-                spec: p.spec.clone(),
-                source: p.source.clone(),
-            })
-            .collect(),
-    };
+    let programs = with_sources(&current, req.programs);
+    let mut writes = plan_writes(&current, &programs, req.mode);
     if req.mode == PlanMode::Start {
         writes.extend(programs.iter().map(|p| StoreWrite::Request {
             name: p.spec.name.clone(),
@@ -621,8 +602,21 @@ pub async fn plan(State(d): Shared, body: Body) -> ApiResult {
 fn fleet_plan(d: &AppState, fleet: &dyn crate::fleet::FleetStatus, req: PlanRequest) -> ApiResult {
     let current = d.desired.all_programs();
     let programs = with_sources(&current, req.programs);
-    let writes = match req.mode {
-        PlanMode::Apply => desired::sync_writes(&current, &programs, &[], &[]),
+    let writes = plan_writes(&current, &programs, req.mode);
+    let next = desired::simulate(&current, &writes);
+    let plan = crate::fleet::plan(&fleet.view(), &current, &next);
+    Ok(Json(json!({ "against": "fleet", "steps": plan.steps })).into_response())
+}
+
+/// The writes a plan request previews: `apply` syncs to exactly these programs, `start` puts
+/// them beside the others.
+fn plan_writes(
+    current: &desired::Programs,
+    programs: &[config::Program],
+    mode: PlanMode,
+) -> Vec<StoreWrite> {
+    match mode {
+        PlanMode::Apply => desired::sync_writes(current, programs, &[], &[]),
         PlanMode::Start => programs
             .iter()
             .map(|p| StoreWrite::PutProgram {
@@ -630,10 +624,7 @@ fn fleet_plan(d: &AppState, fleet: &dyn crate::fleet::FleetStatus, req: PlanRequ
                 source: p.source.clone(),
             })
             .collect(),
-    };
-    let next = desired::simulate(&current, &writes);
-    let plan = crate::fleet::plan(&fleet.view(), &current, &next);
-    Ok(Json(json!({ "against": "fleet", "steps": plan.steps })).into_response())
+    }
 }
 
 /// The programs of a plan request, each keeping the source it has now (`config` when new).

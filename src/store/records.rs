@@ -75,7 +75,7 @@ pub struct ProgramRecord {
 pub struct CronState {
     /// The last scheduled time acted on (run, or skipped): the next run is the first scheduled
     /// time after it, so no scheduled time is acted on twice.
-    #[serde(default, with = "rfc3339_opt")]
+    #[serde(default, with = "crate::supervisor::rfc3339_opt")]
     pub last_schedule_time: Option<SystemTime>,
     /// Set by `suspend`/`resume` through the API, over the file's `suspend`; cleared when the
     /// file's `suspend` changes.
@@ -110,11 +110,11 @@ pub struct CronRun {
     /// What asked for it.
     pub cause: RunCause,
     /// The scheduled time it carries out; `None` for a triggered run.
-    #[serde(default, with = "rfc3339_opt")]
+    #[serde(default, with = "crate::supervisor::rfc3339_opt")]
     pub scheduled_for: Option<SystemTime>,
-    #[serde(default, with = "rfc3339_opt")]
+    #[serde(default, with = "crate::supervisor::rfc3339_opt")]
     pub started_at: Option<SystemTime>,
-    #[serde(default, with = "rfc3339_opt")]
+    #[serde(default, with = "crate::supervisor::rfc3339_opt")]
     pub finished_at: Option<SystemTime>,
     pub result: RunResult,
     #[serde(default)]
@@ -197,26 +197,6 @@ pub enum CronChange {
     Run(CronRun),
     /// `suspend` (`Some(true)`), `resume` (`Some(false)`).
     Suspend(bool),
-}
-
-/// `Option<SystemTime>` as RFC 3339 with milliseconds, `null` when absent.
-mod rfc3339_opt {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.collect_str(&humantime::format_rfc3339_millis(*t)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|s| humantime::parse_rfc3339_weak(&s).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 impl ProgramRecord {

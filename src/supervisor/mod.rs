@@ -353,8 +353,8 @@ mod rfc3339 {
     }
 }
 
-/// [`rfc3339`] for optional times (`null` when absent).
-mod rfc3339_opt {
+/// [`rfc3339`] for optional times (`null` when absent); the store's records use it too.
+pub(crate) mod rfc3339_opt {
     use std::time::SystemTime;
 
     use serde::{Deserialize, Deserializer, Serializer};
