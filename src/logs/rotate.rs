@@ -17,7 +17,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::LogSpec;
@@ -108,19 +108,86 @@ fn dropped_path(base: &Path, rotation: u64, gz: bool) -> PathBuf {
 const TEMP_SUFFIX: &str = ".gz.tmp";
 const HIDDEN_SUFFIXES: [&str; 3] = [TEMP_SUFFIX, ".gz.dropped", ".dropped"];
 
-/// Whether `name` is a compression temp file or a dropped file of `file_name`.
-fn is_hidden_leftover(name: &str, file_name: &str) -> bool {
-    let Some(rest) = name
-        .strip_prefix('.')
-        .and_then(|r| r.strip_prefix(file_name))
-        .and_then(|r| r.strip_prefix('.'))
-    else {
-        return false;
-    };
-    HIDDEN_SUFFIXES.iter().any(|suffix| {
-        rest.strip_suffix(suffix)
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+/// The file name whose leftover `name` is, if it is one: `.<file name>.<n><suffix>` with a
+/// suffix of [`HIDDEN_SUFFIXES`] (a compression temp file or a dropped file).
+fn hidden_leftover_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix('.')?;
+    HIDDEN_SUFFIXES.iter().find_map(|suffix| {
+        let (file_name, n) = rest.strip_suffix(suffix)?.rsplit_once('.')?;
+        (!file_name.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .then_some(file_name)
     })
+}
+
+/// The file name and number of the backup `name` is, if it is one: `<file name>.K` or
+/// `<file name>.K.gz`.
+fn backup_of(name: &str) -> Option<(&str, u32)> {
+    let (file_name, _) = name.strip_suffix(".gz").unwrap_or(name).rsplit_once('.')?;
+    backup_index(name, file_name).map(|k| (file_name, k))
+}
+
+/// What an earlier daemon may have left next to one log file: hidden leftovers to delete, and
+/// the highest backup number present (backups beyond `max_backups` are deleted).
+#[derive(Default)]
+struct Earlier {
+    hidden: Vec<PathBuf>,
+    highest_backup: u32,
+}
+
+/// Per log directory, what its listing found per file name, taken by each chain's first pass.
+///
+/// A directory is listed once per daemon, at its first chain's first pass: listing it per chain
+/// made a boot of N programs sharing a directory read N × 2N entries. Files a chain creates
+/// afterwards it tracks itself (`ChainState::dropped`, `ChainState::highest`), and a chain
+/// dropped with work left hands it back here for the next chain of that file.
+static EARLIER: LazyLock<Mutex<HashMap<PathBuf, HashMap<String, Earlier>>>> =
+    LazyLock::new(Mutex::default);
+
+fn earlier() -> std::sync::MutexGuard<'static, HashMap<PathBuf, HashMap<String, Earlier>>> {
+    EARLIER.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Lists `dir` into what it holds per file name: only names with leftovers or backups.
+fn list_earlier(dir: &Path) -> HashMap<String, Earlier> {
+    let mut found: HashMap<String, Earlier> = HashMap::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(file_name) = hidden_leftover_of(name) {
+            let e = found.entry(file_name.to_string()).or_default();
+            e.hidden.push(entry.path());
+        } else if let Some((file_name, k)) = backup_of(name) {
+            let e = found.entry(file_name.to_string()).or_default();
+            e.highest_backup = e.highest_backup.max(k);
+        }
+    }
+    found
+}
+
+/// What an earlier daemon (or an earlier chain of this daemon) left next to `base`, taken so
+/// that only one chain deletes it.
+fn take_earlier(base: &Path) -> Earlier {
+    let (Some(dir), Some(file_name)) =
+        (parent_dir(base), base.file_name().and_then(|n| n.to_str()))
+    else {
+        return Earlier::default();
+    };
+    let mut all = earlier();
+    all.entry(dir.to_path_buf())
+        .or_insert_with(|| list_earlier(dir))
+        .remove(file_name)
+        .unwrap_or_default()
+}
+
+fn parent_dir(base: &Path) -> Option<&Path> {
+    match base.parent() {
+        Some(p) if !p.as_os_str().is_empty() => Some(p),
+        Some(_) => Some(Path::new(".")),
+        None => None,
+    }
 }
 
 fn ignore_missing(r: io::Result<()>) -> io::Result<()> {
@@ -144,6 +211,33 @@ struct ChainState {
     /// `file.(k + rotations - r)`.
     rotations: u64,
     policy: Rotation,
+    /// Whether the first background pass took what an earlier daemon left ([`take_earlier`]).
+    swept: bool,
+    /// The highest backup number that may exist: files beyond `policy.max_backups` up to this are
+    /// deleted by the next pass (left when `max_backups` was lowered, or by an earlier daemon).
+    highest: u32,
+    /// Files rotation dropped off the chain, deleted by the next pass.
+    dropped: Vec<PathBuf>,
+}
+
+/// The next chain of this file (an instance started anew, a program added back) deletes the
+/// backups this one kept beyond its own `max_backups`, as if an earlier daemon had left them.
+impl Drop for Chain {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let (Some(dir), Some(file_name)) = (
+            parent_dir(&self.base),
+            self.base.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return;
+        };
+        // A directory not listed yet is listed by that next chain anyway.
+        if let Some(listed) = earlier().get_mut(dir) {
+            let e = listed.entry(file_name.to_string()).or_default();
+            e.highest_backup = e.highest_backup.max(st.highest);
+            e.hidden.append(&mut st.dropped);
+        }
+    }
 }
 
 impl Chain {
@@ -153,7 +247,10 @@ impl Chain {
             base,
             state: Mutex::new(ChainState {
                 rotations: 0,
+                highest: policy.max_backups,
                 policy,
+                swept: false,
+                dropped: Vec::new(),
             }),
             queued: AtomicBool::new(false),
         }
@@ -169,6 +266,7 @@ impl Chain {
     fn set_policy(&self, policy: &Rotation) -> bool {
         let mut st = self.lock();
         let changed = st.policy != *policy;
+        st.highest = st.highest.max(policy.max_backups);
         st.policy = policy.clone();
         changed
     }
@@ -180,7 +278,7 @@ impl Chain {
         let mut st = self.lock();
         let n = st.policy.max_backups;
         let r = st.rotations;
-        let mut dropped = false;
+        let mut dropped = Vec::new();
         let mut first_err = None;
         let mut note = |r: io::Result<()>, from: &Path, to: &Path| {
             if let Err(source) = ignore_missing(r) {
@@ -194,9 +292,10 @@ impl Chain {
         };
         let mut drop_file = |from: &Path, gz: bool| {
             let to = dropped_path(&self.base, r, gz);
-            let moved = fs::rename(from, &to);
-            dropped |= moved.is_ok();
-            note(moved, from, &to);
+            match fs::rename(from, &to) {
+                Ok(()) => dropped.push(to),
+                Err(e) => note(Err(e), from, &to),
+            }
         };
         if n == 0 {
             drop_file(&self.base, false);
@@ -215,8 +314,10 @@ impl Chain {
             note(fs::rename(&self.base, &to), &self.base, &to);
         }
         st.rotations += 1;
+        let any_dropped = !dropped.is_empty();
+        st.dropped.append(&mut dropped);
         drop(st);
-        (dropped, first_err.map_or(Ok(()), Err))
+        (any_dropped, first_err.map_or(Ok(()), Err))
     }
 
     /// One background pass: clear leftovers, prune, compress. Only ever one pass per chain at a
@@ -237,35 +338,35 @@ impl Chain {
     }
 
     /// Removes dropped files, stale compression temp files and backups numbered beyond
-    /// `max_backups` (left when `max_backups` was lowered, or by an earlier daemon).
+    /// `max_backups` (left when `max_backups` was lowered, or by an earlier daemon). Only the
+    /// first pass of a chain looks at the directory (through [`take_earlier`]); later passes
+    /// know by name what is left to delete.
     fn remove_leftovers(&self) {
-        let Some(file_name) = self.base.file_name().and_then(|n| n.to_str()) else {
-            return;
+        let first = !std::mem::replace(&mut self.lock().swept, true);
+        let earlier = if first {
+            take_earlier(&self.base)
+        } else {
+            Earlier::default()
         };
-        let dir = match self.base.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let Ok(entries) = fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let path = entry.path();
-            if is_hidden_leftover(name, file_name) {
+        let mut doomed = earlier.hidden;
+        let mut st = self.lock();
+        doomed.append(&mut st.dropped);
+        st.highest = st.highest.max(earlier.highest_backup);
+        // Under the lock: a rotation running meanwhile only moves files up to the current
+        // max_backups, never beyond it.
+        for k in st.policy.max_backups + 1..=st.highest {
+            for gz in [false, true] {
+                let path = backup_path(&self.base, k, gz);
                 if let Err(source) = ignore_missing(fs::remove_file(&path)) {
                     self.warn(&LogError::Prune { path, source });
                 }
-            } else if let Some(k) = backup_index(name, file_name) {
-                // Re-check under the lock: a rotation running meanwhile only moves files up to
-                // the current max_backups, never beyond it.
-                let st = self.lock();
-                if k > st.policy.max_backups {
-                    if let Err(source) = ignore_missing(fs::remove_file(&path)) {
-                        self.warn(&LogError::Prune { path, source });
-                    }
-                }
+            }
+        }
+        st.highest = st.policy.max_backups;
+        drop(st);
+        for path in doomed {
+            if let Err(source) = ignore_missing(fs::remove_file(&path)) {
+                self.warn(&LogError::Prune { path, source });
             }
         }
     }
@@ -700,16 +801,18 @@ mod tests {
         ] {
             assert_eq!(backup_index(no, "app.log"), None, "{no}");
         }
-        assert!(is_hidden_leftover(".app.log.3.gz.tmp", "app.log"));
-        assert!(is_hidden_leftover(".app.log.17.dropped", "app.log"));
-        assert!(is_hidden_leftover(".app.log.0.gz.dropped", "app.log"));
+        assert_eq!(hidden_leftover_of(".app.log.3.gz.tmp"), Some("app.log"));
+        assert_eq!(hidden_leftover_of(".app.log.17.dropped"), Some("app.log"));
+        assert_eq!(hidden_leftover_of(".app.log.0.gz.dropped"), Some("app.log"));
+        assert_eq!(backup_of("app.log.12.gz"), Some(("app.log", 12)));
+        assert_eq!(backup_of("app.log"), None);
         for no in [
             ".app.log.gz.tmp",
             ".app.log.x.dropped",
             "app.log.1.dropped",
             ".other.1.dropped",
         ] {
-            assert!(!is_hidden_leftover(no, "app.log"), "{no}");
+            assert_ne!(hidden_leftover_of(no), Some("app.log"), "{no}");
         }
         assert_eq!(temp_path(base, 3).file_name().unwrap(), ".app.log.3.gz.tmp");
     }
@@ -834,5 +937,39 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(backup_path(&path, 2, false).exists());
+    }
+
+    #[test]
+    fn the_first_pass_deletes_what_an_earlier_daemon_left() {
+        let dir = tempfile::tempdir().unwrap();
+        // Where `slot` puts its file.
+        let logs = dir.path().join("sub/dir");
+        fs::create_dir_all(&logs).unwrap();
+        let left = [
+            ".out.log.3.dropped",
+            ".out.log.2.gz.tmp",
+            "out.log.3",
+            "out.log.5.gz",
+        ];
+        for name in left.iter().chain(&["out.log.1", "other.log.9"]) {
+            fs::write(logs.join(name), b"x\n").unwrap();
+        }
+        let (_slot, path) = slot(dir.path(), &rotation(1024, 2, false));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while left.iter().any(|n| logs.join(n).exists()) {
+            assert!(
+                Instant::now() < deadline,
+                "an earlier daemon's files never removed"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            backup_path(&path, 1, false).exists(),
+            "a kept backup was removed"
+        );
+        assert!(
+            logs.join("other.log.9").exists(),
+            "another file's backup was removed"
+        );
     }
 }
