@@ -51,6 +51,13 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 const RECORD_RETRY_FIRST: Duration = Duration::from_secs(1);
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// Heap returned to the OS once the loop has been quiet this long after a burst of work.
+const SETTLE: Duration = Duration::from_millis(200);
+
+/// How many instance steps and records count as a burst worth a heap trim: a boot, a reload, a
+/// group start, not one crashed program's restart (`docs/benchmarks.md`, memory).
+const BURST: usize = 64;
+
 /// An instance as the API sees it: its identity, spec, live status and output.
 #[derive(Clone)]
 pub struct LiveInstance {
@@ -240,6 +247,10 @@ struct ReconcileLoop {
     cron: CronTable,
     /// When the earliest thing a cron job has due is: the loop's one cron timer.
     cron_at: Option<Instant>,
+    /// Steps carried out and records written since the heap was last trimmed.
+    churn: usize,
+    /// When the heap is trimmed, armed by a burst and pushed back by every busy pass after it.
+    trim_at: Option<Instant>,
     waiting_tx: watch::Sender<Waiting>,
     cron_next_tx: watch::Sender<CronNext>,
 }
@@ -277,6 +288,8 @@ pub fn start(
         launches: None,
         cron,
         cron_at: None,
+        churn: 0,
+        trim_at: None,
         waiting_tx,
         cron_next_tx,
     };
@@ -324,6 +337,13 @@ impl ReconcileLoop {
                 () = tokio::time::sleep(RESYNC_INTERVAL) => None,
                 () = sleep_until(retry_at) => None,
                 () = sleep_until(self.cron_at) => None,
+                () = sleep_until(self.trim_at) => {
+                    // A boot or reload of thousands allocates and frees far more than it keeps.
+                    crate::memory::release_freed();
+                    self.trim_at = None;
+                    self.churn = 0;
+                    continue;
+                }
                 req = requests.recv() => match req {
                     Some(Request::Pass(reply)) => Some(reply),
                     Some(Request::Preview(programs, reply)) => {
@@ -452,10 +472,14 @@ impl ReconcileLoop {
         self.table_dirty = true;
     }
 
-    /// One pass, timed for the metrics.
+    /// One pass, timed for the metrics; a busy one after a burst puts the heap trim off.
     async fn pass(&mut self) -> Plan {
         let began = std::time::Instant::now();
+        let churn_before = self.churn;
         let done = self.pass_untimed().await;
+        if self.churn >= BURST && self.churn > churn_before {
+            self.trim_at = Some(Instant::now() + SETTLE);
+        }
         self.metrics.observe_pass(began.elapsed(), done.steps.len());
         done
     }
@@ -553,6 +577,7 @@ impl ReconcileLoop {
             self.execute(&step, target);
             done.push(step);
         }
+        self.churn += done.len();
         self.persist(None).await;
         self.arm_cron(&programs);
         self.publish_table();
@@ -895,6 +920,7 @@ impl ReconcileLoop {
             }
             return;
         }
+        self.churn += writes.len();
         match self.desired.record(writes).await {
             Ok(_) => {
                 for (name, facts) in changed {
