@@ -362,6 +362,9 @@ pub fn additive(writes: Vec<StoreWrite>) -> Vec<StoreWrite> {
 
 /// The programs as they would be after `writes`, without writing: what dry runs plan against.
 pub fn simulate(current: &Programs, writes: &[StoreWrite]) -> Programs {
+    if writes.is_empty() {
+        return Arc::clone(current);
+    }
     let mut next = (**current).clone();
     for w in writes {
         let Some(name) = w.program() else { continue };
