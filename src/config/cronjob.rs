@@ -4,8 +4,8 @@
 //! program's keys.
 
 use super::program::RawProgram;
-use super::raw::{Check, Val};
-use super::{Concurrency, CronSpec, Dur, ProgramSpec, Schedule, TimeZone};
+use super::raw::Check;
+use super::{Concurrency, CronSpec, ProgramSpec, TimeZone};
 
 /// The keys only a cron job takes.
 const CRON_ONLY: &[&str] = &[
@@ -44,23 +44,16 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Opti
         }
         return;
     }
-    let schedule = match c.get(&raw.schedule, "schedule") {
-        Some(text) => match text.parse::<Schedule>() {
-            Ok(s) => Some(s),
-            Err(why) => {
-                c.err("schedule", format!("`{}`: {why}", c.at.key("schedule")))
-                    .help("write 5 fields (\"*/5 * * * *\"), 6 with seconds first, \"@hourly\", \"@daily\", … or \"@every 30s\"");
-                None
-            }
-        },
-        None if raw.schedule.is_absent() => {
-            let shown = c.at.key("schedule");
-            c.err("", format!("`{shown}` is required for a cron job"))
-                .help("schedule = \"@hourly\", \"*/5 * * * *\" or \"@every 30s\"");
+    let hint = "schedule = \"@hourly\", \"*/5 * * * *\" or \"@every 30s\"";
+    c.required(&raw.schedule, "schedule", " for a cron job", hint);
+    let schedule = c.get(&raw.schedule, "schedule").and_then(|text| match text.parse() {
+        Ok(s) => Some(s),
+        Err(why) => {
+            c.err("schedule", format!("`{}`: {why}", c.at.key("schedule")))
+                .help("write 5 fields (\"*/5 * * * *\"), 6 with seconds first, \"@hourly\", \"@daily\", … or \"@every 30s\"");
             None
         }
-        None => None,
-    };
+    });
     let time_zone = c
         .get(&raw.time_zone, "time_zone")
         .and_then(|z| match z.parse::<TimeZone>() {
@@ -97,20 +90,10 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Opti
         )
         .help("use `retries` to run a failed run again");
     }
-    let positive_dur = |c: &mut Check, v: &Val<String>, key: &str| {
-        let d = c.dur(v, key)?;
-        if d == Dur::ZERO {
-            c.bad(key, "must be more than 0s");
-            return None;
-        }
-        Some(d)
-    };
-    let starting_deadline = positive_dur(c, &raw.starting_deadline, "starting_deadline");
-    let timeout = positive_dur(c, &raw.timeout, "timeout");
-    let history_limit = match raw.history_limit {
-        Val::Absent => Some(CronSpec::DEFAULT_HISTORY_LIMIT),
-        _ => c.count(&raw.history_limit, "history_limit"),
-    };
+    let starting_deadline = c.positive_dur(&raw.starting_deadline, "starting_deadline");
+    let timeout = c.positive_dur(&raw.timeout, "timeout");
+    let history_limit = raw.history_limit.or(CronSpec::DEFAULT_HISTORY_LIMIT.into());
+    let history_limit = c.count(&history_limit, "history_limit");
     let retries = c.count(&raw.retries, "retries").unwrap_or(0);
     if let (Some(schedule), Some(history_limit)) = (schedule, history_limit) {
         spec.cron = Some(CronSpec {

@@ -19,12 +19,10 @@ pub fn base_environment(
     if use_os_env {
         return daemon_env.clone();
     }
-    let mut base = BTreeMap::new();
-    base.insert("PATH".to_string(), MINIMAL_PATH.to_string());
-    if let Some(home) = daemon_env.get("HOME") {
-        base.insert("HOME".to_string(), home.clone());
-    }
-    base
+    let home = daemon_env.get_key_value("HOME");
+    let home = home.map(|(k, v)| (k.clone(), v.clone()));
+    let path = ("PATH".to_string(), MINIMAL_PATH.to_string());
+    [path].into_iter().chain(home).collect()
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: what a shell accepts as a variable name.
@@ -34,6 +32,16 @@ pub fn is_var_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `key` when it is a variable name, else why not.
+pub fn var_name(key: &str) -> Result<&str, String> {
+    match is_var_name(key) {
+        true => Ok(key),
+        false => Err(format!(
+            "{key:?} is not a variable name (letters, digits, `_`, not starting with a digit)"
+        )),
+    }
 }
 
 /// Why a value could not be expanded.
@@ -102,12 +110,7 @@ pub fn parse_entry(entry: &str) -> Result<(String, String), String> {
     let Some((key, value)) = entry.split_once('=') else {
         return Err(format!("env entry {entry:?} is not of the form KEY=VALUE"));
     };
-    let key = key.trim();
-    if !is_var_name(key) {
-        return Err(format!(
-            "env entry {entry:?}: {key:?} is not a variable name (letters, digits, `_`, not starting with a digit)"
-        ));
-    }
+    let key = var_name(key.trim()).map_err(|why| format!("env entry {entry:?}: {why}"))?;
     Ok((key.to_string(), value.to_string()))
 }
 
@@ -158,12 +161,7 @@ fn parse_dotenv_line(raw: &str) -> Result<DotenvLine, String> {
     let Some((key, value)) = line.split_once('=') else {
         return Err(format!("{line:?} is not a KEY=VALUE line"));
     };
-    let key = key.trim();
-    if !is_var_name(key) {
-        return Err(format!(
-            "{key:?} is not a variable name (letters, digits, `_`, not starting with a digit)"
-        ));
-    }
+    let key = var_name(key.trim())?;
     let value = value.trim_start();
     let (value, literal, trailing) = if let Some(inner) = value.strip_prefix('\'') {
         let close = inner
@@ -240,10 +238,6 @@ impl EnvLayers {
 
     pub fn overlay(&self) -> &BTreeMap<String, String> {
         &self.overlay
-    }
-
-    pub fn visible(&self) -> &BTreeMap<String, String> {
-        &self.visible
     }
 
     pub fn into_overlay(self) -> BTreeMap<String, String> {

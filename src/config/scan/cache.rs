@@ -23,9 +23,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::config::env::EnvLayers;
-use crate::config::{LogSpec, ProgramSpec};
-
-use super::super::document::KeyPath;
+use crate::config::{ConfigError, LogSpec, ProgramSpec};
 
 /// How long after its last change a file's identity alone says it is unchanged.
 const SETTLED: Duration = Duration::from_secs(1);
@@ -76,11 +74,8 @@ impl Identity {
 #[derive(Clone, Debug)]
 pub(super) struct Valid {
     pub name: Option<String>,
-    pub name_path: KeyPath,
-    /// The line of `name_path` in the file, for errors about the name.
-    pub name_line: Option<usize>,
-    /// Where the program's keys are in the file.
-    pub spec_at: KeyPath,
+    /// Where the name is written, for errors about it.
+    pub name_site: ConfigError,
     pub spec: ProgramSpec,
 }
 
@@ -263,9 +258,7 @@ mod tests {
     fn valid(name: &str) -> Valid {
         Valid {
             name: Some(name.into()),
-            name_path: KeyPath::default(),
-            name_line: None,
-            spec_at: KeyPath::default(),
+            name_site: ConfigError::new("web.toml", ""),
             spec: ProgramSpec::new(name, Exec::Command("sleep 1".into())),
         }
     }
