@@ -2,6 +2,7 @@
 //! (`docs/configuration.md`, "Main config"). Its `[[processes]]` and groups' members are checked
 //! by each scan of the programs (`scan`), since they depend on the programs found.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -396,12 +397,8 @@ fn group(c: &mut Check, raw: &RawGroup, groups: &mut Vec<GroupSpec>) {
         e.help("members = [\"program-a\", \"program-b\"]");
     }
     if let (Some(name), Some(written)) = (name, members) {
-        let mut members: Vec<String> = Vec::new();
-        for m in written {
-            if !members.contains(m) {
-                members.push(m.clone());
-            }
-        }
+        let (mut members, mut seen) = (written.clone(), BTreeSet::new());
+        members.retain(|m| seen.insert(m.clone()));
         let name = name.clone();
         groups.push(GroupSpec { name, members });
     }
