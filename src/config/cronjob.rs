@@ -7,27 +7,17 @@ use super::program::RawProgram;
 use super::raw::Check;
 use super::{Concurrency, CronSpec, ProgramSpec, TimeZone};
 
-/// The keys only a cron job takes.
-const CRON_ONLY: &[&str] = &[
-    "time_zone",
-    "concurrency",
-    "suspend",
-    "starting_deadline",
-    "history_limit",
-    "timeout",
-    "retries",
-];
-
 /// Applies the keys to `spec`; `kind` is the file's `type`, when it says one.
 pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Option<&str>) {
+    // The keys only a cron job takes, and whether each is written.
     let cron_only = [
-        raw.time_zone.is_absent(),
-        raw.concurrency.is_absent(),
-        raw.suspend.is_absent(),
-        raw.starting_deadline.is_absent(),
-        raw.history_limit.is_absent(),
-        raw.timeout.is_absent(),
-        raw.retries.is_absent(),
+        ("time_zone", !raw.time_zone.is_absent()),
+        ("concurrency", !raw.concurrency.is_absent()),
+        ("suspend", !raw.suspend.is_absent()),
+        ("starting_deadline", !raw.starting_deadline.is_absent()),
+        ("history_limit", !raw.history_limit.is_absent()),
+        ("timeout", !raw.timeout.is_absent()),
+        ("retries", !raw.retries.is_absent()),
     ];
     let declared = kind == Some("cronjob");
     if kind == Some("process") && !raw.schedule.is_absent() {
@@ -36,11 +26,9 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Opti
         return;
     }
     if !declared && raw.schedule.is_absent() {
-        for (key, absent) in CRON_ONLY.iter().zip(cron_only) {
-            if !absent {
-                c.bad(*key, "applies only to cron jobs")
-                    .help("add `schedule` (e.g. schedule = \"@hourly\") to make this a cron job");
-            }
+        for (key, _) in cron_only.into_iter().filter(|&(_, given)| given) {
+            c.bad(key, "applies only to cron jobs")
+                .help("add `schedule` (e.g. schedule = \"@hourly\") to make this a cron job");
         }
         return;
     }

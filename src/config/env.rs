@@ -129,27 +129,18 @@ pub struct DotenvEntry {
 /// optional single or double quotes. Returns the good entries and every bad line as
 /// (line, message), so one bad line does not hide the errors of the others.
 pub fn parse_dotenv(text: &str) -> (Vec<DotenvEntry>, Vec<(usize, String)>) {
-    let mut entries = Vec::new();
-    let mut errors = Vec::new();
+    let (mut entries, mut errors) = (Vec::new(), Vec::new());
     for (n, raw) in text.lines().enumerate() {
-        let line = n + 1;
-        match parse_dotenv_line(raw) {
-            Ok(None) => {}
-            Ok(Some((key, value, literal))) => entries.push(DotenvEntry {
-                key,
-                value,
-                literal,
-                line,
-            }),
-            Err(message) => errors.push((line, message)),
+        match parse_dotenv_line(raw, n + 1) {
+            Ok(entry) => entries.extend(entry),
+            Err(message) => errors.push((n + 1, message)),
         }
     }
     (entries, errors)
 }
 
-type DotenvLine = Option<(String, String, bool)>;
-
-fn parse_dotenv_line(raw: &str) -> Result<DotenvLine, String> {
+/// Line `line_number` of a dotenv file: an entry, nothing (blank or a comment), or why not.
+fn parse_dotenv_line(raw: &str, line_number: usize) -> Result<Option<DotenvEntry>, String> {
     let line = raw.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
@@ -204,7 +195,12 @@ fn parse_dotenv_line(raw: &str) -> Result<DotenvLine, String> {
             "unexpected text {trailing:?} after the quoted value of {key}"
         ));
     }
-    Ok(Some((key.to_string(), value, literal)))
+    Ok(Some(DotenvEntry {
+        key: key.to_string(),
+        value,
+        literal,
+        line: line_number,
+    }))
 }
 
 /// The environment being layered: everything visible so far, and the overlay (what the layers

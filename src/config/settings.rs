@@ -76,12 +76,9 @@ pub enum TokenScope {
 }
 
 impl std::fmt::Display for TokenScope {
+    /// The name a config file writes, by serde's own spelling.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TokenScope::Read => "read",
-            TokenScope::Operate => "operate",
-            TokenScope::Admin => "admin",
-        })
+        self.serialize(f)
     }
 }
 
