@@ -4,30 +4,20 @@
 //! program's keys.
 
 use super::program::RawProgram;
-use super::raw::{Check, Val};
-use super::{Concurrency, CronSpec, Dur, ProgramSpec, Schedule, TimeZone};
-
-/// The keys only a cron job takes.
-const CRON_ONLY: &[&str] = &[
-    "time_zone",
-    "concurrency",
-    "suspend",
-    "starting_deadline",
-    "history_limit",
-    "timeout",
-    "retries",
-];
+use super::raw::Check;
+use super::{Concurrency, CronSpec, ProgramSpec, TimeZone};
 
 /// Applies the keys to `spec`; `kind` is the file's `type`, when it says one.
 pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Option<&str>) {
+    // The keys only a cron job takes, and whether each is written.
     let cron_only = [
-        raw.time_zone.is_absent(),
-        raw.concurrency.is_absent(),
-        raw.suspend.is_absent(),
-        raw.starting_deadline.is_absent(),
-        raw.history_limit.is_absent(),
-        raw.timeout.is_absent(),
-        raw.retries.is_absent(),
+        ("time_zone", !raw.time_zone.is_absent()),
+        ("concurrency", !raw.concurrency.is_absent()),
+        ("suspend", !raw.suspend.is_absent()),
+        ("starting_deadline", !raw.starting_deadline.is_absent()),
+        ("history_limit", !raw.history_limit.is_absent()),
+        ("timeout", !raw.timeout.is_absent()),
+        ("retries", !raw.retries.is_absent()),
     ];
     let declared = kind == Some("cronjob");
     if kind == Some("process") && !raw.schedule.is_absent() {
@@ -36,31 +26,22 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Opti
         return;
     }
     if !declared && raw.schedule.is_absent() {
-        for (key, absent) in CRON_ONLY.iter().zip(cron_only) {
-            if !absent {
-                c.bad(*key, "applies only to cron jobs")
-                    .help("add `schedule` (e.g. schedule = \"@hourly\") to make this a cron job");
-            }
+        for (key, _) in cron_only.into_iter().filter(|&(_, given)| given) {
+            c.bad(key, "applies only to cron jobs")
+                .help("add `schedule` (e.g. schedule = \"@hourly\") to make this a cron job");
         }
         return;
     }
-    let schedule = match c.get(&raw.schedule, "schedule") {
-        Some(text) => match text.parse::<Schedule>() {
-            Ok(s) => Some(s),
-            Err(why) => {
-                c.err("schedule", format!("`{}`: {why}", c.at.key("schedule")))
-                    .help("write 5 fields (\"*/5 * * * *\"), 6 with seconds first, \"@hourly\", \"@daily\", … or \"@every 30s\"");
-                None
-            }
-        },
-        None if raw.schedule.is_absent() => {
-            let shown = c.at.key("schedule");
-            c.err("", format!("`{shown}` is required for a cron job"))
-                .help("schedule = \"@hourly\", \"*/5 * * * *\" or \"@every 30s\"");
+    let hint = "schedule = \"@hourly\", \"*/5 * * * *\" or \"@every 30s\"";
+    c.required(&raw.schedule, "schedule", " for a cron job", hint);
+    let schedule = c.get(&raw.schedule, "schedule").and_then(|text| match text.parse() {
+        Ok(s) => Some(s),
+        Err(why) => {
+            c.err("schedule", format!("`{}`: {why}", c.at.key("schedule")))
+                .help("write 5 fields (\"*/5 * * * *\"), 6 with seconds first, \"@hourly\", \"@daily\", … or \"@every 30s\"");
             None
         }
-        None => None,
-    };
+    });
     let time_zone = c
         .get(&raw.time_zone, "time_zone")
         .and_then(|z| match z.parse::<TimeZone>() {
@@ -97,20 +78,10 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Opti
         )
         .help("use `retries` to run a failed run again");
     }
-    let positive_dur = |c: &mut Check, v: &Val<String>, key: &str| {
-        let d = c.dur(v, key)?;
-        if d == Dur::ZERO {
-            c.bad(key, "must be more than 0s");
-            return None;
-        }
-        Some(d)
-    };
-    let starting_deadline = positive_dur(c, &raw.starting_deadline, "starting_deadline");
-    let timeout = positive_dur(c, &raw.timeout, "timeout");
-    let history_limit = match raw.history_limit {
-        Val::Absent => Some(CronSpec::DEFAULT_HISTORY_LIMIT),
-        _ => c.count(&raw.history_limit, "history_limit"),
-    };
+    let starting_deadline = c.positive_dur(&raw.starting_deadline, "starting_deadline");
+    let timeout = c.positive_dur(&raw.timeout, "timeout");
+    let history_limit = raw.history_limit.or(CronSpec::DEFAULT_HISTORY_LIMIT.into());
+    let history_limit = c.count(&history_limit, "history_limit");
     let retries = c.count(&raw.retries, "retries").unwrap_or(0);
     if let (Some(schedule), Some(history_limit)) = (schedule, history_limit) {
         spec.cron = Some(CronSpec {

@@ -19,12 +19,10 @@ pub fn base_environment(
     if use_os_env {
         return daemon_env.clone();
     }
-    let mut base = BTreeMap::new();
-    base.insert("PATH".to_string(), MINIMAL_PATH.to_string());
-    if let Some(home) = daemon_env.get("HOME") {
-        base.insert("HOME".to_string(), home.clone());
-    }
-    base
+    let home = daemon_env.get_key_value("HOME");
+    let home = home.map(|(k, v)| (k.clone(), v.clone()));
+    let path = ("PATH".to_string(), MINIMAL_PATH.to_string());
+    [path].into_iter().chain(home).collect()
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: what a shell accepts as a variable name.
@@ -34,6 +32,16 @@ pub fn is_var_name(name: &str) -> bool {
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// `key` when it is a variable name, else why not.
+pub fn var_name(key: &str) -> Result<&str, String> {
+    match is_var_name(key) {
+        true => Ok(key),
+        false => Err(format!(
+            "{key:?} is not a variable name (letters, digits, `_`, not starting with a digit)"
+        )),
+    }
 }
 
 /// Why a value could not be expanded.
@@ -102,12 +110,7 @@ pub fn parse_entry(entry: &str) -> Result<(String, String), String> {
     let Some((key, value)) = entry.split_once('=') else {
         return Err(format!("env entry {entry:?} is not of the form KEY=VALUE"));
     };
-    let key = key.trim();
-    if !is_var_name(key) {
-        return Err(format!(
-            "env entry {entry:?}: {key:?} is not a variable name (letters, digits, `_`, not starting with a digit)"
-        ));
-    }
+    let key = var_name(key.trim()).map_err(|why| format!("env entry {entry:?}: {why}"))?;
     Ok((key.to_string(), value.to_string()))
 }
 
@@ -126,27 +129,18 @@ pub struct DotenvEntry {
 /// optional single or double quotes. Returns the good entries and every bad line as
 /// (line, message), so one bad line does not hide the errors of the others.
 pub fn parse_dotenv(text: &str) -> (Vec<DotenvEntry>, Vec<(usize, String)>) {
-    let mut entries = Vec::new();
-    let mut errors = Vec::new();
+    let (mut entries, mut errors) = (Vec::new(), Vec::new());
     for (n, raw) in text.lines().enumerate() {
-        let line = n + 1;
-        match parse_dotenv_line(raw) {
-            Ok(None) => {}
-            Ok(Some((key, value, literal))) => entries.push(DotenvEntry {
-                key,
-                value,
-                literal,
-                line,
-            }),
-            Err(message) => errors.push((line, message)),
+        match parse_dotenv_line(raw, n + 1) {
+            Ok(entry) => entries.extend(entry),
+            Err(message) => errors.push((n + 1, message)),
         }
     }
     (entries, errors)
 }
 
-type DotenvLine = Option<(String, String, bool)>;
-
-fn parse_dotenv_line(raw: &str) -> Result<DotenvLine, String> {
+/// Line `line_number` of a dotenv file: an entry, nothing (blank or a comment), or why not.
+fn parse_dotenv_line(raw: &str, line_number: usize) -> Result<Option<DotenvEntry>, String> {
     let line = raw.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
@@ -158,12 +152,7 @@ fn parse_dotenv_line(raw: &str) -> Result<DotenvLine, String> {
     let Some((key, value)) = line.split_once('=') else {
         return Err(format!("{line:?} is not a KEY=VALUE line"));
     };
-    let key = key.trim();
-    if !is_var_name(key) {
-        return Err(format!(
-            "{key:?} is not a variable name (letters, digits, `_`, not starting with a digit)"
-        ));
-    }
+    let key = var_name(key.trim())?;
     let value = value.trim_start();
     let (value, literal, trailing) = if let Some(inner) = value.strip_prefix('\'') {
         let close = inner
@@ -206,7 +195,12 @@ fn parse_dotenv_line(raw: &str) -> Result<DotenvLine, String> {
             "unexpected text {trailing:?} after the quoted value of {key}"
         ));
     }
-    Ok(Some((key.to_string(), value, literal)))
+    Ok(Some(DotenvEntry {
+        key: key.to_string(),
+        value,
+        literal,
+        line: line_number,
+    }))
 }
 
 /// The environment being layered: everything visible so far, and the overlay (what the layers
@@ -240,10 +234,6 @@ impl EnvLayers {
 
     pub fn overlay(&self) -> &BTreeMap<String, String> {
         &self.overlay
-    }
-
-    pub fn visible(&self) -> &BTreeMap<String, String> {
-        &self.visible
     }
 
     pub fn into_overlay(self) -> BTreeMap<String, String> {

@@ -131,10 +131,7 @@ pub(super) struct RawNode {
 /// `[store]`; `c.at` is the root.
 pub(super) fn read_store(c: &mut Check, raw: &Val<RawStore>, base: Option<&Path>) -> StoreSettings {
     let mut s = StoreSettings::default();
-    let Some(raw) = c.get(raw, "store") else {
-        return s;
-    };
-    c.within(&k("store"), |c| {
+    c.table(raw, "store", |c, raw| {
         if let Some(b) = c.value(&raw.backend, "backend") {
             s.backend = b;
         }
@@ -195,10 +192,7 @@ pub(super) fn read_store(c: &mut Check, raw: &Val<RawStore>, base: Option<&Path>
 /// `[node]`; `c.at` is the root.
 pub(super) fn read_node(c: &mut Check, raw: &Val<RawNode>) -> NodeSettings {
     let mut n = NodeSettings::default();
-    let Some(raw) = c.get(raw, "node") else {
-        return n;
-    };
-    c.within(&k("node"), |c| {
+    c.table(raw, "node", |c, raw| {
         if let Some(name) = c.get(&raw.name, "name") {
             match check_name(name) {
                 Ok(()) => n.name = name.clone(),

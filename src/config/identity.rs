@@ -84,19 +84,18 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec) {
             }
         }
     }
-    if let Some(groups) = c.get(&raw.supplementary_groups, "supplementary_groups") {
-        let mut names = Vec::new();
-        for (i, g) in groups.iter().enumerate() {
-            let g = g.text();
-            match gid_of(&g) {
-                Ok(_) => names.push(g),
-                Err(why) => {
-                    let at = super::document::k("supplementary_groups").index(i);
-                    let shown = c.at.join(&at);
-                    c.err(&at, format!("`{shown}`: {why}"));
-                }
+    let groups = c.each(&raw.supplementary_groups, "supplementary_groups", |c, g| {
+        let g = g.text();
+        match gid_of(&g) {
+            Ok(_) => Some(g),
+            Err(why) => {
+                c.err("", format!("`{}`: {why}", c.at));
+                None
             }
         }
+    });
+    if let Val::Ok(_) = raw.supplementary_groups {
+        let names: Vec<String> = groups.into_iter().flatten().collect();
         if !root && !names.is_empty() {
             needs_root(c, "supplementary_groups", "setting supplementary groups");
         }
@@ -131,14 +130,13 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec) {
     if !root && spec.oom_score_adj.is_some_and(|n| n < 0) {
         needs_root(c, "oom_score_adj", "a negative oom_score_adj");
     }
-    if let Some(limits) = c.get(&raw.limits, "limits") {
-        spec.limits = c.within(&"limits".into(), |c| Limits {
-            nofile: c.value(&limits.nofile, "nofile"),
-            nproc: c.value(&limits.nproc, "nproc"),
-            core: c.value(&limits.core, "core"),
-            memlock: c.value(&limits.memlock, "memlock"),
-            address_space: c.value(&limits.address_space, "as"),
-            cpu: c.value(&limits.cpu, "cpu"),
-        });
-    }
+    let limits = c.table(&raw.limits, "limits", |c, limits| Limits {
+        nofile: c.value(&limits.nofile, "nofile"),
+        nproc: c.value(&limits.nproc, "nproc"),
+        core: c.value(&limits.core, "core"),
+        memlock: c.value(&limits.memlock, "memlock"),
+        address_space: c.value(&limits.address_space, "as"),
+        cpu: c.value(&limits.cpu, "cpu"),
+    });
+    spec.limits = limits.unwrap_or_default();
 }

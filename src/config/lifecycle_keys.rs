@@ -69,17 +69,9 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, base: Opti
     if let Some(d) = c.get(&raw.depends_on, "depends_on") {
         spec.depends_on = depends(c, d, &spec.name);
     }
-    for (key, v, slot) in [
-        ("readiness", &raw.readiness, &mut spec.readiness),
-        ("liveness", &raw.liveness, &mut spec.liveness),
-    ] {
-        if let Some(p) = c.get(v, key) {
-            *slot = c.within(&k(key), |c| probe(c, p));
-        }
-    }
-    if let Some(hooks) = c.get(&raw.hooks, "hooks") {
-        spec.hooks = c.within(&k("hooks"), |c| self::hooks(c, hooks));
-    }
+    spec.readiness = c.table(&raw.readiness, "readiness", probe).flatten();
+    spec.liveness = c.table(&raw.liveness, "liveness", probe).flatten();
+    spec.hooks = c.table(&raw.hooks, "hooks", hooks).unwrap_or_default();
     spec.pid_file = c.path(&raw.pid_file, "pid_file", base);
 }
 
@@ -130,70 +122,28 @@ fn depends(c: &mut Check, d: &RawDepends, own: &str) -> BTreeMap<String, Conditi
     out
 }
 
-const PROBES: &[&str] = &["http", "tcp", "exec", "log"];
-
 /// One probe; `c.at` is its table (`readiness`).
 fn probe(c: &mut Check, raw: &RawProbe) -> Option<ProbeSpec> {
     let before = c.errors.len();
-    let kind = match c.get(&raw.kind, "type").map(String::as_str) {
-        None if raw.kind.is_absent() => {
-            let shown = c.at.key("type");
-            c.err("", format!("`{shown}` is required"))
-                .help("type = \"http\", \"tcp\", \"exec\" or \"log\"");
-            None
-        }
-        None => None,
-        Some(other) if !PROBES.contains(&other) => {
-            let hint = did_you_mean(other, PROBES)
-                .unwrap_or_else(|| "use \"http\", \"tcp\", \"exec\" or \"log\"".into());
-            c.bad("type", format_args!("{other:?} is not a probe type"))
-                .help(hint);
-            None
-        }
-        Some(kind) => Some(kind.to_string()),
-    };
+    let kind = c.kind(&raw.kind, &["http", "tcp", "exec", "log"], "probe");
     let check = kind.and_then(|kind| probe_check(c, &kind, raw));
-    let dur = |c: &mut Check, v: &Val<String>, key: &str, default: Dur, zero_ok: bool| {
-        let d = c.dur(v, key).unwrap_or(default);
-        if d == Dur::ZERO && !zero_ok {
-            c.bad(key, "must be more than 0s");
-        }
-        d
-    };
-    let threshold = |c: &mut Check, v: &Val<i64>, key: &str, default: u32| match v {
-        Val::Absent => Some(default),
-        _ => c.positive(v, key),
-    };
-    let initial_delay = dur(c, &raw.initial_delay, "initial_delay", Dur::ZERO, true);
-    let interval = dur(
-        c,
-        &raw.interval,
-        "interval",
-        ProbeSpec::DEFAULT_INTERVAL,
-        false,
-    );
-    let timeout = dur(
-        c,
-        &raw.timeout,
-        "timeout",
-        ProbeSpec::DEFAULT_TIMEOUT,
-        false,
-    );
-    let success_threshold = threshold(c, &raw.success_threshold, "success_threshold", 1);
-    let failure_threshold = threshold(c, &raw.failure_threshold, "failure_threshold", 3);
+    let initial_delay = c.dur(&raw.initial_delay, "initial_delay");
+    let interval = c.positive_dur(&raw.interval, "interval");
+    let timeout = c.positive_dur(&raw.timeout, "timeout");
+    let success_threshold = c.positive(&raw.success_threshold.or(1), "success_threshold");
+    let failure_threshold = c.positive(&raw.failure_threshold.or(3), "failure_threshold");
     let spec = ProbeSpec {
         check: check?,
-        initial_delay,
-        interval,
-        timeout,
+        initial_delay: initial_delay.unwrap_or(Dur::ZERO),
+        interval: interval.unwrap_or(ProbeSpec::DEFAULT_INTERVAL),
+        timeout: timeout.unwrap_or(ProbeSpec::DEFAULT_TIMEOUT),
         success_threshold: success_threshold?,
         failure_threshold: failure_threshold?,
     };
     Some(spec).filter(|_| c.errors.len() == before)
 }
 
-/// The check of a probe of a known `kind`: each key applies to some types only, and the type's
-/// first key is required.
+/// The check of a probe of a known `kind`.
 fn probe_check(c: &mut Check, kind: &str, raw: &RawProbe) -> Option<ProbeCheck> {
     let takes: &[(&str, &str)] = match kind {
         "http" => &[
@@ -205,32 +155,15 @@ fn probe_check(c: &mut Check, kind: &str, raw: &RawProbe) -> Option<ProbeCheck> 
         _ => &[("pattern", "pattern = \"listening on\"")],
     };
     let given = [
-        ("url", raw.url.is_absent()),
-        ("expect_status", raw.expect_status.is_absent()),
-        ("address", raw.address.is_absent()),
-        ("command", raw.command.is_absent()),
-        ("pattern", raw.pattern.is_absent()),
+        ("url", !raw.url.is_absent()),
+        ("expect_status", !raw.expect_status.is_absent()),
+        ("address", !raw.address.is_absent()),
+        ("command", !raw.command.is_absent()),
+        ("pattern", !raw.pattern.is_absent()),
     ];
-    for (key, absent) in given {
-        if !absent && !takes.iter().any(|(k, _)| *k == key) {
-            c.bad(key, format_args!("does not apply to a `{kind}` probe"));
-        }
-    }
-    let (first, example) = takes[0];
-    let text = |c: &mut Check, v: &Val<String>| match c.get(v, first) {
-        Some(t) if t.trim().is_empty() => {
-            c.bad(first, "is empty");
-            None
-        }
-        Some(t) => Some(t.trim().to_string()),
-        None if v.is_absent() => {
-            let shown = c.at.key(first);
-            c.err("", format!("`{shown}` is required for a {kind} probe"))
-                .help(example);
-            None
-        }
-        None => None,
-    };
+    c.applies(kind, "probe", &given, takes);
+    let first = takes[0].0;
+    let text = |c: &mut Check, v| Some(c.non_empty(v, first, None)?.trim().to_string());
     match kind {
         "http" => {
             let url = text(c, &raw.url)?;
@@ -308,47 +241,24 @@ fn hooks(c: &mut Check, raw: &RawHooks) -> Hooks {
 
 fn hook(c: &mut Check, raw: &RawHook) -> Option<HookSpec> {
     let before = c.errors.len();
-    let name = match c.get(&raw.name, "name") {
-        Some(n) => match check_name(n) {
-            Ok(()) => Some(n.clone()),
-            Err(why) => {
-                c.bad("name", format_args!("is not valid: {why}"));
-                None
-            }
-        },
-        None if raw.name.is_absent() => {
-            let shown = c.at.key("name");
-            c.err("", format!("`{shown}` is required"))
-                .help("name = \"migrate\": it prefixes the hook's output lines");
+    let hint = "name = \"migrate\": it prefixes the hook's output lines";
+    c.required(&raw.name, "name", "", hint);
+    let name = c.get(&raw.name, "name").and_then(|n| match check_name(n) {
+        Ok(()) => Some(n.clone()),
+        Err(why) => {
+            c.bad("name", format_args!("is not valid: {why}"));
             None
         }
-        None => None,
-    };
-    let command = match c.get(&raw.command, "command") {
-        Some(cmd) if cmd.trim().is_empty() => {
-            c.bad("command", "is empty");
-            None
-        }
-        Some(cmd) => Some(cmd.clone()),
-        None if raw.command.is_absent() => {
-            let shown = c.at.key("command");
-            c.err("", format!("`{shown}` is required"))
-                .help("command = \"./migrate.sh\" (run through /bin/sh -c)");
-            None
-        }
-        None => None,
-    };
-    let timeout = c
-        .dur(&raw.timeout, "timeout")
-        .unwrap_or(HookSpec::DEFAULT_TIMEOUT);
-    if timeout == Dur::ZERO {
-        c.bad("timeout", "must be more than 0s");
-    }
+    });
+    let hint = "command = \"./migrate.sh\" (run through /bin/sh -c)";
+    c.required(&raw.command, "command", "", hint);
+    let command = c.non_empty(&raw.command, "command", None).cloned();
+    let timeout = c.positive_dur(&raw.timeout, "timeout");
     let on_failure = c.value(&raw.on_failure, "on_failure").unwrap_or_default();
     let spec = HookSpec {
         name: name?,
         command: command?,
-        timeout,
+        timeout: timeout.unwrap_or(HookSpec::DEFAULT_TIMEOUT),
         on_failure,
     };
     Some(spec).filter(|_| c.errors.len() == before)
@@ -357,10 +267,9 @@ fn hook(c: &mut Check, raw: &RawHook) -> Option<HookSpec> {
 /// One program as the cross-program check sees it: where errors about it go, and its spec
 /// when it is valid.
 pub struct Node<'a> {
-    /// The program's document; every node with dependencies has it.
-    pub doc: Option<&'a Document>,
-    /// Where its spec's keys are (`spec` in the wrapped form).
-    pub spec_at: KeyPath,
+    /// The program's document and where its spec's keys are in it (`spec` in the wrapped form);
+    /// every node with dependencies has them.
+    pub doc: Option<&'a (Document, KeyPath)>,
     pub name: Option<&'a str>,
     pub spec: Option<&'a ProgramSpec>,
 }
@@ -377,11 +286,11 @@ pub fn check_dependencies(nodes: &[Node<'_>]) -> Vec<(usize, ConfigError)> {
     let candidates: Vec<&str> = by_name.keys().copied().collect();
     let mut errors = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
-        let (Some(spec), Some(doc)) = (n.spec, n.doc) else {
+        let (Some(spec), Some((doc, spec_at))) = (n.spec, n.doc) else {
             continue;
         };
         for dep in spec.depends_on.keys() {
-            let at = n.spec_at.join(&dep_key(doc, &n.spec_at, dep));
+            let at = spec_at.join(&dep_key(doc, spec_at, dep));
             let shown = at.to_string();
             match by_name.get(dep.as_str()).map(|&j| &nodes[j]) {
                 None => {
@@ -419,8 +328,10 @@ pub fn check_dependencies(nodes: &[Node<'_>]) -> Vec<(usize, ConfigError)> {
             let next = nodes[cycle[(pos + 1) % cycle.len()]].name.unwrap_or("?");
             let n = &nodes[i];
             // A node in a cycle has dependencies, so its document.
-            let Some(doc) = n.doc else { continue };
-            let at = n.spec_at.join(&dep_key(doc, &n.spec_at, next));
+            let Some((doc, spec_at)) = n.doc else {
+                continue;
+            };
+            let at = spec_at.join(&dep_key(doc, spec_at, next));
             let message = format!("dependency cycle: {shown}");
             let hint = "remove one of these dependencies";
             errors.push((i, doc.error(&at, message).with_hint(hint)));
@@ -518,18 +429,16 @@ fn cycles(nodes: &[Node<'_>], by_name: &BTreeMap<&str, usize>) -> Vec<Vec<usize>
 /// programs that exist (`others`, itself left out), as sentences.
 pub fn request_dependency_errors(spec: &ProgramSpec, others: &[&ProgramSpec]) -> Vec<String> {
     let doc = Document::without_text(super::scan::REQUEST_FILE, Value::Null);
-    let mut nodes = vec![Node {
-        doc: Some(&doc),
-        spec_at: KeyPath::default(),
-        name: Some(&spec.name),
-        spec: Some(spec),
-    }];
-    nodes.extend(others.iter().filter(|o| o.name != spec.name).map(|o| Node {
-        doc: Some(&doc),
-        spec_at: KeyPath::default(),
-        name: Some(&o.name),
-        spec: Some(*o),
-    }));
+    let doc = (doc, KeyPath::default());
+    let others = others.iter().filter(|o| o.name != spec.name);
+    let nodes: Vec<Node> = std::iter::once(spec)
+        .chain(others.copied())
+        .map(|spec| Node {
+            doc: Some(&doc),
+            name: Some(&spec.name),
+            spec: Some(spec),
+        })
+        .collect();
     check_dependencies(&nodes)
         .into_iter()
         .filter(|(i, _)| *i == 0)

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::document::k;
 use super::program::RawProgram;
 use super::raw::{Check, Val};
 use super::{check_name, Placement, ProgramSpec};
@@ -24,8 +23,7 @@ pub struct RawPlacement {
 /// Sets `spec.placement` from the raw keys, reporting every bad one.
 pub(super) fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec) {
     let mut placement = Placement::anywhere();
-    if let Some(p) = c.get(&raw.placement, "placement") {
-        c.within(&k("placement"), |c| {
+    c.table(&raw.placement, "placement", |c, p| {
             if let Some(node) = c.get(&p.node, "node") {
                 match check_name(node) {
                     Ok(()) => placement.node = Some(node.clone()),
@@ -42,7 +40,6 @@ pub(super) fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec) {
                     .help("write placement = { node = \"host-1\" } or placement = { labels = { role = \"web\" } }");
             }
         });
-    }
     if let Some(n) = c.positive(&raw.spread, "spread") {
         if n > MAX_SPREAD {
             c.bad(

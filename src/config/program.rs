@@ -119,20 +119,22 @@ pub struct ProgramOutcome {
     /// The name as far as it could be read, even from an invalid tree, so a broken file still
     /// claims its name (duplicates, group members, keeping a last good spec).
     pub name: Option<String>,
-    /// Where `name` is written (`name`, `spec.name`); the root when it is the file's stem.
-    pub name_path: KeyPath,
+    /// An error about the name, without its message yet: where `name` is written (`name`,
+    /// `spec.name`), or the file itself when the name is its stem.
+    pub name_site: ConfigError,
     pub result: Result<ProgramSpec, Vec<ConfigError>>,
 }
 
 /// Validates the program `tree`, which sits at `at` in `doc`.
 pub fn validate(doc: &Document, tree: &Value, at: KeyPath, pc: &ProgramContext) -> ProgramOutcome {
-    let mut c = Check::new(doc, at);
     let (wrapped, flat) = (tree.pointer("/spec/name"), tree.get("name"));
     let name_path = match (wrapped, tree.get("spec"), flat) {
         (Some(_), _, _) => k("spec").key("name"),
         (None, None, Some(_)) => k("name"),
         _ => KeyPath::default(),
     };
+    let name_site = doc.error(&at.join(&name_path), "");
+    let mut c = Check::new(doc, at);
     let name = wrapped.or(flat).and_then(Value::as_str).map(str::to_string);
     let spec = match tree.get("spec") {
         _ if !tree.is_object() => {
@@ -151,7 +153,7 @@ pub fn validate(doc: &Document, tree: &Value, at: KeyPath, pc: &ProgramContext) 
     };
     ProgramOutcome {
         name: name.or_else(|| pc.fallback_name.clone()),
-        name_path,
+        name_site,
         result: spec.filter(|_| c.errors.is_empty()).ok_or(c.errors),
     }
 }
@@ -308,16 +310,10 @@ fn build(
     lifecycle_keys::apply(c, raw, &mut spec, pc.base_dir);
     super::cronjob::apply(c, raw, &mut spec, kind);
     super::placement_keys::apply(c, raw, &mut spec);
-    for (i, d) in c
-        .get(&raw.detectors, "detectors")
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let at = k("detectors").index(i);
-        spec.detectors
-            .extend(c.within(&at, |c| detector(c, d, pc.base_dir)));
-    }
+    let detectors = c.each(&raw.detectors, "detectors", |c, d| {
+        detector(c, d, pc.base_dir)
+    });
+    spec.detectors = detectors.into_iter().flatten().collect();
     spec.exec = exec?;
     name?;
     Some(spec)
@@ -352,41 +348,19 @@ fn exec(c: &mut Check, raw: &RawProgram) -> Option<Exec> {
 /// One detector; `c.at` is its place (`detectors[1]`).
 fn detector(c: &mut Check, raw: &RawDetector, base: Option<&Path>) -> Option<DetectorSpec> {
     let before = c.errors.len();
-    let kind = match c.get(&raw.kind, "type").map(String::as_str) {
-        None if raw.kind.is_absent() => {
-            let shown = c.at.key("type");
-            let e = c.err("", format!("`{shown}` is required"));
-            e.help("type = \"exec:pid\", \"pidfile\" or \"command\"");
-            None
-        }
-        None => None,
-        Some(other) if !DETECTORS.contains(&other) => {
-            let hint = did_you_mean(other, DETECTORS);
-            let e = c.bad("type", format_args!("{other:?} is not a detector type"));
-            e.help(hint.unwrap_or_else(|| "use \"exec:pid\", \"pidfile\" or \"command\"".into()));
-            None
-        }
-        Some(kind) => detector_kind(c, kind, raw, base),
-    };
-    let interval = c
-        .dur(&raw.interval, "interval")
-        .unwrap_or(Dur::from_secs(10));
-    more_than_zero(c, "interval", interval);
-    let failure_threshold = match raw.failure_threshold {
-        Val::Absent => Some(3),
-        _ => c.positive(&raw.failure_threshold, "failure_threshold"),
-    };
-    let (kind, failure_threshold) = (kind?, failure_threshold?);
+    let kind = c.kind(&raw.kind, &["exec:pid", "pidfile", "command"], "detector");
+    let kind = kind.and_then(|kind| detector_kind(c, &kind, raw, base));
+    let interval = c.positive_dur(&raw.interval, "interval");
+    let failure_threshold = c.positive(&raw.failure_threshold.or(3), "failure_threshold");
     let spec = DetectorSpec {
-        kind,
-        interval,
-        failure_threshold,
+        kind: kind?,
+        interval: interval.unwrap_or(Dur::from_secs(10)),
+        failure_threshold: failure_threshold?,
     };
     Some(spec).filter(|_| c.errors.len() == before)
 }
 
-/// The keys of a detector of a known `kind`: each key applies to some types only, and the first
-/// key a type takes is required.
+/// The keys of a detector of a known `kind`.
 fn detector_kind(
     c: &mut Check,
     kind: &str,
@@ -404,53 +378,23 @@ fn detector_kind(
         ],
         _ => &[],
     };
-    let keys = [
-        ("path", &raw.path),
-        ("command", &raw.command),
-        ("timeout", &raw.timeout),
+    let given = [
+        ("path", !raw.path.is_absent()),
+        ("command", !raw.command.is_absent()),
+        ("timeout", !raw.timeout.is_absent()),
     ];
-    for (key, given) in keys {
-        if !given.is_absent() && !takes.iter().any(|(k, _)| *k == key) {
-            c.bad(key, format_args!("does not apply to a `{kind}` detector"));
-        }
-    }
-    if let Some((key, example)) = takes.first() {
-        if keys.iter().any(|(k, given)| k == key && given.is_absent()) {
-            let shown = c.at.key(key);
-            let message = format!("`{shown}` is required for a {kind} detector");
-            c.err("", message).help(*example);
-        }
-    }
+    c.applies(kind, "detector", &given, takes);
     match kind {
         "exec:pid" => Some(DetectorKind::ExecPid),
         "pidfile" => c
             .path(&raw.path, "path", base)
             .map(|path| DetectorKind::Pidfile { path }),
         _ => {
-            let timeout = c.dur(&raw.timeout, "timeout").unwrap_or(Dur::from_secs(5));
-            more_than_zero(c, "timeout", timeout);
-            match c.get(&raw.command, "command") {
-                Some(command) if command.trim().is_empty() => {
-                    c.bad("command", "is empty");
-                }
-                Some(command) => {
-                    return Some(DetectorKind::Command {
-                        command: command.clone(),
-                        timeout,
-                    })
-                }
-                None => {}
-            }
-            None
+            let timeout = c.positive_dur(&raw.timeout, "timeout");
+            let command = c.non_empty(&raw.command, "command", None)?.clone();
+            let timeout = timeout.unwrap_or(Dur::from_secs(5));
+            Some(DetectorKind::Command { command, timeout })
         }
-    }
-}
-
-const DETECTORS: &[&str] = &["exec:pid", "pidfile", "command"];
-
-fn more_than_zero(c: &mut Check, key: &str, d: Dur) {
-    if d == Dur::ZERO {
-        c.bad(key, "must be more than 0s");
     }
 }
 

@@ -15,7 +15,7 @@ use serde::de::{self, Deserialize, Deserializer, IntoDeserializer, Visitor};
 use serde_json::Value;
 
 use super::document::{did_you_mean, Document, KeyPath, Seg};
-use super::env::{is_var_name, parse_entry, EnvLayers};
+use super::env::{parse_entry, var_name, EnvLayers};
 use super::error::ConfigError;
 use super::{Dur, LogSpec};
 
@@ -31,6 +31,16 @@ pub enum Val<T> {
 impl<T> Val<T> {
     pub fn is_absent(&self) -> bool {
         matches!(self, Val::Absent)
+    }
+}
+
+impl<T: Clone> Val<T> {
+    /// The key as written, or `default` when it is absent.
+    pub fn or(&self, default: T) -> Val<T> {
+        match self {
+            Val::Absent => Val::Ok(default),
+            v => v.clone(),
+        }
     }
 }
 
@@ -65,14 +75,16 @@ impl RawEnv {
     /// text (`PORT = 8080`).
     pub fn entries(&self, at: &KeyPath) -> Vec<EnvEntry> {
         let table_entry = |k: &String, v: &Value| {
+            let k = var_name(k)
+                .map_err(|why| format!("env key {why}"))?
+                .to_string();
             match v {
-            _ if !is_var_name(k) => Err(format!(
-                "env key {k:?} is not a variable name (letters, digits, `_`, not starting with a digit)"
-            )),
-            Value::String(s) => Ok((k.clone(), s.clone())),
-            Value::Number(_) | Value::Bool(_) => Ok((k.clone(), v.to_string())),
-            _ => Err(format!("env value of {k} must be a string, number or boolean")),
-        }
+                Value::String(s) => Ok((k, s.clone())),
+                Value::Number(_) | Value::Bool(_) => Ok((k, v.to_string())),
+                _ => Err(format!(
+                    "env value of {k} must be a string, number or boolean"
+                )),
+            }
         };
         match self {
             RawEnv::List(list) => list
@@ -136,6 +148,31 @@ impl<'d> Check<'d> {
         r
     }
 
+    /// Runs `f` on the table at `key` when it is there, with `at` moved into it.
+    pub fn table<T, R>(
+        &mut self,
+        v: &Val<T>,
+        key: &str,
+        f: impl FnOnce(&mut Self, &T) -> R,
+    ) -> Option<R> {
+        let table = self.get(v, key)?;
+        Some(self.within(&key.into(), |c| f(c, table)))
+    }
+
+    /// Runs `f` on each entry of the list at `key`, with `at` moved to the entry.
+    pub fn each<T, R>(
+        &mut self,
+        v: &Val<Vec<T>>,
+        key: &str,
+        mut f: impl FnMut(&mut Self, &T) -> R,
+    ) -> Vec<R> {
+        let list = self.get(v, key).map_or(&[][..], Vec::as_slice);
+        let at = |i| KeyPath::from(key).index(i);
+        let each = list.iter().enumerate();
+        each.map(|(i, x)| self.within(&at(i), |c| f(c, x)))
+            .collect()
+    }
+
     /// Records an error about the key at `rel`; the caller may add a hint.
     pub fn err(&mut self, rel: impl Into<KeyPath>, message: impl Into<String>) -> &mut ConfigError {
         let e = self.doc.error(&self.at.join(&rel.into()), message);
@@ -191,6 +228,77 @@ impl<'d> Check<'d> {
         None
     }
 
+    /// Reports a key that must be there and is not, at its table: "`detectors[0].type` is
+    /// required", followed by `why` (" for a cron job").
+    pub fn required<T>(&mut self, v: &Val<T>, key: &str, why: &str, hint: &str) {
+        if v.is_absent() {
+            let shown = self.at.key(key);
+            self.err("", format!("`{shown}` is required{why}"))
+                .help(hint);
+        }
+    }
+
+    /// The `type` of a table that comes in `kinds` (of a `what`: detector, probe): required,
+    /// and one of them.
+    pub fn kind(&mut self, v: &Val<String>, kinds: &[&str], what: &str) -> Option<String> {
+        let list = match kinds.split_last() {
+            Some((last, rest)) => {
+                let rest: Vec<String> = rest.iter().map(|k| format!("{k:?}")).collect();
+                format!("{} or {last:?}", rest.join(", "))
+            }
+            None => String::new(),
+        };
+        self.required(v, "type", "", &format!("type = {list}"));
+        let kind = self.get(v, "type")?;
+        if !kinds.contains(&kind.as_str()) {
+            let hint = did_you_mean(kind, kinds).unwrap_or_else(|| format!("use {list}"));
+            let what = format_args!("{kind:?} is not a {what} type");
+            self.bad("type", what).help(hint);
+            return None;
+        }
+        Some(kind.clone())
+    }
+
+    /// The keys of a table that apply to some of its types only: each `given` key its `kind`
+    /// does not take is an error, and the first key the kind `takes` is required (`takes` pairs
+    /// each key with an example).
+    pub fn applies(
+        &mut self,
+        kind: &str,
+        what: &str,
+        given: &[(&str, bool)],
+        takes: &[(&str, &str)],
+    ) {
+        for &(key, given) in given {
+            if given && !takes.iter().any(|(k, _)| *k == key) {
+                self.bad(key, format_args!("does not apply to a `{kind}` {what}"));
+            }
+        }
+        let Some(&(first, example)) = takes.first() else {
+            return;
+        };
+        if given.iter().any(|&(key, given)| key == first && !given) {
+            let shown = self.at.key(first);
+            let message = format!("`{shown}` is required for a {kind} {what}");
+            self.err("", message).help(example);
+        }
+    }
+
+    /// A string key that must not be blank.
+    pub fn non_empty<'v>(
+        &mut self,
+        v: &'v Val<String>,
+        key: &str,
+        hint: Option<&str>,
+    ) -> Option<&'v String> {
+        let s = self.get(v, key)?;
+        if s.trim().is_empty() {
+            self.bad(key, "is empty").hint = hint.map(str::to_string);
+            return None;
+        }
+        Some(s)
+    }
+
     /// [`Check::get`], by value.
     pub fn value<T: Clone>(&mut self, v: &Val<T>, rel: &str) -> Option<T> {
         self.get(v, rel).cloned()
@@ -219,6 +327,16 @@ impl<'d> Check<'d> {
         None
     }
 
+    /// A duration of more than zero.
+    pub fn positive_dur(&mut self, v: &Val<String>, rel: &str) -> Option<Dur> {
+        let d = self.dur(v, rel)?;
+        if d == Dur::ZERO {
+            self.bad(rel, "must be more than 0s");
+            return None;
+        }
+        Some(d)
+    }
+
     /// A whole number, never negative.
     pub fn count(&mut self, v: &Val<i64>, rel: &str) -> Option<u32> {
         self.at_least(v, rel, 0)
@@ -243,11 +361,16 @@ impl<'d> Check<'d> {
     /// a relative path is an error.
     pub fn path(&mut self, v: &Val<String>, rel: &str, base: Option<&Path>) -> Option<PathBuf> {
         let s = self.get(v, rel)?;
-        self.path_of(s, &rel.into(), base)
+        self.path_of(s, rel, base)
     }
 
     /// A path written as `s` at `rel`, as [`Check::path`].
-    pub fn path_of(&mut self, s: &str, rel: &KeyPath, base: Option<&Path>) -> Option<PathBuf> {
+    pub fn path_of(
+        &mut self,
+        s: &str,
+        rel: impl Into<KeyPath>,
+        base: Option<&Path>,
+    ) -> Option<PathBuf> {
         let why = match base {
             _ if s.trim().is_empty() => "is empty".to_string(),
             _ if Path::new(s).is_absolute() => return Some(s.into()),
@@ -283,10 +406,7 @@ impl<'d> Check<'d> {
 
     /// `log` of a program (or the main config's `[log]`) over `log`, the defaults.
     pub fn log(&mut self, raw: &Val<RawLog>, mut log: LogSpec, base: Option<&Path>) -> LogSpec {
-        let Some(raw) = self.get(raw, "log") else {
-            return log;
-        };
-        self.within(&"log".into(), |c| {
+        self.table(raw, "log", |c, raw| {
             for (v, key, file) in [
                 (&raw.stdout, "stdout", &mut log.stdout),
                 (&raw.stderr, "stderr", &mut log.stderr),

@@ -95,16 +95,12 @@ pub fn load(
 
 /// One program of a scan, valid or not, and where its name is written.
 struct Scanned {
-    /// Where the name is written, for errors about it: the file (or the main config), the key
-    /// and its line. The document itself is dropped once validated.
-    name_file: PathBuf,
-    name_at: KeyPath,
-    name_line: Option<usize>,
-    /// Where the program's keys are: its place, or its `spec` table in the wrapped form.
-    spec_at: KeyPath,
-    /// The document, kept only for a valid program with dependencies: the check across programs
-    /// names the line of each one it refuses.
-    deps_doc: Option<Document>,
+    /// Where the name is written, for errors about it; the document is dropped once validated.
+    name_site: ConfigError,
+    /// Kept only for a valid program with dependencies, which the check across programs names
+    /// the lines of: the document, and where the program's keys are in it (`spec` in the
+    /// wrapped form).
+    deps_doc: Option<(Document, KeyPath)>,
     /// How errors about another program refer to this one: its file, or `processes[2]`.
     label: String,
     /// `None` for an inline process.
@@ -121,16 +117,12 @@ impl Scanned {
         file: Option<PathBuf>,
         o: ProgramOutcome,
     ) -> Scanned {
-        let name_at = at.join(&o.name_path);
-        let spec_at = super::lifecycle_keys::spec_at(doc, at);
-        let (name, result) = (o.name, o.result);
-        let deps = result.as_ref().is_ok_and(|s| !s.depends_on.is_empty());
+        let deps = o.result.as_ref().is_ok_and(|s| !s.depends_on.is_empty());
+        let deps_doc = deps.then(|| (doc.clone(), super::lifecycle_keys::spec_at(doc, at)));
+        let (name_site, name, result) = (o.name_site, o.name, o.result);
         Scanned {
-            deps_doc: deps.then(|| doc.clone()),
-            name_file: doc.file.clone(),
-            name_line: doc.line_of(&name_at),
-            name_at,
-            spec_at,
+            name_site,
+            deps_doc,
             label,
             file,
             name,
@@ -138,28 +130,27 @@ impl Scanned {
         }
     }
 
-    /// A valid program file an earlier scan validated and that has not changed since.
-    fn unchanged(path: PathBuf, valid: cache::Valid) -> Scanned {
+    /// A program file that could not be read or parsed: it claims the name of its stem.
+    fn broken(path: PathBuf, name: Option<String>, e: ConfigError) -> Scanned {
+        let (label, name_site) = (path.display().to_string(), ConfigError::new(&path, ""));
+        let (file, result) = (Some(path), Err(vec![e]));
         Scanned {
-            name_file: path.clone(),
-            name_at: valid.name_path,
-            name_line: valid.name_line,
-            spec_at: valid.spec_at,
+            name_site,
             deps_doc: None,
-            label: path.display().to_string(),
-            file: Some(path),
-            name: valid.name,
-            result: Ok(valid.spec),
+            label,
+            file,
+            name,
+            result,
         }
     }
 
     /// Marks the program invalid with an error about its name.
     fn fail(&mut self, message: String, hint: &str) {
-        let mut e = ConfigError::new(&self.name_file, message).at_line(self.name_line);
-        if !self.name_at.0.is_empty() {
-            e = e.with_key(self.name_at.to_string());
+        let e = ConfigError {
+            message,
+            ..self.name_site.clone()
         }
-        let e = e.with_hint(hint);
+        .with_hint(hint);
         match &mut self.result {
             Ok(_) => self.result = Err(vec![e]),
             Err(list) => list.push(e),
@@ -199,55 +190,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
     };
     let mut session = cache::Session::open(&settings.programs_directory, context);
     for path in paths {
-        let read = match session.lookup(&path) {
-            Ok(cache::Lookup::Unchanged(valid)) => {
-                scanned.push(Scanned::unchanged(path, *valid));
-                continue;
-            }
-            Ok(cache::Lookup::Read(read)) => Ok(read),
-            Err(e) => Err(e),
-        };
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .map(str::to_string);
-        let (doc, o, key) = match read.map_err(|e| read_error(&path, e)).and_then(|read| {
-            let doc = parse_program_file(&path, read.text)?;
-            Ok((doc, read.key))
-        }) {
-            Ok((doc, key)) => {
-                let pc = ProgramContext {
-                    base_dir: path.parent(),
-                    fallback_name: stem,
-                    ..inline
-                };
-                let o = program::validate(&doc, &doc.tree, KeyPath::default(), &pc);
-                (doc, o, Some(key))
-            }
-            Err(e) => {
-                let (name_path, result) = (KeyPath::default(), Err(vec![e]));
-                let doc = Document::without_text(&path, Value::Null);
-                let o = ProgramOutcome {
-                    name: stem,
-                    name_path,
-                    result,
-                };
-                (doc, o, None)
-            }
-        };
-        let label = path.display().to_string();
-        let s = Scanned::new(&doc, &KeyPath::default(), label, Some(path.clone()), o);
-        if let (Some(key), Ok(spec)) = (key, &s.result) {
-            let valid = cache::Valid {
-                name: s.name.clone(),
-                name_path: s.name_at.clone(),
-                name_line: s.name_line,
-                spec_at: s.spec_at.clone(),
-                spec: spec.clone(),
-            };
-            session.remember(&path, key, &valid);
-        }
-        scanned.push(s);
+        scanned.push(scan_file(&mut session, path, &inline));
     }
     session.close();
     check_unique_names(&mut scanned);
@@ -256,31 +199,28 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
     let (mut programs, mut files, mut claimed) = (Vec::new(), Vec::new(), Vec::new());
     for s in scanned {
         claimed.extend(s.name.clone());
-        let result = match (s.result, s.file.clone()) {
-            (Err(list), _) => {
-                c.errors.extend(list.iter().cloned());
-                Err(list)
-            }
-            (Ok(spec), None) => {
-                let source = Source::Config;
-                programs.push(Program { spec, source });
-                continue;
-            }
-            // Its env cannot be computed: it keeps its last good spec, like any broken file.
-            (Ok(_), Some(_)) if !env_errors.is_empty() => Err(env_errors.clone()),
-            (Ok(spec), Some(path)) => {
-                let source = Source::File(path);
-                programs.push(Program {
-                    spec: spec.clone(),
-                    source,
-                });
-                Ok(spec)
-            }
-        };
-        if let Some(path) = s.file {
-            let name = s.name;
-            files.push(FileOutcome { path, name, result });
+        if let Err(list) = &s.result {
+            c.errors.extend(list.iter().cloned());
         }
+        let Some(path) = s.file else {
+            let source = Source::Config;
+            programs.extend(s.result.ok().map(|spec| Program { spec, source }));
+            continue;
+        };
+        let result = match s.result {
+            // Its env cannot be computed: it keeps its last good spec, like any broken file.
+            Ok(_) if !env_errors.is_empty() => Err(env_errors.clone()),
+            result => result,
+        };
+        if let Ok(spec) = &result {
+            let source = Source::File(path.clone());
+            programs.push(Program {
+                spec: spec.clone(),
+                source,
+            });
+        }
+        let name = s.name;
+        files.push(FileOutcome { path, name, result });
     }
     programs.sort_by(|a, b| (a.spec.priority, &a.spec.name).cmp(&(b.spec.priority, &b.spec.name)));
     let groups = check_groups(&mut c, &settings.groups, &claimed);
@@ -294,66 +234,107 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
     }
 }
 
-fn read_error(path: &Path, e: std::io::Error) -> ConfigError {
-    ConfigError::new(path, format!("cannot read the program file: {e}"))
-}
-
-fn parse_program_file(path: &Path, text: String) -> Result<Document, ConfigError> {
-    let format = FileFormat::of(path).unwrap_or(FileFormat::Toml);
-    Document::parse(path.to_path_buf(), text, format)
+/// One program file: what the last scan made of it when it is unchanged, else read, parsed and
+/// validated (and remembered when valid).
+fn scan_file(session: &mut cache::Session, path: PathBuf, inline: &ProgramContext) -> Scanned {
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_string);
+    let read = match session.lookup(&path) {
+        Ok(cache::Lookup::Unchanged(valid)) => {
+            let (label, file) = (path.display().to_string(), Some(path));
+            let (name_site, name, result) = (valid.name_site, valid.name, Ok(valid.spec));
+            return Scanned {
+                name_site,
+                deps_doc: None,
+                label,
+                file,
+                name,
+                result,
+            };
+        }
+        Ok(cache::Lookup::Read(read)) => read,
+        Err(e) => {
+            let message = format!("cannot read the program file: {e}");
+            return Scanned::broken(path.clone(), stem, ConfigError::new(&path, message));
+        }
+    };
+    let format = FileFormat::of(&path).unwrap_or(FileFormat::Toml);
+    let doc = match Document::parse(path.clone(), read.text, format) {
+        Ok(doc) => doc,
+        Err(e) => return Scanned::broken(path, stem, e),
+    };
+    let pc = ProgramContext {
+        base_dir: path.parent(),
+        fallback_name: stem,
+        ..*inline
+    };
+    let o = program::validate(&doc, &doc.tree, KeyPath::default(), &pc);
+    let label = path.display().to_string();
+    let s = Scanned::new(&doc, &KeyPath::default(), label, Some(path.clone()), o);
+    if let Ok(spec) = &s.result {
+        let (name, name_site) = (s.name.clone(), s.name_site.clone());
+        let valid = cache::Valid {
+            name,
+            name_site,
+            spec: spec.clone(),
+        };
+        session.remember(&path, read.key, &valid);
+    }
+    s
 }
 
 /// Program names must be unique, and so must instance names: `web` with two instances runs
 /// `web-1` and `web-2`, which a program named `web-2` would also claim. Each claimant fails.
 fn check_unique_names(scanned: &mut [Scanned]) {
-    let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, s) in scanned.iter().enumerate() {
-        if let Some(name) = &s.name {
-            by_name.entry(name.clone()).or_default().push(i);
-        }
-    }
-    for (name, claimants) in by_name.iter().filter(|(_, c)| c.len() > 1) {
-        for &i in claimants {
-            let others = claimants
-                .iter()
-                .filter(|&&j| j != i)
-                .map(|&j| scanned[j].label.as_str());
-            let others = others.collect::<Vec<_>>().join(", ");
-            let stem = if scanned[i].name_at.0.is_empty() {
-                " (from the file name)"
-            } else {
-                ""
+    let names = scanned.iter().enumerate();
+    let names = names.filter_map(|(i, s)| Some((s.name.clone()?, i)));
+    for (name, claimants) in clashes(names.collect()) {
+        for &i in &claimants {
+            let others = claimants.iter().filter(|&&j| j != i);
+            let others: Vec<&str> = others.map(|&j| scanned[j].label.as_str()).collect();
+            let stem = match scanned[i].name_site.key {
+                None => " (from the file name)",
+                Some(_) => "",
             };
-            let message = format!("program name `{name}`{stem} is also used by {others}");
+            let message = format!(
+                "program name `{name}`{stem} is also used by {}",
+                others.join(", ")
+            );
             scanned[i].fail(message, "program names must be unique: rename one of them");
         }
     }
-    let mut by_instance: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, s) in scanned.iter().enumerate() {
-        for id in s.result.iter().flat_map(ProgramSpec::instances) {
-            by_instance.entry(id.name).or_default().push(i);
-        }
-    }
+    let instances = scanned.iter().enumerate().flat_map(|(i, s)| {
+        let ids = s.result.iter().flat_map(ProgramSpec::instances);
+        ids.map(move |id| (id.name, i))
+    });
     let hint = "rename one of the programs: `name` with instances = N runs name-1 … name-N";
-    for (instance, owners) in by_instance.iter().filter(|(_, o)| o.len() > 1) {
-        let names: Vec<String> = owners
-            .iter()
-            .map(|&i| scanned[i].name.clone().unwrap_or_default())
-            .collect();
-        for (n, &i) in owners.iter().enumerate() {
-            let others = names
-                .iter()
-                .enumerate()
-                .filter(|&(m, _)| m != n)
-                .map(|(_, o)| format!("`{o}`"));
-            let others = others.collect::<Vec<_>>().join(", ");
-            let this = &names[n];
+    let names: Vec<String> = scanned
+        .iter()
+        .map(|s| s.name.clone().unwrap_or_default())
+        .collect();
+    for (instance, owners) in clashes(instances.collect()) {
+        for &i in &owners {
+            let others = owners.iter().filter(|&&j| j != i);
+            let others: Vec<String> = others.map(|&j| format!("`{}`", names[j])).collect();
             let message = format!(
-                "instance name `{instance}` of program `{this}` is also an instance of {others}"
+                "instance name `{instance}` of program `{}` is also an instance of {}",
+                names[i],
+                others.join(", ")
             );
             scanned[i].fail(message, hint);
         }
     }
+}
+
+/// The names claimed more than once, with their claimants in order.
+fn clashes(claims: Vec<(String, usize)>) -> Vec<(String, Vec<usize>)> {
+    let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (name, i) in claims {
+        by_name.entry(name).or_default().push(i);
+    }
+    by_name.into_iter().filter(|(_, c)| c.len() > 1).collect()
 }
 
 /// Dependencies name programs of the scan, on no later priority level, in no cycle: each
@@ -364,7 +345,6 @@ fn check_dependencies(scanned: &mut [Scanned]) {
         .iter()
         .map(|s| Node {
             doc: s.deps_doc.as_ref(),
-            spec_at: s.spec_at.clone(),
             name: s.name.as_deref(),
             spec: s.result.as_ref().ok(),
         })
@@ -457,28 +437,20 @@ fn shared_env(
 /// Drops members that name no program (each an error) and returns the groups.
 fn check_groups(c: &mut Check, groups: &[GroupSpec], programs: &[String]) -> Vec<GroupSpec> {
     let candidates: Vec<&str> = programs.iter().map(String::as_str).collect();
-    let mut checked = Vec::new();
-    for (i, g) in groups.iter().enumerate() {
-        let mut members = g.members.clone();
-        members.retain(|m| programs.contains(m));
-        for (j, m) in g
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| !programs.contains(m))
-        {
+    let mut checked = groups.to_vec();
+    for (i, g) in checked.iter_mut().enumerate() {
+        for (j, m) in g.members.iter().enumerate() {
+            if programs.contains(m) {
+                continue;
+            }
             let at = k("groups").index(i).key("members").index(j);
             let message = format!("group `{}`: member `{m}` is not a program", g.name);
-            let hint = did_you_mean(m, &candidates);
-            let hint = hint.unwrap_or_else(|| {
+            let hint = did_you_mean(m, &candidates).unwrap_or_else(|| {
                 format!("add a program named `{m}` or remove it from the group")
             });
             c.err(&at, message).help(hint);
         }
-        checked.push(GroupSpec {
-            name: g.name.clone(),
-            members,
-        });
+        g.members.retain(|m| programs.contains(m));
     }
     checked
 }

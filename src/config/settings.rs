@@ -2,6 +2,7 @@
 //! (`docs/configuration.md`, "Main config"). Its `[[processes]]` and groups' members are checked
 //! by each scan of the programs (`scan`), since they depend on the programs found.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -75,12 +76,9 @@ pub enum TokenScope {
 }
 
 impl std::fmt::Display for TokenScope {
+    /// The name a config file writes, by serde's own spelling.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TokenScope::Read => "read",
-            TokenScope::Operate => "operate",
-            TokenScope::Admin => "admin",
-        })
+        self.serialize(f)
     }
 }
 
@@ -352,38 +350,22 @@ pub fn read_main(
             .collect(),
         None => Vec::new(),
     };
-    let env_files = c.get(&raw.env_files, "env_files").into_iter().flatten();
-    for (i, f) in env_files.enumerate() {
-        s.env_files
-            .extend(c.path_of(f, &k("env_files").index(i), base));
-    }
+    let env_files = c.each(&raw.env_files, "env_files", |c, f| c.path_of(f, "", base));
+    s.env_files = env_files.into_iter().flatten().collect();
     s.log = c.log(&raw.log, LogSpec::default(), base);
-    for (i, g) in c
-        .get(&raw.groups, "groups")
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        c.within(&k("groups").index(i), |c| group(c, g, &mut s.groups));
-    }
-    if let Some(server) = c.get(&raw.server, "server") {
-        c.within(&k("server"), |c| {
-            read_server(c, server, base, &mut s.server)
-        });
-    }
-    if let Some(metrics) = c.get(&raw.metrics, "metrics") {
-        let m = &mut s.metrics;
-        c.within(&k("metrics"), |c| {
-            m.enabled = c.value(&metrics.enabled, "enabled").unwrap_or(false);
-            m.listen = not_empty(c, &metrics.listen, "listen", None).map(|l| l.trim().into());
-        });
-    }
-    if let Some(daemon) = c.get(&raw.daemon, "daemon") {
-        let state_dir = c.within(&k("daemon"), |c| {
-            c.path(&daemon.state_dir, "state_dir", base)
-        });
-        s.daemon.state_dir = state_dir.unwrap_or(s.daemon.state_dir);
-    }
+    c.each(&raw.groups, "groups", |c, g| group(c, g, &mut s.groups));
+    c.table(&raw.server, "server", |c, raw| {
+        read_server(c, raw, base, &mut s.server)
+    });
+    let metrics = c.table(&raw.metrics, "metrics", |c, m| MetricsSettings {
+        enabled: c.value(&m.enabled, "enabled").unwrap_or(false),
+        listen: (c.non_empty(&m.listen, "listen", None)).map(|l| l.trim().into()),
+    });
+    s.metrics = metrics.unwrap_or_default();
+    let daemon = c.table(&raw.daemon, "daemon", |c, d| {
+        c.path(&d.state_dir, "state_dir", base)
+    });
+    s.daemon.state_dir = daemon.flatten().unwrap_or(s.daemon.state_dir);
     s.store = read_store(&mut c, &raw.store, base);
     s.node = read_node(&mut c, &raw.node);
     s.processes = c.value(&raw.processes, "processes").unwrap_or_default();
@@ -412,12 +394,8 @@ fn group(c: &mut Check, raw: &RawGroup, groups: &mut Vec<GroupSpec>) {
         e.help("members = [\"program-a\", \"program-b\"]");
     }
     if let (Some(name), Some(written)) = (name, members) {
-        let mut members: Vec<String> = Vec::new();
-        for m in written {
-            if !members.contains(m) {
-                members.push(m.clone());
-            }
-        }
+        let (mut members, mut seen) = (written.clone(), BTreeSet::new());
+        members.retain(|m| seen.insert(m.clone()));
         let name = name.clone();
         groups.push(GroupSpec { name, members });
     }
@@ -426,7 +404,7 @@ fn group(c: &mut Check, raw: &RawGroup, groups: &mut Vec<GroupSpec>) {
 /// `[server]`; `c.at` is `server`.
 fn read_server(c: &mut Check, raw: &RawServer, base: Option<&Path>, server: &mut ServerSettings) {
     let example = Some("e.g. \"127.0.0.1:8080\"");
-    if let Some(listen) = not_empty(c, &raw.listen, "listen", example) {
+    if let Some(listen) = c.non_empty(&raw.listen, "listen", example) {
         server.listen = listen.trim().to_string();
     }
     if let Some(base_path) = c.get(&raw.base_path, "base_path") {
@@ -442,12 +420,12 @@ fn read_server(c: &mut Check, raw: &RawServer, base: Option<&Path>, server: &mut
         let message = "`server.token` and `server.token_file` are both given";
         c.err("token_file", message).help("keep one of them");
     }
-    server.token = not_empty(c, &raw.token, "token", None).cloned();
+    server.token = c.non_empty(&raw.token, "token", None).cloned();
     server.token_file = c.path(&raw.token_file, "token_file", base);
     if let Some(socket) = c.get(&raw.socket, "socket") {
         server.socket = match socket.trim() {
             "" => SocketSetting::Off,
-            _ => (c.path_of(socket, &k("socket"), base))
+            _ => (c.path_of(socket, "socket", base))
                 .map_or(SocketSetting::InStateDir, SocketSetting::At),
         };
     }
@@ -458,54 +436,38 @@ fn read_server(c: &mut Check, raw: &RawServer, base: Option<&Path>, server: &mut
     let gid_of = crate::accounts::gid_of;
     server.allow_groups = accounts(c, &raw.allow_groups, "allow_groups", gid_of, group);
     set!(c.value(raw => server): allow_plaintext);
-    let hosts = c
-        .get(&raw.allowed_hosts, "allowed_hosts")
-        .into_iter()
-        .flatten();
-    for (i, host) in hosts.enumerate() {
+    let hosts = c.each(&raw.allowed_hosts, "allowed_hosts", |c, host| {
         let host = host.trim().to_ascii_lowercase();
         if host.is_empty() || host.contains(['/', ' ', ':']) && !host.starts_with('[') {
-            let at = k("allowed_hosts").index(i);
-            c.bad(at, format_args!("{host:?} is not a host name"))
+            c.bad("", format_args!("{host:?} is not a host name"))
                 .help("a name or address without port or scheme, e.g. \"box.example.com\"");
-        } else {
-            server
-                .allowed_hosts
-                .push(host.trim_matches(['[', ']']).to_string());
+            return None;
         }
-    }
-    if let Some(tls) = c.get(&raw.tls, "tls") {
-        let (cert, key) = c.within(&k("tls"), |c| {
-            let pair = (
-                c.path(&tls.cert, "cert", base),
-                c.path(&tls.key, "key", base),
-            );
-            if tls.cert.is_absent() || tls.key.is_absent() {
-                let missing = if tls.cert.is_absent() { "cert" } else { "key" };
-                c.bad(
-                    missing,
-                    "is required: TLS needs both a certificate and its key",
-                )
-                .help(
-                    "cert = \"/etc/provisr/cert.pem\", key = \"/etc/provisr/key.pem\" (PEM files)",
-                );
-            }
-            pair
-        });
-        if let (Some(cert), Some(key)) = (cert, key) {
-            server.tls = Some(TlsSettings { cert, key });
+        Some(host.trim_matches(['[', ']']).to_string())
+    });
+    server.allowed_hosts = hosts.into_iter().flatten().collect();
+    let tls = c.table(&raw.tls, "tls", |c, tls| {
+        let pair = (
+            c.path(&tls.cert, "cert", base),
+            c.path(&tls.key, "key", base),
+        );
+        if tls.cert.is_absent() || tls.key.is_absent() {
+            let missing = if tls.cert.is_absent() { "cert" } else { "key" };
+            c.bad(
+                missing,
+                "is required: TLS needs both a certificate and its key",
+            )
+            .help("cert = \"/etc/provisr/cert.pem\", key = \"/etc/provisr/key.pem\" (PEM files)");
         }
-    }
-    for (i, t) in c
-        .get(&raw.tokens, "tokens")
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        c.within(&k("tokens").index(i), |c| {
-            token(c, t, base, &mut server.tokens)
-        });
-    }
+        Some(TlsSettings {
+            cert: pair.0?,
+            key: pair.1?,
+        })
+    });
+    server.tls = tls.flatten();
+    c.each(&raw.tokens, "tokens", |c, t| {
+        token(c, t, base, &mut server.tokens)
+    });
 }
 
 /// One `[server] tokens` entry; `c.at` is `server.tokens[i]`.
@@ -520,7 +482,7 @@ fn token(c: &mut Check, raw: &RawToken, base: Option<&Path>, tokens: &mut Vec<To
             c.bad(key, "is required").help(example);
         }
     }
-    let name = not_empty(c, &raw.name, "name", None).cloned();
+    let name = c.non_empty(&raw.name, "name", None).cloned();
     if let Some(name) = &name {
         if tokens.iter().any(|t| &t.name == name) {
             c.err("name", format!("the token name {name:?} is used twice"));
@@ -541,31 +503,13 @@ fn accounts(
     id_of: fn(&str) -> Result<u32, String>,
     what: &str,
 ) -> Vec<u32> {
-    let mut ids = Vec::new();
-    for (i, name) in c.get(names, key).into_iter().flatten().enumerate() {
-        match id_of(name) {
-            Ok(id) => ids.push(id),
-            Err(why) => {
-                let at = c.at.key(key).index(i);
-                let hint = format!("name an existing {what} lists them");
-                c.err(k(key).index(i), format!("`{at}`: {why}")).help(hint);
-            }
+    let ids = c.each(names, key, |c, name| match id_of(name) {
+        Ok(id) => Some(id),
+        Err(why) => {
+            let hint = format!("name an existing {what} lists them");
+            c.err("", format!("`{}`: {why}", c.at)).help(hint);
+            None
         }
-    }
-    ids
-}
-
-/// A string key that must not be blank.
-fn not_empty<'v>(
-    c: &mut Check,
-    v: &'v Val<String>,
-    key: &str,
-    hint: Option<&str>,
-) -> Option<&'v String> {
-    let s = c.get(v, key)?;
-    if s.trim().is_empty() {
-        c.bad(key, "is empty").hint = hint.map(str::to_string);
-        return None;
-    }
-    Some(s)
+    });
+    ids.into_iter().flatten().collect()
 }

@@ -23,9 +23,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::config::env::EnvLayers;
-use crate::config::{LogSpec, ProgramSpec};
-
-use super::super::document::KeyPath;
+use crate::config::{ConfigError, LogSpec, ProgramSpec};
 
 /// How long after its last change a file's identity alone says it is unchanged.
 const SETTLED: Duration = Duration::from_secs(1);
@@ -76,19 +74,13 @@ impl Identity {
 #[derive(Clone, Debug)]
 pub(super) struct Valid {
     pub name: Option<String>,
-    pub name_path: KeyPath,
-    /// The line of `name_path` in the file, for errors about the name.
-    pub name_line: Option<usize>,
-    /// Where the program's keys are in the file.
-    pub spec_at: KeyPath,
+    /// Where the name is written, for errors about it.
+    pub name_site: ConfigError,
     pub spec: ProgramSpec,
 }
 
 struct Entry {
-    identity: Identity,
-    hash: u64,
-    /// The identity alone says the file is unchanged (see the module docs).
-    settled: bool,
+    key: Key,
     /// Boxed: the table holds one entry per file, most of it the spec.
     valid: Box<Valid>,
 }
@@ -136,10 +128,11 @@ pub(super) struct Read {
     pub key: Key,
 }
 
-/// What [`Session::remember`] keeps of a file read by this scan.
+/// What tells whether a file changed since it was read.
 pub(super) struct Key {
     identity: Identity,
     hash: u64,
+    /// The identity alone says the file is unchanged (see the module docs).
     settled: bool,
 }
 
@@ -147,22 +140,16 @@ impl Session {
     /// Starts a scan of `dir` with the shared `context`.
     pub fn open(dir: &Path, context: Context) -> Session {
         let mut dirs = DIRS_SEEN.lock().unwrap_or_else(PoisonError::into_inner);
-        let known = match dirs.iter().position(|d| d.path == dir) {
-            // Taken out: a scan running meanwhile just finds nothing to reuse.
-            Some(i) => {
-                let d = dirs.remove(i);
-                if d.context == context {
-                    d.files
-                } else {
-                    HashMap::new()
-                }
-            }
-            None => HashMap::new(),
-        };
+        // Taken out: a scan running meanwhile just finds nothing to reuse.
+        let known = dirs
+            .iter()
+            .position(|d| d.path == dir)
+            .map(|i| dirs.remove(i));
+        let known = known.filter(|d| d.context == context).map(|d| d.files);
         Session {
             dir: dir.to_path_buf(),
             context,
-            known,
+            known: known.unwrap_or_default(),
             found: HashMap::new(),
         }
     }
@@ -175,34 +162,23 @@ impl Session {
         let settled = before
             .duration_since(identity.changed())
             .is_ok_and(|age| age > SETTLED);
-        if let Some(entry) = self.known.remove(file_name(path)) {
-            if entry.settled && entry.identity == identity {
+        let known = match self.known.remove(file_name(path)) {
+            Some(entry) if entry.key.settled && entry.key.identity == identity => {
                 return Ok(self.keep(path, entry));
             }
-            let text = std::fs::read_to_string(path)?;
-            let hash = hash_of(&text);
-            if hash == entry.hash {
-                let entry = Entry {
-                    identity,
-                    settled,
-                    ..entry
-                };
-                return Ok(self.keep(path, entry));
-            }
-            let key = Key {
-                identity,
-                hash,
-                settled,
-            };
-            return Ok(Lookup::Read(Read { text, key }));
-        }
+            known => known,
+        };
         let text = std::fs::read_to_string(path)?;
+        let hash = hash_of(&text);
         let key = Key {
             identity,
-            hash: hash_of(&text),
+            hash,
             settled,
         };
-        Ok(Lookup::Read(Read { text, key }))
+        match known {
+            Some(entry) if entry.key.hash == hash => Ok(self.keep(path, Entry { key, ..entry })),
+            _ => Ok(Lookup::Read(Read { text, key })),
+        }
     }
 
     fn keep(&mut self, path: &Path, entry: Entry) -> Lookup {
@@ -222,9 +198,7 @@ impl Session {
             return;
         }
         let entry = Entry {
-            identity: key.identity,
-            hash: key.hash,
-            settled: key.settled,
+            key,
             valid: Box::new(valid.clone()),
         };
         self.found.insert(file_name(path).to_owned(), entry);
@@ -263,9 +237,7 @@ mod tests {
     fn valid(name: &str) -> Valid {
         Valid {
             name: Some(name.into()),
-            name_path: KeyPath::default(),
-            name_line: None,
-            spec_at: KeyPath::default(),
+            name_site: ConfigError::new("web.toml", ""),
             spec: ProgramSpec::new(name, Exec::Command("sleep 1".into())),
         }
     }
