@@ -12,7 +12,7 @@ pub fn limit_arenas() {
     // starts any thread, with a valid parameter and value.
     #[allow(unsafe_code)]
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
