@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -302,11 +302,11 @@ pub fn sync_writes(
         // A put of what is stored already changes nothing (the store would drop it): left out,
         // so that a rescan of an unchanged directory writes, compares and plans nothing.
         let stored = current.get(&p.spec.name);
-        if stored.is_some_and(|r| r.spec == p.spec && r.source == p.source && r.error.is_none()) {
+        if stored.is_some_and(|r| r.spec == *p.spec && r.source == p.source && r.error.is_none()) {
             continue;
         }
         writes.push(StoreWrite::PutProgram {
-            spec: p.spec.clone(),
+            spec: (*p.spec).clone(),
             source: p.source.clone(),
         });
     }
@@ -320,9 +320,10 @@ pub fn sync_writes(
                 .map(|errs| (&f.path, errs.iter().map(ToString::to_string).collect()))
         })
         .collect();
+    let scanned: BTreeSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
     let unscanned: Vec<String> = errors
         .iter()
-        .filter(|e| !files.iter().any(|f| e.is_in(&f.path)))
+        .filter(|e| !scanned.contains(e.file.as_path()))
         .map(ToString::to_string)
         .collect();
     for (name, record) in current.iter() {
@@ -393,12 +394,12 @@ mod tests {
 
     fn program(name: &str, command: &str, source: Source) -> Program {
         Program {
-            spec: ProgramSpec::new(name, Exec::Command(command.into())),
+            spec: Arc::new(ProgramSpec::new(name, Exec::Command(command.into()))),
             source,
         }
     }
 
-    fn file(path: &str, result: Result<ProgramSpec, Vec<ConfigError>>) -> FileOutcome {
+    fn file(path: &str, result: Result<Arc<ProgramSpec>, Vec<ConfigError>>) -> FileOutcome {
         FileOutcome {
             path: PathBuf::from(path),
             name: None,

@@ -143,7 +143,7 @@ pub async fn apply(
         .programs
         .into_iter()
         .map(|p| config::Program {
-            spec: p.spec,
+            spec: Arc::new(p.spec),
             source: Source::File(p.path),
         })
         .collect();

@@ -636,7 +636,7 @@ fn plan_writes(
         PlanMode::Start => programs
             .iter()
             .map(|p| StoreWrite::PutProgram {
-                spec: p.spec.clone(),
+                spec: (*p.spec).clone(),
                 source: p.source.clone(),
             })
             .collect(),
@@ -652,7 +652,10 @@ fn with_sources(current: &desired::Programs, specs: Vec<ProgramSpec>) -> Vec<con
                 .get(&spec.name)
                 .map(|r| r.source.clone())
                 .unwrap_or(Source::Config);
-            config::Program { spec, source }
+            config::Program {
+                spec: Arc::new(spec),
+                source,
+            }
         })
         .collect()
 }

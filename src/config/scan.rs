@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -30,7 +31,7 @@ pub struct FileOutcome {
     pub path: PathBuf,
     /// The program name the file claims (its `name`, else its stem), even when it is invalid.
     pub name: Option<String>,
-    pub result: Result<ProgramSpec, Vec<ConfigError>>,
+    pub result: Result<Arc<ProgramSpec>, Vec<ConfigError>>,
 }
 
 /// What a scan of the programs found.
@@ -106,7 +107,7 @@ struct Scanned {
     /// `None` for an inline process.
     file: Option<PathBuf>,
     name: Option<String>,
-    result: Result<ProgramSpec, Vec<ConfigError>>,
+    result: Result<Arc<ProgramSpec>, Vec<ConfigError>>,
 }
 
 impl Scanned {
@@ -119,7 +120,7 @@ impl Scanned {
     ) -> Scanned {
         let deps = o.result.as_ref().is_ok_and(|s| !s.depends_on.is_empty());
         let deps_doc = deps.then(|| (doc.clone(), super::lifecycle_keys::spec_at(doc, at)));
-        let (name_site, name, result) = (o.name_site, o.name, o.result);
+        let (name_site, name, result) = (o.name_site, o.name, o.result.map(Arc::new));
         Scanned {
             name_site,
             deps_doc,
@@ -215,7 +216,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
         if let Ok(spec) = &result {
             let source = Source::File(path.clone());
             programs.push(Program {
-                spec: spec.clone(),
+                spec: Arc::clone(spec),
                 source,
             });
         }
@@ -306,7 +307,7 @@ fn check_unique_names(scanned: &mut [Scanned]) {
         }
     }
     let instances = scanned.iter().enumerate().flat_map(|(i, s)| {
-        let ids = s.result.iter().flat_map(ProgramSpec::instances);
+        let ids = s.result.iter().flat_map(|spec| spec.instances());
         ids.map(move |id| (id.name, i))
     });
     let hint = "rename one of the programs: `name` with instances = N runs name-1 … name-N";
@@ -346,7 +347,7 @@ fn check_dependencies(scanned: &mut [Scanned]) {
         .map(|s| Node {
             doc: s.deps_doc.as_ref(),
             name: s.name.as_deref(),
-            spec: s.result.as_ref().ok(),
+            spec: s.result.as_deref().ok(),
         })
         .collect();
     let errors = check_dependencies(&nodes);

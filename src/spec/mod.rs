@@ -11,6 +11,7 @@ pub mod placement;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -465,7 +466,9 @@ pub struct GroupSpec {
 /// A validated program together with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Program {
-    pub spec: ProgramSpec,
+    /// Shared: a rescan hands an unchanged file's spec from its cache to the reload, and the
+    /// reload to the comparison with desired state, without copying it.
+    pub spec: Arc<ProgramSpec>,
     pub source: Source,
 }
 

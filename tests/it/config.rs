@@ -182,7 +182,7 @@ fn a_directory_mixing_all_four_formats() {
     assert_eq!(relative_to(&loaded.programs[0].spec, &programs), want_api);
     let mut want_sleeper = long_sleeper();
     want_sleeper.env.insert(global.0.clone(), global.1.clone());
-    assert_eq!(loaded.programs[3].spec, want_sleeper);
+    assert_eq!(*loaded.programs[3].spec, want_sleeper);
 
     let web = &loaded.programs[1].spec;
     assert_eq!(web.exec.argv(), ["python3", "-m", "http.server", "8080"]);

@@ -151,7 +151,7 @@ fn observe(settings: &Settings, extra: &[PathBuf]) -> Call {
                 .and_then(|n| n.to_str())
                 .unwrap_or_default()
                 .to_string();
-            let result = f.result.clone().map_err(|e| config::render_errors(&e));
+            let result = (f.result.as_deref().cloned()).map_err(|e| config::render_errors(e));
             (name, result)
         })
         .collect();
@@ -183,7 +183,7 @@ fn spec_of(name: &str, content: &str) -> ProgramSpec {
     let settings = Settings::embedded_default(dir.path());
     let scan = config::scan_programs(&settings, &BTreeMap::new());
     assert!(scan.errors.is_empty(), "{:?}", scan.errors);
-    let mut spec = scan.programs[0].spec.clone();
+    let mut spec = (*scan.programs[0].spec).clone();
     // The loader resolves nothing path-like for these programs; only the source differs.
     spec.work_dir = None;
     spec

@@ -19,7 +19,7 @@ use std::hash::{Hash, Hasher};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use crate::config::env::EnvLayers;
@@ -76,7 +76,7 @@ pub(super) struct Valid {
     pub name: Option<String>,
     /// Where the name is written, for errors about it.
     pub name_site: ConfigError,
-    pub spec: ProgramSpec,
+    pub spec: Arc<ProgramSpec>,
 }
 
 struct Entry {
@@ -238,7 +238,7 @@ mod tests {
         Valid {
             name: Some(name.into()),
             name_site: ConfigError::new("web.toml", ""),
-            spec: ProgramSpec::new(name, Exec::Command("sleep 1".into())),
+            spec: Arc::new(ProgramSpec::new(name, Exec::Command("sleep 1".into()))),
         }
     }
 
@@ -286,7 +286,7 @@ mod tests {
         std::fs::write(&path, "command = \"a\"\nuser = \"nobody\"\n").unwrap();
         let ctx = context("1");
         let mut v = valid("web");
-        v.spec.user = Some("nobody".into());
+        Arc::make_mut(&mut v.spec).user = Some("nobody".into());
         assert!(scan(dir.path(), &path, &ctx, &v).is_some());
         assert!(
             scan(dir.path(), &path, &ctx, &v).is_some(),
