@@ -41,7 +41,25 @@ pub fn provisr_binary(etcd: bool) -> Result<PathBuf> {
             args.extend(["--features", "etcd"]);
         }
         eprintln!("building the daemon: cargo {}", args.join(" "));
-        let status = Command::new(cargo)
+        let mut cmd = Command::new(cargo);
+        // What `cargo run` set for this package would make a dependency's build script (ring
+        // reads CARGO_PKG_NAME and CARGO_MANIFEST_DIR) dirty, and the next `cargo run` rebuild it.
+        for (key, _) in std::env::vars_os() {
+            let set_by_run = key.to_str().is_some_and(|k| {
+                k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_MANIFEST_")
+                    || [
+                        "CARGO_CRATE_NAME",
+                        "CARGO_BIN_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                    ]
+                    .contains(&k)
+            });
+            if set_by_run {
+                cmd.env_remove(key);
+            }
+        }
+        let status = cmd
             .args(&args)
             .current_dir(manifest)
             .status()

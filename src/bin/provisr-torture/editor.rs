@@ -126,6 +126,7 @@ fn save(
                     .arg("-i")
                     .arg(format!("s/{}/{}/g", tag(old_version), tag(new_version)))
                     .arg(path),
+                Duration::from_secs(30),
             )?;
             ensure!(status.success(), "sed -i failed: {status}");
             let now = fs::read_to_string(path)?;

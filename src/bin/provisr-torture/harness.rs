@@ -122,15 +122,15 @@ pub fn wait_exit(pid: i32, mark: u64, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// Runs a helper command (e.g. `sed -i`) to completion through the reaper.
-pub fn run_helper(cmd: &mut Command) -> Result<ExitStatus> {
+/// Runs a helper command (e.g. `sed -i`) to completion through the reaper, for at most `limit`.
+pub fn run_helper(cmd: &mut Command, limit: Duration) -> Result<ExitStatus> {
     let mark = reap_mark();
     let child = cmd
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("running {cmd:?}"))?;
-    wait_exit(child.id() as i32, mark, Duration::from_secs(30))
-        .ok_or_else(|| anyhow!("{cmd:?} did not finish within 30 s"))
+    wait_exit(child.id() as i32, mark, limit)
+        .ok_or_else(|| anyhow!("{cmd:?} did not finish within {limit:?}"))
 }
 
 // ---------------------------------------------------------------------------------------------
