@@ -333,7 +333,12 @@ impl ReconcileLoop {
         loop {
             let retry_at = self.retry.map(|(at, _)| at);
             let reply = tokio::select! {
-                () = wake.notified() => None,
+                () = wake.notified() => {
+                    // Let what else is ready run first: during a boot a thousand actors each
+                    // poke the loop as they start, and one pass then sees many of them.
+                    tokio::task::yield_now().await;
+                    None
+                }
                 () = tokio::time::sleep(RESYNC_INTERVAL) => None,
                 () = sleep_until(retry_at) => None,
                 () = sleep_until(self.cron_at) => None,
