@@ -17,6 +17,7 @@ pub mod notify;
 pub mod plan;
 pub mod reconcile;
 pub mod reload;
+pub mod sibling_build;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

@@ -2,9 +2,10 @@
 //!
 //! Loading thousands of programs allocates and frees far more than the daemon keeps (documents,
 //! scans, plans), and glibc keeps freed memory in per-thread arenas rather than returning it: at
-//! 10 000 programs the daemon's RSS was more than twice its live heap. So the daemon limits the
-//! arenas to two (it has two worker threads; its allocations are few outside loading) and trims
-//! the heap once a load or reload has settled (`docs/benchmarks.md`, memory).
+//! 10 000 programs the daemon's RSS was more than twice its live heap. So the daemon keeps one
+//! arena (its allocations are few outside loading, and one arena held less free memory than two at
+//! 10 000 programs and at 1000 running) and trims the heap once a load, a reload or a burst of the
+//! reconcile loop has settled (`docs/benchmarks.md`, memory).
 
 /// Limits glibc's malloc arenas; call before any thread starts.
 pub fn limit_arenas() {

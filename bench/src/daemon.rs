@@ -32,39 +32,14 @@ pub fn provisr_binary(etcd: bool) -> Result<PathBuf> {
         .join("provisr");
     // `cargo run -p provisr-bench` builds only this package: build the daemon the same way, into
     // the same target directory.
-    if let (Some(cargo), Some(manifest)) = (
-        std::env::var_os("CARGO"),
-        std::env::var_os("CARGO_MANIFEST_DIR"),
-    ) {
-        let mut args = vec!["build", "--release", "-p", "provisr", "--bin", "provisr"];
-        if etcd {
-            args.extend(["--features", "etcd"]);
-        }
-        eprintln!("building the daemon: cargo {}", args.join(" "));
-        let mut cmd = Command::new(cargo);
-        // What `cargo run` set for this package would make a dependency's build script (ring
-        // reads CARGO_PKG_NAME and CARGO_MANIFEST_DIR) dirty, and the next `cargo run` rebuild it.
-        for (key, _) in std::env::vars_os() {
-            let set_by_run = key.to_str().is_some_and(|k| {
-                k.starts_with("CARGO_PKG_")
-                    || k.starts_with("CARGO_MANIFEST_")
-                    || [
-                        "CARGO_CRATE_NAME",
-                        "CARGO_BIN_NAME",
-                        "CARGO_PRIMARY_PACKAGE",
-                    ]
-                    .contains(&k)
-            });
-            if set_by_run {
-                cmd.env_remove(key);
-            }
-        }
-        let status = cmd
-            .args(&args)
-            .current_dir(manifest)
-            .status()
-            .context("running cargo build")?;
-        ensure!(status.success(), "cargo {} failed", args.join(" "));
+    let mut args = vec!["--release", "-p", "provisr", "--bin", "provisr"];
+    if etcd {
+        args.extend(["--features", "etcd"]);
+    }
+    if let Some(mut cmd) = provisr::sibling_build::cargo_build(&args) {
+        eprintln!("building the daemon: cargo build {}", args.join(" "));
+        let status = cmd.status().context("running cargo build")?;
+        ensure!(status.success(), "cargo build {} failed", args.join(" "));
     }
     ensure!(
         bin.is_file(),

@@ -131,18 +131,27 @@ impl Scanned {
         }
     }
 
-    /// A program file that could not be read or parsed: it claims the name of its stem.
-    fn broken(path: PathBuf, name: Option<String>, e: ConfigError) -> Scanned {
-        let (label, name_site) = (path.display().to_string(), ConfigError::new(&path, ""));
-        let (file, result) = (Some(path), Err(vec![e]));
+    /// A program file whose document is not kept: unchanged since the last scan, or broken.
+    fn of_file(
+        path: PathBuf,
+        name_site: ConfigError,
+        name: Option<String>,
+        result: Result<Arc<ProgramSpec>, Vec<ConfigError>>,
+    ) -> Scanned {
         Scanned {
             name_site,
             deps_doc: None,
-            label,
-            file,
+            label: path.display().to_string(),
+            file: Some(path),
             name,
             result,
         }
+    }
+
+    /// A program file that could not be read or parsed: it claims the name of its stem.
+    fn broken(path: PathBuf, name: Option<String>, e: ConfigError) -> Scanned {
+        let name_site = ConfigError::new(&path, "");
+        Scanned::of_file(path, name_site, name, Err(vec![e]))
     }
 
     /// Marks the program invalid with an error about its name.
@@ -244,16 +253,8 @@ fn scan_file(session: &mut cache::Session, path: PathBuf, inline: &ProgramContex
         .map(str::to_string);
     let read = match session.lookup(&path) {
         Ok(cache::Lookup::Unchanged(valid)) => {
-            let (label, file) = (path.display().to_string(), Some(path));
-            let (name_site, name, result) = (valid.name_site, valid.name, Ok(valid.spec));
-            return Scanned {
-                name_site,
-                deps_doc: None,
-                label,
-                file,
-                name,
-                result,
-            };
+            let valid = *valid;
+            return Scanned::of_file(path, valid.name_site, valid.name, Ok(valid.spec));
         }
         Ok(cache::Lookup::Read(read)) => read,
         Err(e) => {

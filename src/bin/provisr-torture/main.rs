@@ -200,33 +200,13 @@ fn run(args: &Args) -> Result<bool> {
 /// this binary, the daemon is built first with the same profile, so it is never stale.
 fn sibling_binary() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating this executable")?;
-    if let (Some(cargo), Some(manifest)) = (
-        std::env::var_os("CARGO"),
-        std::env::var_os("CARGO_MANIFEST_DIR"),
-    ) {
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "--bin", "provisr"])
-            .current_dir(manifest);
-        // What `cargo run` set for this package would make a dependency's build script (ring
-        // reads CARGO_PKG_NAME and CARGO_MANIFEST_DIR) dirty, and the next `cargo run` rebuild it.
-        for (key, _) in std::env::vars_os() {
-            let set_by_run = key.to_str().is_some_and(|k| {
-                k.starts_with("CARGO_PKG_")
-                    || k.starts_with("CARGO_MANIFEST_")
-                    || [
-                        "CARGO_CRATE_NAME",
-                        "CARGO_BIN_NAME",
-                        "CARGO_PRIMARY_PACKAGE",
-                    ]
-                    .contains(&k)
-            });
-            if set_by_run {
-                cmd.env_remove(key);
-            }
-        }
-        if !cfg!(debug_assertions) {
-            cmd.arg("--release");
-        }
+    let release = ["--bin", "provisr", "--release"];
+    let args = if cfg!(debug_assertions) {
+        &release[..2]
+    } else {
+        &release[..]
+    };
+    if let Some(mut cmd) = provisr::sibling_build::cargo_build(args) {
         eprintln!("building the daemon: {cmd:?}");
         // A build from scratch takes minutes on a small machine.
         let status = harness::run_helper(&mut cmd, Duration::from_secs(30 * 60))?;
