@@ -16,7 +16,7 @@ use etcd_client::{
 };
 use tokio::sync::{watch, Notify};
 
-use super::{Decision, FleetStatus, FleetView, Keys, NodeInfo};
+use super::{Decision, FleetStatus, FleetView, Key, Keys, NodeInfo};
 use crate::config::{NodeSettings, StoreSettings};
 use crate::desired::{DesiredState, Programs, SharedStore, StoreFuture};
 use crate::store::{ProgramRecord, StoreError, StoreWrite};
@@ -538,7 +538,7 @@ async fn run_session_inner(inner: &Arc<Inner>, was_connected: &mut bool) -> Resu
                     }
                     return Err(StoreError::Unavailable { why: format!("the watch was cancelled: {}", resp.cancel_reason()) });
                 }
-                let mut last = 0;
+                let (mut last, mut decides) = (0, false);
                 {
                     let mut view = lock(&inner.view);
                     for ev in resp.events() {
@@ -547,11 +547,17 @@ async fn run_session_inner(inner: &Arc<Inner>, was_connected: &mut bool) -> Resu
                         let value = (ev.event_type() == EventType::Put).then(|| kv.value());
                         view.set(&inner.keys, &key, value, kv.mod_revision());
                         last = last.max(kv.mod_revision());
+                        // Another node's observed state is only shown; no decision reads it.
+                        decides |= !matches!(inner.keys.parse(&key), Some(Key::Observed(_)));
                     }
                 }
                 if last > 0 {
-                    dirty = true;
                     pending_revision(inner, last);
+                    if decides {
+                        dirty = true;
+                    } else if !dirty {
+                        publish_applied(inner);
+                    }
                 }
             }
             _ = std::future::ready(()), if dirty => {
