@@ -25,37 +25,69 @@ struct Etcd {
     peer: u16,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Two distinct free loopback ports (both held until both are picked).
+fn free_ports() -> (u16, u16) {
+    let bind = || TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// How a start of etcd ended.
+enum Started {
+    Healthy,
+    /// It exited: with fresh ports, another process may have bound one between the pick and
+    /// etcd's own bind (nothing can hold a port for it).
+    Exited(String),
 }
 
 impl Etcd {
     fn start(dir: &Path) -> Etcd {
-        let mut e = Etcd {
-            child: None,
-            data: dir.join("etcd-data"),
-            client: free_port(),
-            peer: free_port(),
-        };
-        e.run();
-        e
+        let data = dir.join("etcd-data");
+        let mut why = String::new();
+        for _ in 0..5 {
+            let (client, peer) = free_ports();
+            let mut e = Etcd {
+                child: None,
+                data: data.clone(),
+                client,
+                peer,
+            };
+            match e.try_run() {
+                Started::Healthy => return e,
+                Started::Exited(log) => why = log,
+            }
+            // The member etcd created names the ports it was given.
+            let _ = std::fs::remove_dir_all(&data);
+        }
+        panic!("etcd exited at every start on fresh ports; its last log:\n{why}");
     }
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client)
     }
 
-    /// Starts the server on its ports and data; returns once it answers `/health`.
+    fn log_path(&self) -> PathBuf {
+        self.data.with_extension("log")
+    }
+
+    /// Starts the server again on its ports and data; returns once it answers `/health`.
     fn run(&mut self) {
+        if let Started::Exited(log) = self.try_run() {
+            panic!("etcd exited when started again on its ports; its log:\n{log}");
+        }
+    }
+
+    /// Starts the server on its ports and data, until it answers `/health` or exits.
+    fn try_run(&mut self) -> Started {
         assert!(
             Path::new(ETCD).exists(),
             "the fleet tests need etcd: apt-get install etcd-server"
         );
         let peer = format!("http://127.0.0.1:{}", self.peer);
+        let log = std::fs::File::create(self.log_path()).expect("etcd log file");
         let child = Command::new(ETCD)
             .arg("--name=t")
             .arg(format!("--data-dir={}", self.data.display()))
@@ -66,20 +98,36 @@ impl Etcd {
             .arg(format!("--initial-cluster=t={peer}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
         let health = format!("{}/health", self.url());
-        wait_for(Duration::from_secs(30), "etcd to answer /health", || {
+        let log_tail = |path: &Path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        };
+        let exited = wait_for(Duration::from_secs(30), "etcd to answer /health", || {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().ok().flatten().is_some() {
+                    return Some(true);
+                }
+            }
             let body = ureq::get(&health)
                 .call()
                 .ok()?
                 .into_body()
                 .read_to_string()
                 .ok()?;
-            body.contains("true").then_some(())
+            body.contains("true").then_some(false)
         });
+        if exited {
+            self.child = None;
+            Started::Exited(log_tail(&self.log_path()))
+        } else {
+            Started::Healthy
+        }
     }
 
     /// Stops the server (SIGKILL by pid) and waits until it is gone.
