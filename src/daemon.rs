@@ -434,9 +434,6 @@ pub async fn run(
     // Ready for systemd once every listener is bound and the first pass ran (docs/systemd.md).
     let mut passes = state.reconciler.passes();
     let _ = passes.wait_for(|n| *n >= 1).await;
-    // What loading allocated and freed goes back to the OS; the loop trims again once the
-    // first passes' burst has settled.
-    crate::memory::release_freed();
     let api_url = format!("{scheme}://{local}{}", opened.base_path);
     notifier.ready_at(&api_url, &notify::status_line(&state.reconciler));
     let status_updates = tokio::spawn(notify::status_worker(

@@ -330,6 +330,8 @@ async fn sleep_until(at: Option<Instant>) {
 impl ReconcileLoop {
     async fn run(mut self, mut requests: mpsc::Receiver<Request>, wake: Arc<Notify>) {
         self.pass().await;
+        // Loading the configuration and the store before this pass was a burst too.
+        self.trim_at = Some(Instant::now() + SETTLE);
         loop {
             let retry_at = self.retry.map(|(at, _)| at);
             let reply = tokio::select! {

@@ -397,14 +397,9 @@ pub fn diff(g: &GlobalArgs, a: &DiffArgs, format: OutputFormat) -> i32 {
     let body = json!({ "programs": specs, "groups": loaded.groups, "mode": "apply" });
     match api.post("/plan", &[], Some(&body)) {
         Ok(v) => {
-            let Some(plan) = plan_view::plan_of(&v) else {
+            let Some(plan) = plan_view::print_answer(&v, &api.location(), format) else {
                 return exit::USAGE;
             };
-            let against = match v["against"].as_str() {
-                Some("fleet") => format!("the fleet, through {}", api.location()),
-                _ => format!("the daemon at {}", api.location()),
-            };
-            plan_view::print_plan(&plan, &against, format);
             if plan.is_empty() {
                 exit::OK
             } else {
@@ -502,14 +497,9 @@ pub fn apply(g: &GlobalArgs, a: &ApplyArgs, format: OutputFormat) -> i32 {
     };
     match api.post("/apply", &query, Some(&json!({ "programs": programs }))) {
         Ok(v) => {
-            let Some(plan) = plan_view::plan_of(&v) else {
+            let Some(plan) = plan_view::print_answer(&v, &api.location(), format) else {
                 return exit::USAGE;
             };
-            let against = match v["against"].as_str() {
-                Some("fleet") => format!("the fleet, through {}", api.location()),
-                _ => format!("the daemon at {}", api.location()),
-            };
-            plan_view::print_plan(&plan, &against, format);
             match (a.dry_run, plan.is_empty()) {
                 (true, false) => exit::FAILED,
                 _ => exit::OK,

@@ -77,6 +77,18 @@ pub fn plan_of(answer: &Value) -> Option<Plan> {
     }
 }
 
+/// Reads the plan in a `POST /plan` or `POST /apply` answer from `location` and prints it,
+/// against the fleet when the answer says it was planned there; `None` as [`plan_of`].
+pub fn print_answer(answer: &Value, location: &str, format: OutputFormat) -> Option<Plan> {
+    let plan = plan_of(answer)?;
+    let against = match answer["against"].as_str() {
+        Some("fleet") => format!("the fleet, through {location}"),
+        _ => format!("the daemon at {location}"),
+    };
+    print_plan(&plan, &against, format);
+    Some(plan)
+}
+
 /// Prints a plan as a table of its changes or as JSON (every step).
 pub fn print_plan(plan: &Plan, against: &str, format: OutputFormat) {
     let changes = plan

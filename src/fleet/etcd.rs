@@ -218,6 +218,22 @@ fn connect_options(s: &StoreSettings) -> Result<ConnectOptions, FleetError> {
 }
 
 /// An etcd error as a store error: anything about reaching etcd makes the node degraded.
+/// Runs `ops` if every compare holds: the revision it committed at, or `None` when a compare
+/// failed (someone else wrote first).
+async fn commit(
+    client: &mut Client,
+    compares: Vec<Compare>,
+    ops: Vec<TxnOp>,
+) -> Result<Option<i64>, StoreError> {
+    let resp = client
+        .txn(Txn::new().when(compares).and_then(ops))
+        .await
+        .map_err(unavailable)?;
+    Ok(resp
+        .succeeded()
+        .then(|| resp.header().map_or(0, |h| h.revision())))
+}
+
 fn unavailable(e: etcd_client::Error) -> StoreError {
     StoreError::Unavailable { why: e.to_string() }
 }
@@ -363,12 +379,7 @@ impl Inner {
             if ops.is_empty() {
                 return Ok((0, 0));
             }
-            let resp = client
-                .txn(Txn::new().when(compares).and_then(ops))
-                .await
-                .map_err(unavailable)?;
-            if resp.succeeded() {
-                let rev = resp.header().map_or(0, |h| h.revision());
+            if let Some(rev) = commit(&mut client, compares, ops).await? {
                 return Ok((changed, rev));
             }
         }
@@ -697,12 +708,8 @@ async fn claim(inner: &Inner, client: &mut Client, batch: &[Decision]) -> Result
             from.as_ref().map(|a| a.node.clone()),
         ));
     }
-    let resp = client
-        .txn(Txn::new().when(compares).and_then(ops))
-        .await
-        .map_err(unavailable)?;
-    if resp.succeeded() {
-        let rev = resp.header().map_or(0, |h| h.revision());
+    let committed = commit(client, compares, ops).await?;
+    if let Some(rev) = committed {
         let mut view = lock(&inner.view);
         for (program, slot, from) in names {
             match &from {
@@ -715,5 +722,5 @@ async fn claim(inner: &Inner, client: &mut Client, batch: &[Decision]) -> Result
             view.set(&inner.keys, &key, Some(inner.me().as_bytes()), rev);
         }
     }
-    Ok(resp.succeeded())
+    Ok(committed.is_some())
 }

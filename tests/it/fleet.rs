@@ -196,6 +196,15 @@ fn register(d: &TestDaemon, spec: Value) {
     assert_eq!(resp.status(), 201);
 }
 
+/// Waits until `program` runs on `d`; its pid.
+fn wait_running(d: &TestDaemon, program: &str) -> i64 {
+    wait_for(
+        Duration::from_secs(30),
+        &format!("{program} running"),
+        || running(d).get(program).copied(),
+    )
+}
+
 /// Waits until `/nodes` of `d` shows `n` live nodes.
 fn wait_nodes(d: &TestDaemon, n: usize) {
     wait_for(Duration::from_secs(30), "every node registered", || {
@@ -583,9 +592,7 @@ fn a_node_authenticates_to_etcd_with_its_user_and_password_file() {
     let mut guard = GroupGuard::default();
     wait_nodes(&good, 1);
     register(&good, json!({"name": "authed", "command": "sleep 340"}));
-    let pid = wait_for(Duration::from_secs(30), "authed running", || {
-        running(&good).get("authed").copied()
-    });
+    let pid = wait_running(&good, "authed");
     guard.add(pid as i32);
 
     let bad = start(&with_password("n2", "wrong"));
@@ -623,9 +630,7 @@ fn a_node_restarted_while_etcd_is_down_keeps_its_last_known_share() {
     let mut guard = GroupGuard::default();
     wait_nodes(&node, 1);
     register(&node, json!({"name": "kept", "command": "sleep 350"}));
-    let pid = wait_for(Duration::from_secs(30), "kept running", || {
-        running(&node).get("kept").copied()
-    });
+    let pid = wait_running(&node, "kept");
     guard.add(pid as i32);
     etcd.stop();
     node.kill9();
@@ -651,9 +656,7 @@ fn a_node_restarted_while_etcd_is_down_keeps_its_last_known_share() {
             .ok()?;
         (r.status() == 201).then_some(())
     });
-    let probe_pid = wait_for(Duration::from_secs(30), "probe running", || {
-        running(&node).get("probe").copied()
-    });
+    let probe_pid = wait_running(&node, "probe");
     guard.add(probe_pid as i32);
     assert_eq!(
         running(&node).get("kept"),
