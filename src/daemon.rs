@@ -43,6 +43,9 @@ pub struct ServeOptions {
     pub api_listen: Option<String>,
     /// Overrides `[daemon] state_dir`.
     pub state_dir: Option<PathBuf>,
+    /// The store, already opened by [`open_store_first`]; used if it is the resolved state
+    /// directory's, else dropped and the right one opened.
+    pub store: Option<DesiredStore>,
 }
 
 /// Why the daemon could not start or had to stop.
@@ -209,7 +212,10 @@ pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
         Ok(l) => tracing::debug!(soft = l.soft, "open-file limit raised"),
         Err(e) => tracing::warn!("cannot raise the open-file limit: {e}"),
     }
-    let store = DesiredStore::open(&state_dir)?;
+    let store = match opts.store.clone() {
+        Some(store) if store.state_dir() == state_dir => store,
+        _ => DesiredStore::open(&state_dir)?,
+    };
     let wake = Arc::new(Notify::new());
     let metrics = Arc::new(Metrics::new());
     let desired = Arc::new(DesiredState::new(store, wake.clone(), metrics.clone())?);
@@ -306,10 +312,24 @@ pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
     })
 }
 
+/// Opens the store of the state directory `opts` names, for a process that has not started
+/// its threads yet: sled then flushes only the store's files before it recovers, not the whole
+/// machine's (`docs/store.md`, "Opening"). `None` when the main config cannot be read or the
+/// store cannot be opened: [`open`] reads them again and reports why.
+pub fn open_store_first(opts: &ServeOptions) -> Option<DesiredStore> {
+    let cwd = std::env::current_dir().ok()?;
+    let state_dir = match (&opts.state_dir, &opts.config) {
+        (Some(dir), _) => dir.clone(),
+        (None, None) => config::Settings::embedded_default(&cwd).daemon.state_dir,
+        (None, Some(file)) => config::read_main(file, &cwd).ok()?.0.daemon.state_dir,
+    };
+    DesiredStore::open(&state_dir).ok()
+}
+
 /// Runs the daemon until SIGTERM/SIGINT (or `shutdown` resolves), then stops every child in
 /// reverse priority order and returns. `bound` receives the listening address.
 pub async fn run(
-    opts: ServeOptions,
+    mut opts: ServeOptions,
     bound: Option<Bound>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
@@ -326,6 +346,8 @@ pub async fn run(
     }
     tokio::spawn(crate::supervisor::reaper::reap_orphans_forever(sigchld));
     let opened = open(&opts).await?;
+    // The daemon holds its store now; it closes when the daemon does.
+    opts.store = None;
     let addr = opened.addr;
     let listener = TcpListener::bind(addr)
         .await

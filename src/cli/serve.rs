@@ -19,19 +19,22 @@ pub fn run(args: &ServeArgs) -> i32 {
         .clone()
         .or_else(|| args.config_pos.clone())
         .filter(|p| !p.as_os_str().is_empty());
-    // The spawner starts now, while this process is small and has one thread and few
-    // descriptors: every child is started by it (docs/runtime.md, "Spawning").
+    let mut opts = ServeOptions {
+        config,
+        api_listen: args.api_listen.clone(),
+        state_dir: args.state_dir.clone(),
+        store: None,
+    };
+    crate::memory::limit_arenas();
+    // First, while this process has one thread (docs/store.md, "Opening").
+    opts.store = daemon::open_store_first(&opts);
+    // The spawner starts now, while this process is small and has few descriptors: every child
+    // is started by it (docs/runtime.md, "Spawning").
     if let Err(e) = crate::supervisor::spawner::install("/proc/self/exe") {
         tracing::warn!(
             "cannot start the spawner process: {e}; children are started by the daemon itself"
         );
     }
-    let opts = ServeOptions {
-        config,
-        api_listen: args.api_listen.clone(),
-        state_dir: args.state_dir.clone(),
-    };
-    crate::memory::limit_arenas();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

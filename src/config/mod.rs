@@ -34,8 +34,8 @@ pub use scan::{
     ProgramsScan,
 };
 pub use settings::{
-    DaemonSettings, MetricsSettings, ServerSettings, Settings, SocketSetting, TlsSettings,
-    TokenScope, TokenSpec, DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
+    read_main, DaemonSettings, MetricsSettings, ServerSettings, Settings, SocketSetting,
+    TlsSettings, TokenScope, TokenSpec, DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
 };
 // The validated types are the rest of provisr's vocabulary; they live in `crate::spec`.
 pub use crate::spec::*;

@@ -23,6 +23,7 @@
 mod error;
 mod lock;
 pub mod migrations;
+mod presync;
 mod records;
 
 use std::collections::btree_map::Entry;
@@ -84,18 +85,18 @@ const CACHE_CAPACITY: usize = 4 << 20;
 /// Opens (creating if needed) the sled 1.x database at `path` the way the store uses it.
 ///
 /// sled's background flusher is off: it would wake the daemon every few hundred milliseconds
-/// forever, and every write here flushes explicitly before it is acknowledged.
+/// forever, and every write here flushes explicitly before it is acknowledged. Before sled
+/// recovers, the database's own files are flushed rather than the whole machine's ([`presync`]).
 pub(crate) fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
-    sled::Config::new()
+    let config = sled::Config::new()
         .path(path)
         .cache_capacity_bytes(CACHE_CAPACITY)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|source| StoreError::Sled {
-            operation: "open the database".to_string(),
-            path: path.to_path_buf(),
-            source,
-        })
+        .flush_every_ms(None);
+    presync::open_after_own_sync(path, || config.open()).map_err(|source| StoreError::Sled {
+        operation: "open the database".to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The desired-state store. Cheap to clone: clones share one database, one writer and one lock.

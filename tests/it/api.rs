@@ -49,6 +49,7 @@ async fn the_router_works_without_a_socket() {
         config: Some(cfg),
         api_listen: Some("127.0.0.1:0".into()),
         state_dir: Some(dir.path().join("state")),
+        store: None,
     };
     let opened = provisr::daemon::open(&opts).await.unwrap();
     let app = opened.router();

@@ -65,6 +65,7 @@ impl Project {
             config: Some(self.cfg.clone()),
             api_listen: Some("127.0.0.1:0".into()),
             state_dir: Some(self.state.clone()),
+            store: None,
         }
     }
 }

@@ -880,3 +880,54 @@ fn children_come_from_a_spawner_with_few_descriptors_that_is_started_again_when_
     // The spawner ends with the daemon.
     assert!(!alive(again[0]), "the spawner outlived the daemon");
 }
+
+/// sled runs the system's `sync` command when it opens a database; the daemon flushes the
+/// store's own files instead and hides the command from sled (docs/store.md, "Opening"). A
+/// `sync` first on the daemon's `PATH` records every call; children still get the daemon's
+/// `PATH` as it was given.
+#[test]
+fn opening_the_store_does_not_sync_the_whole_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    let bin = dir.path().join("bin");
+    let calls = dir.path().join("sync-calls");
+    write(
+        &bin.join("sync"),
+        &format!("#!/bin/sh\necho called >> {}\n", calls.display()),
+    );
+    std::fs::set_permissions(
+        bin.join("sync"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    write(
+        &dir.path().join("programs/web.toml"),
+        "command = \"sleep 300\"\n",
+    );
+    let state = dir.path().join("state");
+    let mut guard = GroupGuard::default();
+    // The first daemon creates the store, the second recovers it.
+    for round in ["create", "recover"] {
+        let d = TestDaemon::start_with_env(
+            dir.path(),
+            Some(&cfg),
+            &state,
+            "127.0.0.1:0",
+            &[("PATH", &path)],
+        );
+        let all = wait_for(Duration::from_secs(20), "web running", || {
+            all_running(&d, &["web"])
+        });
+        guard_pids(&mut guard, &all);
+        let pid = all[0]["pid"].as_i64().unwrap() as i32;
+        assert_eq!(environ(pid).get("PATH"), Some(&path), "{round}");
+        assert!(
+            !calls.exists(),
+            "{round}: sled ran `sync`: {:?}",
+            std::fs::read_to_string(&calls)
+        );
+        let log = d.log.lock().unwrap().join("\n");
+        assert!(!log.contains("sync command"), "{round}: {log}");
+    }
+}

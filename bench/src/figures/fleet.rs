@@ -2,7 +2,8 @@
 //! run, against one node of the same build taking its third (333) on the same etcd — the
 //! fleet's target is at most 2× that. Beside it, etcd's own round trips as this machine gives
 //! them (a put, which etcd commits with an fsync, and a range read), through etcd's JSON
-//! gateway: what every write and claim of the fleet costs at least.
+//! gateway: what every write and claim of the fleet costs at least. And a bare spawner's 1000
+//! `sleep`s on the same CPUs against the target's budget: the least any fleet sharing them needs.
 //!
 //! Opt-in (`--only fleet`): it needs a `provisr` built with `--features etcd` and the
 //! distribution's etcd (`/usr/bin/etcd`), which it starts on free loopback ports with its data
@@ -24,6 +25,7 @@ use serde_json::{json, Value};
 use crate::cleanup::{Kids, Scratch};
 use crate::daemon::{toml_str, DaemonProc};
 use crate::events::{Events, Incoming};
+use crate::figures::spawn::direct_spawn;
 use crate::opts::Ctx;
 use crate::table::{median, ms, ratio, secs, verdict, Dist, Pair, Row};
 use crate::usage::{clock_tick, Usage};
@@ -45,6 +47,10 @@ pub struct Fleet {
     /// The nodes' CPU time per program from the apply until all run: three nodes over 1000,
     /// one node over its 333. Independent of how many CPUs the nodes share.
     pub cpu: Vec<Pair>,
+    /// A bare spawner starting 1000 `sleep`s on these CPUs, and the target's budget (2× one
+    /// node's 333): when the spawner alone needs more, no fleet sharing this machine's CPUs can
+    /// meet the target, whatever its coordination costs.
+    pub floor: Vec<Pair>,
     pub put: Dist,
     pub range: Dist,
 }
@@ -78,6 +84,21 @@ impl Fleet {
             "-",
             None,
         ));
+        let f = Pair {
+            provisr: median(self.floor.iter().map(|p| p.provisr).collect()),
+            baseline: median(self.floor.iter().map(|p| p.baseline).collect()),
+        };
+        rows.push(Row {
+            figure: format!(
+                "fleet: a bare spawner of {PROGRAMS} `sleep`s on these CPUs, against the target's budget (2× one node's {})",
+                PROGRAMS / NODES
+            ),
+            value: secs(f.provisr),
+            baseline: secs(f.baseline),
+            ratio: ratio(f.provisr.as_secs_f64(), f.baseline.as_secs_f64()),
+            target: "-".into(),
+            verdict: crate::table::Verdict::Info,
+        });
         let c = Pair {
             provisr: median(self.cpu.iter().map(|p| p.provisr).collect()),
             baseline: median(self.cpu.iter().map(|p| p.baseline).collect()),
@@ -300,7 +321,8 @@ pub fn measure(ctx: &Ctx) -> Result<Fleet> {
         ms(range.p50),
         ms(range.p99)
     );
-    let (mut times, mut whole, mut cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut times, mut whole, mut cpu, mut floor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=ctx.sizes.spawn_runs {
         let third = PROGRAMS / NODES;
         let solo = format!("/solo{run}");
@@ -309,16 +331,23 @@ pub fn measure(ctx: &Ctx) -> Result<Fleet> {
         let (fleet, cpu_fleet) = apply_and_wait(ctx, &scratch, &etcd, &trio, NODES, PROGRAMS)?;
         let all = format!("/all{run}");
         let (all, _) = apply_and_wait(ctx, &scratch, &etcd, &all, 1, PROGRAMS)?;
+        let (bare, kids) = direct_spawn(PROGRAMS)?;
+        drop(kids);
+        floor.push(Pair {
+            provisr: bare,
+            baseline: 2 * baseline,
+        });
         // Per program: the three nodes' CPU over 1000, one node's over its 333.
         cpu.push(Pair {
             provisr: cpu_fleet / PROGRAMS as u32,
             baseline: cpu_third / third as u32,
         });
         eprintln!(
-            "  run {run}: {PROGRAMS} over {NODES} nodes {}, one node's {third} {}, one node's {PROGRAMS} {}",
+            "  run {run}: {PROGRAMS} over {NODES} nodes {}, one node's {third} {}, one node's {PROGRAMS} {}, a bare spawner's {PROGRAMS} {}",
             secs(fleet),
             secs(baseline),
-            secs(all)
+            secs(all),
+            secs(bare)
         );
         times.push(Pair {
             provisr: fleet,
@@ -333,6 +362,7 @@ pub fn measure(ctx: &Ctx) -> Result<Fleet> {
         times,
         whole,
         cpu,
+        floor,
         put,
         range,
     })
