@@ -37,7 +37,7 @@ use crate::store::{CronRun, RunResult, StoreWrite};
 use crate::supervisor::launches::{self, LaunchJournal};
 use crate::supervisor::tag::{self, signal_tagged};
 use crate::supervisor::{
-    Event, Initial, InstanceHandle, InstanceState, InstanceStatus, RuntimeContext,
+    Event, Initial, InstanceHandle, InstanceState, InstanceStatus, RuntimeContext, StatusChanges,
 };
 
 use cron::{CronTable, InstanceView};
@@ -97,6 +97,7 @@ pub struct Reconciler {
     requests: mpsc::Sender<Request>,
     live: watch::Receiver<LiveTable>,
     passes: watch::Receiver<u64>,
+    statuses: watch::Receiver<u64>,
     waiting: watch::Receiver<Waiting>,
     cron_next: watch::Receiver<CronNext>,
 }
@@ -111,6 +112,12 @@ impl Reconciler {
     /// A receiver that changes after every pass, for waiting on convergence.
     pub fn passes(&self) -> watch::Receiver<u64> {
         self.passes.clone()
+    }
+
+    /// A receiver that changes whenever an instance's status does, for waiting on instances
+    /// without waiting for the pass that records them.
+    pub fn statuses(&self) -> watch::Receiver<u64> {
+        self.statuses.clone()
     }
 
     /// The unmet dependencies of the starts waiting for them, as of the last pass.
@@ -225,7 +232,7 @@ struct Managed {
 struct ReconcileLoop {
     desired: Arc<DesiredState>,
     events: broadcast::Sender<Event>,
-    changed: Arc<Notify>,
+    changed: StatusChanges,
     metrics: Arc<Metrics>,
     entries: BTreeMap<String, Managed>,
     live_tx: watch::Sender<LiveTable>,
@@ -272,10 +279,12 @@ pub fn start(
     let (cron_next_tx, cron_next) = watch::channel(CronNext::default());
     let state_dir = canonical_state_dir(desired.store().state_dir());
     let cron = CronTable::new(&state_dir, SystemTime::now());
+    let changed = StatusChanges::new(wake.clone());
+    let statuses = changed.subscribe();
     let mut lp = ReconcileLoop {
         desired,
         events,
-        changed: wake.clone(),
+        changed,
         metrics,
         entries: BTreeMap::new(),
         live_tx,
@@ -299,6 +308,7 @@ pub fn start(
         requests,
         live,
         passes,
+        statuses,
         waiting,
         cron_next,
     }

@@ -332,7 +332,10 @@ async fn wait_settled(
     wait: Duration,
 ) {
     let deadline = tokio::time::Instant::now() + wait;
+    // The instances' own statuses say when they have settled; a pass can change the set of
+    // instances (and which starts wait for dependencies).
     let mut passes = d.reconciler.passes();
+    let mut statuses = d.reconciler.statuses();
     loop {
         let live = d.reconciler.live();
         // A start waiting for its dependencies has settled for now: it says so in its status.
@@ -369,6 +372,7 @@ async fn wait_settled(
         }
         tokio::select! {
             r = passes.changed() => if r.is_err() { return },
+            r = statuses.changed() => if r.is_err() { return },
             () = tokio::time::sleep_until(deadline) => return,
         }
     }

@@ -498,10 +498,10 @@ impl Actor {
         });
         self.set_ended(true);
         if child.watch.own() {
-            // Its escapees were re-parented to the daemon: the orphan reaper, asked now, kills
-            // those of an ended instance in one pass for many exits; the next spawn makes sure.
+            // Its escapees were re-parented to the daemon: the next spawn kills them first, and
+            // when none follows at once, the orphan reaper, asked below, kills those of an
+            // ended instance in one pass for many exits.
             self.leftovers = true;
-            poke_reaper();
         } else {
             self.kill_leftovers(false);
         }
@@ -525,6 +525,9 @@ impl Actor {
             uptime: child.started.elapsed(),
         })
         .await;
+        if self.leftovers {
+            poke_reaper();
+        }
     }
 
     /// Tells the orphan reaper whether this instance has a process (see `reaper.rs`).
@@ -664,7 +667,7 @@ impl Actor {
         });
     }
 
-    /// Publishes the status if it changed, and wakes the reconcile loop.
+    /// Publishes the status if it changed, and says so (`StatusChanges`).
     fn publish(&mut self) {
         let st = &mut self.status;
         st.state = self.life.state;
@@ -697,7 +700,7 @@ impl Actor {
             }
         });
         if changed {
-            self.ctx.changed.notify_one();
+            self.ctx.changed.note();
         }
     }
 

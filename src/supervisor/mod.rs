@@ -58,8 +58,9 @@ pub use state::InstanceState;
 pub struct RuntimeContext {
     /// Every transition of every instance; send errors (no subscriber) are ignored.
     pub events: broadcast::Sender<Event>,
-    /// Poked on every status change so the reconcile loop wakes.
-    pub changed: Arc<Notify>,
+    /// Told of every status change: wakes the reconcile loop and whoever waits for instances
+    /// to settle.
+    pub changed: StatusChanges,
     /// Where this instance's output goes: give each instance its own sink.
     pub output: Arc<dyn OutputSink>,
     /// The daemon's canonical state directory, which every process this actor spawns carries as
@@ -70,6 +71,36 @@ pub struct RuntimeContext {
     pub launches: Option<Arc<launches::LaunchJournal>>,
     /// Counts of what no event carries: probe results, hook failures.
     pub counters: Arc<RuntimeCounters>,
+}
+
+/// Where the actors say that a status changed. The reconcile loop is its one waker; an API call
+/// waiting for instances to reach a state watches the count, so it answers once they have,
+/// not after the loop's next pass (which records them, a flushed write, `docs/store.md`).
+#[derive(Clone, Default)]
+pub struct StatusChanges {
+    wake: Arc<Notify>,
+    count: Arc<watch::Sender<u64>>,
+}
+
+impl StatusChanges {
+    /// Changes wake `wake` (one waiter: `notify_one`).
+    pub fn new(wake: Arc<Notify>) -> StatusChanges {
+        StatusChanges {
+            wake,
+            count: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// A status changed.
+    pub fn note(&self) {
+        self.wake.notify_one();
+        self.count.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes after every status change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.count.subscribe()
+    }
 }
 
 /// Counts every actor adds to and the metrics module reads (`docs/metrics.md`).

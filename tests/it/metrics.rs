@@ -17,7 +17,7 @@ use provisr::metrics::Metrics;
 use provisr::supervisor::{
     Initial, InstanceHandle, InstanceState, InstanceStatus, OutputSink, RuntimeContext,
 };
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
 use crate::util::{group_members, wait_for_async, GroupGuard};
 
@@ -61,7 +61,7 @@ async fn a_crash_a_restart_and_an_exit_show_up_in_the_metrics() {
     let (tx, mut rx) = broadcast::channel(4096);
     let ctx = RuntimeContext {
         events: tx,
-        changed: Arc::new(Notify::new()),
+        changed: Default::default(),
         output: Arc::new(Discard),
         state_dir: None,
         launches: None,

@@ -20,7 +20,7 @@ use provisr::supervisor::{
     InstanceState, InstanceStatus, OutputSink, RuntimeContext,
 };
 use tokio::io::AsyncReadExt;
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 
 use crate::util::{alive, group_members, wait_for_async, written_bytes, zombies_of, GroupGuard};
 
@@ -102,7 +102,7 @@ fn fixture() -> Fixture {
     let (tx, events) = broadcast::channel(4096);
     let ctx = RuntimeContext {
         events: tx,
-        changed: Arc::new(Notify::new()),
+        changed: Default::default(),
         output: sink.clone(),
         state_dir: None,
         launches: None,
