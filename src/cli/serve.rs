@@ -1,6 +1,6 @@
 //! `provisr serve`: logging set-up and the tokio runtime around [`crate::daemon::run`].
 
-use std::io::IsTerminal;
+use std::io::{self, IsTerminal, Write};
 
 use super::{exit, ServeArgs};
 use crate::daemon::{self, ServeOptions};
@@ -10,9 +10,12 @@ pub fn run(args: &ServeArgs) -> i32 {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(|| LogWriter)
+        .with_ansi(io::stderr().is_terminal())
         .with_target(false)
+        // It would report a failed write with `eprintln!` to the same broken stderr, which
+        // panics; `LogWriter` never fails, and this stays off should that change.
+        .log_internal_errors(false)
         .init();
     let config = args
         .config
@@ -42,7 +45,7 @@ pub fn run(args: &ServeArgs) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("provisr: cannot start the async runtime: {e}");
+            let _ = writeln!(io::stderr(), "provisr: cannot start the async runtime: {e}");
             return exit::FAILED;
         }
     };
@@ -51,8 +54,27 @@ pub fn run(args: &ServeArgs) -> i32 {
     match result {
         Ok(()) => exit::OK,
         Err(e) => {
-            eprintln!("provisr: {e}");
+            let _ = writeln!(io::stderr(), "provisr: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// The daemon's log: standard error, where a line that cannot be written is dropped. A daemon
+/// whose log reader went away (journald restarted, `provisr serve | tee` with tee killed)
+/// keeps running and stops its children as usual (docs/reliability.md): the write fails with
+/// EPIPE (Rust ignores SIGPIPE) and nothing may turn that into a panic.
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // One event is one `write_all` under the stderr lock: lines do not interleave.
+        let _ = io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = io::stderr().flush();
+        Ok(())
     }
 }

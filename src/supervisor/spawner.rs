@@ -26,7 +26,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -350,7 +350,9 @@ pub fn serve() -> i32 {
     match serve_requests() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("provisr spawner: {e}");
+            // Its stderr is the daemon's, which may be a pipe nobody reads any more: a failed
+            // write is dropped, as `eprintln!` would panic.
+            let _ = writeln!(io::stderr(), "provisr spawner: {e}");
             1
         }
     }

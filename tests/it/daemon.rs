@@ -23,6 +23,8 @@ pub struct TestDaemon {
     pub url: String,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     notifications: Notifications,
+    /// The read end of the daemon's stderr when the test reads it itself (nobody else does).
+    log_pipe: Option<std::process::ChildStderr>,
 }
 
 /// The messages the daemon sent to its notify socket, in order.
@@ -137,6 +139,24 @@ impl TestDaemon {
         listen: &str,
         env: &[(&str, &str)],
     ) -> TestDaemon {
+        Self::launch(cwd, config, state_dir, listen, env, true)
+    }
+
+    /// As [`TestDaemon::start`], with nobody reading the daemon's stderr: the test holds its
+    /// read end (`close_log_pipe`). The daemon logs little before READY, well under what the
+    /// pipe holds.
+    pub fn start_with_log_pipe(cwd: &Path, config: Option<&Path>, state_dir: &Path) -> TestDaemon {
+        Self::launch(cwd, config, state_dir, "127.0.0.1:0", &[], false)
+    }
+
+    fn launch(
+        cwd: &Path,
+        config: Option<&Path>,
+        state_dir: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+        read_log: bool,
+    ) -> TestDaemon {
         let (mut notifications, notify_path) = Notifications::bind();
         let mut cmd = Command::new(BIN);
         cmd.envs(env.iter().copied());
@@ -156,15 +176,20 @@ impl TestDaemon {
         let mut child = cmd.spawn().expect("spawn provisr serve");
         let stderr = child.stderr.take().expect("stderr");
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log2 = log.clone();
-        let exited = notifications.tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log2.lock().unwrap().push(line);
-            }
-            // The daemon closed its stderr: it exited (or never started).
-            let _ = exited.send(EXITED.to_string());
-        });
+        let mut log_pipe = None;
+        if read_log {
+            let log2 = log.clone();
+            let exited = notifications.tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log2.lock().unwrap().push(line);
+                }
+                // The daemon closed its stderr: it exited (or never started).
+                let _ = exited.send(EXITED.to_string());
+            });
+        } else {
+            log_pipe = Some(stderr);
+        }
         let ready = notifications.until("READY=1", Duration::from_secs(30));
         let url = ready.as_ref().and_then(|msgs| {
             msgs.last()?
@@ -184,7 +209,18 @@ impl TestDaemon {
             url,
             log,
             notifications,
+            log_pipe,
         }
+    }
+
+    /// Closes the read end of the daemon's stderr (`start_with_log_pipe`): its log reader went
+    /// away, and its next log line meets EPIPE.
+    pub fn close_log_pipe(&mut self) {
+        drop(
+            self.log_pipe
+                .take()
+                .expect("started with start_with_log_pipe"),
+        );
     }
 
     /// What the daemon said on its notify socket: waits until a message holds `line`.
@@ -224,9 +260,14 @@ impl TestDaemon {
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit code.
-    pub fn terminate(mut self) -> Option<i32> {
+    pub fn terminate(self) -> Option<i32> {
+        self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// `sig` (a stop signal) and wait for the exit; returns the exit code.
+    pub fn stop_with(mut self, sig: nix::sys::signal::Signal) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.pid());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(pid, sig);
         let code = wait_exit(&mut self.child, Duration::from_secs(30));
         std::mem::forget(self);
         code
@@ -930,4 +971,59 @@ fn opening_the_store_does_not_sync_the_whole_machine() {
         let log = d.log.lock().unwrap().join("\n");
         assert!(!log.contains("sync command"), "{round}: {log}");
     }
+}
+
+/// A daemon whose log reader went away (journald restarted, `provisr serve | tee` with tee
+/// killed) keeps running, dropping its log lines, and on `sig` stops every child and exits 0
+/// (docs/reliability.md).
+fn stops_every_child_after_its_log_reader_went_away(sig: nix::sys::signal::Signal) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    let names = ["p1", "p2", "p3", "p4"];
+    for n in names {
+        write(
+            &dir.path().join(format!("programs/{n}.toml")),
+            "command = \"sleep 300\"\n",
+        );
+    }
+    let mut d = TestDaemon::start_with_log_pipe(dir.path(), Some(&cfg), &dir.path().join("state"));
+    let mut guard = GroupGuard::default();
+    let all = wait_for(Duration::from_secs(20), "every program running", || {
+        all_running(&d, &names)
+    });
+    guard_pids(&mut guard, &all);
+    let pids: Vec<i32> = all
+        .iter()
+        .map(|s| s["pid"].as_i64().unwrap() as i32)
+        .collect();
+    let spawners = children_with(d.pid(), "__provisr-spawner");
+    assert_eq!(spawners.len(), 1, "one spawner: {spawners:?}");
+
+    d.close_log_pipe();
+    // The daemon goes on working (and logging, into the void): one program stopped through
+    // the API is gone, the others still run.
+    let (code, _, err) = d.cli(&["stop", "--name", "p1"]);
+    assert_eq!(code, 0, "stop p1: {err}");
+    wait_for(Duration::from_secs(20), "p1 stopped", || {
+        (d.status("p1")["state"] == "stopped").then_some(())
+    });
+    assert!(!alive(pids[0]), "p1 ({}) outlived its stop", pids[0]);
+    assert!(pids[1..].iter().all(|&p| alive(p)), "{pids:?}");
+
+    let pid = d.pid();
+    assert_eq!(d.stop_with(sig), Some(0), "{sig} of daemon {pid}");
+    for (name, p) in names.iter().zip(&pids) {
+        assert!(!alive(*p), "{name} ({p}) outlived the daemon");
+    }
+    assert!(!alive(spawners[0]), "the spawner outlived the daemon");
+}
+
+#[test]
+fn sigterm_stops_every_child_after_the_log_reader_went_away() {
+    stops_every_child_after_its_log_reader_went_away(nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn sigint_stops_every_child_after_the_log_reader_went_away() {
+    stops_every_child_after_its_log_reader_went_away(nix::sys::signal::Signal::SIGINT);
 }
