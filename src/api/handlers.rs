@@ -162,7 +162,7 @@ pub async fn start(
             owner: Owner::NobodyOrApi,
         });
         pre.push(StoreWrite::PutProgram {
-            spec,
+            spec: Arc::new(spec),
             source: Source::Api,
         });
     }
@@ -392,7 +392,7 @@ fn spec_from_body(d: &AppState, body: &Value) -> Result<ProgramSpec, ApiError> {
         })?;
     // Its dependencies must name programs that exist, on no later level, in no cycle.
     let programs = d.desired.snapshot();
-    let others: Vec<&ProgramSpec> = programs.values().map(|r| &r.spec).collect();
+    let others: Vec<&ProgramSpec> = programs.values().map(|r| &*r.spec).collect();
     let errors = config::request_dependency_errors(&spec, &others);
     if !errors.is_empty() {
         return Err(ApiError::bad_request(errors.join("; ")));
@@ -481,7 +481,7 @@ async fn write_spec(d: &AppState, spec: ProgramSpec, owner: Owner, code: StatusC
                 owner,
             },
             StoreWrite::PutProgram {
-                spec,
+                spec: Arc::new(spec),
                 source: Source::Api,
             },
         ])
@@ -636,7 +636,7 @@ fn plan_writes(
         PlanMode::Start => programs
             .iter()
             .map(|p| StoreWrite::PutProgram {
-                spec: (*p.spec).clone(),
+                spec: Arc::clone(&p.spec),
                 source: p.source.clone(),
             })
             .collect(),

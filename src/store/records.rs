@@ -4,6 +4,7 @@
 //! the on-disk format: add a migration step (`migrations.rs`, `migrations/README.md`) and a fixture.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,9 @@ impl std::fmt::Display for DesiredRun {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramRecord {
     /// The last good spec. A broken file keeps this and only sets `error` (`docs/configuration.md`, "Errors and reloads").
-    pub spec: ProgramSpec,
+    /// Shared: the mirror holds the very spec the write carried (the scan cache's, for a file),
+    /// so a program's spec is in memory once (`docs/architecture.md`).
+    pub spec: Arc<ProgramSpec>,
     pub source: Source,
     pub desired: DesiredRun,
     /// 1 when the program first appears, +1 on every change of `spec`; source, desired state and
@@ -201,7 +204,8 @@ pub enum CronChange {
 
 impl ProgramRecord {
     /// A program as it first appears: generation 1, desired state from `autostart`.
-    pub fn new(spec: ProgramSpec, source: Source) -> ProgramRecord {
+    pub fn new(spec: impl Into<Arc<ProgramSpec>>, source: Source) -> ProgramRecord {
+        let spec = spec.into();
         ProgramRecord {
             desired: DesiredRun::initial(&spec),
             spec,
@@ -440,14 +444,15 @@ pub enum Owner {
 }
 
 /// One write of a batch applied by [`super::DesiredStore::apply`].
-// Big batches are almost all `PutProgram`, so boxing the spec would add an allocation per write
-// and save nothing.
+// The loop's batches are mostly `PutInstance`, so boxing its record would add an allocation per
+// write and save nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreWrite {
     /// Create or update a program from a good spec: see [`super::DesiredStore::put_program`].
     PutProgram {
-        spec: ProgramSpec,
+        /// The record takes this very spec, shared with whoever else holds it.
+        spec: Arc<ProgramSpec>,
         source: Source,
     },
     /// Set or clear a program's source error, keeping its last good spec.
@@ -611,7 +616,7 @@ mod tests {
 
     fn put(command: &str) -> StoreWrite {
         StoreWrite::PutProgram {
-            spec: ProgramSpec::new("web", Exec::Command(command.into())),
+            spec: ProgramSpec::new("web", Exec::Command(command.into())).into(),
             source: Source::Api,
         }
     }
@@ -732,7 +737,7 @@ mod tests {
         assert!(suspend.apply_to_program(&mut r).unwrap());
         assert!(r.as_ref().unwrap().cron_suspended());
         let put = |suspend| StoreWrite::PutProgram {
-            spec: cron_spec(suspend, 10),
+            spec: cron_spec(suspend, 10).into(),
             source: Source::Api,
         };
         put(false).apply_to_program(&mut r).unwrap();
