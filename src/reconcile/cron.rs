@@ -626,7 +626,7 @@ mod tests {
     fn job(concurrency: Concurrency, instances: u32) -> ProgramRecord {
         let mut spec = ProgramSpec::new("job", Exec::Command("true".into()));
         spec.instances = instances;
-        spec.cron = Some(CronSpec {
+        spec.cron = Some(Box::new(CronSpec {
             schedule: "@every 10s".parse().unwrap(),
             time_zone: None,
             concurrency,
@@ -635,7 +635,7 @@ mod tests {
             history_limit: 5,
             timeout: None,
             retries: 0,
-        });
+        }));
         let mut r = ProgramRecord::new(spec, Source::Api);
         r.apply_cron(&CronChange::Scheduled(at(0)));
         r

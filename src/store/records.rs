@@ -662,7 +662,7 @@ mod tests {
 
     fn cron_spec(suspend: bool, history_limit: u32) -> ProgramSpec {
         let mut spec = ProgramSpec::new("job", Exec::Command("true".into()));
-        spec.cron = Some(crate::config::CronSpec {
+        spec.cron = Some(Box::new(crate::config::CronSpec {
             schedule: "@hourly".parse().unwrap(),
             time_zone: None,
             concurrency: crate::config::Concurrency::Forbid,
@@ -671,7 +671,7 @@ mod tests {
             history_limit,
             timeout: None,
             retries: 0,
-        });
+        }));
         spec
     }
 
