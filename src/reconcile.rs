@@ -913,7 +913,7 @@ impl ReconcileLoop {
             if e.recorded.as_ref() != Some(&facts) {
                 writes.push(StoreWrite::PutInstance {
                     name: name.clone(),
-                    record: facts.record(&e.id.program, boot.as_deref()),
+                    record: Box::new(facts.record(&e.id.program, boot.as_deref())),
                 });
                 changed.push((name, facts));
             }
@@ -988,7 +988,7 @@ impl ReconcileLoop {
                     let restarts = status.borrow().restarts;
                     let facts = Facts::stopped(restarts, seq, finished);
                     StoreWrite::PutInstance {
-                        record: facts.record(&id.program, boot.as_deref()),
+                        record: Box::new(facts.record(&id.program, boot.as_deref())),
                         name: id.name,
                     }
                 });

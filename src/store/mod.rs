@@ -375,6 +375,7 @@ impl DesiredStore {
         record: InstanceRecord,
     ) -> Result<bool, StoreError> {
         let name = name.to_string();
+        let record = Box::new(record);
         self.write_one("put an instance", StoreWrite::PutInstance { name, record })
             .await
     }
@@ -637,8 +638,8 @@ impl Handle {
         match write {
             StoreWrite::PutInstance { name, record } => {
                 let slot = self.instance_slot(pending, &name)?;
-                let changed = slot.now.as_ref() != Some(&record);
-                slot.now = Some(record);
+                let changed = slot.now.as_ref() != Some(&*record);
+                slot.now = Some(*record);
                 Ok(changed)
             }
             StoreWrite::DeleteInstance { name } => {

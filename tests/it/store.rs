@@ -340,7 +340,7 @@ async fn a_batch_is_one_commit_and_changes_nothing_when_a_write_fails() {
             },
             StoreWrite::PutInstance {
                 name: "fresh".to_string(),
-                record: instance("fresh", 42),
+                record: Box::new(instance("fresh", 42)),
             },
             StoreWrite::DeleteProgram {
                 name: "prog-000".to_string(),
