@@ -211,7 +211,10 @@ fn helper(count: usize, reopen: bool, state_dir: &Path) {
         let writes = (0..count)
             .map(|i| {
                 let (spec, source) = program(i);
-                StoreWrite::PutProgram { spec, source }
+                StoreWrite::PutProgram {
+                    spec: spec.into(),
+                    source,
+                }
             })
             .collect();
         let start = Instant::now();

@@ -230,6 +230,8 @@ pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
             // Programs whose file went away while no daemon ran are deleted here; their
             // instance records stay as tombstones, so the loop stops what still runs of them.
             desired.apply(writes).await?;
+            // The unchanged ones were read from the store: the scan's specs replace those copies.
+            desired.share_specs(&loaded.programs).await;
         }
         Some(_) => {
             let before = desired.all_programs();

@@ -2,8 +2,14 @@
 //!
 //! Files (at start, on reload and from the watcher) and API calls change desired state only
 //! through [`DesiredState::apply`]: the writes go to the sled store (flushed before it returns),
-//! then the touched programs are re-read into the mirror and the reconcile loop is woken.
-//! Reading the mirror costs an `Arc` clone, so a reconcile pass never parses the store.
+//! then the records the store committed replace the touched programs in the mirror and the
+//! reconcile loop is woken. Reading the mirror costs an `Arc` clone, so a reconcile pass never
+//! parses the store.
+//!
+//! A program's spec is in memory once: a record in the mirror holds the very `Arc` the write
+//! carried (for a file, the scan cache's), or the one it held before when a write left the spec
+//! as it was, and [`DesiredState::share_specs`] hands the mirror the scan's specs that equal its
+//! own (the ones read from the store at start).
 //!
 //! Where desired state is kept is the [`Backend`]: the sled store of this host (the default), or
 //! a fleet's shared store ([`SharedStore`], etcd; `docs/fleet.md`). With a shared store, writes go
@@ -13,8 +19,7 @@
 //!
 //! The mirror follows the store under every failure: a write runs to its end in a task of its
 //! own even when its caller goes away (an HTTP client that hangs up drops the handler's future),
-//! a write the store refused changes nothing in either, and a mirror that could not be re-read
-//! after a committed write is re-read whole before the next write.
+//! and a write the store refused changes nothing in either.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -24,7 +29,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use tokio::sync::Notify;
 
-use crate::config::{ConfigError, FileOutcome, Program, Source};
+use crate::config::{ConfigError, FileOutcome, Program, ProgramSpec, Source};
 use crate::metrics::Metrics;
 use crate::store::{DesiredStore, ProgramRecord, StoreError, StoreWrite};
 
@@ -66,9 +71,8 @@ struct Shared {
     store: DesiredStore,
     // A std lock: held only to swap or clone an `Arc`, never across an `.await`.
     mirror: RwLock<Programs>,
-    // Serializes writers so a mirror refresh never interleaves with another write; holds
-    // whether the mirror must be re-read whole (a refresh after a committed write failed).
-    writer: tokio::sync::Mutex<bool>,
+    // Serializes writers so a mirror refresh never interleaves with another write.
+    writer: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
 }
@@ -89,7 +93,7 @@ impl DesiredState {
             shared: Arc::new(Shared {
                 store,
                 mirror: RwLock::new(Arc::new(programs)),
-                writer: tokio::sync::Mutex::new(false),
+                writer: tokio::sync::Mutex::new(()),
                 wake,
                 metrics,
             }),
@@ -188,6 +192,33 @@ impl DesiredState {
         }
     }
 
+    /// Makes the mirror hold the specs of `programs` (a scan's, shared with its cache) in place
+    /// of equal ones of its own, so each spec is in memory once: the records read from the store
+    /// at start, and a file parsed again to the same spec, would otherwise stay copies. Changes
+    /// no desired state, so it writes nothing and wakes nobody.
+    pub async fn share_specs(&self, programs: &[Program]) {
+        let _writer = self.shared.writer.lock().await;
+        let current = self.snapshot();
+        let mut next: Option<BTreeMap<String, Arc<ProgramRecord>>> = None;
+        for p in programs {
+            let Some(r) = current.get(&p.spec.name) else {
+                continue;
+            };
+            if Arc::ptr_eq(&r.spec, &p.spec) || r.spec != p.spec {
+                continue;
+            }
+            let record = ProgramRecord {
+                spec: Arc::clone(&p.spec),
+                ..(**r).clone()
+            };
+            (next.get_or_insert_with(|| (*current).clone()))
+                .insert(p.spec.name.clone(), Arc::new(record));
+        }
+        if let Some(next) = next {
+            self.shared.set_mirror(Arc::new(next));
+        }
+    }
+
     /// Records what the runtime observed (instance pids, restarts): written and flushed like every
     /// write, but it changes no desired state, so the mirror stays and nobody is woken.
     pub async fn record(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
@@ -213,70 +244,48 @@ impl Shared {
     }
 
     async fn apply(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
-        let mut stale = self.writer.lock().await;
-        if *stale {
-            *stale = !self.reload_mirror();
-        }
-        let touched: BTreeSet<String> = writes.iter().filter_map(program_touched).collect();
+        let _writer = self.writer.lock().await;
+        // The specs the writes carry, by program: what the mirror's records keep.
+        let carried: BTreeMap<String, Arc<ProgramSpec>> =
+            writes.iter().filter_map(carried_spec).collect();
         // A refused write committed nothing (the store checks and stages before it commits);
         // one whose flush failed is not durable, and the store refuses everything after it, so
         // the mirror keeps what the next daemon will read.
-        let changed = self.store.apply(writes).await?;
-        self.metrics.observe_store_writes(changed as u64);
-        if changed > 0 {
-            let mut next = (*self.snapshot()).clone();
-            for name in touched {
-                match self.store.get_program(&name) {
-                    Ok(Some(r)) => next.insert(name, Arc::new(r)),
-                    Ok(None) => next.remove(&name),
-                    Err(e) => {
-                        tracing::error!("cannot read back {name:?} after writing it: {e}");
-                        *stale = true;
-                        None
-                    }
+        let committed = self.store.commit(writes).await?;
+        self.metrics.observe_store_writes(committed.changed as u64);
+        if committed.changed > 0 {
+            let current = self.snapshot();
+            let mut next = (*current).clone();
+            for (name, record) in committed.programs {
+                let Some(mut record) = record else {
+                    next.remove(&name);
+                    continue;
                 };
+                // A write that carries no spec leaves a copy the store decoded; the spec the
+                // program had is the same one, shared.
+                let known = carried
+                    .get(&name)
+                    .or_else(|| current.get(&name).map(|r| &r.spec));
+                if let Some(spec) = known.filter(|s| **s == record.spec) {
+                    record.spec = Arc::clone(spec);
+                }
+                next.insert(name, Arc::new(record));
             }
             self.set_mirror(Arc::new(next));
-            if *stale {
-                *stale = !self.reload_mirror();
-            }
             self.wake.notify_one();
         }
-        Ok(changed)
-    }
-
-    /// Re-reads every program into the mirror; false if the store could not be read.
-    fn reload_mirror(&self) -> bool {
-        match self.store.list_programs() {
-            Ok(list) => {
-                let programs = list
-                    .into_iter()
-                    .map(|r| (r.spec.name.clone(), Arc::new(r)))
-                    .collect();
-                self.set_mirror(Arc::new(programs));
-                self.wake.notify_one();
-                true
-            }
-            Err(e) => {
-                tracing::error!("cannot re-read desired state from the store: {e}");
-                false
-            }
-        }
+        Ok(committed.changed)
     }
 }
 
-/// The program whose record a write changes, if any.
-fn program_touched(w: &StoreWrite) -> Option<String> {
-    match w {
-        StoreWrite::PutProgram { spec, .. } => Some(spec.name.clone()),
-        StoreWrite::Mirror { record } => Some(record.spec.name.clone()),
-        StoreWrite::SetError { name, .. }
-        | StoreWrite::SetDesired { name, .. }
-        | StoreWrite::Request { name, .. }
-        | StoreWrite::DeleteProgram { name }
-        | StoreWrite::Cron { name, .. } => Some(name.clone()),
-        _ => None,
-    }
+/// The spec a write sets its program's record to, if any.
+fn carried_spec(w: &StoreWrite) -> Option<(String, Arc<ProgramSpec>)> {
+    let spec = match w {
+        StoreWrite::PutProgram { spec, .. } => spec,
+        StoreWrite::Mirror { record } => &record.spec,
+        _ => return None,
+    };
+    Some((spec.name.clone(), Arc::clone(spec)))
 }
 
 /// The writes that make the store agree with a scan of the config and programs directory.
@@ -302,11 +311,11 @@ pub fn sync_writes(
         // A put of what is stored already changes nothing (the store would drop it): left out,
         // so that a rescan of an unchanged directory writes, compares and plans nothing.
         let stored = current.get(&p.spec.name);
-        if stored.is_some_and(|r| r.spec == *p.spec && r.source == p.source && r.error.is_none()) {
+        if stored.is_some_and(|r| r.spec == p.spec && r.source == p.source && r.error.is_none()) {
             continue;
         }
         writes.push(StoreWrite::PutProgram {
-            spec: (*p.spec).clone(),
+            spec: Arc::clone(&p.spec),
             source: p.source.clone(),
         });
     }

@@ -5,7 +5,8 @@
 //! 10 000 programs the daemon's RSS was more than twice its live heap. So the daemon keeps one
 //! arena (its allocations are few outside loading, and one arena held less free memory than two at
 //! 10 000 programs and at 1000 running) and trims the heap once a load, a reload or a burst of the
-//! reconcile loop has settled (`docs/benchmarks.md`, memory).
+//! reconcile loop has settled, and once a large response has been sent ([`ReleasedOnDrop`];
+//! `docs/benchmarks.md`, memory).
 
 /// Limits glibc's malloc arenas; call before any thread starts.
 pub fn limit_arenas() {
@@ -25,5 +26,32 @@ pub fn release_freed() {
     #[allow(unsafe_code)]
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// A large buffer (a response body) whose memory goes back to the OS once it is dropped: a
+/// response of thousands of programs is megabytes that would otherwise stay resident, freed
+/// in the middle of the heap after it was sent.
+pub struct ReleasedOnDrop(Vec<u8>);
+
+impl ReleasedOnDrop {
+    /// From this many bytes on a buffer is worth the trim (a few milliseconds).
+    pub const LARGE: usize = 1 << 20;
+
+    pub fn new(bytes: Vec<u8>) -> ReleasedOnDrop {
+        ReleasedOnDrop(bytes)
+    }
+}
+
+impl AsRef<[u8]> for ReleasedOnDrop {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for ReleasedOnDrop {
+    fn drop(&mut self) {
+        drop(std::mem::take(&mut self.0));
+        release_freed();
     }
 }

@@ -897,7 +897,7 @@ mod tests {
         assert_eq!(c[0].effect, Effect::InPlace);
         // A cron job's schedule is named as written, and applies in place.
         let mut job = old.clone();
-        job.cron = Some(crate::config::CronSpec {
+        job.cron = Some(Box::new(crate::config::CronSpec {
             schedule: "@hourly".parse().unwrap(),
             time_zone: None,
             concurrency: crate::config::Concurrency::Forbid,
@@ -906,7 +906,7 @@ mod tests {
             history_limit: 10,
             timeout: None,
             retries: 0,
-        });
+        }));
         let mut daily = job.clone();
         if let Some(c) = daily.cron.as_mut() {
             c.schedule = "@daily".parse().unwrap();
@@ -1188,7 +1188,7 @@ mod tests {
     #[test]
     fn a_cron_job_starts_only_when_a_run_is_requested_and_waits_for_no_level() {
         let mut job = spec("job", 5);
-        job.cron = Some(crate::config::CronSpec {
+        job.cron = Some(Box::new(crate::config::CronSpec {
             schedule: "@hourly".parse().unwrap(),
             time_zone: None,
             concurrency: crate::config::Concurrency::Forbid,
@@ -1197,7 +1197,7 @@ mod tests {
             history_limit: 10,
             timeout: None,
             retries: 0,
-        });
+        }));
         let early = spec("early", 0);
         let ids = job.instances();
         let (ji, ei) = (job.instances(), early.instances());

@@ -543,13 +543,14 @@ impl ReconcileLoop {
         let ready: Vec<plan::Step> = full.ready().cloned().collect();
         let mut actions: Vec<(plan::Step, Option<Target>)> = Vec::new();
         for step in ready {
-            let target = by_name.get(step.program.as_str()).map(|d| {
-                let generation = programs.get(&step.program).map_or(0, |r| r.generation);
-                (
-                    Arc::new(d.spec.clone()),
+            // The record's own spec, shared: an instance holds no copy of it.
+            let target = by_name.get(step.program.as_str()).and_then(|d| {
+                let r = programs.get(&step.program)?;
+                Some((
+                    Arc::clone(&r.spec),
                     d.for_instance(&step.instance).seq,
-                    generation,
-                )
+                    r.generation,
+                ))
             });
             actions.push((step, target));
         }
@@ -560,11 +561,9 @@ impl ReconcileLoop {
             .iter()
             .filter(|s| s.action == Action::Unchanged)
             .filter_map(|s| {
-                let d = by_name.get(s.program.as_str())?;
+                let r = programs.get(&s.program)?;
                 let e = self.entries.get(&s.instance)?;
-                let generation = programs.get(&s.program).map_or(0, |r| r.generation);
-                (*e.spec != *d.spec)
-                    .then(|| (s.instance.clone(), Arc::new(d.spec.clone()), generation))
+                (e.spec != r.spec).then(|| (s.instance.clone(), Arc::clone(&r.spec), r.generation))
             })
             .collect();
         // An instance the plan no longer removes (its program came back) is no longer removing.
@@ -924,7 +923,7 @@ impl ReconcileLoop {
             if e.recorded.as_ref() != Some(&facts) {
                 writes.push(StoreWrite::PutInstance {
                     name: name.clone(),
-                    record: facts.record(&e.id.program, boot.as_deref()),
+                    record: Box::new(facts.record(&e.id.program, boot.as_deref())),
                 });
                 changed.push((name, facts));
             }
@@ -999,7 +998,7 @@ impl ReconcileLoop {
                     let restarts = status.borrow().restarts;
                     let facts = Facts::stopped(restarts, seq, finished);
                     StoreWrite::PutInstance {
-                        record: facts.record(&id.program, boot.as_deref()),
+                        record: Box::new(facts.record(&id.program, boot.as_deref())),
                         name: id.name,
                     }
                 });

@@ -186,6 +186,8 @@ impl Reloader {
                 return report(loaded.errors, Some(e.to_string()), steps);
             }
         };
+        // A file parsed again to the same spec writes nothing; its new copy replaces the old.
+        self.desired.share_specs(&loaded.programs).await;
         self.metrics
             .observe_reload(loaded.errors.is_empty(), loaded.errors.len());
         self.follow_targets(&loaded.settings);

@@ -121,7 +121,7 @@ fn one_or_many(sel: &Selector, list: Vec<super::status::StatusObject>) -> Respon
     if single_name && list.len() == 1 {
         Json(&list[0]).into_response()
     } else {
-        Json(list).into_response()
+        large_json(&list)
     }
 }
 
@@ -162,7 +162,7 @@ pub async fn start(
             owner: Owner::NobodyOrApi,
         });
         pre.push(StoreWrite::PutProgram {
-            spec,
+            spec: Arc::new(spec),
             source: Source::Api,
         });
     }
@@ -396,7 +396,7 @@ fn spec_from_body(d: &AppState, body: &Value) -> Result<ProgramSpec, ApiError> {
         })?;
     // Its dependencies must name programs that exist, on no later level, in no cycle.
     let programs = d.desired.snapshot();
-    let others: Vec<&ProgramSpec> = programs.values().map(|r| &r.spec).collect();
+    let others: Vec<&ProgramSpec> = programs.values().map(|r| &*r.spec).collect();
     let errors = config::request_dependency_errors(&spec, &others);
     if !errors.is_empty() {
         return Err(ApiError::bad_request(errors.join("; ")));
@@ -485,7 +485,7 @@ async fn write_spec(d: &AppState, spec: ProgramSpec, owner: Owner, code: StatusC
                 owner,
             },
             StoreWrite::PutProgram {
-                spec,
+                spec: Arc::new(spec),
                 source: Source::Api,
             },
         ])
@@ -553,13 +553,32 @@ impl<'a> ProgramView<'a> {
 
 pub async fn programs(State(d): Shared) -> Response {
     let snapshot = d.desired.snapshot();
-    Json(
-        snapshot
-            .values()
-            .map(|r| ProgramView::of(r))
-            .collect::<Vec<_>>(),
-    )
-    .into_response()
+    let views: Vec<ProgramView<'_>> = snapshot.values().map(|r| ProgramView::of(r)).collect();
+    large_json(&views)
+}
+
+/// `value` as a JSON response, like [`Json`]; a body of a megabyte or more (a list of thousands
+/// of programs) gives its memory back to the OS once it has been sent.
+fn large_json<T: serde::Serialize>(value: &T) -> Response {
+    use axum::body::Bytes;
+    use axum::http::header::{HeaderValue, CONTENT_TYPE};
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let body = if bytes.len() >= crate::memory::ReleasedOnDrop::LARGE {
+                Bytes::from_owner(crate::memory::ReleasedOnDrop::new(bytes))
+            } else {
+                Bytes::from(bytes)
+            };
+            let json = HeaderValue::from_static("application/json");
+            ([(CONTENT_TYPE, json)], body).into_response()
+        }
+        // What `Json` answers when a value does not serialize.
+        Err(e) => {
+            let text = HeaderValue::from_static("text/plain; charset=utf-8");
+            let status = StatusCode::INTERNAL_SERVER_ERROR;
+            (status, [(CONTENT_TYPE, text)], e.to_string()).into_response()
+        }
+    }
 }
 
 /// `POST /plan`: the plan for a set of validated specs against the current state.
@@ -640,7 +659,7 @@ fn plan_writes(
         PlanMode::Start => programs
             .iter()
             .map(|p| StoreWrite::PutProgram {
-                spec: (*p.spec).clone(),
+                spec: Arc::clone(&p.spec),
                 source: p.source.clone(),
             })
             .collect(),
@@ -672,7 +691,7 @@ pub struct ReloadQuery {
 
 pub async fn reload(State(d): Shared, q: Result<Query<ReloadQuery>, QueryRejection>) -> ApiResult {
     let q = query(q)?;
-    Ok(Json(d.reloader.reload(q.dry_run).await).into_response())
+    Ok(large_json(&d.reloader.reload(q.dry_run).await))
 }
 
 pub async fn debug_reconcile(State(d): Shared) -> ApiResult {

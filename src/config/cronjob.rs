@@ -84,7 +84,7 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Opti
     let history_limit = c.count(&history_limit, "history_limit");
     let retries = c.count(&raw.retries, "retries").unwrap_or(0);
     if let (Some(schedule), Some(history_limit)) = (schedule, history_limit) {
-        spec.cron = Some(CronSpec {
+        spec.cron = Some(Box::new(CronSpec {
             schedule,
             time_zone,
             concurrency,
@@ -93,6 +93,6 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, kind: Opti
             history_limit,
             timeout,
             retries,
-        });
+        }));
     }
 }

@@ -138,5 +138,5 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec) {
         address_space: c.value(&limits.address_space, "as"),
         cpu: c.value(&limits.cpu, "cpu"),
     });
-    spec.limits = limits.unwrap_or_default();
+    spec.limits = limits.unwrap_or_default().into();
 }

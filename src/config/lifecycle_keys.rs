@@ -69,9 +69,12 @@ pub fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec, base: Opti
     if let Some(d) = c.get(&raw.depends_on, "depends_on") {
         spec.depends_on = depends(c, d, &spec.name);
     }
-    spec.readiness = c.table(&raw.readiness, "readiness", probe).flatten();
-    spec.liveness = c.table(&raw.liveness, "liveness", probe).flatten();
-    spec.hooks = c.table(&raw.hooks, "hooks", hooks).unwrap_or_default();
+    spec.readiness = (c.table(&raw.readiness, "readiness", probe).flatten()).map(Box::new);
+    spec.liveness = (c.table(&raw.liveness, "liveness", probe).flatten()).map(Box::new);
+    spec.hooks = c
+        .table(&raw.hooks, "hooks", hooks)
+        .unwrap_or_default()
+        .into();
     spec.pid_file = c.path(&raw.pid_file, "pid_file", base);
 }
 

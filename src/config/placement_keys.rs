@@ -61,5 +61,5 @@ pub(super) fn apply(c: &mut Check, raw: &RawProgram, spec: &mut ProgramSpec) {
     if let Some(m) = c.value(&raw.movable, "movable") {
         placement.movable = m;
     }
-    spec.placement = placement;
+    spec.placement = placement.into();
 }

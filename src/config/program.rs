@@ -305,7 +305,7 @@ fn build(
         ),
         None => {}
     }
-    spec.log = c.log(&raw.log, pc.log_defaults.clone(), pc.base_dir);
+    spec.log = c.log(&raw.log, pc.log_defaults.clone(), pc.base_dir).into();
     identity::apply(c, raw, &mut spec);
     lifecycle_keys::apply(c, raw, &mut spec, pc.base_dir);
     super::cronjob::apply(c, raw, &mut spec, kind);

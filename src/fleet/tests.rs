@@ -23,7 +23,7 @@ fn node(v: &mut FleetView, name: &str, labels: &[(&str, &str)]) {
 
 fn program(v: &mut FleetView, name: &str, placement: Placement) {
     let mut spec = ProgramSpec::new(name, Exec::Command("sleep 1".into()));
-    spec.placement = placement;
+    spec.placement = placement.into();
     let json = serde_json::to_vec(&ProgramRecord::new(spec, Source::Api)).unwrap();
     v.set(&keys(), &keys().program(name), Some(&json), 2);
 }
@@ -182,7 +182,7 @@ fn the_fleet_plan_names_the_node_of_each_step() {
     assign(&mut v, "kept", 0, "a", 4);
     let record = |name: &str, command: &str, placement: Placement| {
         let mut spec = ProgramSpec::new(name, Exec::Command(command.into()));
-        spec.placement = placement;
+        spec.placement = placement.into();
         (
             name.to_string(),
             Arc::new(ProgramRecord::new(spec, Source::Api)),

@@ -152,7 +152,7 @@ pub(super) fn takeover(
                     Some((pid, start_time, spec, found_by, _)) => {
                         let (spec, generation) = match spec {
                             Some((spec, generation)) => (Arc::new(spec), generation),
-                            None => (Arc::new(program.spec.clone()), Some(program.generation)),
+                            None => (Arc::clone(&program.spec), Some(program.generation)),
                         };
                         let initial = Initial::Adopt {
                             pid,
@@ -183,7 +183,7 @@ pub(super) fn takeover(
                             },
                             None => Initial::Fresh { restarts },
                         };
-                        let spec = Arc::new(program.spec.clone());
+                        let spec = Arc::clone(&program.spec);
                         (spec, Some(program.generation), initial, None)
                     }
                 };
@@ -207,18 +207,18 @@ pub(super) fn takeover(
                 let id = orphan_id(&name, program, index);
                 // Stop settings: the record's, else those the program (scaled down) has now.
                 let (spec, generation) = match spec {
-                    Some((spec, generation)) => (spec, generation),
+                    Some((spec, generation)) => (Arc::new(spec), generation),
                     None => match programs.get(&id.program) {
-                        Some(p) => (p.spec.clone(), None),
+                        Some(p) => (Arc::clone(&p.spec), None),
                         None => (
-                            ProgramSpec::new(id.program.clone(), Exec::Args(Vec::new())),
+                            Arc::new(ProgramSpec::new(id.program.clone(), Exec::Args(Vec::new()))),
                             None,
                         ),
                     },
                 };
                 out.adopted.push(Adopted {
                     id,
-                    spec: Arc::new(spec),
+                    spec,
                     generation,
                     initial: Initial::Adopt {
                         pid,

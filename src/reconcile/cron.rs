@@ -626,7 +626,7 @@ mod tests {
     fn job(concurrency: Concurrency, instances: u32) -> ProgramRecord {
         let mut spec = ProgramSpec::new("job", Exec::Command("true".into()));
         spec.instances = instances;
-        spec.cron = Some(CronSpec {
+        spec.cron = Some(Box::new(CronSpec {
             schedule: "@every 10s".parse().unwrap(),
             time_zone: None,
             concurrency,
@@ -635,7 +635,7 @@ mod tests {
             history_limit: 5,
             timeout: None,
             retries: 0,
-        });
+        }));
         let mut r = ProgramRecord::new(spec, Source::Api);
         r.apply_cron(&CronChange::Scheduled(at(0)));
         r
@@ -762,7 +762,7 @@ mod tests {
     #[test]
     fn a_settled_run_gets_its_result_and_a_failed_one_its_retries() {
         let mut r = job(Concurrency::Forbid, 1);
-        if let Some(c) = r.spec.cron.as_mut() {
+        if let Some(c) = Arc::make_mut(&mut r.spec).cron.as_mut() {
             c.retries = 1;
         }
         let t = table();
@@ -803,7 +803,7 @@ mod tests {
     fn a_time_missed_while_no_daemon_ran_runs_only_within_the_starting_deadline() {
         for (deadline, runs) in [(None, false), (Some(60), true), (Some(5), false)] {
             let mut r = job(Concurrency::Forbid, 1);
-            if let Some(c) = r.spec.cron.as_mut() {
+            if let Some(c) = Arc::make_mut(&mut r.spec).cron.as_mut() {
                 c.starting_deadline = deadline.map(crate::config::Dur::from_secs);
             }
             // The daemon started at 35 s; 10, 20 and 30 s passed while it was down.

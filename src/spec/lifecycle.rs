@@ -224,6 +224,19 @@ pub struct Hooks {
     pub post_stop: Vec<HookSpec>,
 }
 
+impl super::Usual for Hooks {
+    /// None at all.
+    fn usual() -> &'static Hooks {
+        static NONE: Hooks = Hooks {
+            pre_start: Vec::new(),
+            post_start: Vec::new(),
+            pre_stop: Vec::new(),
+            post_stop: Vec::new(),
+        };
+        &NONE
+    }
+}
+
 impl Hooks {
     pub fn is_empty(&self) -> bool {
         *self == Hooks::default()

@@ -8,6 +8,7 @@ pub mod cron;
 pub mod duration;
 pub mod lifecycle;
 pub mod placement;
+pub mod rare;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ pub use lifecycle::{
     Condition, HookPhase, HookSpec, Hooks, OnFailure, ProbeCheck, ProbeSpec, StatusCodes,
 };
 pub use placement::Placement;
+pub use rare::{Rare, Usual};
 
 /// Longest program or group name (`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`, `docs/configuration.md`).
 pub const MAX_NAME_LEN: usize = 64;
@@ -119,17 +121,28 @@ pub struct LogSpec {
     pub compress: bool,
 }
 
+impl LogSpec {
+    const DEFAULT: LogSpec = LogSpec {
+        stdout: None,
+        stderr: None,
+        dir: None,
+        max_size_mb: 10,
+        max_backups: 3,
+        max_age_days: 7,
+        compress: false,
+    };
+}
+
 impl Default for LogSpec {
     fn default() -> Self {
-        LogSpec {
-            stdout: None,
-            stderr: None,
-            dir: None,
-            max_size_mb: 10,
-            max_backups: 3,
-            max_age_days: 7,
-            compress: false,
-        }
+        LogSpec::DEFAULT
+    }
+}
+
+impl Usual for LogSpec {
+    fn usual() -> &'static LogSpec {
+        static USUAL: LogSpec = LogSpec::DEFAULT;
+        &USUAL
     }
 }
 
@@ -167,6 +180,9 @@ impl DetectorSpec {
 }
 
 /// A validated program: every field of `docs/configuration.md` with defaults applied and values expanded.
+///
+/// The parts most programs leave unset are behind a pointer ([`Rare`], `Option<Box<_>>`), which
+/// serializes as the value itself: a daemon holds one spec per program, thousands of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramSpec {
     pub name: String,
@@ -190,7 +206,7 @@ pub struct ProgramSpec {
     /// Signal name without `SIG`, e.g. `TERM`, validated against the platform's signals.
     pub stop_signal: String,
     pub stop_timeout: Dur,
-    pub log: LogSpec,
+    pub log: Rare<LogSpec>,
     pub detectors: Vec<DetectorSpec>,
     /// The user the process runs as, by name or uid as written; resolved at each spawn.
     /// `None`: the daemon's own (`docs/configuration.md`, "Privileges and limits").
@@ -210,32 +226,29 @@ pub struct ProgramSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
-    pub limits: Limits,
+    pub limits: Rare<Limits>,
     /// Programs that must meet a condition before this one starts (`docs/configuration.md`,
     /// "Dependencies"), by program name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub depends_on: BTreeMap<String, Condition>,
     /// Sets `ready`; a `healthy` dependency waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readiness: Option<ProbeSpec>,
+    pub readiness: Option<Box<ProbeSpec>>,
     /// Failing, restarts the instance under its restart policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness: Option<ProbeSpec>,
+    pub liveness: Option<Box<ProbeSpec>>,
     #[serde(default, skip_serializing_if = "Hooks::is_empty")]
-    pub hooks: Hooks,
+    pub hooks: Rare<Hooks>,
     /// A file the daemon writes the process's pid into at each start (mode 0644) and removes
     /// when it has stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_file: Option<PathBuf>,
     /// Present for a cron job: run on this schedule instead of kept running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cron: Option<CronSpec>,
-    /// Where it runs in a fleet (`docs/fleet.md`); a single daemon ignores it.
-    #[serde(
-        default = "Placement::anywhere",
-        skip_serializing_if = "Placement::is_anywhere"
-    )]
-    pub placement: Placement,
+    pub cron: Option<Box<CronSpec>>,
+    /// Where it runs in a fleet (`docs/fleet.md`); a single daemon ignores it. Absent: anywhere.
+    #[serde(default, skip_serializing_if = "Placement::is_anywhere")]
+    pub placement: Rare<Placement>,
 }
 
 /// `[limits]`: resource limits of the process, each setting the soft and the hard limit.
@@ -253,6 +266,20 @@ pub struct Limits {
     pub address_space: Option<Limit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu: Option<Limit>,
+}
+
+impl Usual for Limits {
+    fn usual() -> &'static Limits {
+        static USUAL: Limits = Limits {
+            nofile: None,
+            nproc: None,
+            core: None,
+            memlock: None,
+            address_space: None,
+            cpu: None,
+        };
+        &USUAL
+    }
 }
 
 impl Limits {
@@ -344,7 +371,7 @@ impl ProgramSpec {
             restart_max_interval: Dur::from_secs(60),
             stop_signal: "TERM".to_string(),
             stop_timeout: Dur::from_secs(10),
-            log: LogSpec::default(),
+            log: Rare::default(),
             detectors: Vec::new(),
             user: None,
             group: None,
@@ -352,14 +379,14 @@ impl ProgramSpec {
             umask: None,
             nice: None,
             oom_score_adj: None,
-            limits: Limits::default(),
+            limits: Rare::default(),
             depends_on: BTreeMap::new(),
             readiness: None,
             liveness: None,
-            hooks: Hooks::default(),
+            hooks: Rare::default(),
             pid_file: None,
             cron: None,
-            placement: Placement::anywhere(),
+            placement: Rare::default(),
         }
     }
 
@@ -538,6 +565,14 @@ mod tests {
     }
 
     #[test]
+    fn a_spec_keeps_its_rarely_used_parts_out_of_line() {
+        // A daemon holds a spec per program; docs/benchmarks.md ("RSS at 10 000 stopped").
+        let size = std::mem::size_of::<ProgramSpec>();
+        println!("size_of::<ProgramSpec>() = {size}");
+        assert!(size <= 512, "ProgramSpec is {size} bytes inline");
+    }
+
+    #[test]
     fn instances_are_named_from_one() {
         let mut spec = ProgramSpec::new("web", Exec::Command("sleep 1".into()));
         assert_eq!(spec.instances()[0].name, "web");
@@ -570,7 +605,7 @@ mod tests {
             spec.log_paths(&ids[1]).stderr.unwrap(),
             PathBuf::from("/logs/web-2.stderr.log")
         );
-        spec.log = LogSpec::default();
+        spec.log = Rare::default();
         assert_eq!(spec.log_paths(&ids[0]), LogPaths::default());
     }
 }

@@ -31,6 +31,19 @@ fn is_one(n: &u32) -> bool {
     *n == 1
 }
 
+impl super::Usual for Placement {
+    /// Anywhere.
+    fn usual() -> &'static Placement {
+        static ANYWHERE: Placement = Placement {
+            node: None,
+            labels: BTreeMap::new(),
+            spread: 1,
+            movable: false,
+        };
+        &ANYWHERE
+    }
+}
+
 impl Placement {
     /// Anywhere, once, not moved.
     pub fn anywhere() -> Placement {

@@ -162,8 +162,28 @@ impl Core {
 
 type WriteJob = (
     Vec<StoreWrite>,
-    oneshot::Sender<Result<Vec<bool>, StoreError>>,
+    oneshot::Sender<Result<Written, StoreError>>,
 );
+
+/// What a committed batch did.
+#[derive(Debug)]
+struct Written {
+    /// Per write, whether it changed something.
+    changed: Vec<bool>,
+    /// Every program record the batch touched, as the batch left it (`None`: there is none).
+    programs: BTreeMap<String, Option<ProgramRecord>>,
+}
+
+/// What [`DesiredStore::commit`] committed.
+#[derive(Debug)]
+pub struct Committed {
+    /// How many writes changed something.
+    pub changed: usize,
+    /// Every program record the writes touched, as committed (`None`: there is none): the
+    /// very values written, so a reader need not read them back (their specs are the ones the
+    /// writes carried, or decoded from the store for writes that carry none).
+    pub programs: BTreeMap<String, Option<ProgramRecord>>,
+}
 
 impl Drop for Inner {
     /// Stops the writer and waits for it, so the database is closed (its last handle dropped)
@@ -307,7 +327,12 @@ impl DesiredStore {
     /// one keeps its desired state (an explicit stop survives file edits), gets generation + 1
     /// when the spec differs and keeps it when identical, takes the new source and loses any
     /// error. Writing what is already stored commits nothing and wakes nobody.
-    pub async fn put_program(&self, spec: ProgramSpec, source: Source) -> Result<bool, StoreError> {
+    pub async fn put_program(
+        &self,
+        spec: impl Into<Arc<ProgramSpec>>,
+        source: Source,
+    ) -> Result<bool, StoreError> {
+        let spec = spec.into();
         self.write_one("put a program", StoreWrite::PutProgram { spec, source })
             .await
     }
@@ -351,6 +376,7 @@ impl DesiredStore {
         record: InstanceRecord,
     ) -> Result<bool, StoreError> {
         let name = name.to_string();
+        let record = Box::new(record);
         self.write_one("put an instance", StoreWrite::PutInstance { name, record })
             .await
     }
@@ -371,8 +397,16 @@ impl DesiredStore {
     /// batch, which is atomic also across a crash (all of it or none of it is recovered), and
     /// flushed before this returns.
     pub async fn apply(&self, writes: Vec<StoreWrite>) -> Result<usize, StoreError> {
-        let changed = self.submit("apply a batch of writes", writes).await?;
-        Ok(changed.into_iter().filter(|c| *c).count())
+        Ok(self.commit(writes).await?.changed)
+    }
+
+    /// [`DesiredStore::apply`], answering also with the program records the batch committed.
+    pub async fn commit(&self, writes: Vec<StoreWrite>) -> Result<Committed, StoreError> {
+        let batch = self.submit("apply a batch of writes", writes).await?;
+        Ok(Committed {
+            changed: batch.changed.into_iter().filter(|c| *c).count(),
+            programs: batch.programs,
+        })
     }
 
     /// Flushes sled's buffers to disk. Writes already flush before returning; this is for
@@ -386,8 +420,8 @@ impl DesiredStore {
         operation: &'static str,
         write: StoreWrite,
     ) -> Result<bool, StoreError> {
-        let changed = self.submit(operation, vec![write]).await?;
-        Ok(changed.first().copied().unwrap_or(false))
+        let batch = self.submit(operation, vec![write]).await?;
+        Ok(batch.changed.first().copied().unwrap_or(false))
     }
 
     /// Hands `writes` to the writer thread and waits for its answer without blocking the runtime.
@@ -395,7 +429,7 @@ impl DesiredStore {
         &self,
         operation: &'static str,
         writes: Vec<StoreWrite>,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Written, StoreError> {
         let gone = || StoreError::WriterGone { operation };
         let (reply, answer) = oneshot::channel();
         self.inner
@@ -545,13 +579,14 @@ impl Handle {
     }
 
     /// Stages every write, commits the net result as one atomic sled batch, flushes, then counts
-    /// the commit for subscribers. Returns, per write, whether it changed something. Runs on the writer thread
-    /// only, so nothing else writes in between.
+    /// the commit for subscribers. Returns, per write, whether it changed something, and the
+    /// program records as the batch left them. Runs on the writer thread only, so nothing else
+    /// writes in between.
     fn write(
         &self,
         writes: Vec<StoreWrite>,
         commits: &watch::Sender<u64>,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Written, StoreError> {
         // After a failed flush nothing is acknowledged, a no-op included: what it would confirm
         // may be exactly what was not flushed.
         self.check_latch()?;
@@ -561,10 +596,16 @@ impl Handle {
             .map(|write| self.stage(&mut pending, write))
             .collect::<Result<Vec<bool>, StoreError>>()?;
         let mut raw = Vec::new();
-        self.net_writes(PROGRAMS, pending.programs, &mut raw)?;
-        self.net_writes(INSTANCES, pending.instances, &mut raw)?;
+        self.net_writes(PROGRAMS, &pending.programs, &mut raw)?;
+        self.net_writes(INSTANCES, &pending.instances, &mut raw)?;
+        let written = Written {
+            changed,
+            programs: (pending.programs.into_iter())
+                .map(|(name, slot)| (name, slot.now))
+                .collect(),
+        };
         if raw.is_empty() {
-            return Ok(changed);
+            return Ok(written);
         }
         let bytes = raw
             .iter()
@@ -579,7 +620,7 @@ impl Handle {
         // looks at what it can already read.
         let flushed = self.flush();
         commits.send_modify(|n| *n += 1);
-        flushed.map(|()| changed)
+        flushed.map(|()| written)
     }
 
     fn stage(&self, pending: &mut Pending, write: StoreWrite) -> Result<bool, StoreError> {
@@ -598,8 +639,8 @@ impl Handle {
         match write {
             StoreWrite::PutInstance { name, record } => {
                 let slot = self.instance_slot(pending, &name)?;
-                let changed = slot.now.as_ref() != Some(&record);
-                slot.now = Some(record);
+                let changed = slot.now.as_ref() != Some(&*record);
+                slot.now = Some(*record);
                 Ok(changed)
             }
             StoreWrite::DeleteInstance { name } => {
@@ -630,7 +671,7 @@ impl Handle {
                 changed |= !record.removed;
                 record.removed = true;
                 if record.spec.is_none() {
-                    record.spec = removed.as_ref().map(|p| p.spec.clone());
+                    record.spec = removed.as_ref().map(|p| (*p.spec).clone());
                     changed |= record.spec.is_some();
                 }
             }
@@ -693,7 +734,7 @@ impl Handle {
     fn net_writes<T: PartialEq + Serialize + DeserializeOwned>(
         &self,
         kind: Kind,
-        staged: Staged<T>,
+        staged: &Staged<T>,
         out: &mut Vec<RawWrite>,
     ) -> Result<(), StoreError> {
         for (name, slot) in staged {
@@ -711,13 +752,13 @@ impl Handle {
                 (None, None, _) => true,
                 (Some(stored), Some(bytes), Some(now)) => {
                     stored.as_ref() == bytes.as_slice()
-                        || self.decode::<T>(kind, &name, stored)? == *now
+                        || self.decode::<T>(kind, name, stored)? == *now
                 }
                 _ => false,
             };
             if !same {
                 out.push(RawWrite {
-                    key: kind.key(&name),
+                    key: kind.key(name),
                     value,
                 });
             }

@@ -4,6 +4,7 @@
 //! the on-disk format: add a migration step (`migrations.rs`, `migrations/README.md`) and a fixture.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,9 @@ impl std::fmt::Display for DesiredRun {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProgramRecord {
     /// The last good spec. A broken file keeps this and only sets `error` (`docs/configuration.md`, "Errors and reloads").
-    pub spec: ProgramSpec,
+    /// Shared: the mirror holds the very spec the write carried (the scan cache's, for a file),
+    /// so a program's spec is in memory once (`docs/architecture.md`).
+    pub spec: Arc<ProgramSpec>,
     pub source: Source,
     pub desired: DesiredRun,
     /// 1 when the program first appears, +1 on every change of `spec`; source, desired state and
@@ -66,8 +69,9 @@ pub struct ProgramRecord {
     /// A cron job's schedule position, suspension and run history; `None` for other programs
     /// and for a job that has not been scheduled yet. Added in place to schema 3 with a
     /// default, so older records read as "never scheduled".
+    /// Boxed: most programs are not cron jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cron: Option<CronState>,
+    pub cron: Option<Box<CronState>>,
 }
 
 /// What the daemon remembers of a cron job between runs (`docs/store.md`).
@@ -201,7 +205,8 @@ pub enum CronChange {
 
 impl ProgramRecord {
     /// A program as it first appears: generation 1, desired state from `autostart`.
-    pub fn new(spec: ProgramSpec, source: Source) -> ProgramRecord {
+    pub fn new(spec: impl Into<Arc<ProgramSpec>>, source: Source) -> ProgramRecord {
+        let spec = spec.into();
         ProgramRecord {
             desired: DesiredRun::initial(&spec),
             spec,
@@ -225,7 +230,7 @@ impl ProgramRecord {
     pub fn apply_cron(&mut self, change: &CronChange) -> bool {
         let limit = self.spec.cron.as_ref().map_or(0, |c| c.history_limit) as usize;
         let before = self.cron.clone();
-        let state = self.cron.get_or_insert_with(CronState::default);
+        let state = self.cron.get_or_insert_with(Box::default);
         match change {
             CronChange::Scheduled(t) => {
                 state.last_schedule_time = Some(state.last_schedule_time.map_or(*t, |l| l.max(*t)));
@@ -440,14 +445,12 @@ pub enum Owner {
 }
 
 /// One write of a batch applied by [`super::DesiredStore::apply`].
-// Big batches are almost all `PutProgram`, so boxing the spec would add an allocation per write
-// and save nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreWrite {
     /// Create or update a program from a good spec: see [`super::DesiredStore::put_program`].
     PutProgram {
-        spec: ProgramSpec,
+        /// The record takes this very spec, shared with whoever else holds it.
+        spec: Arc<ProgramSpec>,
         source: Source,
     },
     /// Set or clear a program's source error, keeping its last good spec.
@@ -473,7 +476,9 @@ pub enum StoreWrite {
     },
     PutInstance {
         name: String,
-        record: InstanceRecord,
+        /// Boxed: a record carries up to two specs, and inline it would make every write of a
+        /// batch (10 000 program puts at a load) a kilobyte.
+        record: Box<InstanceRecord>,
     },
     DeleteInstance {
         name: String,
@@ -611,7 +616,7 @@ mod tests {
 
     fn put(command: &str) -> StoreWrite {
         StoreWrite::PutProgram {
-            spec: ProgramSpec::new("web", Exec::Command(command.into())),
+            spec: ProgramSpec::new("web", Exec::Command(command.into())).into(),
             source: Source::Api,
         }
     }
@@ -657,7 +662,7 @@ mod tests {
 
     fn cron_spec(suspend: bool, history_limit: u32) -> ProgramSpec {
         let mut spec = ProgramSpec::new("job", Exec::Command("true".into()));
-        spec.cron = Some(crate::config::CronSpec {
+        spec.cron = Some(Box::new(crate::config::CronSpec {
             schedule: "@hourly".parse().unwrap(),
             time_zone: None,
             concurrency: crate::config::Concurrency::Forbid,
@@ -666,7 +671,7 @@ mod tests {
             history_limit,
             timeout: None,
             retries: 0,
-        });
+        }));
         spec
     }
 
@@ -732,7 +737,7 @@ mod tests {
         assert!(suspend.apply_to_program(&mut r).unwrap());
         assert!(r.as_ref().unwrap().cron_suspended());
         let put = |suspend| StoreWrite::PutProgram {
-            spec: cron_spec(suspend, 10),
+            spec: cron_spec(suspend, 10).into(),
             source: Source::Api,
         };
         put(false).apply_to_program(&mut r).unwrap();

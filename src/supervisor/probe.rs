@@ -396,8 +396,8 @@ mod tests {
         let tcp = ProbeCheck::Tcp {
             address: "127.0.0.1:1".into(),
         };
-        spec.readiness = Some(probe(tcp.clone(), 2, 2));
-        spec.liveness = Some(probe(tcp, 1, 3));
+        spec.readiness = Some(Box::new(probe(tcp.clone(), 2, 2)));
+        spec.liveness = Some(Box::new(probe(tcp, 1, 3)));
         let counters = RuntimeCounters::default();
         let mut p = Probes::new(&spec);
         assert!(!p.ready(), "not ready before the first pass");

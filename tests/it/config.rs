@@ -92,7 +92,8 @@ fn api() -> ProgramSpec {
         max_backups: 5,
         max_age_days: 14,
         compress: true,
-    };
+    }
+    .into();
     spec.detectors = vec![
         DetectorSpec {
             kind: DetectorKind::ExecPid,

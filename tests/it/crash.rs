@@ -280,7 +280,7 @@ async fn a_start_is_recorded_before_its_pid_is_published() {
     let daemon = opened.state.clone();
     let mut guard = GroupGuard::default();
     let put = |command: &str| StoreWrite::PutProgram {
-        spec: web_spec(command),
+        spec: web_spec(command).into(),
         source: Source::Api,
     };
     let request = |request| StoreWrite::Request {
@@ -410,7 +410,7 @@ async fn put_api(desired: &DesiredState, command: &str, instances: u32, stop_tim
     spec.stop_timeout = stop_timeout.parse().unwrap();
     desired
         .apply(vec![StoreWrite::PutProgram {
-            spec,
+            spec: spec.into(),
             source: Source::Api,
         }])
         .await
@@ -526,7 +526,7 @@ async fn a_write_whose_caller_went_away_still_reaches_the_mirror() {
     let metrics = Arc::new(provisr::metrics::Metrics::new());
     let desired = DesiredState::new(store, wake, metrics).unwrap();
     let write = desired.apply(vec![StoreWrite::PutProgram {
-        spec: web_spec("sleep 300"),
+        spec: web_spec("sleep 300").into(),
         source: Source::Api,
     }]);
     // Polled once, then dropped: the HTTP client hung up while the write was in flight.
@@ -551,7 +551,7 @@ async fn a_full_disk_refuses_writes_until_space_is_freed_and_never_wedges_the_st
     let desired = DesiredState::new(store, wake, metrics).unwrap();
     let put = |command: &str| {
         vec![StoreWrite::PutProgram {
-            spec: web_spec(command),
+            spec: web_spec(command).into(),
             source: Source::Api,
         }]
     };
@@ -560,18 +560,18 @@ async fn a_full_disk_refuses_writes_until_space_is_freed_and_never_wedges_the_st
     let refused = desired.apply(put("sleep 2")).await;
     assert!(refused.is_err(), "a write to a full disk was acknowledged");
     assert_eq!(
-        desired.get("web").unwrap().spec,
+        *desired.get("web").unwrap().spec,
         web_spec("sleep 1"),
         "the mirror shows a write that was not acknowledged"
     );
     std::fs::remove_file(filler).unwrap();
     // Once there is room again, the same write goes through and is durable.
     desired.apply(put("sleep 2")).await.unwrap();
-    assert_eq!(desired.get("web").unwrap().spec, web_spec("sleep 2"));
+    assert_eq!(*desired.get("web").unwrap().spec, web_spec("sleep 2"));
     drop(desired);
     let store = DesiredStore::open(&state).unwrap();
     assert_eq!(
-        store.get_program("web").unwrap().unwrap().spec,
+        *store.get_program("web").unwrap().unwrap().spec,
         web_spec("sleep 2")
     );
 }

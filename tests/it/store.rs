@@ -59,7 +59,7 @@ async fn programs_round_trip_sorted_by_name() {
         ["api", "web", "worker"]
     );
     let web = store.get_program("web").unwrap().unwrap();
-    assert_eq!(web.spec, spec("web", "sleep 300"));
+    assert_eq!(*web.spec, spec("web", "sleep 300"));
     assert_eq!(web.source, file_source("web"));
     assert_eq!(web.desired, DesiredRun::Running);
     assert_eq!(web.generation, 1);
@@ -114,7 +114,7 @@ async fn generation_moves_only_when_the_spec_changes() {
         .await
         .unwrap());
     let record = store.get_program("web").unwrap().unwrap();
-    assert_eq!((record.generation, record.spec), (3, changed));
+    assert_eq!((record.generation, (*record.spec).clone()), (3, changed));
 }
 
 #[tokio::test]
@@ -176,7 +176,10 @@ async fn a_source_error_keeps_the_last_good_spec_until_the_next_good_one() {
     assert!(store.set_error("web", Some(error.clone())).await.unwrap());
     let web = store.get_program("web").unwrap().unwrap();
     assert_eq!(web.error, Some(error.clone()));
-    assert_eq!((web.spec, web.generation), (spec("web", "sleep 1"), 1));
+    assert_eq!(
+        ((*web.spec).clone(), web.generation),
+        (spec("web", "sleep 1"), 1)
+    );
     assert!(!store.set_error("web", Some(error)).await.unwrap());
 
     // The file is fixed back to the very same spec: the error goes, the generation stays.
@@ -289,7 +292,7 @@ async fn a_batch_is_one_commit_and_changes_nothing_when_a_write_fails() {
         .map(|i| {
             let name = format!("prog-{i:03}");
             StoreWrite::PutProgram {
-                spec: spec(&name, "sleep 300"),
+                spec: spec(&name, "sleep 300").into(),
                 source: file_source(&name),
             }
         })
@@ -307,7 +310,7 @@ async fn a_batch_is_one_commit_and_changes_nothing_when_a_write_fails() {
     let err = store
         .apply(vec![
             StoreWrite::PutProgram {
-                spec: spec("fresh", "sleep 1"),
+                spec: spec("fresh", "sleep 1").into(),
                 source: Source::Api,
             },
             StoreWrite::SetDesired {
@@ -328,7 +331,7 @@ async fn a_batch_is_one_commit_and_changes_nothing_when_a_write_fails() {
     let changed = store
         .apply(vec![
             StoreWrite::PutProgram {
-                spec: spec("fresh", "sleep 1"),
+                spec: spec("fresh", "sleep 1").into(),
                 source: Source::Api,
             },
             StoreWrite::SetDesired {
@@ -337,7 +340,7 @@ async fn a_batch_is_one_commit_and_changes_nothing_when_a_write_fails() {
             },
             StoreWrite::PutInstance {
                 name: "fresh".to_string(),
-                record: instance("fresh", 42),
+                record: Box::new(instance("fresh", 42)),
             },
             StoreWrite::DeleteProgram {
                 name: "prog-000".to_string(),
@@ -594,7 +597,7 @@ fn acknowledged_writes_survive_kill_9() {
     assert_eq!(programs.len(), KILL9_PROGRAMS);
     let first = store.get_program("prog-000").unwrap().unwrap();
     assert_eq!((first.desired, first.generation), (DesiredRun::Stopped, 2));
-    assert_eq!(first.spec, spec("prog-000", "sleep 2"));
+    assert_eq!(*first.spec, spec("prog-000", "sleep 2"));
     assert_eq!(
         store.get_instance("prog-001").unwrap(),
         Some(instance("prog-001", 4242))
@@ -614,7 +617,7 @@ async fn kill9_writer() {
         .map(|i| {
             let name = format!("prog-{i:03}");
             StoreWrite::PutProgram {
-                spec: spec(&name, "sleep 1"),
+                spec: spec(&name, "sleep 1").into(),
                 source: file_source(&name),
             }
         })
@@ -690,7 +693,7 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
     let (web, worker) = fixture_specs();
     let programs = vec![
         ProgramRecord {
-            spec: web,
+            spec: web.into(),
             source: file_source("web"),
             desired: DesiredRun::Running,
             generation: 1,
@@ -700,7 +703,7 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             cron: None,
         },
         ProgramRecord {
-            spec: worker,
+            spec: worker.into(),
             source: Source::Api,
             desired: DesiredRun::Stopped,
             generation: 1,
@@ -780,7 +783,7 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
     let (web, worker) = fixture_specs();
     let programs = vec![
         ProgramRecord {
-            spec: web,
+            spec: web.into(),
             source: file_source("web"),
             desired: DesiredRun::Running,
             generation: 2,
@@ -790,7 +793,7 @@ fn expected_from_v1() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
             cron: None,
         },
         ProgramRecord {
-            spec: worker,
+            spec: worker.into(),
             source: Source::Api,
             desired: DesiredRun::Running,
             generation: 1,
@@ -971,4 +974,84 @@ async fn generate_store_fixtures() {
     let _ = std::fs::remove_dir_all(&current);
     // Only the database: the lock file belongs to a live daemon, not to the layout.
     copy_dir(&scratch.path().join(DB_DIR), &current.join(DB_DIR));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_holds_the_spec_each_write_carried_and_takes_a_scans_equal_specs() {
+    use provisr::config::Program;
+    use provisr::desired::DesiredState;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let open = |state: &Path| {
+        let store = DesiredStore::open(state).unwrap();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let metrics = Arc::new(provisr::metrics::Metrics::new());
+        DesiredState::new(store, wake, metrics).unwrap()
+    };
+    let desired = open(&state);
+    let put = |spec: &Arc<ProgramSpec>, source: Source| {
+        vec![StoreWrite::PutProgram {
+            spec: Arc::clone(spec),
+            source,
+        }]
+    };
+    let same = |desired: &DesiredState, spec: &Arc<ProgramSpec>| {
+        Arc::ptr_eq(&desired.get("web").unwrap().spec, spec)
+    };
+    let first = Arc::new(spec("web", "sleep 1"));
+    assert_eq!(desired.apply(put(&first, Source::Api)).await.unwrap(), 1);
+    assert!(same(&desired, &first), "the mirror holds a copy of the put");
+    // A write that carries no spec leaves the one the program had, not the store's copy.
+    let stop = StoreWrite::SetDesired {
+        name: "web".to_string(),
+        desired: DesiredRun::Stopped,
+    };
+    assert_eq!(desired.apply(vec![stop]).await.unwrap(), 1);
+    assert!(same(&desired, &first), "a stop left a copy of the spec");
+    // An equal spec from elsewhere (a new source) is the one kept.
+    let second = Arc::new(spec("web", "sleep 1"));
+    assert_eq!(
+        desired
+            .apply(put(&second, file_source("web")))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(same(&desired, &second));
+    let mirrored = desired.get("web").unwrap();
+    assert_eq!(
+        (mirrored.generation, mirrored.desired),
+        (1, DesiredRun::Stopped)
+    );
+    assert_eq!(
+        desired.store().get_program("web").unwrap().as_ref(),
+        Some(&*mirrored),
+        "the mirror and the store disagree"
+    );
+    drop((desired, mirrored));
+
+    // At start the mirror holds what the store decoded; a scan's equal spec replaces it, and
+    // a different one does not (that takes a write).
+    let desired = open(&state);
+    let scanned = Arc::new(spec("web", "sleep 1"));
+    assert!(!same(&desired, &scanned));
+    let before = desired.get("web").unwrap();
+    desired
+        .share_specs(&[Program {
+            spec: Arc::clone(&scanned),
+            source: file_source("web"),
+        }])
+        .await;
+    assert!(same(&desired, &scanned), "the scan's spec was not shared");
+    assert_eq!(*desired.get("web").unwrap(), *before);
+    let edited = Arc::new(spec("web", "sleep 2"));
+    desired
+        .share_specs(&[Program {
+            spec: Arc::clone(&edited),
+            source: file_source("web"),
+        }])
+        .await;
+    assert!(same(&desired, &scanned), "share_specs changed a spec");
 }

@@ -485,7 +485,7 @@ command = "curl -fs localhost:8000"
     assert_eq!(spec.stop_signal, "INT");
     assert_eq!(spec.stop_timeout, Dur::from_secs(3));
     assert_eq!(
-        spec.log,
+        *spec.log,
         LogSpec {
             stdout: Some("/etc/provisr/programs/logs/api.out".into()),
             stderr: None,
