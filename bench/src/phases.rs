@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Result};
 
-use crate::cleanup::Scratch;
+use crate::cleanup::{settle_writeback, Scratch};
 use crate::daemon::{project, DaemonProc};
 use crate::figures::{api, idle, logs, reconcile, restart, rss, saved, spawn, stop, Results};
 use crate::fleet::{boot_fleet, boot_fleet_with, write_programs, Fleet};
@@ -107,6 +107,7 @@ fn two_hundred(ctx: &Ctx, res: &mut Results) -> Result<()> {
     let n = 200;
     let (mut boots, mut directs, mut stops, mut kills) = (vec![], vec![], vec![], vec![]);
     for run in 1..=ctx.sizes.spawn_runs {
+        settle_writeback();
         let (t, kids) = spawn::direct_spawn(n)?;
         directs.push(t);
         kills.push(stop::direct_stop(kids));
@@ -178,6 +179,7 @@ fn thousand(ctx: &Ctx, res: &mut Results) -> Result<()> {
         if let Some(f) = fleet.take() {
             Fleet::terminate(f)?;
         }
+        settle_writeback();
         let (direct, kids) = spawn::direct_spawn(n)?;
         stop::direct_stop(kids);
         directs.push(direct);
