@@ -57,10 +57,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn rows(&self, rows: &mut Vec<Row>) {
-        let p = Pair {
-            provisr: median(self.times.iter().map(|p| p.provisr).collect()),
-            baseline: median(self.times.iter().map(|p| p.baseline).collect()),
-        };
+        let p = medians(&self.times);
         let ok = p.provisr.as_secs_f64() <= 2.0 * p.baseline.as_secs_f64();
         rows.push(Row {
             figure: format!(
@@ -74,46 +71,31 @@ impl Fleet {
             target: "≤ 2×".into(),
             verdict: verdict(ok),
         });
-        let w = Pair {
-            provisr: median(self.whole.iter().map(|p| p.provisr).collect()),
-            baseline: median(self.whole.iter().map(|p| p.baseline).collect()),
-        };
+        let w = medians(&self.whole);
         rows.push(Row::times(
             format!("fleet: the same, against one node running all {PROGRAMS} on the same CPUs"),
             w,
             "-",
             None,
         ));
-        let f = Pair {
-            provisr: median(self.floor.iter().map(|p| p.provisr).collect()),
-            baseline: median(self.floor.iter().map(|p| p.baseline).collect()),
-        };
-        rows.push(Row {
-            figure: format!(
+        let f = medians(&self.floor);
+        rows.push(info(
+            format!(
                 "fleet: a bare spawner of {PROGRAMS} `sleep`s on these CPUs, against the target's budget (2× one node's {})",
                 PROGRAMS / NODES
             ),
-            value: secs(f.provisr),
-            baseline: secs(f.baseline),
-            ratio: ratio(f.provisr.as_secs_f64(), f.baseline.as_secs_f64()),
-            target: "-".into(),
-            verdict: crate::table::Verdict::Info,
-        });
-        let c = Pair {
-            provisr: median(self.cpu.iter().map(|p| p.provisr).collect()),
-            baseline: median(self.cpu.iter().map(|p| p.baseline).collect()),
-        };
-        rows.push(Row {
-            figure: format!(
+            f,
+            secs,
+        ));
+        let c = medians(&self.cpu);
+        rows.push(info(
+            format!(
                 "fleet: the nodes' CPU per program ({NODES} nodes, {PROGRAMS}; baseline one node, {})",
                 PROGRAMS / NODES
             ),
-            value: ms(c.provisr),
-            baseline: ms(c.baseline),
-            ratio: ratio(c.provisr.as_secs_f64(), c.baseline.as_secs_f64()),
-            target: "-".into(),
-            verdict: crate::table::Verdict::Info,
-        });
+            c,
+            ms,
+        ));
         for (what, d) in [
             ("etcd put (committed)", &self.put),
             ("etcd range read", &self.range),
@@ -129,6 +111,26 @@ impl Fleet {
                 });
             }
         }
+    }
+}
+
+/// The medians of each side of `pairs`.
+fn medians(pairs: &[Pair]) -> Pair {
+    Pair {
+        provisr: median(pairs.iter().map(|p| p.provisr).collect()),
+        baseline: median(pairs.iter().map(|p| p.baseline).collect()),
+    }
+}
+
+/// A row shown for what it says, with no target.
+fn info(figure: String, p: Pair, show: fn(Duration) -> String) -> Row {
+    Row {
+        figure,
+        value: show(p.provisr),
+        baseline: show(p.baseline),
+        ratio: ratio(p.provisr.as_secs_f64(), p.baseline.as_secs_f64()),
+        target: "-".into(),
+        verdict: crate::table::Verdict::Info,
     }
 }
 
