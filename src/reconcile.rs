@@ -774,14 +774,17 @@ impl ReconcileLoop {
     async fn write_ahead(&mut self, actions: &[(plan::Step, Option<Target>)]) {
         let mut names = Vec::new();
         for (step, _) in actions {
-            // A stop is written ahead too: a process gone when the next daemon looks was stopped
-            // by this one, it did not end on its own.
-            if matches!(step.action, Action::Stop | Action::Remove) {
-                if let Some(e) = self.entries.get_mut(&step.instance) {
-                    if !e.stop_ordered {
-                        e.stop_ordered = true;
-                        names.push(step.instance.clone());
-                    }
+            // A removal is written ahead too: a process gone when the next daemon looks was
+            // stopped by this one, it did not end on its own. A stop needs no record at all: it
+            // is ordered only by desired state that says stopped, already flushed, which tells
+            // the next daemon the same (`docs/reliability.md`).
+            if step.action != Action::Remove {
+                continue;
+            }
+            if let Some(e) = self.entries.get_mut(&step.instance) {
+                if !e.stop_ordered {
+                    e.stop_ordered = true;
+                    names.push(step.instance.clone());
                 }
             }
         }

@@ -321,8 +321,9 @@ fn elsewhere_statuses(
         .collect()
 }
 
-/// Waits until every picked instance reached the state the request asked for, after a change
-/// that happened since `t0` where one was needed, or until `wait` passes.
+/// Waits until every picked instance has reached the state the request asked for, after a
+/// change that happened since `t0` where one was needed, or until `wait` passes. An instance
+/// counts once it got there; the answer shows each one's status as it is when all have.
 async fn wait_settled(
     d: &AppState,
     picked: &[Picked],
@@ -336,38 +337,37 @@ async fn wait_settled(
     // instances (and which starts wait for dependencies).
     let mut passes = d.reconciler.passes();
     let mut statuses = d.reconciler.statuses();
+    // Each wake looks only at the instances not yet seen settled, without copying a status: a
+    // stop of many wakes once per exit, and must not look at every instance each time.
+    let mut pending: Vec<&Picked> = picked.iter().collect();
     loop {
         let live = d.reconciler.live();
         // A start waiting for its dependencies has settled for now: it says so in its status.
         let waiting = d.reconciler.waiting();
-        let settled = picked.iter().all(|p| {
+        pending.retain(|p| {
             if request != RunRequest::Stop && waiting.contains_key(&p.id.name) {
-                return true;
+                return false;
             }
-            let status = live.get(&p.id.name).map(|l| l.status.borrow().clone());
-            let changed_since = |s: &crate::supervisor::InstanceStatus| {
-                !needs_change.get(&p.id.name).copied().unwrap_or(true)
-                    || s.started_at.is_some_and(|t| t >= t0)
-                    || s.stopped_at.is_some_and(|t| t >= t0)
+            let Some(l) = live.get(&p.id.name) else {
+                return request != RunRequest::Stop;
             };
-            match (request, status) {
-                (RunRequest::Stop, None) => true,
-                (RunRequest::Stop, Some(s)) => {
-                    matches!(
-                        s.state,
-                        InstanceState::Stopped | InstanceState::Exited | InstanceState::Failed
-                    ) && changed_since(&s)
-                }
-                (_, None) => false,
-                (_, Some(s)) => {
-                    matches!(
-                        s.state,
-                        InstanceState::Running | InstanceState::Exited | InstanceState::Failed
-                    ) && changed_since(&s)
-                }
-            }
+            let s = l.status.borrow();
+            let changed_since = !needs_change.get(&p.id.name).copied().unwrap_or(true)
+                || s.started_at.is_some_and(|t| t >= t0)
+                || s.stopped_at.is_some_and(|t| t >= t0);
+            let reached = match request {
+                RunRequest::Stop => matches!(
+                    s.state,
+                    InstanceState::Stopped | InstanceState::Exited | InstanceState::Failed
+                ),
+                _ => matches!(
+                    s.state,
+                    InstanceState::Running | InstanceState::Exited | InstanceState::Failed
+                ),
+            };
+            !(reached && changed_since)
         });
-        if settled {
+        if pending.is_empty() {
             return;
         }
         tokio::select! {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::config::{Exec, InstanceId, ProgramSpec};
 use crate::desired::Programs;
 use crate::plan::RunSeq;
-use crate::store::{Finished, InstanceRecord, ProgramRecord};
+use crate::store::{DesiredRun, Finished, InstanceRecord, ProgramRecord};
 use crate::supervisor::tag::Tagged;
 use crate::supervisor::{ExitInfo, Initial};
 
@@ -169,7 +169,7 @@ pub(super) fn takeover(
                                 let carried_out = started_since_written(r, launched.get(&name));
                                 r.finished
                                     .clone()
-                                    .or_else(|| ended(r, program, carried_out))
+                                    .or_else(|| ended(&name, r, program, carried_out))
                             });
                         let initial = match finished {
                             Some(f) => Initial::Finished {
@@ -259,12 +259,26 @@ pub(super) fn takeover(
 /// run again. A start written ahead that the launch journal shows no process for was never
 /// carried out (the daemon died before spawning, or while the old process of a restart was
 /// stopping): it is carried out now, so an acknowledged start is never lost either.
-fn ended(r: &InstanceRecord, program: &ProgramRecord, carried_out: bool) -> Option<Finished> {
+fn ended(
+    name: &str,
+    r: &InstanceRecord,
+    program: &ProgramRecord,
+    carried_out: bool,
+) -> Option<Finished> {
     // A start written ahead that no process of it carried out (the launch journal has no launch
     // since) was cut short by the crash: nothing ended, the start is carried out now.
     let cut_short = r.starting.is_some() && !carried_out;
-    // A tombstone's process, or one the daemon had ordered stopped, did not end on its own.
-    let stopped_by_daemon = r.removed || r.stopping;
+    // A tombstone's process, or one the daemon had ordered stopped, did not end on its own. A
+    // removal sets the record's flag ahead of its signal; a stop sets none: the loop orders one
+    // only from desired state that says stopped, which it sees once that write was flushed
+    // (`docs/reliability.md`).
+    let wanted = crate::store::resolve_instance(
+        program.desired,
+        program.seq,
+        Some(&program.instances),
+        name,
+    );
+    let stopped_by_daemon = r.removed || r.stopping || wanted.run == DesiredRun::Stopped;
     let on_its_own = !cut_short && !stopped_by_daemon;
     (r.may_run() && !program.spec.auto_restart && on_its_own).then(|| Finished {
         failed: false,
@@ -493,6 +507,26 @@ mod tests {
             initial(written(None), &[]),
             Initial::Finished { .. }
         ));
+    }
+
+    #[test]
+    fn a_process_gone_while_desired_state_said_stopped_was_stopped_by_the_daemon() {
+        // A job (no auto_restart) with a recorded process of this boot that is gone, and no
+        // `stopping` flag: the daemon died after its stop's signal and before recording it.
+        let initial = |desired: DesiredRun| {
+            let mut r = ProgramRecord::new(spec("job", "sleep 9", 1), Source::Api);
+            r.desired = desired;
+            let p: Programs = Arc::new([("job".to_string(), Arc::new(r))].into());
+            let records = vec![("job".to_string(), record("job", Some(500)))];
+            let t = takeover(&p, records, &[], &BTreeMap::new(), Some("this"), alive);
+            t.adopted[0].initial.clone()
+        };
+        // Desired state says stopped, durably: stopped, not "ended while no daemon ran".
+        let stopped = initial(DesiredRun::Stopped);
+        assert!(matches!(stopped, Initial::Fresh { .. }), "{stopped:?}");
+        // Desired state says running: it ended on its own.
+        let ended = initial(DesiredRun::Running);
+        assert!(matches!(ended, Initial::Finished { .. }), "{ended:?}");
     }
 
     #[test]

@@ -389,8 +389,9 @@ pub struct InstanceRecord {
     /// requests carried out or a run that ended belongs to it (`docs/reliability.md`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub removed: bool,
-    /// The daemon ordered its process stopped (a stop, a removal, a scale-down), written ahead
-    /// of the order: a process that is gone did not end on its own.
+    /// The daemon ordered its process removed (its program deleted or scaled down), written
+    /// ahead of the order: a process that is gone did not end on its own. A stop needs no flag:
+    /// desired state that says stopped tells the same.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopping: bool,
 }
