@@ -4,6 +4,7 @@
 //! cannot be reached.
 
 mod commands;
+mod daemon_log;
 mod docs;
 mod output;
 mod plan_view;

@@ -2,6 +2,7 @@
 
 use std::io::{self, IsTerminal, Write};
 
+use super::daemon_log::{LogWriter, Queue};
 use super::{exit, ServeArgs};
 use crate::daemon::{self, ServeOptions};
 
@@ -14,7 +15,7 @@ pub fn run(args: &ServeArgs) -> i32 {
         .with_ansi(io::stderr().is_terminal())
         .with_target(false)
         // It would report a failed write with `eprintln!` to the same broken stderr, which
-        // panics; `LogWriter` never fails, and this stays off should that change.
+        // panics; `LogWriter` never fails (`daemon_log`), and this stays off should that change.
         .log_internal_errors(false)
         .init();
     let config = args
@@ -49,32 +50,18 @@ pub fn run(args: &ServeArgs) -> i32 {
             return exit::FAILED;
         }
     };
+    // From here on the daemon's lines go through a queue, so a stalled reader never stops it
+    // (docs/reliability.md).
+    let log_queue = Queue::start();
     let result = runtime.block_on(daemon::run(opts, None, std::future::pending()));
     crate::supervisor::spawner::shutdown();
+    // Every queued line is written before the last one below.
+    drop(log_queue);
     match result {
         Ok(()) => exit::OK,
         Err(e) => {
             let _ = writeln!(io::stderr(), "provisr: {e}");
             e.exit_code()
         }
-    }
-}
-
-/// The daemon's log: standard error, where a line that cannot be written is dropped. A daemon
-/// whose log reader went away (journald restarted, `provisr serve | tee` with tee killed)
-/// keeps running and stops its children as usual (docs/reliability.md): the write fails with
-/// EPIPE (Rust ignores SIGPIPE) and nothing may turn that into a panic.
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        // One event is one `write_all` under the stderr lock: lines do not interleave.
-        let _ = io::stderr().write_all(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        let _ = io::stderr().flush();
-        Ok(())
     }
 }

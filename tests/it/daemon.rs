@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{alive, group_written_bytes, wait_for, GroupGuard};
+use crate::util::{alive, group_written_bytes, wait_for, GroupGuard, TagGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provisr");
 
@@ -221,6 +221,30 @@ impl TestDaemon {
                 .take()
                 .expect("started with start_with_log_pipe"),
         );
+    }
+
+    /// How many bytes wait unread in the daemon's stderr pipe (`start_with_log_pipe`).
+    pub fn log_pipe_unread(&self) -> usize {
+        let pipe = self
+            .log_pipe
+            .as_ref()
+            .expect("started with start_with_log_pipe");
+        rustix::io::ioctl_fionread(pipe).expect("FIONREAD") as usize
+    }
+
+    /// Starts reading the daemon's stderr (`start_with_log_pipe`) into [`TestDaemon::log`] from
+    /// now on, after whatever waited unread.
+    pub fn read_log_pipe(&mut self) {
+        let pipe = self
+            .log_pipe
+            .take()
+            .expect("started with start_with_log_pipe");
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
     }
 
     /// What the daemon said on its notify socket: waits until a message holds `line`.
@@ -1026,4 +1050,99 @@ fn sigterm_stops_every_child_after_the_log_reader_went_away() {
 #[test]
 fn sigint_stops_every_child_after_the_log_reader_went_away() {
     stops_every_child_after_its_log_reader_went_away(nix::sys::signal::Signal::SIGINT);
+}
+
+/// A daemon whose log reader stalls (a full pipe that stays open: a paused `less`, a journald
+/// that does not keep up) goes on supervising: while nobody reads, its log lines are dropped and
+/// counted, never waited for, and once they are read again it says how many it dropped
+/// (docs/reliability.md).
+#[test]
+fn a_stalled_log_reader_never_stops_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    let names: Vec<String> = (1..=50).map(|i| format!("p{i}")).collect();
+    for n in &names {
+        write(
+            &dir.path().join(format!("programs/{n}.toml")),
+            "command = \"sleep 300\"\n",
+        );
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let state = dir.path().join("state");
+    let mut d = TestDaemon::start_with_log_pipe(dir.path(), Some(&cfg), &state);
+    // The rounds start processes whose pids this test never learns if the daemon hangs.
+    let _guard = TagGuard(state.clone());
+    wait_for(Duration::from_secs(20), "every program running", || {
+        all_running(&d, &refs)
+    });
+
+    // Each round stops and starts all 50 (four transition lines each, about 25 KiB): the pipe
+    // (64 KiB) is full after a few, and the rounds after that would hang on a daemon whose log
+    // writes wait for the reader. 30 more rounds log more lines than the daemon queues.
+    let query = [("name", names.join(",")), ("wait", "30s".to_string())];
+    const ROUNDS_AFTER_FULL: usize = 30;
+    let mut rounds_after_full = 0;
+    for round in 1..=60 {
+        for path in ["/stop", "/start"] {
+            let (tx, rx) = mpsc::channel();
+            let (url, query) = (d.url.clone(), query.clone());
+            std::thread::spawn(move || {
+                let client = provisr::client::ApiClient::new(&url, None);
+                let _ = tx.send(
+                    client
+                        .post::<Value>(path, &query, None)
+                        .map_err(|e| e.to_string()),
+                );
+            });
+            let answer = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+                panic!("round {round}: POST {path} got no answer in 60 s: the daemon waits on its log reader")
+            });
+            let states = answer.unwrap_or_else(|e| panic!("round {round}: POST {path}: {e}"));
+            let want = if path == "/stop" {
+                "stopped"
+            } else {
+                "running"
+            };
+            let all_there = states
+                .as_array()
+                .is_some_and(|a| a.len() == names.len() && a.iter().all(|s| s["state"] == want));
+            assert!(all_there, "round {round}: POST {path}: {states}");
+        }
+        if d.log_pipe_unread() >= 60 * 1024 {
+            rounds_after_full += 1;
+            if rounds_after_full == ROUNDS_AFTER_FULL {
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        rounds_after_full,
+        ROUNDS_AFTER_FULL,
+        "the rounds never filled the pipe ({} bytes unread)",
+        d.log_pipe_unread()
+    );
+    let all = wait_for(Duration::from_secs(20), "every program running", || {
+        all_running(&d, &refs)
+    });
+
+    // Read again: what was queued comes out, then a note of what was dropped.
+    d.read_log_pipe();
+    let (code, _, err) = d.cli(&["stop", "--name", "p1"]);
+    assert_eq!(code, 0, "stop p1: {err}");
+    wait_for(Duration::from_secs(20), "the note of dropped lines", || {
+        let log = d.log.lock().unwrap();
+        log.iter()
+            .find(|l| l.contains("log lines were dropped: standard error was not read"))
+            .cloned()
+    });
+    let pid = d.pid();
+    assert_eq!(
+        d.stop_with(nix::sys::signal::Signal::SIGTERM),
+        Some(0),
+        "SIGTERM of daemon {pid}"
+    );
+    for s in &all {
+        let p = s["pid"].as_i64().unwrap() as i32;
+        assert!(!alive(p), "{} ({p}) outlived the daemon", s["name"]);
+    }
 }

@@ -133,3 +133,27 @@ impl Drop for GroupGuard {
         }
     }
 }
+
+/// Kills, when dropped, every live process tagged with `state_dir` (`PROVISR_STATE_DIR` in its
+/// environment, `docs/runtime.md`, the tag): what a test's daemon started, including processes
+/// it started after the test last learned their pids. A test's state directory is its own
+/// temporary directory, so nothing else carries its tag.
+pub struct TagGuard(pub std::path::PathBuf);
+
+impl Drop for TagGuard {
+    fn drop(&mut self) {
+        let Ok(dir) = std::fs::canonicalize(&self.0) else {
+            return;
+        };
+        let tag = format!("PROVISR_STATE_DIR={}", dir.display());
+        for s in proc_stats().filter(|s| s.state != 'Z') {
+            let env = std::fs::read(format!("/proc/{}/environ", s.pid)).unwrap_or_default();
+            if env.split(|b| *b == 0).any(|kv| kv == tag.as_bytes()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(s.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
