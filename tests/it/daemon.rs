@@ -450,6 +450,16 @@ fn started_at(s: &Value) -> std::time::SystemTime {
     humantime::parse_rfc3339(s["started_at"].as_str().expect("started_at")).unwrap()
 }
 
+/// One program file per name under `dir/programs`, each running `sleep 300`.
+fn write_sleepers(dir: &Path, names: &[String]) {
+    for n in names {
+        write(
+            &dir.join(format!("programs/{n}.toml")),
+            "command = \"sleep 300\"\n",
+        );
+    }
+}
+
 fn all_running(d: &TestDaemon, names: &[&str]) -> Option<Vec<Value>> {
     let all = d.all_status();
     let m = by_name(&all);
@@ -884,12 +894,7 @@ fn children_come_from_a_spawner_with_few_descriptors_that_is_started_again_when_
     let dir = tempfile::tempdir().unwrap();
     let cfg = empty_config(dir.path());
     let names: Vec<String> = (1..=30).map(|i| format!("s{i:02}")).collect();
-    for n in &names {
-        write(
-            &dir.path().join(format!("programs/{n}.toml")),
-            "command = \"sleep 300\"\n",
-        );
-    }
+    write_sleepers(dir.path(), &names);
     write(
         &dir.path().join("programs/later.toml"),
         "command = \"sleep 301\"\nautostart = false\n",
@@ -1061,12 +1066,7 @@ fn a_stalled_log_reader_never_stops_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = empty_config(dir.path());
     let names: Vec<String> = (1..=50).map(|i| format!("p{i}")).collect();
-    for n in &names {
-        write(
-            &dir.path().join(format!("programs/{n}.toml")),
-            "command = \"sleep 300\"\n",
-        );
-    }
+    write_sleepers(dir.path(), &names);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let state = dir.path().join("state");
     let mut d = TestDaemon::start_with_log_pipe(dir.path(), Some(&cfg), &state);
