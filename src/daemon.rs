@@ -320,10 +320,12 @@ pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
 /// store cannot be opened: [`open`] reads them again and reports why.
 pub fn open_store_first(opts: &ServeOptions) -> Option<DesiredStore> {
     let cwd = std::env::current_dir().ok()?;
-    let state_dir = match (&opts.state_dir, &opts.config) {
-        (Some(dir), _) => dir.clone(),
-        (None, None) => config::Settings::embedded_default(&cwd).daemon.state_dir,
-        (None, Some(file)) => config::read_main(file, &cwd).ok()?.0.daemon.state_dir,
+    let state_dir = match &opts.state_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            let (settings, _) = config::read_settings(opts.config.as_deref(), &cwd).ok()?;
+            settings.daemon.state_dir
+        }
     };
     DesiredStore::open(&state_dir).ok()
 }

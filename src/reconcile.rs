@@ -219,7 +219,8 @@ struct Managed {
     launch: Option<(Arc<ProgramSpec>, Option<u64>)>,
     /// When `launch` was written ahead, in nanoseconds after boot.
     launch_at: Option<u64>,
-    /// A stop or removal of its process was ordered, and no start since.
+    /// A removal of its process was ordered (and written ahead), and no start since. A stop
+    /// sets nothing: desired state says it.
     stop_ordered: bool,
     /// What the store holds for this instance, as facts; `None` when unknown (the first write
     /// then goes through and the store drops it if nothing changed).

@@ -30,12 +30,12 @@ pub use fleet_settings::{
 };
 pub use lifecycle_keys::request_dependency_errors;
 pub use scan::{
-    is_program_file_name, load, program_from_json, scan_programs, FileOutcome, LoadedConfig,
-    ProgramsScan,
+    is_program_file_name, load, program_from_json, read_settings, scan_programs, FileOutcome,
+    LoadedConfig, ProgramsScan,
 };
 pub use settings::{
-    read_main, DaemonSettings, MetricsSettings, ServerSettings, Settings, SocketSetting,
-    TlsSettings, TokenScope, TokenSpec, DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
+    DaemonSettings, MetricsSettings, ServerSettings, Settings, SocketSetting, TlsSettings,
+    TokenScope, TokenSpec, DEFAULT_BASE_PATH, DEFAULT_SOCKET_NAME,
 };
 // The validated types are the rest of provisr's vocabulary; they live in `crate::spec`.
 pub use crate::spec::*;

@@ -59,6 +59,18 @@ pub struct LoadedConfig {
     pub files: Vec<FileOutcome>,
 }
 
+/// The main config's settings and errors, or the embedded default's (relative to `cwd`) when
+/// there is no config file; `Err` when the file cannot be read or parsed.
+pub fn read_settings(
+    config_file: Option<&Path>,
+    cwd: &Path,
+) -> Result<(Settings, Vec<ConfigError>), Vec<ConfigError>> {
+    match config_file {
+        None => Ok((Settings::embedded_default(cwd), Vec::new())),
+        Some(path) => read_main(path, cwd),
+    }
+}
+
 /// Loads the main config (or the embedded default when `None`) and the programs.
 ///
 /// `base_env` is the daemon's environment (`std::env::vars()`), the base layer of the child
@@ -75,10 +87,7 @@ pub fn load(
             format!("cannot read the current directory: {e}"),
         )]
     })?;
-    let (settings, mut errors) = match config_file {
-        None => (Settings::embedded_default(&cwd), Vec::new()),
-        Some(path) => read_main(path, &cwd)?,
-    };
+    let (settings, mut errors) = read_settings(config_file, &cwd)?;
     let scan = scan_programs(&settings, base_env);
     if !errors.is_empty() || scan.errors.iter().any(|e| settings.is_main_error(e)) {
         errors.extend(scan.errors);

@@ -272,13 +272,8 @@ fn ended(
     // removal sets the record's flag ahead of its signal; a stop sets none: the loop orders one
     // only from desired state that says stopped, which it sees once that write was flushed
     // (`docs/reliability.md`).
-    let wanted = crate::store::resolve_instance(
-        program.desired,
-        program.seq,
-        Some(&program.instances),
-        name,
-    );
-    let stopped_by_daemon = r.removed || r.stopping || wanted.run == DesiredRun::Stopped;
+    let stopped = program.instance_desired(name).run == DesiredRun::Stopped;
+    let stopped_by_daemon = r.removed || r.stopping || stopped;
     let on_its_own = !cut_short && !stopped_by_daemon;
     (r.may_run() && !program.spec.auto_restart && on_its_own).then(|| Finished {
         failed: false,

@@ -451,10 +451,10 @@ fn started_at(s: &Value) -> std::time::SystemTime {
 }
 
 /// One program file per name under `dir/programs`, each running `sleep 300`.
-fn write_sleepers(dir: &Path, names: &[String]) {
+fn write_sleepers(dir: &Path, names: &[impl AsRef<str>]) {
     for n in names {
         write(
-            &dir.join(format!("programs/{n}.toml")),
+            &dir.join(format!("programs/{}.toml", n.as_ref())),
             "command = \"sleep 300\"\n",
         );
     }
@@ -1032,12 +1032,7 @@ fn stops_every_child_after_its_log_reader_went_away(sig: nix::sys::signal::Signa
     let dir = tempfile::tempdir().unwrap();
     let cfg = empty_config(dir.path());
     let names = ["p1", "p2", "p3", "p4"];
-    for n in names {
-        write(
-            &dir.path().join(format!("programs/{n}.toml")),
-            "command = \"sleep 300\"\n",
-        );
-    }
+    write_sleepers(dir.path(), &names);
     let mut d = TestDaemon::start_with_log_pipe(dir.path(), Some(&cfg), &dir.path().join("state"));
     let mut guard = GroupGuard::default();
     let all = wait_for(Duration::from_secs(20), "every program running", || {

@@ -1038,20 +1038,16 @@ async fn the_mirror_holds_the_spec_each_write_carried_and_takes_a_scans_equal_sp
     let scanned = Arc::new(spec("web", "sleep 1"));
     assert!(!same(&desired, &scanned));
     let before = desired.get("web").unwrap();
-    desired
-        .share_specs(&[Program {
-            spec: Arc::clone(&scanned),
+    let scan = |spec: &Arc<ProgramSpec>| {
+        [Program {
+            spec: Arc::clone(spec),
             source: file_source("web"),
-        }])
-        .await;
+        }]
+    };
+    desired.share_specs(&scan(&scanned)).await;
     assert!(same(&desired, &scanned), "the scan's spec was not shared");
     assert_eq!(*desired.get("web").unwrap(), *before);
     let edited = Arc::new(spec("web", "sleep 2"));
-    desired
-        .share_specs(&[Program {
-            spec: Arc::clone(&edited),
-            source: file_source("web"),
-        }])
-        .await;
+    desired.share_specs(&scan(&edited)).await;
     assert!(same(&desired, &scanned), "share_specs changed a spec");
 }
