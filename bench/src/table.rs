@@ -104,16 +104,16 @@ impl Row {
         }
     }
 
-    /// Two rows, p50 and p99 of `ours` against `base`, each with a target and the limit that
-    /// meets it (`None`: no target).
+    /// Two rows, p50 and p99 of `ours` against `base`, each with the largest ratio to the
+    /// baseline that meets its target (`None`: no target).
     pub fn percentiles(
         rows: &mut Vec<Row>,
         what: &str,
         ours: Dist,
         base: Dist,
-        targets: [(&str, Option<Duration>); 2],
+        targets: [Option<f64>; 2],
     ) {
-        for (q, o, b, (target, limit)) in [
+        for (q, o, b, limit) in [
             ("p50", ours.p50, base.p50, targets[0]),
             ("p99", ours.p99, base.p99, targets[1]),
         ] {
@@ -122,8 +122,10 @@ impl Row {
                 value: ms(o),
                 baseline: ms(b),
                 ratio: ratio(o.as_secs_f64(), b.as_secs_f64()),
-                target: target.into(),
-                verdict: limit.map_or(Verdict::Info, |l| verdict(o <= l)),
+                target: limit.map_or("—".into(), |l| format!("≤ {l}×")),
+                verdict: limit.map_or(Verdict::Info, |l| {
+                    verdict(o.as_secs_f64() <= l * b.as_secs_f64())
+                }),
             });
         }
     }

@@ -50,7 +50,7 @@ impl Api {
             "GET /status, 1000 instances, vs GET /health,",
             self.status,
             self.health,
-            [("—", None), ("—", None)],
+            [None, None],
         );
     }
 }

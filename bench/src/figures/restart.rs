@@ -172,10 +172,7 @@ impl Restart {
             "restart after kill -9 vs wait-and-respawn loop,",
             self.provisr,
             self.baseline,
-            [
-                ("≤ 3 ms", Some(Duration::from_millis(3))),
-                ("≤ 5 ms", Some(Duration::from_millis(5))),
-            ],
+            [Some(1.5), Some(2.0)],
         );
     }
 }

@@ -56,8 +56,8 @@ impl Rss {
                 value: mib(r),
                 baseline: mib(b),
                 ratio: ratio(r as f64, b as f64),
-                target: "—".into(),
-                verdict: Verdict::Info,
+                target: "≤ 40 MiB".into(),
+                verdict: verdict(r <= 40 * 1024),
             });
         }
     }
