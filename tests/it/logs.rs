@@ -132,6 +132,75 @@ async fn stdout_and_stderr_go_to_their_own_files() {
     assert_eq!(log.tail(Stream::Stderr, 1), ["err 300"]);
 }
 
+/// Streams that share one file (stdout and stderr of one instance, and a second instance) each
+/// append whole batches: none overwrites or cuts another's lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_sharing_a_file_overwrite_none_of_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("all.log");
+    let both = LogPaths {
+        stdout: Some(shared.clone()),
+        stderr: Some(shared.clone()),
+    };
+    let web = InstanceLog::new("web", both, &LogSpec::default());
+    let worker = InstanceLog::new("worker", stdout_only(&shared), &LogSpec::default());
+    let mut guard = GroupGuard::default();
+    // Lines of 98 bytes, each written whole by `printf` (far below the pipe's atomic size).
+    let flood = |tag: &str| {
+        format!(
+            "i=1; while [ $i -le 3000 ]; do printf '{tag} %05d %088d\\n' $i 0; i=$((i+1)); done"
+        )
+    };
+    let a = spawn(
+        &web,
+        &format!("{{ {} ; }} & {} >&2; wait", flood("wo"), flood("we")),
+        &mut guard,
+    );
+    let b = spawn(&worker, &flood("ko"), &mut guard);
+    flushed(&web).await;
+    flushed(&worker).await;
+    reap(a);
+    reap(b);
+    let text = fs::read_to_string(&shared).unwrap();
+    assert_eq!(text.len(), 3 * 3000 * 98, "bytes were overwritten or lost");
+    for tag in ["wo", "we", "ko"] {
+        let mine: Vec<&str> = text.lines().filter(|l| l.starts_with(tag)).collect();
+        let expected: Vec<String> = (1..=3000)
+            .map(|i| format!("{tag} {i:05} {:088}", 0))
+            .collect();
+        assert_eq!(mine, expected, "{tag}: lines lost, cut or out of order");
+    }
+}
+
+/// A log file truncated by someone else (`logrotate`'s `copytruncate`, `: > app.log`) gets the
+/// next output at its new end, with no hole of zeros where the old content was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_after_an_outside_truncation_goes_to_the_new_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.log");
+    let log = InstanceLog::new("app", stdout_only(&path), &LogSpec::default());
+    let mut guard = GroupGuard::default();
+    let go = dir.path().join("go");
+    let script = format!(
+        "seq 1 1000; while [ ! -e {} ]; do sleep 0.01; done; seq 1001 1010",
+        go.display()
+    );
+    let child = spawn(&log, &script, &mut guard);
+    wait_for_async(LONG, "the first lines in the file", || {
+        (fs::metadata(&path).map_or(0, |m| m.len()) == seq(1, 1000).len() as u64).then_some(())
+    })
+    .await;
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    fs::write(&go, "").unwrap();
+    flushed(&log).await;
+    reap(child);
+    assert_eq!(fs::read_to_string(&path).unwrap(), seq(1001, 1010));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_exits_at_once_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
