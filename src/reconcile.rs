@@ -1,9 +1,9 @@
 //! The reconcile loop: the only place that acts on processes.
 //!
 //! One task owns the table of instance actors. It wakes on any desired-state write, any change an
-//! actor publishes, an explicit request and a periodic resync; each pass recomputes the whole
-//! [`plan`](crate::plan::plan) from the desired-state mirror and the actors' published states and
-//! carries out the steps that are ready. Level-triggered: a lost or merged wakeup only delays
+//! actor publishes (paced in bursts, [`PACE_FACTOR`]), an explicit request and a periodic resync;
+//! each pass recomputes the whole [`plan`](crate::plan::plan) from the desired-state mirror and the
+//! actors' published states and carries out the steps that are ready. Level-triggered: a lost or merged wakeup only delays
 //! work until the next pass, it never leaves the system wrong.
 //!
 //! The loop is also the only writer of instance records (`docs/store.md`): at start it takes over
@@ -57,6 +57,15 @@ const SETTLE: Duration = Duration::from_millis(200);
 /// How many instance steps and records count as a burst worth a heap trim: a boot, a reload, a
 /// group start, not one crashed program's restart (`docs/benchmarks.md`, memory).
 const BURST: usize = 64;
+
+/// After a pass, a pass for instance status changes alone waits this many times as long as the
+/// pass took (`docs/architecture.md`, "Paced under bursts"): in a burst of changes (a boot of thousands) the
+/// loop then takes a bounded share of the CPU the children need, while a small setup, whose
+/// passes take microseconds, notices no wait. Desired-state writes and requests never wait.
+const PACE_FACTOR: u32 = 2;
+
+/// The longest a status change waits for its pass.
+const PACE_MAX: Duration = Duration::from_millis(50);
 
 /// An instance as the API sees it: its identity, spec, live status and output.
 #[derive(Clone)]
@@ -259,6 +268,10 @@ struct ReconcileLoop {
     churn: usize,
     /// When the heap is trimmed, armed by a burst and pushed back by every busy pass after it.
     trim_at: Option<Instant>,
+    /// Before this, a status change waits for its pass (see [`PACE_FACTOR`]).
+    paced_until: Instant,
+    /// A status change is waiting for `paced_until`.
+    changes_waiting: bool,
     waiting_tx: watch::Sender<Waiting>,
     cron_next_tx: watch::Sender<CronNext>,
 }
@@ -280,7 +293,9 @@ pub fn start(
     let (cron_next_tx, cron_next) = watch::channel(CronNext::default());
     let state_dir = canonical_state_dir(desired.store().state_dir());
     let cron = CronTable::new(&state_dir, SystemTime::now());
-    let changed = StatusChanges::new(wake.clone());
+    // Status changes have a waker of their own, so the loop can pace them (`PACE_FACTOR`).
+    let changes = Arc::new(Notify::new());
+    let changed = StatusChanges::new(changes.clone());
     let statuses = changed.subscribe();
     let mut lp = ReconcileLoop {
         desired,
@@ -300,11 +315,13 @@ pub fn start(
         cron_at: None,
         churn: 0,
         trim_at: None,
+        paced_until: Instant::now(),
+        changes_waiting: false,
         waiting_tx,
         cron_next_tx,
     };
     lp.take_over();
-    tokio::spawn(lp.run(rx, wake));
+    tokio::spawn(lp.run(rx, wake, changes));
     Reconciler {
         requests,
         live,
@@ -339,19 +356,36 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl ReconcileLoop {
-    async fn run(mut self, mut requests: mpsc::Receiver<Request>, wake: Arc<Notify>) {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        wake: Arc<Notify>,
+        changes: Arc<Notify>,
+    ) {
         self.pass().await;
         // Loading the configuration and the store before this pass was a burst too.
         self.trim_at = Some(Instant::now() + SETTLE);
         loop {
             let retry_at = self.retry.map(|(at, _)| at);
+            let paced = self.changes_waiting.then_some(self.paced_until);
             let reply = tokio::select! {
                 () = wake.notified() => {
+                    // Let what else is ready run first: a desired-state write often comes with
+                    // status changes, and one pass then sees them all.
+                    tokio::task::yield_now().await;
+                    None
+                }
+                () = changes.notified(), if !self.changes_waiting => {
+                    if Instant::now() < self.paced_until {
+                        self.changes_waiting = true;
+                        continue;
+                    }
                     // Let what else is ready run first: during a boot a thousand actors each
                     // poke the loop as they start, and one pass then sees many of them.
                     tokio::task::yield_now().await;
                     None
                 }
+                () = sleep_until(paced) => None,
                 () = tokio::time::sleep(RESYNC_INTERVAL) => None,
                 () = sleep_until(retry_at) => None,
                 () = sleep_until(self.cron_at) => None,
@@ -494,11 +528,15 @@ impl ReconcileLoop {
     async fn pass(&mut self) -> Plan {
         let began = std::time::Instant::now();
         let churn_before = self.churn;
+        // Changes noted from here on are for the next pass; those before are this one's.
+        self.changes_waiting = false;
         let done = self.pass_untimed().await;
         if self.churn >= BURST && self.churn > churn_before {
             self.trim_at = Some(Instant::now() + SETTLE);
         }
-        self.metrics.observe_pass(began.elapsed(), done.steps.len());
+        let took = began.elapsed();
+        self.paced_until = Instant::now() + (took * PACE_FACTOR).min(PACE_MAX);
+        self.metrics.observe_pass(took, done.steps.len());
         done
     }
 
