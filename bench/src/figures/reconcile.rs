@@ -97,8 +97,8 @@ impl Reconcile {
                 value: ms(r.p50),
                 baseline: ms(b.p50),
                 ratio: ratio(r.p50.as_secs_f64(), b.p50.as_secs_f64()),
-                target: "—".into(),
-                verdict: Verdict::Info,
+                target: "≤ 100 ms".into(),
+                verdict: verdict(r.p50 <= Duration::from_millis(100)),
             });
         }
     }
