@@ -329,12 +329,16 @@ pub fn sync_writes(
                 .map(|errs| (&f.path, errs.iter().map(ToString::to_string).collect()))
         })
         .collect();
-    let scanned: BTreeSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
-    let unscanned: Vec<String> = errors
-        .iter()
-        .filter(|e| !scanned.contains(e.file.as_path()))
-        .map(ToString::to_string)
-        .collect();
+    let unscanned: Vec<String> = if errors.is_empty() {
+        Vec::new()
+    } else {
+        let scanned: BTreeSet<&Path> = files.iter().map(|f| f.path.as_path()).collect();
+        errors
+            .iter()
+            .filter(|e| !scanned.contains(e.file.as_path()))
+            .map(ToString::to_string)
+            .collect()
+    };
     for (name, record) in current.iter() {
         if produced.contains(name.as_str()) {
             continue;

@@ -5,7 +5,8 @@
 //! loaded (the hot-reload watcher); [`program_from_json`] validates one API request body by the
 //! same rules.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -106,13 +107,15 @@ pub fn load(
 /// One program of a scan, valid or not, and where its name is written.
 struct Scanned {
     /// Where the name is written, for errors about it; the document is dropped once validated.
-    name_site: ConfigError,
+    /// Shared with the scan cache, which keeps it for the next scan of an unchanged file.
+    name_site: Arc<ConfigError>,
     /// Kept only for a valid program with dependencies, which the check across programs names
     /// the lines of: the document, and where the program's keys are in it (`spec` in the
     /// wrapped form).
     deps_doc: Option<(Document, KeyPath)>,
-    /// How errors about another program refer to this one: its file, or `processes[2]`.
-    label: String,
+    /// How errors about another program refer to an inline process: `processes[2]` (a file is
+    /// referred to by its path, see [`Scanned::label`]).
+    inline_label: String,
     /// `None` for an inline process.
     file: Option<PathBuf>,
     name: Option<String>,
@@ -123,34 +126,42 @@ impl Scanned {
     fn new(
         doc: &Document,
         at: &KeyPath,
-        label: String,
+        inline_label: String,
         file: Option<PathBuf>,
         o: ProgramOutcome,
     ) -> Scanned {
         let deps = o.result.as_ref().is_ok_and(|s| !s.depends_on.is_empty());
         let deps_doc = deps.then(|| (doc.clone(), super::lifecycle_keys::spec_at(doc, at)));
-        let (name_site, name, result) = (o.name_site, o.name, o.result.map(Arc::new));
+        let (name_site, name, result) = (Arc::new(o.name_site), o.name, o.result.map(Arc::new));
         Scanned {
             name_site,
             deps_doc,
-            label,
+            inline_label,
             file,
             name,
             result,
         }
     }
 
+    /// How errors about another program refer to this one: its file, or `processes[2]`.
+    fn label(&self) -> String {
+        match &self.file {
+            Some(path) => path.display().to_string(),
+            None => self.inline_label.clone(),
+        }
+    }
+
     /// A program file whose document is not kept: unchanged since the last scan, or broken.
     fn of_file(
         path: PathBuf,
-        name_site: ConfigError,
+        name_site: Arc<ConfigError>,
         name: Option<String>,
         result: Result<Arc<ProgramSpec>, Vec<ConfigError>>,
     ) -> Scanned {
         Scanned {
             name_site,
             deps_doc: None,
-            label: path.display().to_string(),
+            inline_label: String::new(),
             file: Some(path),
             name,
             result,
@@ -159,7 +170,7 @@ impl Scanned {
 
     /// A program file that could not be read or parsed: it claims the name of its stem.
     fn broken(path: PathBuf, name: Option<String>, e: ConfigError) -> Scanned {
-        let name_site = ConfigError::new(&path, "");
+        let name_site = Arc::new(ConfigError::new(&path, ""));
         Scanned::of_file(path, name_site, name, Err(vec![e]))
     }
 
@@ -167,7 +178,7 @@ impl Scanned {
     fn fail(&mut self, message: String, hint: &str) {
         let e = ConfigError {
             message,
-            ..self.name_site.clone()
+            ..(*self.name_site).clone()
         }
         .with_hint(hint);
         match &mut self.result {
@@ -256,10 +267,7 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
 /// One program file: what the last scan made of it when it is unchanged, else read, parsed and
 /// validated (and remembered when valid).
 fn scan_file(session: &mut cache::Session, path: PathBuf, inline: &ProgramContext) -> Scanned {
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .map(str::to_string);
+    let stem = |path: &Path| path.file_stem()?.to_str().map(str::to_string);
     let read = match session.lookup(&path) {
         Ok(cache::Lookup::Unchanged(valid)) => {
             let valid = *valid;
@@ -268,9 +276,11 @@ fn scan_file(session: &mut cache::Session, path: PathBuf, inline: &ProgramContex
         Ok(cache::Lookup::Read(read)) => read,
         Err(e) => {
             let message = format!("cannot read the program file: {e}");
-            return Scanned::broken(path.clone(), stem, ConfigError::new(&path, message));
+            let e = ConfigError::new(&path, message);
+            return Scanned::broken(path.clone(), stem(&path), e);
         }
     };
+    let stem = stem(&path);
     let format = FileFormat::of(&path).unwrap_or(FileFormat::Toml);
     let doc = match Document::parse(path.clone(), read.text, format) {
         Ok(doc) => doc,
@@ -282,8 +292,8 @@ fn scan_file(session: &mut cache::Session, path: PathBuf, inline: &ProgramContex
         ..*inline
     };
     let o = program::validate(&doc, &doc.tree, KeyPath::default(), &pc);
-    let label = path.display().to_string();
-    let s = Scanned::new(&doc, &KeyPath::default(), label, Some(path.clone()), o);
+    let at = KeyPath::default();
+    let s = Scanned::new(&doc, &at, String::new(), Some(path.clone()), o);
     if let Ok(spec) = &s.result {
         let (name, name_site) = (s.name.clone(), s.name_site.clone());
         let valid = cache::Valid {
@@ -300,11 +310,11 @@ fn scan_file(session: &mut cache::Session, path: PathBuf, inline: &ProgramContex
 /// `web-1` and `web-2`, which a program named `web-2` would also claim. Each claimant fails.
 fn check_unique_names(scanned: &mut [Scanned]) {
     let names = scanned.iter().enumerate();
-    let names = names.filter_map(|(i, s)| Some((s.name.clone()?, i)));
-    for (name, claimants) in clashes(names.collect()) {
+    let names = names.filter_map(|(i, s)| Some((Cow::Borrowed(s.name.as_deref()?), i)));
+    for (name, claimants) in clashes(names) {
         for &i in &claimants {
             let others = claimants.iter().filter(|&&j| j != i);
-            let others: Vec<&str> = others.map(|&j| scanned[j].label.as_str()).collect();
+            let others: Vec<String> = others.map(|&j| scanned[j].label()).collect();
             let stem = match scanned[i].name_site.key {
                 None => " (from the file name)",
                 Some(_) => "",
@@ -316,16 +326,27 @@ fn check_unique_names(scanned: &mut [Scanned]) {
             scanned[i].fail(message, "program names must be unique: rename one of them");
         }
     }
+    // A program of one instance runs it under its own name, checked above: only programs of
+    // several instances claim further names.
     let instances = scanned.iter().enumerate().flat_map(|(i, s)| {
-        let ids = s.result.iter().flat_map(|spec| spec.instances());
-        ids.map(move |id| (id.name, i))
+        let several = s.result.iter().filter(|spec| spec.instances > 1);
+        let single = s.result.iter().filter(|spec| spec.instances <= 1);
+        let ids = several.flat_map(|spec| spec.instances());
+        let own = single.map(|spec| Cow::Borrowed(spec.name.as_str()));
+        ids.map(|id| Cow::Owned(id.name))
+            .chain(own)
+            .map(move |n| (n, i))
     });
     let hint = "rename one of the programs: `name` with instances = N runs name-1 … name-N";
+    let clashing = clashes(instances);
+    if clashing.is_empty() {
+        return;
+    }
     let names: Vec<String> = scanned
         .iter()
         .map(|s| s.name.clone().unwrap_or_default())
         .collect();
-    for (instance, owners) in clashes(instances.collect()) {
+    for (instance, owners) in clashing {
         for &i in &owners {
             let others = owners.iter().filter(|&&j| j != i);
             let others: Vec<String> = others.map(|&j| format!("`{}`", names[j])).collect();
@@ -339,13 +360,19 @@ fn check_unique_names(scanned: &mut [Scanned]) {
     }
 }
 
-/// The names claimed more than once, with their claimants in order.
-fn clashes(claims: Vec<(String, usize)>) -> Vec<(String, Vec<usize>)> {
-    let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+/// The names claimed more than once, in name order, with their claimants in order.
+fn clashes<'a>(claims: impl Iterator<Item = (Cow<'a, str>, usize)>) -> Vec<(String, Vec<usize>)> {
+    let mut by_name: HashMap<Cow<'a, str>, Vec<usize>> = HashMap::new();
     for (name, i) in claims {
         by_name.entry(name).or_default().push(i);
     }
-    by_name.into_iter().filter(|(_, c)| c.len() > 1).collect()
+    let mut clashing: Vec<(String, Vec<usize>)> = by_name
+        .into_iter()
+        .filter(|(_, c)| c.len() > 1)
+        .map(|(name, c)| (name.into_owned(), c))
+        .collect();
+    clashing.sort();
+    clashing
 }
 
 /// Dependencies name programs of the scan, on no later priority level, in no cycle: each
@@ -484,13 +511,15 @@ fn program_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         Ok(t) => t.is_file(),
         Err(_) => false,
     };
-    let mut files: Vec<PathBuf> = entries
+    // Sorted by name, bytewise: the paths' own order (all in one directory), without comparing
+    // them component by component.
+    let mut names: Vec<std::ffi::OsString> = entries
         .filter_map(Result::ok)
         .filter(|entry| is_program_file_name(Path::new(&entry.file_name())) && is_file(entry))
-        .map(|entry| entry.path())
+        .map(|entry| entry.file_name())
         .collect();
-    files.sort();
-    Ok(files)
+    names.sort_unstable();
+    Ok(names.into_iter().map(|name| dir.join(name)).collect())
 }
 
 /// Program files by name: a known extension, and not hidden or an editor's temporary file.

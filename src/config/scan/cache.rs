@@ -75,7 +75,7 @@ impl Identity {
 pub(super) struct Valid {
     pub name: Option<String>,
     /// Where the name is written, for errors about it.
-    pub name_site: ConfigError,
+    pub name_site: Arc<ConfigError>,
     pub spec: Arc<ProgramSpec>,
 }
 
@@ -157,14 +157,13 @@ impl Session {
     /// Looks up `path`, reading it unless its identity says it is unchanged.
     pub fn lookup(&mut self, path: &Path) -> io::Result<Lookup> {
         let before = SystemTime::now();
-        let meta = std::fs::metadata(path)?;
-        let identity = Identity::of(&meta);
+        let identity = Identity::of(&std::fs::metadata(path)?);
         let settled = before
             .duration_since(identity.changed())
             .is_ok_and(|age| age > SETTLED);
-        let known = match self.known.remove(file_name(path)) {
-            Some(entry) if entry.key.settled && entry.key.identity == identity => {
-                return Ok(self.keep(path, entry));
+        let known = match self.known.remove_entry(file_name(path)) {
+            Some((name, entry)) if entry.key.settled && entry.key.identity == identity => {
+                return Ok(self.keep(name, entry));
             }
             known => known,
         };
@@ -176,14 +175,16 @@ impl Session {
             settled,
         };
         match known {
-            Some(entry) if entry.key.hash == hash => Ok(self.keep(path, Entry { key, ..entry })),
+            Some((name, entry)) if entry.key.hash == hash => {
+                Ok(self.keep(name, Entry { key, ..entry }))
+            }
             _ => Ok(Lookup::Read(Read { text, key })),
         }
     }
 
-    fn keep(&mut self, path: &Path, entry: Entry) -> Lookup {
+    fn keep(&mut self, name: OsString, entry: Entry) -> Lookup {
         let valid = entry.valid.clone();
-        self.found.insert(file_name(path).to_owned(), entry);
+        self.found.insert(name, entry);
         Lookup::Unchanged(valid)
     }
 
@@ -237,7 +238,7 @@ mod tests {
     fn valid(name: &str) -> Valid {
         Valid {
             name: Some(name.into()),
-            name_site: ConfigError::new("web.toml", ""),
+            name_site: Arc::new(ConfigError::new("web.toml", "")),
             spec: Arc::new(ProgramSpec::new(name, Exec::Command("sleep 1".into()))),
         }
     }
