@@ -438,7 +438,7 @@ fn instance_step(
     let unchanged = |o: &Observed<'_>, changes| {
         step(
             Action::Unchanged,
-            format!("{:?}", o.state).to_lowercase(),
+            o.state.as_str().to_string(),
             changes,
         )
     };
