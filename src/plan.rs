@@ -435,13 +435,8 @@ fn instance_step(
     let cron = spec.is_cron();
     // A run asked for and not carried out: the instance's requests are behind the program's.
     let requested = |seq: RunSeq| seq.start < want.seq.start || seq.restart < want.seq.restart;
-    let unchanged = |o: &Observed<'_>, changes| {
-        step(
-            Action::Unchanged,
-            o.state.as_str().to_string(),
-            changes,
-        )
-    };
+    let unchanged =
+        |o: &Observed<'_>, changes| step(Action::Unchanged, o.state.as_str().to_string(), changes);
     match (want.run, obs) {
         (DesiredRun::Running, None) if cron => {
             if requested(RunSeq::default()) {
