@@ -182,11 +182,10 @@ async fn output_after_an_outside_truncation_goes_to_the_new_end() {
     let path = dir.path().join("app.log");
     let log = InstanceLog::new("app", stdout_only(&path), &LogSpec::default());
     let mut guard = GroupGuard::default();
+    // The child waits on a FIFO between its two bursts: it goes on once the test writes to it.
     let go = dir.path().join("go");
-    let script = format!(
-        "seq 1 1000; while [ ! -e {} ]; do sleep 0.01; done; seq 1001 1010",
-        go.display()
-    );
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let script = format!("seq 1 1000; read _ < {}; seq 1001 1010", go.display());
     let child = spawn(&log, &script, &mut guard);
     wait_for_async(LONG, "the first lines in the file", || {
         (fs::metadata(&path).map_or(0, |m| m.len()) == seq(1, 1000).len() as u64).then_some(())
@@ -197,7 +196,7 @@ async fn output_after_an_outside_truncation_goes_to_the_new_end() {
         .truncate(true)
         .open(&path)
         .unwrap();
-    fs::write(&go, "").unwrap();
+    fs::write(&go, "\n").unwrap();
     flushed(&log).await;
     reap(child);
     assert_eq!(fs::read_to_string(&path).unwrap(), seq(1001, 1010));
