@@ -130,7 +130,16 @@ impl Reloader {
             failed,
             steps,
         };
-        let loaded = match config::load(self.source.file.as_deref(), &self.source.base_env) {
+        // Reading and validating thousands of files takes tens of milliseconds: off the runtime's
+        // workers, so actors and the API go on meanwhile.
+        let source = self.source.clone();
+        let loading = tokio::task::spawn_blocking(move || {
+            config::load(source.file.as_deref(), &source.base_env)
+        });
+        let loaded = match loading
+            .await
+            .unwrap_or_else(|e| Err(vec![load_panicked(e)]))
+        {
             Ok(l) => l,
             Err(errors) => {
                 for e in &errors {
@@ -314,4 +323,10 @@ pub async fn reload_worker(
         // The periodic rescan counts from the last rescan, whatever caused it.
         resync.reset();
     }
+}
+
+/// A load whose thread panicked, as the error the reload reports.
+fn load_panicked(e: tokio::task::JoinError) -> config::ConfigError {
+    config::ConfigError::new("<reload>", format!("reading the configuration failed: {e}"))
+        .with_hint("this is a bug in provisr: the daemon log has the panic")
 }
