@@ -29,7 +29,10 @@
 //!   save from a writer pausing mid-file, and a half-written file cut at a line end may well parse
 //!   (and run). So a program or config file written to (`IN_MODIFY`, or created) counts as being
 //!   written until its writer closes it (`IN_CLOSE_WRITE`), is removed or renamed away, and no
-//!   rescan happens while one is: the burst waits for the close, then for the quiet period. A
+//!   rescan happens while one is: the burst waits for the close, then for the quiet period. Once
+//!   the directory is quiet, the kernel is asked whether anyone still has such a file open for
+//!   writing (a read lease is refused while someone has): a close event can be lost with a
+//!   watch replaced in the middle of a save (`rm -rf dir; mkdir dir; write`). A
 //!   writer that keeps a file open longer than [`WRITE_HOLD`] gets it scanned anyway, so a
 //!   forgotten descriptor cannot stop reloads for good. `docs/hot-reload.md` has the user-facing
 //!   version.
@@ -568,11 +571,15 @@ async fn run<F, Fut>(
         let hard_deadline = burst_start + debounce.max_delay;
         let hold_deadline = burst_start + debounce.max_delay.max(WRITE_HOLD);
         let mut quiet_deadline = burst_start + debounce.quiet;
+        // The quiet period after which the files held as being written were last asked about.
+        let mut asked = None;
         loop {
             // A file still open for writing holds the rescan until its close (which restarts
             // the quiet period) or the hold runs out.
             let deadline = if lock(&state).writing.is_empty() {
                 quiet_deadline.min(hard_deadline)
+            } else if asked != Some(quiet_deadline) {
+                quiet_deadline.min(hold_deadline)
             } else {
                 hold_deadline
             };
@@ -587,7 +594,19 @@ async fn run<F, Fut>(
                         }
                     }
                 },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    let mut watching = lock(&state);
+                    if watching.writing.is_empty() || Instant::now() >= hold_deadline {
+                        break;
+                    }
+                    // Quiet, with files held as being written: a writer's close can be lost
+                    // with a watch replaced mid-save, so ask the kernel who still writes them.
+                    watching.writing.retain(|p| open_for_writing(p) != Some(false));
+                    asked = Some(quiet_deadline);
+                    if watching.writing.is_empty() {
+                        break;
+                    }
+                }
             }
         }
         {
@@ -604,6 +623,30 @@ async fn run<F, Fut>(
             "configuration changed on disk; rescanning"
         );
         on_change().await;
+    }
+}
+
+/// Whether any process has `path` open for writing: the kernel refuses a read lease
+/// (`F_SETLEASE`) on a file open for writing. `None` when it cannot tell: a file system without
+/// leases, or a file of another user without `CAP_LEASE`.
+fn open_for_writing(path: &Path) -> Option<bool> {
+    use std::os::fd::AsRawFd;
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(false),
+        Err(_) => return None,
+    };
+    let fd = file.as_raw_fd();
+    // SAFETY: `fcntl` on a descriptor this function owns, with an integer argument; the lease
+    // goes with the descriptor when `file` is dropped.
+    #[allow(unsafe_code)]
+    let leased = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
+    if leased == 0 {
+        return Some(false);
+    }
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(libc::EAGAIN) => Some(true),
+        _ => None,
     }
 }
 

@@ -385,3 +385,56 @@ fn spawn_outside_a_runtime_is_an_error() {
     );
     assert!(matches!(r, Err(WatchError::NoRuntime)));
 }
+
+#[test]
+fn the_kernel_tells_whether_a_file_is_open_for_writing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("web.toml");
+    let writer = std::fs::File::create(&path).expect("create");
+    assert_eq!(open_for_writing(&path), Some(true));
+    drop(writer);
+    assert_eq!(open_for_writing(&path), Some(false));
+    let reader = std::fs::File::open(&path).expect("open");
+    assert_eq!(
+        open_for_writing(&path),
+        Some(false),
+        "a reader is no writer"
+    );
+    drop(reader);
+    assert_eq!(open_for_writing(&dir.path().join("gone.toml")), Some(false));
+}
+
+/// A write seen without its close (the close lost with a watch replaced mid-save) holds the
+/// rescan only until the directory is quiet: nobody has the file open, so it is not being written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_close_was_lost_does_not_hold_the_rescan() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let programs = dir.path().join("programs");
+    std::fs::create_dir(&programs).expect("mkdir");
+    let file = programs.join("web.toml");
+    std::fs::write(&file, "command = \"sleep 1\"\n").expect("write");
+    let (calls, mut called) = tokio::sync::mpsc::unbounded_channel();
+    let handle = spawn(
+        WatchTargets::new(&programs),
+        Debounce::default(),
+        move || {
+            let calls = calls.clone();
+            async move {
+                let _ = calls.send(());
+            }
+        },
+    )
+    .expect("watch");
+    let write = Event::new(WRITE).add_path(file.clone());
+    handle
+        .signals
+        .send(Signal::Fs(Ok(write)))
+        .expect("the task runs");
+    // Well under the write hold, which is what the rescan would otherwise wait for.
+    let within = WRITE_HOLD / 2;
+    tokio::time::timeout(within, called.recv())
+        .await
+        .expect("a rescan before the write hold ran out")
+        .expect("a call");
+    handle.stop().await;
+}
