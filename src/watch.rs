@@ -29,10 +29,10 @@
 //!   save from a writer pausing mid-file, and a half-written file cut at a line end may well parse
 //!   (and run). So a program or config file written to (`IN_MODIFY`, or created) counts as being
 //!   written until its writer closes it (`IN_CLOSE_WRITE`), is removed or renamed away, and no
-//!   rescan happens while one is: the burst waits for the close, then for the quiet period. Once
-//!   the directory is quiet, the kernel is asked whether anyone still has such a file open for
-//!   writing (a read lease is refused while someone has): a close event can be lost with a
-//!   watch replaced in the middle of a save (`rm -rf dir; mkdir dir; write`). A
+//!   rescan happens while one is: the burst waits for the close, then for the quiet period. When
+//!   the programs directory is watched anew (replaced: `rm -rf dir; mkdir dir; write`), closes
+//!   may have gone with the old watch, and events still queued from it may report writes whose
+//!   close is lost: none of its files is held back in that burst, once it is quiet. A
 //!   writer that keeps a file open longer than [`WRITE_HOLD`] gets it scanned anyway, so a
 //!   forgotten descriptor cannot stop reloads for good. `docs/hot-reload.md` has the user-facing
 //!   version.
@@ -236,6 +236,7 @@ where
         watched: BTreeSet::new(),
         dir_id: None,
         writing: BTreeSet::new(),
+        rewatched: false,
     };
     watching.retarget(targets)?;
     let state = Arc::new(Mutex::new(watching));
@@ -387,6 +388,8 @@ struct Watching {
     dir_id: Option<(u64, u64)>,
     /// Files read by a rescan that a writer has written to and not yet closed.
     writing: BTreeSet<PathBuf>,
+    /// The programs directory was watched again since the current burst began.
+    rewatched: bool,
 }
 
 fn lock(state: &Mutex<Watching>) -> MutexGuard<'_, Watching> {
@@ -469,6 +472,7 @@ impl Watching {
         // is not yet in place: no file there is held back as still being written (else a
         // `rm -rf; mkdir; write` waited for the whole write hold).
         self.writing.retain(|p| p.parent() != Some(dir.as_path()));
+        self.rewatched = true;
         // Identity first: if the directory is replaced between here and the watch, the recorded
         // inode is the old one and the next check watches again rather than trusting a stale one.
         let Some(id) = dir_identity(&dir) else {
@@ -561,7 +565,10 @@ async fn run<F, Fut>(
                 signal = signals.recv() => match signal {
                     None => return,
                     Some(signal) => {
-                        if lock(&state).absorb(signal) {
+                        let mut watching = lock(&state);
+                        // Only a rewatch within this burst (this event's included) counts.
+                        watching.rewatched = false;
+                        if watching.absorb(signal) {
                             break Instant::now();
                         }
                     }
@@ -571,7 +578,7 @@ async fn run<F, Fut>(
         let hard_deadline = burst_start + debounce.max_delay;
         let hold_deadline = burst_start + debounce.max_delay.max(WRITE_HOLD);
         let mut quiet_deadline = burst_start + debounce.quiet;
-        // The quiet period after which the files held as being written were last asked about.
+        // The quiet period after which the files held as being written were last looked at.
         let mut asked = None;
         loop {
             // A file still open for writing holds the rescan until its close (which restarts
@@ -599,9 +606,14 @@ async fn run<F, Fut>(
                     if watching.writing.is_empty() || Instant::now() >= hold_deadline {
                         break;
                     }
-                    // Quiet, with files held as being written: a writer's close can be lost
-                    // with a watch replaced mid-save, so ask the kernel who still writes them.
-                    watching.writing.retain(|p| open_for_writing(p) != Some(false));
+                    // Quiet, with files held as being written, in a burst that replaced the
+                    // directory's watch: events still queued from a replaced watch can report a
+                    // write whose close went with that watch, so, as at the replacement itself,
+                    // no file of the directory is held back.
+                    if std::mem::take(&mut watching.rewatched) {
+                        let dir = watching.resolved.programs_dir.clone();
+                        watching.writing.retain(|p| p.parent() != Some(dir.as_path()));
+                    }
                     asked = Some(quiet_deadline);
                     if watching.writing.is_empty() {
                         break;
@@ -623,30 +635,6 @@ async fn run<F, Fut>(
             "configuration changed on disk; rescanning"
         );
         on_change().await;
-    }
-}
-
-/// Whether any process has `path` open for writing: the kernel refuses a read lease
-/// (`F_SETLEASE`) on a file open for writing. `None` when it cannot tell: a file system without
-/// leases, or a file of another user without `CAP_LEASE`.
-fn open_for_writing(path: &Path) -> Option<bool> {
-    use std::os::fd::AsRawFd;
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(false),
-        Err(_) => return None,
-    };
-    let fd = file.as_raw_fd();
-    // SAFETY: `fcntl` on a descriptor this function owns, with an integer argument; the lease
-    // goes with the descriptor when `file` is dropped.
-    #[allow(unsafe_code)]
-    let leased = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) };
-    if leased == 0 {
-        return Some(false);
-    }
-    match std::io::Error::last_os_error().raw_os_error() {
-        Some(libc::EAGAIN) => Some(true),
-        _ => None,
     }
 }
 
