@@ -3,8 +3,8 @@
 //! One task owns the table of instance actors. It wakes on any desired-state write, any change an
 //! actor publishes (paced in bursts, [`PACE_FACTOR`]), an explicit request and a periodic resync;
 //! each pass recomputes the whole [`plan`](crate::plan::plan) from the desired-state mirror and the
-//! actors' published states and carries out the steps that are ready. Level-triggered: a lost or merged wakeup only delays
-//! work until the next pass, it never leaves the system wrong.
+//! actors' published states and carries out the steps that are ready. Level-triggered: a lost or
+//! merged wakeup only delays work until the next pass, it never leaves the system wrong.
 //!
 //! The loop is also the only writer of instance records (`docs/store.md`): at start it takes over
 //! what the records and `/proc` say runs (`adopt.rs`); before it orders starts it writes them
@@ -59,9 +59,10 @@ const SETTLE: Duration = Duration::from_millis(200);
 const BURST: usize = 64;
 
 /// After a pass, a pass for instance status changes alone waits this many times as long as the
-/// pass took (`docs/architecture.md`, "Paced under bursts"): in a burst of changes (a boot of thousands) the
-/// loop then takes a bounded share of the CPU the children need, while a small setup, whose
-/// passes take microseconds, notices no wait. Desired-state writes and requests never wait.
+/// pass took (`docs/architecture.md`, "Paced under bursts"): in a burst of changes (a boot of
+/// thousands) the loop then takes a bounded share of the CPU the children need, while a small
+/// setup, whose passes take microseconds, notices no wait. Desired-state writes and requests
+/// never wait.
 const PACE_FACTOR: u32 = 2;
 
 /// The longest a status change waits for its pass.
@@ -375,17 +376,17 @@ impl ReconcileLoop {
                     tokio::task::yield_now().await;
                     None
                 }
+                // Its pass comes at `paced_until`, at once when that has passed.
                 () = changes.notified(), if !self.changes_waiting => {
-                    if Instant::now() < self.paced_until {
-                        self.changes_waiting = true;
-                        continue;
-                    }
+                    self.changes_waiting = true;
+                    continue;
+                }
+                () = sleep_until(paced) => {
                     // Let what else is ready run first: during a boot a thousand actors each
                     // poke the loop as they start, and one pass then sees many of them.
                     tokio::task::yield_now().await;
                     None
                 }
-                () = sleep_until(paced) => None,
                 () = tokio::time::sleep(RESYNC_INTERVAL) => None,
                 () = sleep_until(retry_at) => None,
                 () = sleep_until(self.cron_at) => None,

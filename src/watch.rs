@@ -471,7 +471,7 @@ impl Watching {
         // A writer's close in the directory may be lost with the old watch, or while the new one
         // is not yet in place: no file there is held back as still being written (else a
         // `rm -rf; mkdir; write` waited for the whole write hold).
-        self.writing.retain(|p| p.parent() != Some(dir.as_path()));
+        self.forget_writers_in_programs_dir();
         self.rewatched = true;
         // Identity first: if the directory is replaced between here and the watch, the recorded
         // inode is the old one and the next check watches again rather than trusting a stale one.
@@ -488,6 +488,12 @@ impl Watching {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot watch programs directory; it is rescanned when its entry changes");
             }
         }
+    }
+
+    /// Holds back no file of the programs directory as still being written.
+    fn forget_writers_in_programs_dir(&mut self) {
+        let dir = &self.resolved.programs_dir;
+        self.writing.retain(|p| p.parent() != Some(dir.as_path()));
     }
 
     /// Backstop for lost events (overflow): watch again when the inode at the path is not the
@@ -578,17 +584,19 @@ async fn run<F, Fut>(
         let hard_deadline = burst_start + debounce.max_delay;
         let hold_deadline = burst_start + debounce.max_delay.max(WRITE_HOLD);
         let mut quiet_deadline = burst_start + debounce.quiet;
-        // The quiet period after which the files held as being written were last looked at.
-        let mut asked = None;
         loop {
             // A file still open for writing holds the rescan until its close (which restarts
-            // the quiet period) or the hold runs out.
-            let deadline = if lock(&state).writing.is_empty() {
-                quiet_deadline.min(hard_deadline)
-            } else if asked != Some(quiet_deadline) {
-                quiet_deadline.min(hold_deadline)
-            } else {
-                hold_deadline
+            // the quiet period) or the hold runs out; in a burst that watched the directory
+            // anew, only until the quiet period ends (below).
+            let deadline = {
+                let watching = lock(&state);
+                if watching.writing.is_empty() {
+                    quiet_deadline.min(hard_deadline)
+                } else if watching.rewatched {
+                    quiet_deadline.min(hold_deadline)
+                } else {
+                    hold_deadline
+                }
             };
             tokio::select! {
                 biased;
@@ -603,19 +611,13 @@ async fn run<F, Fut>(
                 },
                 _ = tokio::time::sleep_until(deadline) => {
                     let mut watching = lock(&state);
-                    if watching.writing.is_empty() || Instant::now() >= hold_deadline {
-                        break;
-                    }
-                    // Quiet, with files held as being written, in a burst that replaced the
-                    // directory's watch: events still queued from a replaced watch can report a
-                    // write whose close went with that watch, so, as at the replacement itself,
-                    // no file of the directory is held back.
+                    // Quiet, in a burst that watched the directory anew: events still queued
+                    // from a replaced watch can report a write whose close went with that
+                    // watch, so, as at the replacement itself, no file of it is held back.
                     if std::mem::take(&mut watching.rewatched) {
-                        let dir = watching.resolved.programs_dir.clone();
-                        watching.writing.retain(|p| p.parent() != Some(dir.as_path()));
+                        watching.forget_writers_in_programs_dir();
                     }
-                    asked = Some(quiet_deadline);
-                    if watching.writing.is_empty() {
+                    if watching.writing.is_empty() || Instant::now() >= hold_deadline {
                         break;
                     }
                 }
