@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use super::{lock, open_sled, StoreError, DB_DIR, INSTANCES, PROGRAMS, SCHEMA_KEY};
 
 /// The schema version this provisr writes.
-pub const CURRENT_SCHEMA: u32 = 3;
+pub const CURRENT_SCHEMA: u32 = 4;
 
 /// The first schema version kept in a sled 1.x database (`db2/`).
 pub const FIRST_SLED1_SCHEMA: u32 = 2;
@@ -82,6 +82,12 @@ pub const STEPS: &[Step] = &[
         to: 3,
         describes: "give each instance record a boot id, the spec its process runs, a write-ahead start, the requests it carried out and how it finished",
         run: v2_to_v3,
+    },
+    Step {
+        from: 3,
+        to: 4,
+        describes: "store each spec without the keys that hold their reference value",
+        run: v3_to_v4,
     },
 ];
 
@@ -499,6 +505,38 @@ fn v2_to_v3(records: &mut Records) -> Result<(), String> {
     Ok(())
 }
 
+/// 3 → 4. Each spec a record holds (a program's `spec`; an instance's `spec` and
+/// `starting.spec`) drops the keys that hold their value in the reference spec of
+/// `compact.rs`, which fills them back in when the record is read. The records read the same
+/// either way; the step only makes the upgraded ones as small as those written at version 4. A
+/// record that is not an object stops the upgrade with its key.
+///
+/// Should a later version change the reference, this step must keep version 4's.
+fn v3_to_v4(records: &mut Records) -> Result<(), String> {
+    let each = [
+        ("program", &mut records.programs),
+        ("instance", &mut records.instances),
+    ];
+    for (kind, tree) in each {
+        for (name, bytes) in tree.iter_mut() {
+            let bad = |why: String| format!("{kind} record {name:?}: {why}");
+            let mut value: Value = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+            let record = value
+                .as_object_mut()
+                .ok_or_else(|| bad("it is not a JSON object".to_string()))?;
+            let launch = record.get_mut("starting").and_then(Value::as_object_mut);
+            let ahead = launch
+                .and_then(|l| l.get_mut("spec"))
+                .and_then(Value::as_object_mut);
+            ahead.map(super::compact::strip);
+            let spec = record.get_mut("spec").and_then(Value::as_object_mut);
+            spec.map(super::compact::strip);
+            *bytes = serde_json::to_vec(&value).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -587,6 +625,61 @@ mod tests {
 
         records.instances.insert("bad".into(), b"[1]".to_vec());
         let err = v2_to_v3(&mut records).unwrap_err();
+        assert!(
+            err.contains("\"bad\"") && err.contains("not a JSON object"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn v3_specs_lose_their_reference_values_and_read_back_the_same() {
+        use crate::config::{Exec, ProgramSpec};
+        use crate::store::{InstanceRecord, Launch, ProgramRecord};
+        let mut spec = ProgramSpec::new("web", Exec::Command("sleep 60".into()));
+        spec.priority = 7;
+        let whole = serde_json::to_value(&spec).unwrap();
+        let mut records = Records {
+            programs: [(
+                "web".to_string(),
+                serde_json::to_vec(&serde_json::json!({
+                    "spec": whole, "source": {"kind": "api"}, "desired": "running",
+                    "generation": 3, "error": null,
+                }))
+                .unwrap(),
+            )]
+            .into(),
+            instances: [(
+                "web".to_string(),
+                serde_json::to_vec(&serde_json::json!({
+                    "program": "web", "pid": 42, "start_time": 7, "restarts": 0,
+                    "boot_id": null, "generation": 3, "spec": whole,
+                    "starting": {"generation": 4, "spec": whole}, "seq": null, "finished": null,
+                }))
+                .unwrap(),
+            )]
+            .into(),
+        };
+        v3_to_v4(&mut records).unwrap();
+        let compact = serde_json::json!({
+            "name": "web", "exec": {"command": "sleep 60"}, "priority": 7,
+        });
+        let program: Value = serde_json::from_slice(&records.programs["web"]).unwrap();
+        assert_eq!(program["spec"], compact);
+        let instance: Value = serde_json::from_slice(&records.instances["web"]).unwrap();
+        assert_eq!(
+            (&instance["spec"], &instance["starting"]["spec"]),
+            (&compact, &compact)
+        );
+
+        let program: ProgramRecord = serde_json::from_value(program).unwrap();
+        assert_eq!(*program.spec, spec);
+        let instance: InstanceRecord = serde_json::from_value(instance).unwrap();
+        assert_eq!(instance.spec.as_ref(), Some(&spec));
+        let ahead = instance.starting.map(|l: Launch| l.spec);
+        assert_eq!(ahead.as_ref(), Some(&spec));
+
+        records.instances.insert("bad".into(), b"[1]".to_vec());
+        let err = v3_to_v4(&mut records).unwrap_err();
         assert!(
             err.contains("\"bad\"") && err.contains("not a JSON object"),
             "{err}"

@@ -20,6 +20,7 @@
 //! failed flush the store refuses everything rather than hang ([`StoreError::NoRoom`],
 //! [`StoreError::Failed`]). `docs/store.md` has the details.
 
+mod compact;
 mod error;
 mod lock;
 pub mod migrations;

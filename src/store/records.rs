@@ -47,6 +47,7 @@ pub struct ProgramRecord {
     /// The last good spec. A broken file keeps this and only sets `error` (`docs/configuration.md`, "Errors and reloads").
     /// Shared: the mirror holds the very spec the write carried (the scan cache's, for a file),
     /// so a program's spec is in memory once (`docs/architecture.md`).
+    #[serde(with = "super::compact")]
     pub spec: Arc<ProgramSpec>,
     pub source: Source,
     pub desired: DesiredRun,
@@ -373,6 +374,7 @@ pub struct InstanceRecord {
     /// The spec the process `pid` runs with: as it was started, or as changed in place since.
     /// A daemon that adopts the process compares it with the desired spec, so an edit made while
     /// no daemon ran is applied. `None` without a process, and in records from before schema 3.
+    #[serde(with = "super::compact")]
     pub spec: Option<ProgramSpec>,
     /// Written ahead of a start that the reconcile loop orders, before the process is spawned:
     /// a process of this instance found in `/proc` by its tag that this record does not name yet
@@ -415,6 +417,7 @@ impl InstanceRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launch {
     pub generation: u64,
+    #[serde(with = "super::compact")]
     pub spec: ProgramSpec,
     /// When it was written ahead, in nanoseconds after boot: a spawn begun after it carried it
     /// out (`docs/reliability.md`, the launch journal).

@@ -716,10 +716,11 @@ fn expected_from_v0() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>) {
     (programs, Vec::new())
 }
 
-/// What the version-1, -2 and -3 fixtures hold, written through the store itself (so at the
+/// What the version-1 to -4 fixtures hold, written through the store itself (so at the
 /// current version): a spec change (generation 2), an error, an explicit start and instance
 /// records. Each fixture was written so while its version was current; from version 3 on,
-/// `worker-2` also has what version 3 added to instance records.
+/// `worker-2` also has what version 3 added to instance records; version 4 stores the same
+/// records with their specs compacted.
 async fn write_current(state_dir: &Path) {
     let (web, worker) = fixture_specs();
     let store = DesiredStore::open(state_dir).unwrap();
@@ -843,11 +844,12 @@ fn version_in(state_dir: &Path) -> Option<u32> {
 #[tokio::test]
 async fn fixtures_of_every_version_open_at_the_current_version() {
     type Expected = fn() -> (Vec<ProgramRecord>, Vec<(String, InstanceRecord)>);
-    let fixtures: [(u32, Expected); 4] = [
+    let fixtures: [(u32, Expected); 5] = [
         (0, expected_from_v0),
         (1, expected_from_v1),
         (2, expected_from_v1),
         (3, expected_from_v3),
+        (4, expected_from_v3),
     ];
     // Every version up to the current one has a fixture.
     assert_eq!(fixtures.len() as u32, CURRENT_SCHEMA + 1);
@@ -907,6 +909,41 @@ async fn fixtures_of_every_version_open_at_the_current_version() {
         assert_eq!(
             store.get_program("web").unwrap().unwrap().desired,
             DesiredRun::Stopped
+        );
+    }
+}
+
+/// From version 4 a stored spec omits the keys at their reference value, in records written since
+/// and in those an upgrade rewrote; a spec written whole (version 3) keeps reading the same.
+#[test]
+fn stored_specs_omit_reference_values_after_an_upgrade_and_when_written() {
+    let spec_keys = |state_dir: &Path, key: &str| -> Vec<String> {
+        let db = raw_db(state_dir);
+        let bytes = db.get(key).unwrap().unwrap();
+        let record: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let spec = record["spec"].as_object().unwrap();
+        let mut keys: Vec<String> = spec.keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    for version in [3, 4] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&fixtures_dir().join(format!("v{version}")), dir.path());
+        if version == 3 {
+            let whole = spec_keys(dir.path(), "p/worker");
+            assert!(whole.iter().any(|k| k == "stop_timeout"), "{whole:?}");
+        }
+        drop(DesiredStore::open(dir.path()).unwrap());
+        // `worker` sets instances, autostart and auto_restart; the rest are defaults.
+        assert_eq!(
+            spec_keys(dir.path(), "p/worker"),
+            ["auto_restart", "autostart", "exec", "instances", "name"],
+            "fixture v{version}"
+        );
+        assert_eq!(
+            spec_keys(dir.path(), "i/worker-2"),
+            ["auto_restart", "autostart", "exec", "instances", "name"],
+            "fixture v{version}"
         );
     }
 }
