@@ -7,27 +7,14 @@
 //! 10 000 programs and at 1000 running) and trims the heap once a load, a reload or a burst of the
 //! reconcile loop has settled, and once a large response has been sent ([`ReleasedOnDrop`];
 //! `docs/benchmarks.md`, memory).
-//!
-//! It also keeps glibc's mmap threshold at its initial 128 KiB. By default glibc raises the
-//! threshold to the size of each large block freed (a log batch, sled's write buffer, a response),
-//! after which such blocks come from the heap, where they pin the pages around them once freed; at
-//! a fixed threshold they are mapped and unmapped on their own. With 1000 programs running that is
-//! 32 MiB of RSS instead of 37.7, and 33.8 instead of 35.9 MiB at 10 000 stopped, with the same
-//! reconcile pass and reload times (`docs/benchmarks.md`, "Figures").
 
-/// The mmap threshold kept fixed: glibc's own initial value.
-const MMAP_THRESHOLD: i32 = 128 * 1024;
-
-/// Sets glibc's allocator up for the daemon (one arena, a fixed mmap threshold); call before
-/// any thread starts.
-pub fn configure_allocator() {
-    // SAFETY: `mallopt` only sets allocator parameters; it is called before the runtime
-    // starts any thread, with valid parameters and values.
+/// Limits glibc's malloc arenas; call before any thread starts.
+pub fn limit_arenas() {
+    // SAFETY: `mallopt` only sets an allocator parameter; it is called before the runtime
+    // starts any thread, with a valid parameter and value.
     #[allow(unsafe_code)]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        // Setting it at all also turns off glibc's dynamic adjustment of it.
-        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 

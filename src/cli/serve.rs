@@ -29,7 +29,7 @@ pub fn run(args: &ServeArgs) -> i32 {
         state_dir: args.state_dir.clone(),
         store: None,
     };
-    crate::memory::configure_allocator();
+    crate::memory::limit_arenas();
     // First, while this process has one thread (docs/store.md, "Opening").
     opts.store = daemon::open_store_first(&opts);
     // The spawner starts now, while this process is small and has few descriptors: every child
