@@ -21,6 +21,7 @@ use super::AppState;
 use crate::config::{self, Dur, GroupSpec, ProgramSpec, Source, TokenScope};
 use crate::desired;
 use crate::logs::Stream;
+use crate::reconcile::{LiveTable, Waiting};
 use crate::store::{Owner, RunRequest, StoreError, StoreWrite};
 use crate::supervisor::InstanceState;
 
@@ -337,22 +338,42 @@ async fn wait_settled(
     // instances (and which starts wait for dependencies).
     let mut passes = d.reconciler.passes();
     let mut statuses = d.reconciler.statuses();
-    // Each wake looks only at the instances not yet seen settled, without copying a status: a
-    // stop of many wakes once per exit, and must not look at every instance each time.
-    let mut pending: Vec<&Picked> = picked.iter().collect();
+    // Each wake looks only at the instances not yet seen settled, through status receivers
+    // looked up once per instance table: a stop of many wakes once per exit, and must look
+    // neither at every instance nor up every name each time.
+    let mut pending: Vec<Pending> = picked
+        .iter()
+        .map(|p| Pending {
+            name: &p.id.name,
+            needs_change: needs_change.get(&p.id.name).copied().unwrap_or(true),
+            status: None,
+            waiting: false,
+        })
+        .collect();
+    let mut resolved: Option<(LiveTable, Waiting)> = None;
     loop {
         let live = d.reconciler.live();
         // A start waiting for its dependencies has settled for now: it says so in its status.
         let waiting = d.reconciler.waiting();
+        let current = resolved
+            .as_ref()
+            .is_some_and(|(l, w)| Arc::ptr_eq(l, &live) && Arc::ptr_eq(w, &waiting));
+        if !current {
+            for p in &mut pending {
+                p.status = live.get(p.name).map(|l| l.status.clone());
+                p.waiting = request != RunRequest::Stop && waiting.contains_key(p.name);
+            }
+            resolved = Some((live, waiting));
+        }
         pending.retain(|p| {
-            if request != RunRequest::Stop && waiting.contains_key(&p.id.name) {
+            if p.waiting {
                 return false;
             }
-            let Some(l) = live.get(&p.id.name) else {
+            let Some(status) = &p.status else {
                 return request != RunRequest::Stop;
             };
-            let s = l.status.borrow();
-            let changed_since = !needs_change.get(&p.id.name).copied().unwrap_or(true)
+            let s = status.borrow();
+            let changed_since = !p.needs_change
                 || s.started_at.is_some_and(|t| t >= t0)
                 || s.stopped_at.is_some_and(|t| t >= t0);
             let reached = match request {
@@ -376,6 +397,18 @@ async fn wait_settled(
             () = tokio::time::sleep_until(deadline) => return,
         }
     }
+}
+
+/// An instance [`wait_settled`] still waits for, with what it looked up for it in the instance
+/// table and the dependency waits it last saw.
+struct Pending<'a> {
+    name: &'a str,
+    /// Whether it only counts after a change since the request.
+    needs_change: bool,
+    /// Its status, while it is in the table.
+    status: Option<tokio::sync::watch::Receiver<crate::supervisor::InstanceStatus>>,
+    /// A start of it waits for its dependencies.
+    waiting: bool,
 }
 
 fn spec_from_body(d: &AppState, body: &Value) -> Result<ProgramSpec, ApiError> {
