@@ -23,7 +23,7 @@ use crate::desired;
 use crate::logs::Stream;
 use crate::reconcile::{LiveTable, Waiting};
 use crate::store::{Owner, RunRequest, StoreError, StoreWrite};
-use crate::supervisor::InstanceState;
+use crate::supervisor::{InstanceState, InstanceStatus};
 
 type Shared = State<Arc<AppState>>;
 type ApiResult = Result<Response, ApiError>;
@@ -406,7 +406,7 @@ struct Pending<'a> {
     /// Whether it only counts after a change since the request.
     needs_change: bool,
     /// Its status, while it is in the table.
-    status: Option<tokio::sync::watch::Receiver<crate::supervisor::InstanceStatus>>,
+    status: Option<tokio::sync::watch::Receiver<InstanceStatus>>,
     /// A start of it waits for its dependencies.
     waiting: bool,
 }

@@ -3,7 +3,7 @@
 //!
 //! Most programs set a few keys and leave the rest at their defaults, and the store keeps a spec
 //! in every program record and in every instance record that runs one; written whole, a spec is
-//! about 500 bytes of JSON, most of it defaults. The reference is part of the schema, frozen
+//! about 440 bytes of JSON, most of it defaults. The reference is part of the schema, frozen
 //! here rather than taken from the code's defaults: a default that moves only makes records that
 //! hold it longer, while a change to the reference would change what older records mean, so it
 //! takes a new schema version and a migration step (`migrations/README.md`).

@@ -524,13 +524,13 @@ fn v3_to_v4(records: &mut Records) -> Result<(), String> {
             let record = value
                 .as_object_mut()
                 .ok_or_else(|| bad("it is not a JSON object".to_string()))?;
-            let launch = record.get_mut("starting").and_then(Value::as_object_mut);
-            let ahead = launch
-                .and_then(|l| l.get_mut("spec"))
-                .and_then(Value::as_object_mut);
-            ahead.map(super::compact::strip);
-            let spec = record.get_mut("spec").and_then(Value::as_object_mut);
-            spec.map(super::compact::strip);
+            if let Some(spec) = record.get_mut("spec").and_then(Value::as_object_mut) {
+                super::compact::strip(spec);
+            }
+            let ahead = record.get_mut("starting").and_then(|l| l.get_mut("spec"));
+            if let Some(spec) = ahead.and_then(Value::as_object_mut) {
+                super::compact::strip(spec);
+            }
             *bytes = serde_json::to_vec(&value).map_err(|e| bad(e.to_string()))?;
         }
     }

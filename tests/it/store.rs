@@ -915,8 +915,8 @@ async fn fixtures_of_every_version_open_at_the_current_version() {
 
 /// From version 4 a stored spec omits the keys at their reference value, in records written since
 /// and in those an upgrade rewrote; a spec written whole (version 3) keeps reading the same.
-#[test]
-fn stored_specs_omit_reference_values_after_an_upgrade_and_when_written() {
+#[tokio::test]
+async fn stored_specs_omit_reference_values_after_an_upgrade_and_when_written() {
     let spec_keys = |state_dir: &Path, key: &str| -> Vec<String> {
         let db = raw_db(state_dir);
         let bytes = db.get(key).unwrap().unwrap();
@@ -935,17 +935,24 @@ fn stored_specs_omit_reference_values_after_an_upgrade_and_when_written() {
         }
         drop(DesiredStore::open(dir.path()).unwrap());
         // `worker` sets instances, autostart and auto_restart; the rest are defaults.
-        assert_eq!(
-            spec_keys(dir.path(), "p/worker"),
-            ["auto_restart", "autostart", "exec", "instances", "name"],
-            "fixture v{version}"
-        );
+        let set = ["auto_restart", "autostart", "exec", "instances", "name"];
+        assert_eq!(spec_keys(dir.path(), "p/worker"), set, "fixture v{version}");
         assert_eq!(
             spec_keys(dir.path(), "i/worker-2"),
-            ["auto_restart", "autostart", "exec", "instances", "name"],
+            set,
             "fixture v{version}"
         );
     }
+    // Written by this code: a new program and an instance record.
+    let dir = tempfile::tempdir().unwrap();
+    let store = DesiredStore::open(dir.path()).unwrap();
+    let (_, worker) = fixture_specs();
+    store.put_program(worker, Source::Api).await.unwrap();
+    store.put_instance("worker-2", v3_instance()).await.unwrap();
+    drop(store);
+    let set = ["auto_restart", "autostart", "exec", "instances", "name"];
+    assert_eq!(spec_keys(dir.path(), "p/worker"), set);
+    assert_eq!(spec_keys(dir.path(), "i/worker-2"), set);
 }
 
 /// An upgrade interrupted by a crash: before `db2/` was complete (a leftover `db2.upgrading/`),
