@@ -341,6 +341,9 @@ fn read_legacy(legacy: &Path) -> Result<(u32, Records), StoreError> {
             source,
         }
     };
+    // As before opening sled 1.x: a sled 0.34 handle of this process that is still closing
+    // (its I/O threads let go asynchronously) holds the `db` file's lock.
+    lock::wait_until_unlocked(&legacy.join("db"));
     let db = old_sled::Config::new()
         .path(legacy)
         // Its default cache is 1 GiB; the records are read once, in order.
