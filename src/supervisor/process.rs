@@ -72,8 +72,7 @@ pub(crate) fn begin_spawn() {
     gate().in_flight += 1;
 }
 
-/// The end of a spawn counted by [`begin_spawn`]. The last one lets a deferred reaper pass run,
-/// by raising `SIGCHLD` (what wakes the reaper).
+/// The end of a spawn counted by [`begin_spawn`]. The last one lets a deferred reaper pass run.
 pub(crate) fn end_spawn() {
     let wanted = {
         let mut g = gate();
@@ -81,7 +80,7 @@ pub(crate) fn end_spawn() {
         g.in_flight == 0 && std::mem::take(&mut g.reap_wanted)
     };
     if wanted {
-        let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGCHLD);
+        super::reaper::poke_reaper();
     }
 }
 
@@ -493,9 +492,26 @@ pub(crate) fn child_fd_limit() -> Option<(u64, u64)> {
 /// The fields of `/proc/PID/stat` after the command name (which may itself contain spaces and
 /// parentheses, hence the split at the last `)`); index 0 is field 3, `state`.
 fn stat_fields(pid: i32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_proc(format!("/proc/{pid}/stat"))?;
     let (_, rest) = stat.rsplit_once(')')?;
     Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// A `/proc` file, whole, as text.
+pub(crate) fn read_proc(path: impl AsRef<std::path::Path>) -> Option<String> {
+    String::from_utf8(read_proc_bytes(path)?).ok()
+}
+
+/// A `/proc` file, whole. `fs::read` first asks the file's size (a `statx`), which procfs
+/// reports as 0: the orphan reaper and the escapee scan read several of these files per exit,
+/// so they skip that call.
+pub(crate) fn read_proc_bytes(path: impl AsRef<std::path::Path>) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path).ok()?;
+    // Through `Take`, the generic read loop, which asks no size.
+    file.take(u64::MAX).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// The start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`).

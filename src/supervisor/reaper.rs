@@ -27,7 +27,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use super::process::{is_owned, proc_stat, when_no_spawn_in_flight};
+use super::process::{is_owned, proc_stat, read_proc, when_no_spawn_in_flight};
 use super::tag::{signal_tagged, tagged, Tagged};
 
 /// Instances (name, state directory) whose process has exited and that run none now: after a
@@ -59,10 +59,17 @@ fn is_ended(state_dir: &Arc<Path>, name: &str) -> bool {
 
 /// Asks for a pass of the orphan reaper, as a `SIGCHLD` does: after an instance's process
 /// exited and the instance was marked ended, so that what it left and what reached the daemon
-/// before the mark is killed too. Many asks while a pass is due make one pass.
+/// before the mark is killed too, and after the last spawn in flight when a pass was deferred.
+/// Many asks while a pass is due make one pass. An in-process wake rather than a signal to
+/// ourselves: a stop of hundreds asks once per exit, and a signal costs two system calls, a
+/// handler and the signal driver's wakeup each time.
 pub(crate) fn poke_reaper() {
-    let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGCHLD);
+    WAKE.notify_one();
 }
+
+/// Wakes a reaper pass (see [`poke_reaper`]). A pass covers every ended instance of the
+/// process, whichever daemon's reaper task takes it, so waking one is enough.
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Makes this process the subreaper of its descendants. Call it before spawning anything.
 pub fn become_subreaper() -> io::Result<()> {
@@ -78,7 +85,7 @@ fn children_of(pid: i32) -> Vec<i32> {
     };
     let mut pids: Vec<i32> = tasks
         .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .filter_map(|t| read_proc(t.path().join("children")))
         .flat_map(|list| {
             list.split_whitespace()
                 .filter_map(|p| p.parse().ok())
@@ -92,7 +99,7 @@ fn children_of(pid: i32) -> Vec<i32> {
 
 /// Reaps every zombie child of this process that the runtime does not own, and kills the live
 /// ones that carry an ended instance's tag (see the module docs); returns how many it reaped.
-/// With spawns in flight it does nothing yet: the last of them raises `SIGCHLD` again.
+/// With spawns in flight it does nothing yet: the last of them asks for it again ([`poke_reaper`]).
 pub fn reap_orphans() -> usize {
     let me = std::process::id() as i32;
     let pass = when_no_spawn_in_flight(|| {
@@ -147,14 +154,18 @@ fn kill_tree(t: &Tagged, state_dir: &Path) -> usize {
         .count()
 }
 
-/// Reaps orphans on every SIGCHLD, until the runtime ends. Several signals may arrive as one;
-/// each pass reaps every zombie there is, so none is left behind.
+/// Reaps orphans on every SIGCHLD and every [`poke_reaper`], until the runtime ends. Several
+/// of either may arrive as one; each pass reaps every zombie there is, so none is left behind.
 pub async fn reap_orphans_forever(mut sigchld: tokio::signal::unix::Signal) {
     loop {
         reap_orphans();
-        if sigchld.recv().await.is_none() {
-            return;
+        tokio::select! {
+            got = sigchld.recv() => if got.is_none() { return },
+            () = WAKE.notified() => {}
         }
+        // The other tasks ready now (exits of a stop of many, each asking for a pass) run
+        // first, so that their asks make this one pass instead of one pass each.
+        tokio::task::yield_now().await;
     }
 }
 

@@ -52,7 +52,7 @@ struct Tag {
 
 /// The tag of `pid` if it carries `state_dir`'s.
 fn tag_of(pid: i32, state_dir: &Path) -> Option<Tag> {
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let environ = super::process::read_proc_bytes(format!("/proc/{pid}/environ"))?;
     let dir = state_dir.as_os_str().as_encoded_bytes();
     let (mut ours, mut name, mut index, mut detector) = (false, None, None, false);
     let mut spec = None;
