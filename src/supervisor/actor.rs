@@ -154,58 +154,64 @@ impl Actor {
         }
     }
 
-    pub(super) async fn run(mut self) {
-        loop {
-            // A shutdown ends the actor once the process is gone and its post_stop hooks ran.
-            if self.shutting_down
-                && self.child.is_none()
-                && !self.life.state.has_process()
-                && self.hooks.idle()
-            {
-                return;
-            }
-            let deadline = self.life.deadline;
-            let probe_due = self.health.next_due();
-            let readiness_due = self.probes.next_due();
-            tokio::select! {
-                command = self.inbox.recv() => match command {
-                    Some(command) => self.command(command).await,
-                    // The handle is gone (detach): end without touching the child.
-                    None => return,
-                },
-                exit = wait_exit(self.child.as_ref()) => self.on_exit(exit).await,
-                () = sleep_until(deadline) => match self.life.timer_input() {
-                    Some(input) => self.apply(input).await,
-                    None => self.life.deadline = None,
-                },
-                (index, result) = self.health.probe_finished() => {
-                    self.on_probe(index, result).await
+    /// The actor's life, until shutdown or detach. An `async move` block rather than an `async
+    /// fn`: an `async fn` keeps its by-value `self` twice in its future (the argument and the
+    /// local it moves into), a thousand running instances' worth of it (`docs/benchmarks.md`).
+    #[allow(clippy::manual_async_fn)]
+    pub(super) fn run(mut self) -> impl std::future::Future<Output = ()> + Send {
+        async move {
+            loop {
+                // A shutdown ends the actor once the process is gone and its post_stop hooks ran.
+                if self.shutting_down
+                    && self.child.is_none()
+                    && !self.life.state.has_process()
+                    && self.hooks.idle()
+                {
+                    return;
                 }
-                found = wait_probe(self.probe.as_mut()) => {
-                    self.probe = None;
-                    let input = match found {
-                        Ok(Some(label)) => Input::DetectedElsewhere { label },
-                        Ok(None) => Input::NotDetected,
-                        Err(e) => {
-                            tracing::warn!(instance = %self.id.name, error = %e, "the detector probe failed; treating the program as not running elsewhere");
-                            Input::NotDetected
-                        }
-                    };
-                    self.apply(input).await;
-                }
-                () = sleep_until(probe_due) => {
-                    self.health.start_due(&self.spec, &self.id, self.ctx.state_dir.as_ref())
-                }
-                () = sleep_until(readiness_due) => {
-                    let dir = self.ctx.state_dir.clone();
-                    self.probes.start_due(Instant::now(), &self.spec, &self.id, dir.as_ref());
-                }
-                (which, result) = self.probes.finished() => {
-                    self.on_probe_result(which, result).await
-                }
-                (phase, result) = self.hooks.finished() => {
-                    self.on_hooks(phase, result).await;
-                    self.hooks.start_next(&self.hook_ctx);
+                let deadline = self.life.deadline;
+                let probe_due = self.health.next_due();
+                let readiness_due = self.probes.next_due();
+                tokio::select! {
+                    command = self.inbox.recv() => match command {
+                        Some(command) => self.command(command).await,
+                        // The handle is gone (detach): end without touching the child.
+                        None => return,
+                    },
+                    exit = wait_exit(self.child.as_ref()) => self.on_exit(exit).await,
+                    () = sleep_until(deadline) => match self.life.timer_input() {
+                        Some(input) => self.apply(input).await,
+                        None => self.life.deadline = None,
+                    },
+                    (index, result) = self.health.probe_finished() => {
+                        self.on_probe(index, result).await
+                    }
+                    found = wait_probe(self.probe.as_mut()) => {
+                        self.probe = None;
+                        let input = match found {
+                            Ok(Some(label)) => Input::DetectedElsewhere { label },
+                            Ok(None) => Input::NotDetected,
+                            Err(e) => {
+                                tracing::warn!(instance = %self.id.name, error = %e, "the detector probe failed; treating the program as not running elsewhere");
+                                Input::NotDetected
+                            }
+                        };
+                        self.apply(input).await;
+                    }
+                    () = sleep_until(probe_due) => {
+                        self.health.start_due(&self.spec, &self.id, self.ctx.state_dir.as_ref())
+                    }
+                    () = sleep_until(readiness_due) => {
+                        let dir = self.ctx.state_dir.clone();
+                        self.probes.start_due(Instant::now(), &self.spec, &self.id, dir.as_ref());
+                    }
+                    (which, result) = self.probes.finished() => {
+                        self.on_probe_result(which, result).await
+                    }
+                    (phase, result) = self.hooks.finished() => {
+                        self.on_hooks(phase, result).await;
+                        self.hooks.start_next(&self.hook_ctx);
+                    }
                 }
             }
         }
@@ -863,5 +869,43 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSink;
+    impl super::super::OutputSink for NoSink {
+        fn attach(&self, _: OwnedFd, _: OwnedFd) {}
+    }
+
+    /// What each running instance's task holds: the actor once, not twice (see [`Actor::run`]).
+    #[tokio::test]
+    async fn the_actor_future_holds_the_actor_once() {
+        let id = InstanceId::new("p", 1, 1);
+        let spec = Arc::new(ProgramSpec::new(
+            "p",
+            crate::config::Exec::Command("true".into()),
+        ));
+        let ctx = RuntimeContext {
+            events: tokio::sync::broadcast::channel(1).0,
+            changed: Default::default(),
+            output: Arc::new(NoSink),
+            state_dir: None,
+            launches: None,
+            counters: Default::default(),
+        };
+        let (tx, _rx) = watch::channel(InstanceStatus::stopped(&id, 0));
+        let (_commands, inbox) = mpsc::unbounded_channel();
+        let actor = Actor::new(id, spec, ctx, 0, tx, inbox, Arc::default());
+        let actor_size = std::mem::size_of::<Actor>();
+        let future = actor.run();
+        let future_size = std::mem::size_of_val(&future);
+        assert!(
+            future_size < 2 * actor_size,
+            "the actor's future is {future_size} bytes for an actor of {actor_size}"
+        );
     }
 }
