@@ -97,7 +97,8 @@ impl Slot {
 /// The probes of one instance.
 #[derive(Default)]
 pub(crate) struct Probes {
-    slots: [Option<Slot>; 2],
+    /// Boxed: most programs have no probes, and every instance's actor holds this.
+    slots: [Option<Box<Slot>>; 2],
     armed: bool,
 }
 
@@ -107,10 +108,10 @@ impl Probes {
             slots: [
                 spec.readiness
                     .as_ref()
-                    .map(|p| Slot::new(p, Which::Readiness)),
+                    .map(|p| Box::new(Slot::new(p, Which::Readiness))),
                 spec.liveness
                     .as_ref()
-                    .map(|p| Slot::new(p, Which::Liveness)),
+                    .map(|p| Box::new(Slot::new(p, Which::Liveness))),
             ],
             armed: false,
         }
