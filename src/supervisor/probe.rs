@@ -448,12 +448,25 @@ mod tests {
         let id = InstanceId::new("p", 1, 1);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let open = listener.local_addr().unwrap().to_string();
+        // Bound and not listening: connections are refused, and the port stays this test's. A
+        // port merely freed could be taken at once by a test running beside this one.
+        use rustix::net::{bind, getsockname, socket, AddressFamily, SocketType};
+        let unlistened = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+        bind(
+            &unlistened,
+            &std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .unwrap();
+        let closed = std::net::SocketAddr::try_from(getsockname(&unlistened).unwrap())
+            .unwrap()
+            .to_string();
         let t = Duration::from_secs(2);
         let tcp = |address: &str| ProbeCheck::Tcp {
             address: address.into(),
         };
         assert_eq!(run(&tcp(&open), t, false, &spec, &id, None).await, Ok(()));
-        drop(listener);
-        assert!(run(&tcp(&open), t, false, &spec, &id, None).await.is_err());
+        assert!(run(&tcp(&closed), t, false, &spec, &id, None)
+            .await
+            .is_err());
     }
 }

@@ -16,10 +16,27 @@ use crate::util::{alive, wait_for, GroupGuard};
 const BIN: &str = env!("CARGO_BIN_EXE_provisr");
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A port that was free a moment ago.
+/// A loopback port that is free now, for a program under test to bind later. It is taken below
+/// the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), where no socket bound to port 0
+/// lands: the tests beside this one bind many, and one could take a port freed in the ephemeral
+/// range before the program binds it. Each call gives another port.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (first, span) = (1024, low.saturating_sub(1024).max(1));
+    // Where this process starts in the range: runs of the suite side by side start apart.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let port = first + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port below {low}");
 }
 
 /// A daemon on `dir` with the programs written there.
