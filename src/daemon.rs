@@ -149,22 +149,29 @@ pub async fn open(opts: &ServeOptions) -> Result<Daemon, DaemonError> {
     let base_env: BTreeMap<String, String> = std::env::vars()
         .filter(|(k, _)| !crate::supervisor::DAEMON_ONLY_ENV.contains(&k.as_str()))
         .collect();
-    let loaded = config::load(opts.config.as_deref(), &base_env).map_err(DaemonError::Config)?;
     // Watch before the load that goes into the store, so no change slips in between the two.
+    // What to watch is in the main config alone: the programs are read once, after.
     let rescan = Arc::new(Notify::new());
-    let watcher = reload::start_watcher(&loaded.settings, rescan.clone());
-    let loaded = match &watcher {
-        Some(w) => {
-            let again =
-                config::load(opts.config.as_deref(), &base_env).map_err(DaemonError::Config)?;
-            if let Err(e) = w.set_targets(WatchTargets::from_settings(&again.settings)) {
+    let first = std::env::current_dir()
+        .ok()
+        .and_then(|cwd| config::read_settings(opts.config.as_deref(), &cwd).ok());
+    let watcher = first
+        .as_ref()
+        .map(|(settings, _)| reload::start_watcher(settings, rescan.clone()));
+    let loaded = config::load(opts.config.as_deref(), &base_env).map_err(DaemonError::Config)?;
+    let watcher = match watcher {
+        Some(Some(w)) => {
+            if let Err(e) = w.set_targets(WatchTargets::from_settings(&loaded.settings)) {
                 tracing::warn!(
                     "{e}; that directory's changes are picked up by the periodic rescan"
                 );
             }
-            again
+            Some(w)
         }
-        None => loaded,
+        // The watcher could not start (it said why).
+        Some(None) => None,
+        // The main config could not be read a moment ago and now loads: watch what it says.
+        None => reload::start_watcher(&loaded.settings, rescan.clone()),
     };
     for e in &loaded.errors {
         tracing::error!("config: {e}");
