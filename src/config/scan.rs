@@ -202,16 +202,18 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
         base_dir: Some(&base_dir),
         fallback_name: None,
     };
-    let mut scanned = Vec::new();
+    let paths = program_files(&settings.programs_directory).unwrap_or_else(|e| {
+        c.errors.push(e);
+        Vec::new()
+    });
+    // Sized once: grown step by step, thousands of entries were copied a dozen times, leaving
+    // holes in the heap.
+    let mut scanned = Vec::with_capacity(settings.processes.len() + paths.len());
     for (i, tree) in settings.processes.iter().enumerate() {
         let at = k("processes").index(i);
         let o = program::validate(&main, tree, at.clone(), &inline);
         scanned.push(Scanned::new(&main, &at, at.to_string(), None, o));
     }
-    let paths = program_files(&settings.programs_directory).unwrap_or_else(|e| {
-        c.errors.push(e);
-        Vec::new()
-    });
     // Files unchanged since the last scan of this directory are not parsed again.
     let context = cache::Context {
         log_defaults: settings.log.clone(),
@@ -226,7 +228,9 @@ pub fn scan_programs(settings: &Settings, base_env: &BTreeMap<String, String>) -
     check_unique_names(&mut scanned);
     check_dependencies(&mut scanned);
 
-    let (mut programs, mut files, mut claimed) = (Vec::new(), Vec::new(), Vec::new());
+    let n = scanned.len();
+    let (mut programs, mut files) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut claimed = Vec::with_capacity(n);
     for s in scanned {
         claimed.extend(s.name.clone());
         if let Err(list) = &s.result {
@@ -270,7 +274,6 @@ fn scan_file(session: &mut cache::Session, path: PathBuf, inline: &ProgramContex
     let stem = |path: &Path| path.file_stem()?.to_str().map(str::to_string);
     let read = match session.lookup(&path) {
         Ok(cache::Lookup::Unchanged(valid)) => {
-            let valid = *valid;
             return Scanned::of_file(path, valid.name_site, valid.name, Ok(valid.spec));
         }
         Ok(cache::Lookup::Read(read)) => read,
@@ -511,15 +514,17 @@ fn program_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         Ok(t) => t.is_file(),
         Err(_) => false,
     };
-    // Sorted by name, bytewise: the paths' own order (all in one directory), without comparing
-    // them component by component.
-    let mut names: Vec<std::ffi::OsString> = entries
+    let mut paths: Vec<PathBuf> = entries
         .filter_map(Result::ok)
-        .filter(|entry| is_program_file_name(Path::new(&entry.file_name())) && is_file(entry))
-        .map(|entry| entry.file_name())
+        .filter_map(|entry| {
+            let path = entry.path();
+            (is_program_file_name(&path) && is_file(&entry)).then_some(path)
+        })
         .collect();
-    names.sort_unstable();
-    Ok(names.into_iter().map(|name| dir.join(name)).collect())
+    // Sorted by name: all share the directory, so their bytes compare as their names do, without
+    // comparing them component by component.
+    paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+    Ok(paths)
 }
 
 /// Program files by name: a known extension, and not hidden or an editor's temporary file.

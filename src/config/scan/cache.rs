@@ -117,7 +117,7 @@ pub(super) struct Session {
 /// A program file as a scan sees it.
 pub(super) enum Lookup {
     /// Unchanged since it was validated: its program.
-    Unchanged(Box<Valid>),
+    Unchanged(Valid),
     /// New or changed: its text, to parse and validate, then [`Session::remember`].
     Read(Read),
 }
@@ -149,8 +149,10 @@ impl Session {
         Session {
             dir: dir.to_path_buf(),
             context,
+            // Sized for a rescan of the same files: grown one by one, thousands of entries were
+            // rehashed a dozen times.
+            found: HashMap::with_capacity(known.as_ref().map_or(0, HashMap::len)),
             known: known.unwrap_or_default(),
-            found: HashMap::new(),
         }
     }
 
@@ -183,7 +185,7 @@ impl Session {
     }
 
     fn keep(&mut self, name: OsString, entry: Entry) -> Lookup {
-        let valid = entry.valid.clone();
+        let valid = Valid::clone(&entry.valid);
         self.found.insert(name, entry);
         Lookup::Unchanged(valid)
     }
