@@ -9,6 +9,7 @@
 //! process exits, never on a hot path.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -50,9 +51,33 @@ struct Tag {
     spec: Option<u64>,
 }
 
-/// The tag of `pid` if it carries `state_dir`'s.
-fn tag_of(pid: i32, state_dir: &Path) -> Option<Tag> {
-    let environ = super::process::read_proc_bytes(format!("/proc/{pid}/environ"))?;
+/// The environment of `pid`, whose parent is `ppid`.
+///
+/// A child that has just exec'd lets its parent go on (`CLONE_VFORK`, or the close-on-exec pipe of
+/// a fork) before the kernel has written its new program's environment: for those microseconds
+/// its `environ` reads empty. Every child of this process carries a tag, so an empty environment
+/// of its own child means "not written yet", never "untagged": it is read again until it is.
+fn environ_of(pid: i32, ppid: i32) -> Option<Vec<u8>> {
+    let path = format!("/proc/{pid}/environ");
+    let mut environ = super::process::read_proc_bytes(&path)?;
+    if environ.is_empty() && ppid == std::process::id() as i32 {
+        let deadline = Instant::now() + EXEC_SETTLES;
+        while environ.is_empty() && Instant::now() < deadline {
+            std::thread::yield_now();
+            environ = super::process::read_proc_bytes(&path)?;
+        }
+    }
+    Some(environ)
+}
+
+/// How long a child's environment may read empty after its exec at most; microseconds in
+/// practice, and a child that never had one (started with an empty environment by someone else
+/// than the supervisor) costs a scan this once.
+const EXEC_SETTLES: Duration = Duration::from_millis(50);
+
+/// The tag of `pid` (whose parent is `ppid`) if it carries `state_dir`'s.
+fn tag_of(pid: i32, ppid: i32, state_dir: &Path) -> Option<Tag> {
+    let environ = environ_of(pid, ppid)?;
     let dir = state_dir.as_os_str().as_encoded_bytes();
     let (mut ours, mut name, mut index, mut detector) = (false, None, None, false);
     let mut spec = None;
@@ -89,7 +114,7 @@ fn tag_of(pid: i32, state_dir: &Path) -> Option<Tag> {
 /// The tagged process `pid`, if it is alive (not a zombie) and carries `state_dir`'s tag.
 pub fn tagged(pid: i32, state_dir: &Path) -> Option<Tagged> {
     let stat = proc_stat(pid).filter(|s| !s.zombie)?;
-    let tag = tag_of(pid, state_dir)?;
+    let tag = tag_of(pid, stat.ppid, state_dir)?;
     Some(Tagged {
         pid,
         ppid: stat.ppid,
