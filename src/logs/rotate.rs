@@ -589,6 +589,7 @@ impl FileSlot {
                     path,
                     file: None,
                     size: 0,
+                    mid_line: false,
                     max_bytes: rotation.max_bytes,
                     chain: Arc::clone(&chain),
                     retry_at: None,
@@ -616,6 +617,8 @@ struct FileSink {
     /// `None` after a failed open or write, until `retry_at`.
     file: Option<File>,
     size: u64,
+    /// The last byte written to this file is not a newline: the file ends inside a line.
+    mid_line: bool,
     max_bytes: u64,
     chain: Arc<Chain>,
     retry_at: Option<Instant>,
@@ -663,6 +666,8 @@ impl FileSink {
                 self.failing = false;
                 self.retry_at = None;
                 self.size = size;
+                // A file found with content is taken to end where a line does.
+                self.mid_line = false;
                 self.file = Some(file);
                 true
             }
@@ -694,6 +699,9 @@ impl FileSink {
         match file.write_all(data) {
             Ok(()) => {
                 self.size += data.len() as u64;
+                if let Some(&last) = data.last() {
+                    self.mid_line = last != b'\n';
+                }
                 true
             }
             Err(source) => {
@@ -710,7 +718,9 @@ impl FileSink {
 
     /// Writes `data`, rotating whenever the next piece would take the file past `max_bytes`.
     /// Cuts fall after a newline where one exists in range, so lines stay whole across files;
-    /// only a single line longer than `max_bytes` is split.
+    /// only a single line longer than `max_bytes` is split. A read from a pipe can end inside a
+    /// line: when the file ends inside one and its end is in `data` but past the room left, the
+    /// line is finished in this file, past `max_bytes` by less than a line.
     fn write(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if !self.ready() {
@@ -726,11 +736,17 @@ impl FileSink {
                 return;
             }
             let room = room as usize; // < data.len()
+            let line_end = || {
+                let within = data.len().min(self.max_bytes as usize);
+                let end = data[..within].iter().position(|&b| b == b'\n')?;
+                self.mid_line.then_some(end + 1)
+            };
             let cut = data[..room]
                 .iter()
                 .rposition(|&b| b == b'\n')
                 .map(|i| i + 1)
-                .or((self.size == 0).then_some(room));
+                .or((self.size == 0).then_some(room))
+                .or_else(line_end);
             if let Some(cut) = cut {
                 if !self.write_all(&data[..cut]) {
                     return;
@@ -855,6 +871,20 @@ mod tests {
             fs::read_to_string(backup_path(&path, 2, false)).unwrap(),
             "004\n005\n"
         );
+    }
+
+    #[test]
+    fn a_line_begun_by_one_read_is_finished_before_the_file_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut slot, path) = slot(dir.path(), &rotation(10, 2, false));
+        // A pipe's read ends inside a line; the next read holds its end past the room left.
+        slot.write(b"aaaa\nbbbb");
+        slot.write(b"bb\ncc\n");
+        assert_eq!(
+            fs::read_to_string(backup_path(&path, 1, false)).unwrap(),
+            "aaaa\nbbbbbb\n"
+        );
+        assert_eq!(fs::read_to_string(&path).unwrap(), "cc\n");
     }
 
     #[test]
