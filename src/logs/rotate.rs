@@ -736,10 +736,14 @@ impl FileSink {
                 return;
             }
             let room = room as usize; // < data.len()
+                                      // Only a file that ends inside a line finishes it; scanned only then.
             let line_end = || {
+                if !self.mid_line {
+                    return None;
+                }
                 let within = data.len().min(self.max_bytes as usize);
                 let end = data[..within].iter().position(|&b| b == b'\n')?;
-                self.mid_line.then_some(end + 1)
+                Some(end + 1)
             };
             let cut = data[..room]
                 .iter()
