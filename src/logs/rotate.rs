@@ -735,8 +735,9 @@ impl FileSink {
                 self.write_all(data);
                 return;
             }
-            let room = room as usize; // < data.len()
-                                      // Only a file that ends inside a line finishes it; scanned only then.
+            // Less than `data.len()`.
+            let room = room as usize;
+            // Only a file that ends inside a line finishes it; scanned only then.
             let line_end = || {
                 if !self.mid_line {
                     return None;
