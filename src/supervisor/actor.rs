@@ -325,6 +325,14 @@ impl Actor {
             self.hooks
                 .push(HookPhase::PostStart, &self.spec, &self.hook_ctx);
         }
+        if let Some(reason) = &decision.reason {
+            self.status.message = Some(reason.clone());
+        }
+        self.sync_health();
+        let spawn = decision.action == ProcessOp::Spawn;
+        // A spawn's result is the next step, published at once: the loop wakes for that one.
+        self.publish_status(!spawn);
+        // After the status: whoever reads the event and then the status finds it as new.
         if let Some(reason) = decision.reason {
             let to = self.life.state;
             if transition || facts.healthy.is_some() {
@@ -332,11 +340,8 @@ impl Actor {
             } else {
                 tracing::info!(instance = %self.id.name, state = %to, %reason, "instance update");
             }
-            self.status.message = Some(reason);
         }
-        self.sync_health();
-        self.publish();
-        decision.action == ProcessOp::Spawn
+        spawn
     }
 
     /// A batch of hooks has run: its phase's step of the lifecycle follows.
@@ -385,9 +390,9 @@ impl Actor {
                     ..Facts::default()
                 };
                 let reason = format!("ready: {reason}");
-                self.emit(state, state, &reason, facts);
-                self.status.message = Some(reason);
+                self.status.message = Some(reason.clone());
                 self.publish();
+                self.emit(state, state, &reason, facts);
             }
             (Which::Readiness, ProbeChange::Failing(detail)) => {
                 let facts = Facts {
@@ -395,9 +400,9 @@ impl Actor {
                     ..Facts::default()
                 };
                 let reason = format!("not ready: readiness probe {detail}");
-                self.emit(state, state, &reason, facts);
-                self.status.message = Some(reason);
+                self.status.message = Some(reason.clone());
                 self.publish();
+                self.emit(state, state, &reason, facts);
             }
         }
     }
@@ -589,9 +594,9 @@ impl Actor {
                     healthy: Some(true),
                     ..Facts::default()
                 };
-                self.emit(state, state, reason, facts);
                 self.status.message = Some(reason.to_string());
                 self.publish();
+                self.emit(state, state, reason, facts);
             }
         }
     }
@@ -649,6 +654,8 @@ impl Actor {
         }
     }
 
+    /// Sends the event (and its log line). Called after the status is published, so whoever
+    /// reads the event and then the status finds the status as new (`docs/api.md`).
     fn emit(&self, from: InstanceState, to: InstanceState, reason: &str, facts: Facts) {
         match facts.healthy {
             None => tracing::info!(instance = %self.id.name, %from, %to, %reason, "transition"),
@@ -675,6 +682,11 @@ impl Actor {
 
     /// Publishes the status if it changed, and says so (`StatusChanges`).
     fn publish(&mut self) {
+        self.publish_status(true);
+    }
+
+    /// Publishes the status if it changed; tells the loop when `note`.
+    fn publish_status(&mut self, note: bool) {
         let st = &mut self.status;
         st.state = self.life.state;
         st.restarts = self.life.restarts;
@@ -705,7 +717,7 @@ impl Actor {
                 true
             }
         });
-        if changed {
+        if changed && note {
             self.ctx.changed.note();
         }
     }

@@ -426,6 +426,80 @@ async fn two_hundred_sigkills_are_two_hundred_restarts_and_leave_nothing() {
     assert!(pids.iter().all(|&p| !alive(p)));
 }
 
+/// An event goes out after the status it reports is published, so whoever reads an event and
+/// then the status never finds the status older than the event. A thread takes each event the
+/// moment it is sent (it polls without pause) and reads the status at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_is_published_before_its_event() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::sync::broadcast::error::TryRecvError;
+
+    let mut f = fixture();
+    let mut s = spec("watched", "sleep 300");
+    s.auto_restart = true;
+    s.restart_interval = Dur::ZERO;
+    let h = launch(&f, s, Initial::Fresh { restarts: 0 });
+    let mut events = f.events.resubscribe();
+    let status = h.watch();
+    let done = Arc::new(AtomicBool::new(false));
+    let running = Arc::new(AtomicUsize::new(0));
+    let reader = std::thread::spawn({
+        let (done, running) = (done.clone(), running.clone());
+        move || {
+            // Within one start the status goes stopped, starting, running; each restart counts.
+            let rank = |s: InstanceState| match s {
+                InstanceState::Starting => 1,
+                InstanceState::Running => 2,
+                _ => 0,
+            };
+            let (mut restarts, mut stale) = (0, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                match events.try_recv() {
+                    Ok(e) => {
+                        // The status may be newer still (the thread may wait for a CPU), never older.
+                        let now = status.borrow().clone();
+                        restarts += u64::from(e.restart);
+                        if e.to == InstanceState::Running {
+                            running.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let behind = now.restarts < restarts
+                            || (now.restarts == restarts && rank(now.state) < rank(e.to));
+                        if behind {
+                            stale.push(format!("{} → {}, status {:?}", e.from, e.to, now.state));
+                        }
+                    }
+                    Err(TryRecvError::Empty) => std::hint::spin_loop(),
+                    Err(e) => panic!("events: {e}"),
+                }
+            }
+            stale
+        }
+    });
+    h.start();
+    let mut pid = wait_running(&h, &mut f.guard).await;
+    let mut pids = vec![pid];
+    for _ in 0..30 {
+        sigkill(pid);
+        let st = wait_status(&h, "replacement running", |s| {
+            s.state == InstanceState::Running && s.pid.is_some() && s.pid != Some(pid)
+        })
+        .await;
+        pid = st.pid.unwrap();
+        f.guard.add(pid);
+        pids.push(pid);
+    }
+    // The last event follows the status the loop above saw.
+    wait_for_async(WAIT, "every start's event", || {
+        (running.load(Ordering::Relaxed) == pids.len()).then_some(())
+    })
+    .await;
+    done.store(true, Ordering::Relaxed);
+    let stale = reader.join().unwrap();
+    h.shutdown().await;
+    assert_clean(&pids).await;
+    assert!(stale.is_empty(), "events ahead of the status: {stale:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_get_the_open_file_limit_the_daemon_started_with() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
