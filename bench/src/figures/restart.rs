@@ -19,6 +19,9 @@ use crate::opts::Ctx;
 use crate::table::{Dist, Row};
 use crate::PATIENCE;
 
+/// The pause before each sample, provisr's and the loop's alike.
+const SETTLE: Duration = Duration::from_millis(5);
+
 pub struct Restart {
     pub provisr: Dist,
     pub baseline: Dist,
@@ -147,7 +150,6 @@ pub fn measure(ctx: &Ctx, d: &DaemonProc, api: &Api, programs: &Path) -> Result<
             t.name == "restarter" && t.to == "running"
         })?;
         ours.push(t.at - t0);
-        base.push(lp.sample()?);
         let deadline = Instant::now() + Duration::from_secs(10);
         pid = loop {
             let p = pid_of(api, "restarter")?;
@@ -157,7 +159,12 @@ pub fn measure(ctx: &Ctx, d: &DaemonProc, api: &Api, programs: &Path) -> Result<
             ensure!(Instant::now() < deadline, "restarter kept pid {pid}");
             thread::sleep(Duration::from_millis(1));
         };
-        thread::sleep(Duration::from_millis(5));
+        // Each sample starts from a quiet machine: what the daemon does after a restart (its
+        // record's flush, its log line) and the new child's own start must not land in the
+        // loop's sample, nor the loop's new child in the daemon's next one.
+        thread::sleep(SETTLE);
+        base.push(lp.sample()?);
+        thread::sleep(SETTLE);
     }
     Ok(Restart {
         provisr: Dist::of(ours)?,
