@@ -399,25 +399,40 @@ async fn group_members_outliving_the_leader_are_killed_without_waiting_for_stop_
     h.shutdown().await;
 }
 
+/// An instance of `sleep 300` that restarts at once after every exit.
+fn instant_restarter(f: &Fixture, name: &str) -> InstanceHandle {
+    let mut s = spec(name, "sleep 300");
+    s.auto_restart = true;
+    s.restart_interval = Dur::ZERO;
+    launch(f, s, Initial::Fresh { restarts: 0 })
+}
+
+/// `kill -9` of `pid`, then its replacement's status once it runs (its pid guarded).
+async fn kill_and_await_replacement(
+    h: &InstanceHandle,
+    pid: i32,
+    guard: &mut GroupGuard,
+) -> InstanceStatus {
+    sigkill(pid);
+    let st = wait_status(h, "replacement running", |s| {
+        s.state == InstanceState::Running && s.pid.is_some() && s.pid != Some(pid)
+    })
+    .await;
+    guard.add(st.pid.unwrap());
+    st
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_sigkills_are_two_hundred_restarts_and_leave_nothing() {
     let mut f = fixture();
-    let mut s = spec("punching-bag", "sleep 300");
-    s.auto_restart = true;
-    s.restart_interval = Dur::ZERO;
-    let h = launch(&f, s, Initial::Fresh { restarts: 0 });
+    let h = instant_restarter(&f, "punching-bag");
     h.start();
     let mut pid = wait_running(&h, &mut f.guard).await;
     let mut pids = vec![pid];
     for round in 1..=200u64 {
-        sigkill(pid);
-        let st = wait_status(&h, "replacement running", |s| {
-            s.state == InstanceState::Running && s.pid.is_some() && s.pid != Some(pid)
-        })
-        .await;
+        let st = kill_and_await_replacement(&h, pid, &mut f.guard).await;
         assert_eq!(st.restarts, round);
         pid = st.pid.unwrap();
-        f.guard.add(pid);
         pids.push(pid);
     }
     assert_eq!(h.status().restarts, 200);
@@ -435,10 +450,7 @@ async fn the_status_is_published_before_its_event() {
     use tokio::sync::broadcast::error::TryRecvError;
 
     let mut f = fixture();
-    let mut s = spec("watched", "sleep 300");
-    s.auto_restart = true;
-    s.restart_interval = Dur::ZERO;
-    let h = launch(&f, s, Initial::Fresh { restarts: 0 });
+    let h = instant_restarter(&f, "watched");
     let mut events = f.events.resubscribe();
     let status = h.watch();
     let done = Arc::new(AtomicBool::new(false));
@@ -479,13 +491,10 @@ async fn the_status_is_published_before_its_event() {
     let mut pid = wait_running(&h, &mut f.guard).await;
     let mut pids = vec![pid];
     for _ in 0..30 {
-        sigkill(pid);
-        let st = wait_status(&h, "replacement running", |s| {
-            s.state == InstanceState::Running && s.pid.is_some() && s.pid != Some(pid)
-        })
-        .await;
-        pid = st.pid.unwrap();
-        f.guard.add(pid);
+        pid = kill_and_await_replacement(&h, pid, &mut f.guard)
+            .await
+            .pid
+            .unwrap();
         pids.push(pid);
     }
     // The last event follows the status the loop above saw.
