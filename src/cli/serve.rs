@@ -30,6 +30,14 @@ pub fn run(args: &ServeArgs) -> i32 {
         store: None,
     };
     crate::memory::limit_arenas();
+    // While this process has one thread: room for the descriptors of a thousand instances, so
+    // the table never grows under the runtime's threads (`docs/runtime.md`, "Descriptors"). The
+    // limit is raised first, as the table cannot hold more than it allows; `daemon::open`
+    // raises it too, for a runtime started elsewhere, and reports the result.
+    let _ = crate::supervisor::raise_fd_limit();
+    if let Err(e) = crate::supervisor::presize_fd_table(crate::supervisor::FD_TABLE_AT_START) {
+        tracing::debug!("cannot make room for descriptors at start: {e}");
+    }
     // First, while this process has one thread (docs/store.md, "Opening").
     opts.store = daemon::open_store_first(&opts);
     // The spawner starts now, while this process is small and has few descriptors: every child

@@ -47,8 +47,8 @@ pub use argv::argv;
 pub use health::probe_detectors;
 pub use output::{LineStream, OutputSink, OutputStream};
 pub use process::{
-    boot_id, boot_nanos_now, parse_signal, proc_alive_since, proc_start_time, raise_fd_limit,
-    signal_group_of, ExitInfo, FdLimit, FdLimitError,
+    boot_id, boot_nanos_now, parse_signal, presize_fd_table, proc_alive_since, proc_start_time,
+    raise_fd_limit, signal_group_of, ExitInfo, FdLimit, FdLimitError, FD_TABLE_AT_START,
 };
 pub use spawn::{SpawnError, DAEMON_ONLY_ENV, INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
 pub use state::InstanceState;

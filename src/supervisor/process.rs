@@ -437,6 +437,34 @@ pub struct FdLimitError {
     pub source: Errno,
 }
 
+/// How many descriptors [`presize_fd_table`] makes room for at start: a thousand running
+/// instances hold about four each.
+pub const FD_TABLE_AT_START: u64 = 8192;
+
+/// Grows this process's descriptor table to hold `n` descriptors (fewer when the open-file limit
+/// is lower), and must be called while the process has one thread.
+///
+/// The kernel grows a descriptor table by doubling it when a descriptor above its size is
+/// opened; in a process with more than one thread, each growth waits for an RCU grace period,
+/// and every thread that opens a descriptor meanwhile waits with it. In a boot of 200 that was
+/// three stalls of 12–25 ms in `pipe2` on both runtime workers (`docs/benchmarks.md`). Grown
+/// before there are threads, the table is resized without that wait, and it never shrinks.
+pub fn presize_fd_table(n: u64) -> io::Result<()> {
+    let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).map_err(io::Error::from)?;
+    let top = n.min(soft).saturating_sub(1);
+    let Ok(top) = i32::try_from(top) else {
+        return Ok(());
+    };
+    let null = rustix::fs::open(
+        c"/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    // The lowest free descriptor at or above `top`: the table grows to hold it; closed at once.
+    drop(rustix::io::fcntl_dupfd_cloexec(&null, top)?);
+    Ok(())
+}
+
 /// `(soft, hard)` to restore in every child, once [`raise_fd_limit`] has raised the daemon's own
 /// soft limit; unset while it has not.
 static CHILD_FD_LIMIT: OnceLock<(u64, u64)> = OnceLock::new();

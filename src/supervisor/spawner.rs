@@ -49,8 +49,9 @@ use super::process::{begin_spawn, end_spawn, kill_group, settle_spawn};
 pub const ARG: &str = "__provisr-spawner";
 
 /// Requests in flight at most: enough to keep the spawner busy through a burst while the
-/// daemon's threads wait for a CPU, and few enough (with [`MAX_REQUEST`]) to fit the socket's
-/// buffer, so a request is never held up sending.
+/// daemon's threads wait for a CPU. Requests of the usual size (a few KiB) all fit the socket's
+/// default buffer, so a send does not wait; large ones (up to [`MAX_REQUEST`]) may wait for the
+/// spawner to read what is ahead of them, which it does as it works through them.
 const IN_FLIGHT: usize = 64;
 
 /// The largest request sent to the spawner. A child whose arguments and environment are larger

@@ -362,6 +362,32 @@ fn empty_config(dir: &Path) -> PathBuf {
     cfg
 }
 
+/// A `/proc/PID/status` or `/proc/PID/limits` field of the daemon: the first number after `key`.
+fn proc_number(pid: i32, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+    let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+    line[key.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {line:?}"))
+}
+
+/// The daemon makes room in its descriptor table before it starts any thread, so opening the
+/// descriptors of many instances never grows the table under its threads, which stalls them all
+/// (`docs/runtime.md`, "Descriptors"). With no program it holds a few dozen descriptors: left
+/// to itself, its table would have 64 or 128 slots.
+#[test]
+fn the_descriptor_table_has_room_for_a_thousand_instances_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = empty_config(dir.path());
+    let d = TestDaemon::start(dir.path(), Some(&cfg), &dir.path().join("state"));
+    let size = proc_number(d.pid(), "status", "FDSize:");
+    let soft = proc_number(d.pid(), "limits", "Max open files");
+    let want = provisr::supervisor::FD_TABLE_AT_START.min(soft);
+    assert!(size >= want, "FDSize {size}, want at least {want}");
+}
+
 #[test]
 fn adhoc_program_is_restarted_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
