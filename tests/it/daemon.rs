@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{alive, group_written_bytes, wait_for, GroupGuard, TagGuard};
+use crate::util::{alive, group_written_bytes, proc_line, wait_for, GroupGuard, TagGuard};
 
 const BIN: &str = env!("CARGO_BIN_EXE_provisr");
 
@@ -362,10 +362,9 @@ fn empty_config(dir: &Path) -> PathBuf {
     cfg
 }
 
-/// A `/proc/PID/status` or `/proc/PID/limits` field of the daemon: the first number after `key`.
+/// The first number after `key` on its line of `/proc/PID/FILE`.
 fn proc_number(pid: i32, file: &str, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
-    let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+    let line = proc_line(pid, file, key);
     line[key.len()..]
         .split_whitespace()
         .next()

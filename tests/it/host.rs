@@ -91,15 +91,7 @@ mod privileges {
     use std::time::Duration;
 
     use crate::daemon::{write, TestDaemon};
-    use crate::util::{wait_for, GroupGuard};
-
-    fn field(pid: i32, file: &str, prefix: &str) -> String {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in /proc/{pid}/{file}"))
-            .to_string()
-    }
+    use crate::util::{proc_line, wait_for, GroupGuard};
 
     #[test]
     fn a_program_runs_as_nobody_with_its_limits_and_umask_and_its_output_is_logged() {
@@ -136,21 +128,21 @@ core = 0
             (s["state"] == "running").then(|| s["pid"].as_i64().unwrap() as i32)
         });
         guard.add(pid);
-        let uid = field(pid, "status", "Uid:");
+        let uid = proc_line(pid, "status", "Uid:");
         assert_eq!(
             uid.split_whitespace().collect::<Vec<_>>(),
             ["Uid:", "65534", "65534", "65534", "65534"],
             "{uid}"
         );
-        let gid = field(pid, "status", "Gid:");
+        let gid = proc_line(pid, "status", "Gid:");
         assert!(gid.contains("65534"), "{gid}");
-        let nofile = field(pid, "limits", "Max open files");
+        let nofile = proc_line(pid, "limits", "Max open files");
         assert_eq!(
             nofile.split_whitespace().collect::<Vec<_>>()[3..5],
             ["1024", "1024"],
             "{nofile}"
         );
-        let core = field(pid, "limits", "Max core file size");
+        let core = proc_line(pid, "limits", "Max core file size");
         assert!(core.contains(" 0 "), "{core}");
         assert_eq!(
             std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))

@@ -453,10 +453,17 @@ async fn the_status_is_published_before_its_event() {
     let h = instant_restarter(&f, "watched");
     let mut events = f.events.resubscribe();
     let status = h.watch();
-    let done = Arc::new(AtomicBool::new(false));
+    /// Stops the reader when dropped, so a failing assertion leaves no thread spinning.
+    struct Done(Arc<AtomicBool>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let done = Done(Arc::new(AtomicBool::new(false)));
     let running = Arc::new(AtomicUsize::new(0));
     let reader = std::thread::spawn({
-        let (done, running) = (done.clone(), running.clone());
+        let (done, running) = (done.0.clone(), running.clone());
         move || {
             // Within one start the status goes stopped, starting, running; each restart counts.
             let rank = |s: InstanceState| match s {
@@ -502,7 +509,7 @@ async fn the_status_is_published_before_its_event() {
         (running.load(Ordering::Relaxed) == pids.len()).then_some(())
     })
     .await;
-    done.store(true, Ordering::Relaxed);
+    drop(done);
     let stale = reader.join().unwrap();
     h.shutdown().await;
     assert_clean(&pids).await;

@@ -157,3 +157,12 @@ impl Drop for TagGuard {
         }
     }
 }
+
+/// The line of `/proc/PID/FILE` that starts with `prefix` (`"Uid:"`, `"Max open files"`).
+pub fn proc_line(pid: i32, file: &str, prefix: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in /proc/{pid}/{file}"))
+        .to_string()
+}
