@@ -13,13 +13,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{HookPhase, InstanceId, ProgramSpec};
 
 use super::health::{probe_detectors, Health, HealthChange, ProbeResult};
 use super::hooks::{HookContext, HookRunner};
+use super::inbox::Inbox;
 use super::probe::{ProbeChange, Probes, Which};
 use super::process::{
     is_alive, kill_group, parse_signal, proc_pgid, proc_start_time, start_time_to_wall, ExitInfo,
@@ -70,7 +71,7 @@ pub(super) struct Actor {
     /// The working copy of the status; published through `tx` when it changes.
     status: InstanceStatus,
     tx: watch::Sender<InstanceStatus>,
-    inbox: mpsc::UnboundedReceiver<Command>,
+    inbox: Inbox,
     shutting_down: bool,
     /// The group of our own child, shared with the handle that may send the stop signal.
     group: Arc<Group>,
@@ -90,7 +91,7 @@ impl Actor {
         ctx: RuntimeContext,
         restarts: u64,
         tx: watch::Sender<InstanceStatus>,
-        inbox: mpsc::UnboundedReceiver<Command>,
+        inbox: Inbox,
         group: Arc<Group>,
     ) -> Actor {
         let policy = Policy::of(&spec);
@@ -169,9 +170,17 @@ impl Actor {
                 {
                     return;
                 }
-                let deadline = self.life.deadline;
-                let probe_due = self.health.next_due();
-                let readiness_due = self.probes.next_due();
+                // One timer for the three kinds of due work, the earliest first (the state
+                // machine's on a tie): each timer is a hundred bytes of every actor's future.
+                let (due, timer) = [
+                    (self.life.deadline, Timer::Life),
+                    (self.health.next_due(), Timer::Detectors),
+                    (self.probes.next_due(), Timer::Probes),
+                ]
+                .into_iter()
+                .filter_map(|(at, timer)| Some((at?, timer)))
+                .min_by_key(|&(at, _)| at)
+                .unzip();
                 tokio::select! {
                     command = self.inbox.recv() => match command {
                         Some(command) => self.command(command).await,
@@ -179,9 +188,19 @@ impl Actor {
                         None => return,
                     },
                     exit = wait_exit(self.child.as_ref()) => self.on_exit(exit).await,
-                    () = sleep_until(deadline) => match self.life.timer_input() {
-                        Some(input) => self.apply(input).await,
-                        None => self.life.deadline = None,
+                    () = sleep_until(due) => match timer {
+                        Some(Timer::Life) => match self.life.timer_input() {
+                            Some(input) => self.apply(input).await,
+                            None => self.life.deadline = None,
+                        },
+                        Some(Timer::Detectors) => {
+                            self.health.start_due(&self.spec, &self.id, self.ctx.state_dir.as_ref())
+                        }
+                        Some(Timer::Probes) => {
+                            let dir = self.ctx.state_dir.clone();
+                            self.probes.start_due(Instant::now(), &self.spec, &self.id, dir.as_ref());
+                        }
+                        None => {}
                     },
                     (index, result) = self.health.probe_finished() => {
                         self.on_probe(index, result).await
@@ -197,13 +216,6 @@ impl Actor {
                             }
                         };
                         self.apply(input).await;
-                    }
-                    () = sleep_until(probe_due) => {
-                        self.health.start_due(&self.spec, &self.id, self.ctx.state_dir.as_ref())
-                    }
-                    () = sleep_until(readiness_due) => {
-                        let dir = self.ctx.state_dir.clone();
-                        self.probes.start_due(Instant::now(), &self.spec, &self.id, dir.as_ref());
                     }
                     (which, result) = self.probes.finished() => {
                         self.on_probe_result(which, result).await
@@ -258,7 +270,10 @@ impl Actor {
         let mut next = Some(input);
         while let Some(input) = next.take() {
             if self.step(input) {
-                next = Some(match self.spawn().await {
+                // Boxed for the moment it runs: every await of the actor nests this future, so
+                // kept inline it would grow every idle actor by its size (`docs/benchmarks.md`,
+                // memory), for one allocation per spawn.
+                next = Some(match Box::pin(self.spawn()).await {
                     Ok(()) => Input::Spawned,
                     Err(e) => Input::SpawnFailed {
                         error: e.to_string(),
@@ -877,6 +892,17 @@ async fn wait_probe(
 }
 
 /// Sleeps until `deadline`, or forever without one.
+/// The work a due time is for.
+#[derive(Clone, Copy)]
+enum Timer {
+    /// The state machine's deadline (start timeout, backoff, stop escalation).
+    Life,
+    /// The next detector probe.
+    Detectors,
+    /// The next readiness or liveness probe.
+    Probes,
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
@@ -910,7 +936,7 @@ mod tests {
             counters: Default::default(),
         };
         let (tx, _rx) = watch::channel(InstanceStatus::stopped(&id, 0));
-        let (_commands, inbox) = mpsc::unbounded_channel();
+        let (_commands, inbox) = crate::supervisor::inbox::inbox();
         let actor = Actor::new(id, spec, ctx, 0, tx, inbox, Arc::default());
         let actor_size = std::mem::size_of::<Actor>();
         let future = actor.run();

@@ -21,6 +21,7 @@ pub mod argv;
 pub mod health;
 pub mod hooks;
 mod identity;
+mod inbox;
 mod launch;
 pub mod launches;
 pub mod output;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, watch, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{InstanceId, ProgramSpec};
@@ -246,7 +247,7 @@ pub(crate) enum Command {
 
 /// The handle of one instance actor. Dropping it is [`InstanceHandle::detach`].
 pub struct InstanceHandle {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: inbox::Sender,
     status: watch::Receiver<InstanceStatus>,
     task: JoinHandle<()>,
     /// The group of the instance's own child, for sending the stop signal at once.
@@ -273,7 +274,7 @@ impl InstanceHandle {
             | Initial::Finished { restarts, .. } => restarts,
         };
         let (tx, rx) = watch::channel(InstanceStatus::stopped(&id, restarts));
-        let (commands, inbox) = mpsc::unbounded_channel();
+        let (commands, inbox) = inbox::inbox();
         let group = Arc::new(process::Group::default());
         let mut actor = actor::Actor::new(id, spec, ctx, restarts, tx, inbox, group.clone());
         actor.begin(initial);
@@ -287,9 +288,9 @@ impl InstanceHandle {
     }
 
     fn send(&self, command: Command) {
-        // The actor only ends through shutdown/detach, which consume the handle; a send can only
-        // fail if it panicked, and then there is nobody left to tell.
-        let _ = self.commands.send(command);
+        // The actor only ends through shutdown/detach, which consume the handle; a command to an
+        // actor that panicked is never taken, and there is nobody left to tell.
+        self.commands.send(command);
     }
 
     /// Start the process (a no-op while starting or running; after stopping when stopping).
