@@ -245,7 +245,9 @@ struct ReconcileLoop {
     events: broadcast::Sender<Event>,
     changed: StatusChanges,
     metrics: Arc<Metrics>,
-    entries: BTreeMap<String, Managed>,
+    /// Boxed: a B-tree keeps its nodes' slots half empty after splits, which for an entry
+    /// of this size cost more than the box (`docs/benchmarks.md`, memory).
+    entries: BTreeMap<String, Box<Managed>>,
     live_tx: watch::Sender<LiveTable>,
     passes_tx: watch::Sender<u64>,
     /// Set when the instance set changed since the live table was last published.
@@ -506,7 +508,7 @@ impl ReconcileLoop {
         self.forget.remove(&id.name);
         self.entries.insert(
             id.name.clone(),
-            Managed {
+            Box::new(Managed {
                 id,
                 handle,
                 status,
@@ -520,7 +522,7 @@ impl ReconcileLoop {
                 stop_ordered: false,
                 recorded,
                 removing: false,
-            },
+            }),
         );
         self.table_dirty = true;
     }
@@ -548,7 +550,7 @@ impl ReconcileLoop {
         let states: Vec<InstanceState> = self
             .entries
             .values_mut()
-            .map(Managed::observed_state)
+            .map(|e| e.observed_state())
             .collect();
         let observed: Vec<Observed<'_>> = self
             .entries
@@ -1017,7 +1019,7 @@ impl ReconcileLoop {
         for (_, e) in std::mem::take(&mut self.entries) {
             let rank = ranks.get(&e.id.program).copied().unwrap_or(0);
             let key = (e.spec.priority, std::cmp::Reverse(rank));
-            levels.entry(key).or_default().push(e);
+            levels.entry(key).or_default().push(*e);
         }
         let boot = self.boot.clone();
         let mut writes: Vec<StoreWrite> = std::mem::take(&mut self.forget)

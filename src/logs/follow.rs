@@ -31,7 +31,8 @@ pub enum FollowEvent {
 /// in a `select!` next to a client disconnect.
 pub struct Follow {
     ring: Arc<Mutex<Ring>>,
-    written: watch::Receiver<u64>,
+    /// Wakes on new bytes in either stream of the log (and on a capture ending).
+    news: watch::Receiver<()>,
     /// Sequence number of the next byte to read.
     next: u64,
     /// The start of a line whose end has not been written yet.
@@ -44,10 +45,10 @@ pub struct Follow {
 }
 
 impl Follow {
-    pub(super) fn new(ring: Arc<Mutex<Ring>>, written: watch::Receiver<u64>, next: u64) -> Follow {
+    pub(super) fn new(ring: Arc<Mutex<Ring>>, news: watch::Receiver<()>, next: u64) -> Follow {
         Follow {
             ring,
-            written,
+            news,
             next,
             pending: Vec::new(),
             resync: false,
@@ -67,11 +68,11 @@ impl Follow {
             }
             // Mark the current count seen before reading, so a write landing after the read
             // always wakes `changed` below.
-            self.written.borrow_and_update();
+            self.news.borrow_and_update();
             if let Some(event) = self.read_new() {
                 return Some(event);
             }
-            if self.written.changed().await.is_err() {
+            if self.news.changed().await.is_err() {
                 // Writers are gone. Read what they left, then hand out an unterminated last
                 // line too: nothing will ever end it.
                 let event = self.read_new();

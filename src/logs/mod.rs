@@ -27,6 +27,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
@@ -146,7 +147,12 @@ struct Inner {
     name: String,
     streams: [StreamLog; 2],
     /// Captures still reading (attached streams not yet at EOF).
-    active: watch::Sender<usize>,
+    active: AtomicUsize,
+    /// Sent when either stream got bytes and when a capture ended: wakes followers and
+    /// `flushed`, who each look at what they wait for. One channel for both streams and the
+    /// count, not three: each is several hundred bytes per instance, and a follower woken by
+    /// the other stream finds nothing new and waits again.
+    news: watch::Sender<()>,
 }
 
 struct StreamLog {
@@ -154,8 +160,6 @@ struct StreamLog {
     file: Mutex<FileSlot>,
     /// Shared with followers, who read new bytes from it.
     ring: Arc<Mutex<Ring>>,
-    /// Bytes pushed into `ring` so far; wakes followers.
-    written: watch::Sender<u64>,
 }
 
 /// Locks that guard plain data updated in one step each (a file handle and its size, a ring),
@@ -177,13 +181,13 @@ impl InstanceLog {
         let stream = |s: Stream| StreamLog {
             file: Mutex::new(FileSlot::new(instance_name, s)),
             ring: Arc::new(Mutex::new(Ring::new(TAIL_MAX_BYTES))),
-            written: watch::Sender::new(0),
         };
         let log = InstanceLog {
             inner: Arc::new(Inner {
                 name: instance_name.to_string(),
                 streams: [stream(Stream::Stdout), stream(Stream::Stderr)],
-                active: watch::Sender::new(0),
+                active: AtomicUsize::new(0),
+                news: watch::Sender::new(()),
             }),
         };
         log.update_rotation(paths, rotation);
@@ -236,9 +240,14 @@ impl InstanceLog {
     /// Waits until every stream attached so far reached EOF and all its bytes were written to
     /// the file and the memory tail. Rotated files may still be compressing afterwards.
     pub async fn flushed(&self) {
-        let mut active = self.inner.active.subscribe();
-        // The sender lives in `inner`, which `self` keeps alive: this cannot fail.
-        let _ = active.wait_for(|&n| n == 0).await;
+        let mut news = self.inner.news.subscribe();
+        // A capture that ends uncounts itself before it sends, so the count is never read
+        // stale after the last send. The sender lives in `inner`, which `self` keeps alive:
+        // this cannot fail.
+        let active = &self.inner.active;
+        let _ = news
+            .wait_for(|()| active.load(Ordering::Acquire) == 0)
+            .await;
     }
 
     /// The last `n` lines of `stream` (at most [`TAIL_MAX_LINES`], from the last
@@ -255,7 +264,7 @@ impl InstanceLog {
         // Snapshot and starting point under the ring's lock, so no write falls between them.
         let ring = lock(&s.ring);
         let (lines, next) = ring.backlog(n);
-        let follow = Follow::new(Arc::clone(&s.ring), s.written.subscribe(), next);
+        let follow = Follow::new(Arc::clone(&s.ring), self.inner.news.subscribe(), next);
         drop(ring);
         (lines, follow)
     }
@@ -285,7 +294,7 @@ impl Inner {
             ring.push(data);
             ring.total()
         };
-        s.written.send_replace(total);
+        self.news.send_replace(());
         total
     }
 
@@ -295,15 +304,14 @@ impl Inner {
     /// what the child wrote.
     fn end_line(&self, stream: Stream, end: u64) {
         let s = self.stream(stream);
-        let total = {
+        {
             let mut ring = lock(&s.ring);
             if ring.total() != end || ring.last_byte().is_none_or(|b| b == b'\n') {
                 return;
             }
             ring.push(b"\n");
-            ring.total()
-        };
-        s.written.send_replace(total);
+        }
+        self.news.send_replace(());
     }
 }
 
@@ -313,14 +321,15 @@ struct Active(Arc<Inner>);
 
 impl Active {
     fn start(inner: &Arc<Inner>) -> Active {
-        inner.active.send_modify(|n| *n += 1);
+        inner.active.fetch_add(1, Ordering::AcqRel);
         Active(Arc::clone(inner))
     }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.send_modify(|n| *n -= 1);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        self.0.news.send_replace(());
     }
 }
 
