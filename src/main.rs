@@ -1,5 +1,8 @@
 //! The `provisr` binary: parse the command line, set up logging, dispatch, map errors to exit codes.
 
+#[global_allocator]
+static ALLOCATOR: provisr::memory::Allocator = provisr::memory::Allocator;
+
 fn main() {
     // The daemon starts this binary again as its spawner (`supervisor/spawner.rs`), before
     // anything else of the binary runs.

@@ -1,6 +1,6 @@
 //! The process runtime: one tokio actor per instance that owns its child from spawn to reap.
 //!
-//! An [`InstanceHandle`] is the only way to reach an instance: commands go in over a channel,
+//! An [`InstanceHandle`] is the only way to reach an instance: commands go in through an inbox,
 //! observed state comes out as a [`watch`] of [`InstanceStatus`], every state change is also an
 //! [`Event`] on a broadcast channel, and [`RuntimeContext::changed`] is poked so the reconcile loop
 //! looks again. Inside, the actor (`actor.rs`) feeds inputs to the pure state machine
