@@ -192,6 +192,16 @@ unsafe impl GlobalAlloc for Allocator {
 mod tests {
     use super::*;
 
+    /// The tests that map blocks run one at a time: the kernel may hand a block's address, just
+    /// released by one test, to the next mapping of another, and each checks what is recorded.
+    static MAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        MAPPING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// How many of the pages from `ptr` on are resident (`mincore`).
     fn resident_pages(ptr: *mut u8, size: usize) -> usize {
         let page = page_size();
@@ -207,6 +217,7 @@ mod tests {
     #[test]
     #[allow(unsafe_code)]
     fn a_large_zeroed_block_is_resident_only_where_written() {
+        let _serial = one_at_a_time();
         let size = 512 * 1024;
         let layout = Layout::from_size_align(size, 8).unwrap();
         // SAFETY: the layout has a non-zero size; the block is written inside its bounds and
@@ -229,6 +240,7 @@ mod tests {
     #[test]
     #[allow(unsafe_code)]
     fn a_mapped_block_keeps_its_contents_when_it_grows_or_shrinks() {
+        let _serial = one_at_a_time();
         let layout = Layout::from_size_align(Allocator::LAZY_FROM, 8).unwrap();
         for new_size in [Allocator::LAZY_FROM * 2, 100] {
             // SAFETY: as above; `realloc` gets the block's own layout and a non-zero size.
@@ -248,6 +260,7 @@ mod tests {
     #[test]
     #[allow(unsafe_code)]
     fn small_and_uncleared_blocks_stay_with_glibc() {
+        let _serial = one_at_a_time();
         for (size, zeroed) in [(1024, true), (Allocator::LAZY_FROM, false)] {
             let layout = Layout::from_size_align(size, 8).unwrap();
             // SAFETY: as above.
