@@ -92,7 +92,7 @@ impl Allocator {
 
     /// A fresh zeroed mapping for `layout`, recorded; `None` when it cannot be had or recorded.
     fn map(layout: Layout) -> Option<*mut u8> {
-        if layout.align() > page_size() {
+        if layout.align() > rustix::param::page_size() {
             return None;
         }
         // SAFETY: an anonymous private mapping at an address of the kernel's choosing touches no
@@ -122,13 +122,6 @@ impl Allocator {
         }
         Some(ptr.cast())
     }
-}
-
-fn page_size() -> usize {
-    // SAFETY: `sysconf` reads a constant of the system.
-    #[allow(unsafe_code)]
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
 }
 
 fn unmap(ptr: *mut u8, size: usize) {
@@ -204,7 +197,7 @@ mod tests {
 
     /// How many of the pages from `ptr` on are resident (`mincore`).
     fn resident_pages(ptr: *mut u8, size: usize) -> usize {
-        let page = page_size();
+        let page = rustix::param::page_size();
         let mut vec = vec![0u8; size.div_ceil(page)];
         // SAFETY: `ptr` is page-aligned and starts a mapping of `size` bytes; `vec` has a byte
         // for each of its pages.

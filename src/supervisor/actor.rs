@@ -891,9 +891,7 @@ async fn wait_probe(
     }
 }
 
-/// Sleeps until `deadline`, or forever without one.
 /// The work a due time is for.
-#[derive(Clone, Copy)]
 enum Timer {
     /// The state machine's deadline (start timeout, backoff, stop escalation).
     Life,
@@ -903,6 +901,7 @@ enum Timer {
     Probes,
 }
 
+/// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,

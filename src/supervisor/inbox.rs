@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
@@ -37,8 +37,7 @@ pub(super) fn inbox() -> (Sender, Inbox) {
 
 impl Shared {
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Command>> {
-        // The queue is changed in single pushes and pops: a panic cannot leave it half-changed.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.queue)
     }
 }
 
@@ -79,6 +78,14 @@ impl Inbox {
 mod tests {
     use super::*;
 
+    /// A lost wakeup fails the test instead of hanging it.
+    async fn within_a_while<T>(f: impl std::future::Future<Output = T>) -> T {
+        let limit = std::time::Duration::from_secs(10);
+        tokio::time::timeout(limit, f)
+            .await
+            .expect("the receiver was never woken")
+    }
+
     #[tokio::test]
     async fn commands_arrive_in_order_and_the_inbox_ends_after_the_last() {
         let (tx, mut rx) = inbox();
@@ -94,7 +101,7 @@ mod tests {
         tokio::task::yield_now().await;
         tx.send(Command::Restart(None));
         drop(tx);
-        let got = waiting.await.unwrap();
+        let got = within_a_while(waiting).await.unwrap();
         assert!(matches!(
             got.as_slice(),
             [
@@ -114,7 +121,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         tx.send(Command::Shutdown);
-        assert!(matches!(waiting.await.unwrap(), Some(Command::Shutdown)));
+        assert!(matches!(
+            within_a_while(waiting).await.unwrap(),
+            Some(Command::Shutdown)
+        ));
     }
 
     #[tokio::test]
@@ -128,8 +138,11 @@ mod tests {
             assert!((&mut waiting).now_or_never().is_none());
             tx.send(Command::Stop);
         }
-        assert!(matches!(rx.recv().await, Some(Command::Stop)));
+        assert!(matches!(
+            within_a_while(rx.recv()).await,
+            Some(Command::Stop)
+        ));
         drop(tx);
-        assert!(rx.recv().await.is_none());
+        assert!(within_a_while(rx.recv()).await.is_none());
     }
 }

@@ -54,6 +54,12 @@ pub use process::{
 pub use spawn::{SpawnError, DAEMON_ONLY_ENV, INSTANCE_ENV, NAME_ENV, STATE_DIR_ENV};
 pub use state::InstanceState;
 
+/// Locks a mutex of the runtime's bookkeeping (queues, a group's pid, the spawner's waiters), each
+/// changed in single steps that a panic cannot leave half-done: a poisoned lock is taken as it is.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What every instance actor shares with the rest of the daemon, plus its output sink.
 #[derive(Clone)]
 pub struct RuntimeContext {

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use nix::errno::Errno;
@@ -63,7 +63,7 @@ static GATE: Mutex<Gate> = Mutex::new(Gate {
 });
 
 fn gate() -> std::sync::MutexGuard<'static, Gate> {
-    GATE.lock().unwrap_or_else(PoisonError::into_inner)
+    super::lock(&GATE)
 }
 
 /// Counts a spawn in flight, until its child is recorded as owned (or the spawn failed and
@@ -127,29 +127,21 @@ pub(crate) fn settle_spawn(result: &Result<Started, LaunchError>) {
 
 /// Records `pid`, a child of this process, as reaped by its own watcher.
 pub(crate) fn own(pid: i32) {
-    OWNED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    super::lock(&OWNED)
         .get_or_insert_with(HashSet::new)
         .insert(pid);
 }
 
 /// Whether `pid` is a child this process reaps itself.
 pub(crate) fn is_owned(pid: i32) -> bool {
-    OWNED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    super::lock(&OWNED)
         .as_ref()
         .is_some_and(|set| set.contains(&pid))
 }
 
 /// Forgets an owned child once it has been reaped.
 pub(crate) fn disown(pid: i32) {
-    if let Some(set) = OWNED
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_mut()
-    {
+    if let Some(set) = super::lock(&OWNED).as_mut() {
         set.remove(&pid);
     }
 }
@@ -182,7 +174,7 @@ struct GroupState {
 
 impl Group {
     fn lock(&self) -> std::sync::MutexGuard<'_, GroupState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        super::lock(&self.0)
     }
 
     /// The stop signal a handle sends from now on; `None`: only the actor signals.

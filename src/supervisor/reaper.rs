@@ -21,7 +21,7 @@
 use std::collections::HashSet;
 use std::io;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag};
@@ -40,7 +40,7 @@ type Ended = (String, Arc<Path>);
 
 /// Marks instance `name` of `state_dir` as having no process (`ended`) or one again.
 pub(crate) fn set_ended(state_dir: &Arc<Path>, name: &str, ended: bool) {
-    let mut set = ENDED.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut set = super::lock(&ENDED);
     let set = set.get_or_insert_with(HashSet::new);
     let key = (name.to_string(), state_dir.clone());
     if ended {
@@ -52,7 +52,7 @@ pub(crate) fn set_ended(state_dir: &Arc<Path>, name: &str, ended: bool) {
 
 /// Whether instance `name` of `state_dir` is marked as having no process.
 fn is_ended(state_dir: &Arc<Path>, name: &str) -> bool {
-    let set = ENDED.lock().unwrap_or_else(PoisonError::into_inner);
+    let set = super::lock(&ENDED);
     let key = (name.to_string(), state_dir.clone());
     set.as_ref().is_some_and(|set| set.contains(&key))
 }
@@ -118,7 +118,7 @@ pub fn reap_orphans() -> usize {
         return 0;
     };
     let dirs: Vec<Arc<Path>> = {
-        let set = ENDED.lock().unwrap_or_else(PoisonError::into_inner);
+        let set = super::lock(&ENDED);
         let mut dirs: Vec<Arc<Path>> = set.iter().flatten().map(|(_, d)| d.clone()).collect();
         dirs.sort();
         dirs.dedup();

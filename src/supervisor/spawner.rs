@@ -33,7 +33,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::net::{
     recvmsg, sendmsg, socketpair, AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage,
@@ -43,6 +43,7 @@ use rustix::net::{
 use tokio::sync::{oneshot, Semaphore};
 
 use super::launch::{self, Identity, Ids, Launch, LaunchError, Parent, Stage, Started, CHILD_FDS};
+use super::lock;
 use super::process::{begin_spawn, end_spawn, kill_group, settle_spawn};
 
 /// The first argument that starts the `provisr` binary as a spawner (see `main.rs`).
@@ -129,10 +130,6 @@ struct Waiting {
     queue: VecDeque<oneshot::Sender<Reply>>,
     open: bool,
     reaped: bool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Conn {
